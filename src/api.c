@@ -1,0 +1,762 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *	  SQL-callable functions: create_stream, drop_stream, wait, checkpoint,
+ *	  live and stream_status.
+ *
+ * These run in ordinary backends, as the calling user.  Stream names are
+ * resolved like table names, with the caller's search_path; every SQL
+ * statement these functions generate quotes and qualifies its names.
+ * Catalog rows are written through catalog.c, as the extension owner.
+ *
+ * Locking: create_stream and drop_stream take the stream's lock
+ * (FlowpgLockStream) exclusively until their transaction ends; wait and
+ * checkpoint only read and bump counters in the stream's StreamCtl under
+ * its spinlock and sleep on its condition variable; live holds the
+ * stream's state_lock shared while it copies the state.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include <ctype.h>
+
+#include "access/table.h"
+#include "access/transam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/dependency.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "pgstat.h"
+#include "replication/origin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+#include "utils/varlena.h"
+
+#include "catalog.h"
+#include "compile.h"
+#include "control.h"
+#include "decode.h"
+#include "operators.h"
+#include "state.h"
+
+PG_FUNCTION_INFO_V1(flowpg_create_stream);
+PG_FUNCTION_INFO_V1(flowpg_drop_stream);
+PG_FUNCTION_INFO_V1(flowpg_wait);
+PG_FUNCTION_INFO_V1(flowpg_checkpoint);
+PG_FUNCTION_INFO_V1(flowpg_live);
+PG_FUNCTION_INFO_V1(flowpg_stream_status);
+
+/* ---------------------------------------------------------------------
+ * create_stream
+ * ---------------------------------------------------------------------
+ */
+
+static char *
+text_arg(FunctionCallInfo fcinfo, int n, const char *what)
+{
+	char	   *str;
+
+	if (PG_ARGISNULL(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	str = text_to_cstring(PG_GETARG_TEXT_PP(n));
+	if (str[strspn(str, " \t\n\r\f\v")] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	return str;
+}
+
+/* A positive interval argument in milliseconds; -1 if NULL and allowed. */
+static int
+interval_arg(FunctionCallInfo fcinfo, int n, const char *what, bool null_ok)
+{
+	Interval   *iv;
+	int64		usecs;
+
+	if (PG_ARGISNULL(n))
+	{
+		if (null_ok)
+			return -1;
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	}
+	iv = PG_GETARG_INTERVAL_P(n);
+	usecs = iv->time + iv->day * USECS_PER_DAY +
+		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	if (usecs < 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at least 1 millisecond", what),
+				 errdetail("The value given was %s.",
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(iv))))));
+	return (int) Min(usecs / 1000, (int64) INT_MAX);
+}
+
+/*
+ * The result table's RangeVar.  An identifier longer than NAMEDATALEN - 1
+ * bytes is refused, where SQL would silently truncate it.
+ */
+static RangeVar *
+result_rangevar(text *name)
+{
+	char	   *raw = text_to_cstring(name);
+	char	   *p = raw;
+
+	while (*p != '\0')
+	{
+		int			len = 0;
+
+		if (*p == '"')
+		{
+			for (p++; *p != '\0' && !(p[0] == '"' && p[1] != '"'); p++, len++)
+				if (p[0] == '"')
+					p++;		/* doubled quote */
+			if (*p == '"')
+				p++;
+		}
+		else
+			for (; *p != '\0' && *p != '.' && !isspace((unsigned char) *p); p++)
+				len++;
+		if (len >= NAMEDATALEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_NAME_TOO_LONG),
+					 errmsg("stream name \"%s\" is too long", raw),
+					 errdetail("Names can be at most %d bytes long.", NAMEDATALEN - 1)));
+		while (*p != '\0' && (*p == '.' || isspace((unsigned char) *p)))
+			p++;
+	}
+	return makeRangeVarFromNameList(textToQualifiedNameList(name));
+}
+
+/* Refuse to run streams as a role that cannot connect. */
+static void
+check_owner_can_login(Oid owner)
+{
+	HeapTuple	tuple = SearchSysCache1(AUTHOID, ObjectIdGetDatum(owner));
+	bool		canlogin;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for role %u", owner);
+	canlogin = ((Form_pg_authid) GETSTRUCT(tuple))->rolcanlogin;
+	ReleaseSysCache(tuple);
+	if (!canlogin)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("role \"%s\" cannot own a stream because it cannot log in",
+						GetUserNameFromId(owner, false)),
+				 errdetail("A stream's worker connects to the database as the stream's owner."),
+				 errhint("Create the stream as a role with LOGIN.")));
+}
+
+/* Refuse a create that would exceed flowpg.max_streams. */
+static void
+check_stream_limit(void)
+{
+	if (list_length(ControlListSlots(InvalidOid)) >= flowpg_max_streams)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("cannot create more than %d streams", flowpg_max_streams),
+				 errdetail("The server runs at most flowpg.max_streams streams across all databases."),
+				 errhint("Drop a stream, or raise flowpg.max_streams and restart the server.")));
+}
+
+/* A fresh stream id: an OID-counter value no stream of this database uses. */
+static int32
+new_stream_id(void)
+{
+	for (;;)
+	{
+		Oid			oid = GetNewObjectId();
+
+		if (oid <= (Oid) PG_INT32_MAX && CatalogReadStream((int32) oid) == NULL)
+			return (int32) oid;
+	}
+}
+
+/* Create the result table and the unique index on its key columns. */
+static Oid
+create_result_table(FlowQuery *fq, RangeVar *rv, Oid nsp)
+{
+	TupleDesc	desc = fq->outdesc;
+	char	   *table = quote_qualified_identifier(get_namespace_name(nsp), rv->relname);
+	StringInfoData sql;
+	int			i;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE TABLE %s (", table);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		appendStringInfo(&sql, "%s%s %s", i > 0 ? ", " : "",
+						 quote_identifier(NameStr(att->attname)),
+						 format_type_extended(att->atttypid, att->atttypmod,
+											  FORMAT_TYPE_TYPEMOD_GIVEN |
+											  FORMAT_TYPE_FORCE_QUALIFY));
+		if (OidIsValid(att->attcollation) &&
+			att->attcollation != get_typcollation(att->atttypid))
+			appendStringInfo(&sql, " COLLATE %s",
+							 generate_collation_name(att->attcollation));
+	}
+	appendStringInfoChar(&sql, ')');
+
+	SPI_connect();
+	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create result table");
+	if (list_length(fq->keys) > 0)
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql, "CREATE UNIQUE INDEX ON %s (", table);
+		for (i = 0; i < list_length(fq->keys); i++)
+			appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "",
+							 quote_identifier(NameStr(TupleDescAttr(desc, fq->key_outcol[i] - 1)->attname)));
+		appendStringInfoString(&sql, ") NULLS NOT DISTINCT");
+		if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not create result table index");
+	}
+	SPI_finish();
+	CommandCounterIncrement();
+	return get_relname_relid(rv->relname, nsp);
+}
+
+/*
+ * A query without GROUP BY has one result row even over no rows, like the
+ * batch query: insert it now, computed from the aggregates' initial values.
+ */
+static void
+insert_initial_row(FlowQuery *fq, Oid result)
+{
+	Relation	source = table_open(fq->source, AccessShareLock);
+	FlowPlan   *plan = PlanBuild(fq, RelationGetDescr(source));
+	Relation	rel = table_open(result, RowExclusiveLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+	TupleTableSlot *out;
+	Oid			argtype = get_array_type(rel->rd_rel->reltype);
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	Datum		row;
+	Datum		array;
+	char	   *sql;
+
+	out = PlanFinalize(plan, PlanEmptyKey(plan), NULL, 0);
+	PlanOutputToTable(out, desc, values, nulls);
+	row = HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
+	get_typlenbyvalalign(rel->rd_rel->reltype, &typlen, &typbyval, &typalign);
+	array = PointerGetDatum(construct_array(&row, 1, rel->rd_rel->reltype,
+											typlen, typbyval, typalign));
+	sql = psprintf("INSERT INTO %s SELECT * FROM pg_catalog.unnest($1)",
+				   quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+											  RelationGetRelationName(rel)));
+	table_close(rel, NoLock);
+	table_close(source, NoLock);
+
+	SPI_connect();
+	if (SPI_execute_with_args(sql, 1, &argtype, &array, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert the initial row");
+	SPI_finish();
+	MemoryContextDelete(plan->cxt);
+}
+
+/* Make the result table depend on what the query uses and on flowpg. */
+static void
+record_dependencies(FlowQuery *fq, Oid result)
+{
+	ObjectAddress table;
+	ObjectAddress extension;
+
+	ObjectAddressSet(table, RelationRelationId, result);
+	ObjectAddressSet(extension, ExtensionRelationId,
+					 get_extension_oid("flowpg", false));
+	recordDependencyOnExpr(&table, (Node *) fq->query, NIL, DEPENDENCY_NORMAL);
+	recordDependencyOn(&table, &extension, DEPENDENCY_AUTO);
+}
+
+/*
+ * flowpg.create_stream(name text, query text, checkpoint_interval interval)
+ *
+ * Checks everything that can be checked first, then creates the slot
+ * (which needs a transaction that has not written yet), the origin, the
+ * result table and the catalog row.  All of it disappears if the
+ * transaction does not commit (catalog.c).
+ */
+Datum
+flowpg_create_stream(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	char	   *query;
+	int			interval;
+	RangeVar   *rv;
+	FlowQuery  *fq;
+	StreamDef  *other;
+	StreamDef  *def;
+	Oid			nsp;
+	Oid			existing;
+	char		slot_name[NAMEDATALEN];
+
+	FlowpgCheckPrerequisites();
+	name = text_arg(fcinfo, 0, "stream name");
+	query = text_arg(fcinfo, 1, "stream query");
+	interval = interval_arg(fcinfo, 2, "checkpoint_interval", true);
+	rv = result_rangevar(PG_GETARG_TEXT_PP(0));
+
+	fq = CompileQueryText(query);
+	CompileCheckPermissions(fq);
+	other = CatalogFindByResult(fq->source);
+	if (other != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" is the result table of stream \"%s\"",
+						get_rel_name(fq->source), other->name),
+				 errdetail("Result tables are updated in place, not appended to, so they cannot feed a stream.")));
+
+	nsp = RangeVarGetAndCheckCreationNamespace(rv, NoLock, &existing);
+	if (isAnyTempNamespace(nsp))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a stream's result table cannot be temporary")));
+	if (OidIsValid(existing))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_TABLE),
+				 errmsg("relation \"%s\" already exists", name),
+				 errhint("A stream creates its result table; choose another name or drop the existing relation.")));
+	check_owner_can_login(GetUserId());
+	check_stream_limit();
+	if (GetTopTransactionIdIfAny() != InvalidTransactionId)
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("flowpg.create_stream must run before any other write in its transaction"),
+				 errdetail("Creating a stream creates a logical replication slot, which PostgreSQL only allows in a transaction that has not written anything yet."),
+				 errhint("Call flowpg.create_stream in its own transaction.")));
+
+	def = palloc0(sizeof(StreamDef));
+	def->id = new_stream_id();
+	FlowpgLockStream(def->id, AccessExclusiveLock);
+	FlowpgSlotName(slot_name, MyDatabaseId, def->id, GetUserId());
+	DecodeCreateSlot(slot_name);
+	CatalogPendingCreate(slot_name);
+	replorigin_create(slot_name);
+
+	def->result = create_result_table(fq, rv, nsp);
+	def->name = quote_qualified_identifier(get_namespace_name(nsp), rv->relname);
+	def->source = fq->source;
+	def->owner = GetUserId();
+	def->query = query;
+	def->plan = nodeToString(fq->query);
+	def->checkpoint_interval = interval;
+	record_dependencies(fq, def->result);
+	CatalogInsertStream(def);
+	if (list_length(fq->keys) == 0)
+		insert_initial_row(fq, def->result);
+
+	PG_RETURN_VOID();
+}
+
+/* ---------------------------------------------------------------------
+ * drop_stream
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * flowpg.drop_stream(name text): drops the result table; catalog.c does
+ * the rest when the transaction commits.
+ */
+Datum
+flowpg_drop_stream(PG_FUNCTION_ARGS)
+{
+	StreamDef  *def;
+	ObjectAddress table;
+
+	FlowpgCheckLoaded();
+	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+	CatalogCheckOwner(def);
+	FlowpgLockStream(def->id, AccessExclusiveLock);
+	ObjectAddressSet(table, RelationRelationId, def->result);
+	performDeletion(&table, DROP_RESTRICT, 0);
+	PG_RETURN_VOID();
+}
+
+/* ---------------------------------------------------------------------
+ * wait and checkpoint
+ * ---------------------------------------------------------------------
+ */
+
+/* The stream's StreamCtl, waiting until the launcher has made one. */
+static StreamCtl *
+await_control(StreamDef *def, TimestampTz deadline)
+{
+	for (;;)
+	{
+		StreamCtl  *ctl = ControlFind(MyDatabaseId, def->id);
+
+		if (ctl != NULL)
+			return ctl;
+		if (GetCurrentTimestamp() >= deadline)
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("timed out waiting for the worker of stream \"%s\" to start",
+							def->name),
+					 errhint("Check that the server has free background worker slots (max_worker_processes).")));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+static void
+raise_if_failed(StreamDef *def, StreamCtl *ctl)
+{
+	char		error[FLOWPG_ERROR_LEN];
+	bool		failed;
+
+	SpinLockAcquire(&ctl->mutex);
+	failed = ctl->status == STREAM_FAILED;
+	strlcpy(error, ctl->last_error, sizeof(error));
+	SpinLockRelease(&ctl->mutex);
+	if (failed)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("stream \"%s\" has failed", def->name),
+				 errdetail("The worker stopped with: %s", error),
+				 errhint("flowpg restarts the worker after a delay; fix the cause and check flowpg.streams.")));
+}
+
+static void
+wake_worker(StreamCtl *ctl)
+{
+	Latch	   *latch;
+
+	SpinLockAcquire(&ctl->mutex);
+	latch = ctl->latch;
+	SpinLockRelease(&ctl->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/* Sleep on the stream's condition variable until the deadline at most. */
+static void
+sleep_until(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
+			const char *what, XLogRecPtr target)
+{
+	long		secs;
+	int			usecs;
+	long		ms;
+
+	TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
+	ms = secs * 1000 + usecs / 1000;
+	if (ms <= 0)
+	{
+		XLogRecPtr	result;
+
+		SpinLockAcquire(&ctl->mutex);
+		result = ctl->result_lsn;
+		SpinLockRelease(&ctl->mutex);
+		ConditionVariableCancelSleep();
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("timed out waiting for %s of stream \"%s\"", what, def->name),
+				 errdetail("The result table is exact up to WAL position %X/%X; the wait needs %X/%X.",
+						   LSN_FORMAT_ARGS(result), LSN_FORMAT_ARGS(target)),
+				 errhint("Check the stream's status in flowpg.streams, or wait longer.")));
+	}
+	ConditionVariableTimedSleep(&ctl->cv, Min(ms, 100), PG_WAIT_EXTENSION);
+}
+
+/*
+ * flowpg.wait(name text, timeout interval): return once every transaction
+ * committed before the call is reflected in the result table.
+ */
+Datum
+flowpg_wait(PG_FUNCTION_ARGS)
+{
+	StreamDef  *def;
+	StreamCtl  *ctl;
+	XLogRecPtr	target;
+	TimestampTz deadline;
+	int			timeout;
+
+	FlowpgCheckLoaded();
+	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+	timeout = interval_arg(fcinfo, 1, "timeout", false);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout);
+
+	/* everything committed so far is flushed, our own async commit too */
+	target = GetFlushRecPtr(NULL);
+	if (XactLastCommitEnd > target)
+	{
+		XLogFlush(XactLastCommitEnd);
+		target = XactLastCommitEnd;
+	}
+
+	ctl = await_control(def, deadline);
+	for (;;)
+	{
+		XLogRecPtr	result;
+
+		SpinLockAcquire(&ctl->mutex);
+		result = ctl->result_lsn;
+		if (ctl->wait_lsn < target)
+			ctl->wait_lsn = target;
+		SpinLockRelease(&ctl->mutex);
+		if (result >= target)
+			break;
+		raise_if_failed(def, ctl);
+		wake_worker(ctl);
+		sleep_until(def, ctl, deadline, "the results", target);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ConditionVariableCancelSleep();
+	PG_RETURN_VOID();
+}
+
+/* flowpg.checkpoint(name text): take a checkpoint now, return its id. */
+Datum
+flowpg_checkpoint(PG_FUNCTION_ARGS)
+{
+	StreamDef  *def;
+	StreamCtl  *ctl;
+	TimestampTz deadline;
+	uint64		request;
+	int64		id;
+
+	FlowpgCheckLoaded();
+	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+	CatalogCheckOwner(def);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
+	ctl = await_control(def, deadline);
+
+	SpinLockAcquire(&ctl->mutex);
+	request = ++ctl->ckpt_requested;
+	SpinLockRelease(&ctl->mutex);
+	for (;;)
+	{
+		bool		done;
+
+		SpinLockAcquire(&ctl->mutex);
+		done = ctl->ckpt_done >= request;
+		id = ctl->checkpoint_id;
+		SpinLockRelease(&ctl->mutex);
+		if (done)
+			break;
+		raise_if_failed(def, ctl);
+		wake_worker(ctl);
+		sleep_until(def, ctl, deadline, "a checkpoint", InvalidXLogRecPtr);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ConditionVariableCancelSleep();
+	PG_RETURN_INT64(id);
+}
+
+/* ---------------------------------------------------------------------
+ * live
+ * ---------------------------------------------------------------------
+ */
+
+typedef struct LiveKey
+{
+	MinimalTuple key;
+	char	   *image;
+	Size		len;
+} LiveKey;
+
+static void
+copy_key(void *arg, MinimalTuple key, const char *image, Size len)
+{
+	List	  **keys = (List **) arg;
+	LiveKey    *copy = palloc(sizeof(LiveKey));
+
+	copy->key = palloc(key->t_len);
+	memcpy(copy->key, key, key->t_len);
+	copy->image = palloc(len);
+	memcpy(copy->image, image, len);
+	copy->len = len;
+	*keys = lappend(*keys, copy);
+}
+
+/* Copy every key of the stream's state, as of a transaction boundary. */
+static List *
+copy_state(StreamDef *def, StreamCtl *ctl)
+{
+	List	   *keys = NIL;
+	FlowState  *st;
+	bool		ready;
+
+	LWLockAcquire(&ctl->state_lock, LW_SHARED);
+	SpinLockAcquire(&ctl->mutex);
+	ready = ctl->state_ready;
+	SpinLockRelease(&ctl->mutex);
+	st = ready ? StateAttach(ctl) : NULL;
+	if (st == NULL)
+	{
+		LWLockRelease(&ctl->state_lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("stream \"%s\" has no live state right now", def->name),
+				 errdetail("Its worker is starting or has failed; see flowpg.streams."),
+				 errhint("Read the result table, or try again once the stream is running.")));
+	}
+	StateScan(st, copy_key, &keys);
+	StateDetach(st);
+	LWLockRelease(&ctl->state_lock);
+	return keys;
+}
+
+/*
+ * flowpg.live(NULL::result_table) RETURNS SETOF result_table: the stream's
+ * current results, computed from shared memory.  Needs SELECT on the
+ * result table.
+ */
+Datum
+flowpg_live(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			argtype = get_fn_expr_argtype(fcinfo->flinfo, 0);
+	Oid			relid = OidIsValid(argtype) ? get_typ_typrelid(argtype) : InvalidOid;
+	StreamDef  *def;
+	StreamCtl  *ctl;
+	FlowQuery  *fq;
+	FlowPlan   *plan;
+	Relation	source;
+	List	   *keys;
+	ListCell   *lc;
+	Datum	   *values;
+	bool	   *nulls;
+	AclResult	aclresult;
+
+	FlowpgCheckLoaded();
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("flowpg.live expects the row type of a stream's result table"),
+				 errhint("Call it as flowpg.live(NULL::stream_name).")));
+	def = CatalogFindByResult(relid);
+	if (def == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("\"%s\" is not the result table of a stream", get_rel_name(relid))));
+	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_TABLE, get_rel_name(relid));
+
+	ctl = ControlFind(MyDatabaseId, def->id);
+	keys = ctl != NULL ? copy_state(def, ctl) : NIL;
+	if (ctl == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("stream \"%s\" has no live state right now", def->name),
+				 errdetail("Its worker has not started yet."),
+				 errhint("Read the result table, or try again once the stream is running.")));
+
+	fq = CompileQueryTree(stringToNode(def->plan));
+	source = table_open(fq->source, AccessShareLock);
+	plan = PlanBuild(fq, RelationGetDescr(source));
+	table_close(source, AccessShareLock);
+
+	InitMaterializedSRF(fcinfo, 0);
+	values = palloc(sizeof(Datum) * rsinfo->setDesc->natts);
+	nulls = palloc(sizeof(bool) * rsinfo->setDesc->natts);
+	if (keys == NIL && plan->nkeys == 0)
+	{
+		PlanOutputToTable(PlanFinalize(plan, PlanEmptyKey(plan), NULL, 0),
+						  rsinfo->setDesc, values, nulls);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	foreach(lc, keys)
+	{
+		LiveKey    *k = lfirst(lc);
+
+		PlanOutputToTable(PlanFinalize(plan, k->key, k->image, k->len),
+						  rsinfo->setDesc, values, nulls);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	MemoryContextDelete(plan->cxt);
+	return (Datum) 0;
+}
+
+/* ---------------------------------------------------------------------
+ * stream_status
+ * ---------------------------------------------------------------------
+ */
+
+#define STATUS_COLUMNS 16
+
+/* flowpg.stream_status(): this database's StreamCtl entries. */
+Datum
+flowpg_stream_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	FlowpgCheckLoaded();
+	InitMaterializedSRF(fcinfo, 0);
+	for (i = 0; i < FlowCtl->max_streams; i++)
+	{
+		StreamCtl  *ctl = &FlowCtl->streams[i];
+		StreamCtl	copy;
+		Datum		values[STATUS_COLUMNS];
+		bool		nulls[STATUS_COLUMNS];
+		bool		mine;
+
+		LWLockAcquire(&FlowCtl->lock, LW_SHARED);
+		mine = ctl->in_use && ctl->dboid == MyDatabaseId;
+		LWLockRelease(&FlowCtl->lock);
+		if (!mine)
+			continue;
+		SpinLockAcquire(&ctl->mutex);
+		memcpy(&copy, ctl, sizeof(StreamCtl));
+		SpinLockRelease(&ctl->mutex);
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int32GetDatum(copy.stream_id);
+		values[1] = Int32GetDatum(copy.pid);
+		nulls[1] = copy.pid == 0;
+		values[2] = CStringGetTextDatum(ControlStatusName(copy.status));
+		values[3] = LSNGetDatum(copy.processed_lsn);
+		nulls[3] = XLogRecPtrIsInvalid(copy.processed_lsn);
+		values[4] = LSNGetDatum(copy.checkpoint_lsn);
+		nulls[4] = XLogRecPtrIsInvalid(copy.checkpoint_lsn);
+		values[5] = TimestampTzGetDatum(copy.last_checkpoint_at);
+		nulls[5] = copy.last_checkpoint_at == 0;
+		values[6] = Int64GetDatum(copy.checkpoint_id);
+		nulls[6] = copy.checkpoint_id == 0;
+		values[7] = Int64GetDatum((int64) copy.events);
+		values[8] = Int64GetDatum((int64) copy.keys);
+		values[9] = Int64GetDatum((int64) copy.state_bytes);
+		values[10] = Int32GetDatum(Max(copy.restarts, 0));
+		values[11] = CStringGetTextDatum(copy.last_error);
+		nulls[11] = copy.last_error[0] == '\0';
+		values[12] = TimestampTzGetDatum(copy.last_error_at);
+		nulls[12] = copy.last_error_at == 0;
+		values[13] = Int64GetDatum((int64) copy.ignored_updates);
+		values[14] = Int64GetDatum((int64) copy.ignored_deletes);
+		values[15] = Int64GetDatum((int64) copy.ignored_truncates);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

@@ -1,0 +1,515 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *	  The flowpg.stream catalog, and the transaction hooks that make
+ *	  creating and dropping a stream all-or-nothing.
+ *
+ * The catalog tables belong to the extension owner and are written only by
+ * flowpg's C code, which switches to that role for it (like a SECURITY
+ * DEFINER function) with every name, function and operator in its SQL
+ * schema-qualified, so that no search_path can change what it runs.
+ *
+ * A stream has parts that are not transactional: its replication slot and
+ * replication origin, its worker.  The hooks here tie them to the
+ * transaction that creates or drops the stream:
+ *
+ *	create: create_stream makes the slot ephemeral (acquired by the
+ *	  creating backend); at PRE_COMMIT it is made persistent and released,
+ *	  and at COMMIT the launcher is woken to start the worker.  If the
+ *	  transaction or the subtransaction that created it aborts, the
+ *	  ephemeral slot is dropped.  A crash between PRE_COMMIT and the commit
+ *	  record leaves a slot without a catalog row: its worker finds no row
+ *	  and drops the slot.
+ *
+ *	drop: dropping a stream means dropping its result table, whoever does
+ *	  it (drop_stream, DROP TABLE, DROP ... CASCADE, DROP EXTENSION, which
+ *	  drops result tables through their automatic dependency).  The object
+ *	  access hook notes every dropped table; at PRE_COMMIT, for each one
+ *	  that was a result table, the stream's worker is stopped, its slot and
+ *	  origin dropped and its catalog rows deleted.  The stream's lock (see
+ *	  FlowpgLockStream) is held meanwhile so no worker can start.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include <signal.h>
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "replication/origin.h"
+#include "replication/slot.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#include "catalog.h"
+#include "control.h"
+#include "decode.h"
+
+/* What the current transaction created or dropped. */
+static struct
+{
+	bool		create_active;	/* an ephemeral slot awaits PRE_COMMIT */
+	SubTransactionId create_subid;
+	bool		created;		/* wake the launcher at COMMIT */
+	List	   *dropped_relids; /* tables dropped, maybe result tables */
+	bool		extension_dropped;
+	List	   *stopped;		/* StreamCtl entries marked dropping */
+} pending;
+
+static XLogRecPtr last_woken_commit = InvalidXLogRecPtr;
+static object_access_hook_type prev_object_access_hook = NULL;
+
+#define STREAM_COLUMNS \
+	"id, name, result, source, owner, query, plan, checkpoint_interval"
+
+/* The role that owns flowpg's catalog: the extension's owner. */
+static Oid
+catalog_owner(void)
+{
+	Oid			nsp = get_namespace_oid("flowpg", false);
+	Oid			relid = get_relname_relid("stream", nsp);
+	HeapTuple	tuple;
+	Oid			owner;
+
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("flowpg's catalog is missing from this database"),
+				 errhint("Run CREATE EXTENSION flowpg.")));
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+/* Run as the extension owner until CatalogRestoreUser. */
+void
+CatalogBecomeOwner(CatalogPrivilege *priv)
+{
+	Oid			owner = catalog_owner();
+
+	GetUserIdAndSecContext(&priv->saved_user, &priv->saved_sec);
+	SetUserIdAndSecContext(owner, priv->saved_sec |
+						   SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+}
+
+void
+CatalogRestoreUser(CatalogPrivilege *priv)
+{
+	SetUserIdAndSecContext(priv->saved_user, priv->saved_sec);
+}
+
+static int
+interval_ms(Interval *iv)
+{
+	int64		usecs = iv->time + iv->day * USECS_PER_DAY +
+		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+
+	return (int) Min(usecs / 1000, (int64) INT_MAX);
+}
+
+/* Copy a flowpg.stream row out of SPI into the current memory context. */
+static StreamDef *
+stream_from_tuple(HeapTuple tuple, TupleDesc desc)
+{
+	StreamDef  *def = palloc0(sizeof(StreamDef));
+	bool		isnull;
+	Datum		iv;
+
+	def->id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
+	def->name = TextDatumGetCString(SPI_getbinval(tuple, desc, 2, &isnull));
+	def->result = DatumGetObjectId(SPI_getbinval(tuple, desc, 3, &isnull));
+	def->source = DatumGetObjectId(SPI_getbinval(tuple, desc, 4, &isnull));
+	def->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 5, &isnull));
+	def->query = TextDatumGetCString(SPI_getbinval(tuple, desc, 6, &isnull));
+	def->plan = TextDatumGetCString(SPI_getbinval(tuple, desc, 7, &isnull));
+	iv = SPI_getbinval(tuple, desc, 8, &isnull);
+	def->checkpoint_interval = isnull ? -1 : interval_ms(DatumGetIntervalP(iv));
+	return def;
+}
+
+/* Run one catalog statement as the extension owner; rows are copied out. */
+static List *
+catalog_query(const char *sql, Oid argtype, Datum arg)
+{
+	MemoryContext callercxt = CurrentMemoryContext;
+	CatalogPrivilege priv;
+	List	   *defs = NIL;
+	uint64		i;
+	int			rc;
+
+	SPI_connect();
+	CatalogBecomeOwner(&priv);
+	rc = SPI_execute_with_args(sql, 1, &argtype, &arg, NULL, false, 0);
+	if (rc < 0)
+		elog(ERROR, "flowpg catalog query failed: %s", SPI_result_code_string(rc));
+	for (i = 0; SPI_tuptable != NULL && i < SPI_processed; i++)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(callercxt);
+
+		defs = lappend(defs, stream_from_tuple(SPI_tuptable->vals[i],
+											   SPI_tuptable->tupdesc));
+		MemoryContextSwitchTo(oldcxt);
+	}
+	CatalogRestoreUser(&priv);
+	SPI_finish();
+	return defs;
+}
+
+/* The stream with this id, or NULL. */
+StreamDef *
+CatalogReadStream(int32 id)
+{
+	List	   *defs = catalog_query("SELECT " STREAM_COLUMNS " FROM flowpg.stream "
+									 "WHERE id OPERATOR(pg_catalog.=) $1",
+									 INT4OID, Int32GetDatum(id));
+
+	return defs != NIL ? linitial(defs) : NULL;
+}
+
+/* The stream whose result table is `result`, or NULL. */
+StreamDef *
+CatalogFindByResult(Oid result)
+{
+	List	   *defs = catalog_query("SELECT " STREAM_COLUMNS " FROM flowpg.stream "
+									 "WHERE result OPERATOR(pg_catalog.=) $1",
+									 OIDOID, ObjectIdGetDatum(result));
+
+	return defs != NIL ? linitial(defs) : NULL;
+}
+
+/*
+ * The stream of the given name, resolved like a table name with the
+ * caller's search_path; raises an error if there is none.
+ */
+StreamDef *
+CatalogLookup(text *name)
+{
+	char	   *str;
+	RangeVar   *rv;
+	Oid			relid;
+	StreamDef  *def = NULL;
+
+	if (name == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("stream name must not be null")));
+	str = text_to_cstring(name);
+	if (str[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("stream name must not be empty")));
+	rv = makeRangeVarFromNameList(textToQualifiedNameList(name));
+	relid = RangeVarGetRelid(rv, NoLock, true);
+	if (OidIsValid(relid))
+		def = CatalogFindByResult(relid);
+	if (def == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("stream \"%s\" does not exist", str),
+				 errhint("The streams of this database are listed in flowpg.streams.")));
+	return def;
+}
+
+/* Insert a new stream's catalog row. */
+void
+CatalogInsertStream(StreamDef *def)
+{
+	Oid			types[8] = {INT4OID, TEXTOID, OIDOID, OIDOID, OIDOID, TEXTOID,
+	TEXTOID, INTERVALOID};
+	Datum		values[8];
+	char		nulls[8] = "        ";
+	CatalogPrivilege priv;
+	Interval   *iv = palloc0(sizeof(Interval));
+	int			rc;
+
+	values[0] = Int32GetDatum(def->id);
+	values[1] = CStringGetTextDatum(def->name);
+	values[2] = ObjectIdGetDatum(def->result);
+	values[3] = ObjectIdGetDatum(def->source);
+	values[4] = ObjectIdGetDatum(def->owner);
+	values[5] = CStringGetTextDatum(def->query);
+	values[6] = CStringGetTextDatum(def->plan);
+	iv->time = (int64) def->checkpoint_interval * 1000;
+	values[7] = IntervalPGetDatum(iv);
+	if (def->checkpoint_interval < 0)
+		nulls[7] = 'n';
+
+	SPI_connect();
+	CatalogBecomeOwner(&priv);
+	rc = SPI_execute_with_args("INSERT INTO flowpg.stream (" STREAM_COLUMNS ") "
+							   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+							   8, types, values, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "could not insert stream: %s", SPI_result_code_string(rc));
+	CatalogRestoreUser(&priv);
+	SPI_finish();
+}
+
+/* Delete every catalog row of a stream. */
+static void
+catalog_delete(int32 id)
+{
+	static const char *const sql[] = {
+		"DELETE FROM flowpg.state WHERE stream_id OPERATOR(pg_catalog.=) $1",
+		"DELETE FROM flowpg.checkpoints WHERE stream_id OPERATOR(pg_catalog.=) $1",
+		"DELETE FROM flowpg.stream WHERE id OPERATOR(pg_catalog.=) $1",
+	};
+	Oid			type = INT4OID;
+	Datum		value = Int32GetDatum(id);
+	CatalogPrivilege priv;
+	int			i;
+
+	SPI_connect();
+	CatalogBecomeOwner(&priv);
+	for (i = 0; i < lengthof(sql); i++)
+		if (SPI_execute_with_args(sql[i], 1, &type, &value, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not delete stream %d", id);
+	CatalogRestoreUser(&priv);
+	SPI_finish();
+}
+
+/* Raise an error unless the current user may manage the stream. */
+void
+CatalogCheckOwner(StreamDef *def)
+{
+	if (!has_privs_of_role(GetUserId(), def->owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of stream \"%s\"", def->name),
+				 errdetail("The stream is owned by role %s.",
+						   GetUserNameFromId(def->owner, false))));
+}
+
+/* The stream's checkpoint interval in milliseconds. */
+int
+CatalogIntervalMs(StreamDef *def)
+{
+	return def->checkpoint_interval >= 0 ? def->checkpoint_interval :
+		flowpg_checkpoint_interval;
+}
+
+/* ---------------------------------------------------------------------
+ * Transaction hooks
+ * ---------------------------------------------------------------------
+ */
+
+/* create_stream made an ephemeral slot: persist it if we commit. */
+void
+CatalogPendingCreate(const char *slot_name)
+{
+	pending.create_active = true;
+	pending.create_subid = GetCurrentSubTransactionId();
+}
+
+/*
+ * Stop a stream's worker and drop its slot and origin: the non
+ * transactional part of dropping a stream.  Runs at PRE_COMMIT.
+ */
+void
+StreamStopAndDrop(Oid dboid, int32 stream_id, Oid owner)
+{
+	char		slot_name[NAMEDATALEN];
+	StreamCtl  *ctl = ControlAcquire(dboid, stream_id);
+	MemoryContext oldcxt;
+
+	FlowpgSlotName(slot_name, dboid, stream_id, owner);
+	if (ctl != NULL)
+	{
+		pid_t		pid;
+
+		LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+		ctl->dropping = true;
+		LWLockRelease(&FlowCtl->lock);
+		SpinLockAcquire(&ctl->mutex);
+		pid = ctl->pid;
+		SpinLockRelease(&ctl->mutex);
+		if (pid != 0)
+			kill(pid, SIGTERM);
+		oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+		pending.stopped = lappend(pending.stopped, ctl);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	DecodeDropSlot(slot_name);
+	replorigin_drop_by_name(slot_name, true, false);
+}
+
+/* PRE_COMMIT: finish dropping the streams whose result tables went away. */
+static void
+process_drops(void)
+{
+	ListCell   *lc;
+
+	if (OidIsValid(get_extension_oid("flowpg", true)))
+	{
+		foreach(lc, pending.dropped_relids)
+		{
+			Oid			relid = lfirst_oid(lc);
+			StreamDef  *def;
+
+			if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+				continue;		/* the drop was rolled back to a savepoint */
+			def = CatalogFindByResult(relid);
+			if (def == NULL)
+				continue;
+			FlowpgLockStream(def->id, AccessExclusiveLock);
+			StreamStopAndDrop(MyDatabaseId, def->id, def->owner);
+			catalog_delete(def->id);
+		}
+	}
+	else if (pending.extension_dropped)
+	{
+		foreach(lc, ControlListSlots(MyDatabaseId))
+		{
+			StreamIdentity *ident = lfirst(lc);
+
+			FlowpgLockStream(ident->stream_id, AccessExclusiveLock);
+			StreamStopAndDrop(ident->dboid, ident->stream_id, ident->owner);
+		}
+	}
+}
+
+static void
+reset_pending(void)
+{
+	pending.create_active = false;
+	pending.created = false;
+	pending.dropped_relids = NIL;
+	pending.extension_dropped = false;
+	pending.stopped = NIL;
+}
+
+static void
+flowpg_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+			if (pending.create_active)
+			{
+				ReplicationSlotPersist();
+				ReplicationSlotRelease();
+				pending.create_active = false;
+				pending.created = true;
+			}
+			if (pending.dropped_relids != NIL || pending.extension_dropped)
+				process_drops();
+			break;
+
+		case XACT_EVENT_PRE_PREPARE:
+			if (pending.create_active || pending.dropped_relids != NIL ||
+				pending.extension_dropped)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that creates or drops a flowpg stream or table")));
+			break;
+
+		case XACT_EVENT_COMMIT:
+			if (pending.created)
+				ControlWakeLauncher();
+			foreach(lc, pending.stopped)
+			{
+				StreamCtl  *ctl = lfirst(lc);
+
+				LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+				ctl->in_use = false;
+				ctl->dropping = false;
+				LWLockRelease(&FlowCtl->lock);
+			}
+			if (XactLastCommitEnd != last_woken_commit && FlowCtl != NULL &&
+				OidIsValid(MyDatabaseId))
+			{
+				last_woken_commit = XactLastCommitEnd;
+				ControlWakeDatabase(MyDatabaseId);
+			}
+			reset_pending();
+			break;
+
+		case XACT_EVENT_ABORT:
+			if (pending.create_active && MyReplicationSlot != NULL)
+				ReplicationSlotRelease();
+			foreach(lc, pending.stopped)
+			{
+				StreamCtl  *ctl = lfirst(lc);
+
+				LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+				ctl->dropping = false;
+				LWLockRelease(&FlowCtl->lock);
+			}
+			if (pending.stopped != NIL)
+				ControlWakeLauncher();
+			reset_pending();
+			break;
+
+		default:
+			break;
+	}
+}
+
+static void
+flowpg_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	if (!pending.create_active || pending.create_subid != mySubid)
+		return;
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+		pending.create_subid = parentSubid;
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		if (MyReplicationSlot != NULL)
+			ReplicationSlotRelease();
+		pending.create_active = false;
+	}
+}
+
+/* Note dropped tables (maybe result tables) and a dropped extension. */
+static void
+flowpg_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+					 int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (access != OAT_DROP || !IsTransactionState())
+		return;
+
+	if (classId == RelationRelationId && subId == 0 &&
+		get_rel_relkind(objectId) == RELKIND_RELATION)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+
+		pending.dropped_relids = lappend_oid(pending.dropped_relids, objectId);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	else if (classId == ExtensionRelationId &&
+			 objectId == get_extension_oid("flowpg", true))
+		pending.extension_dropped = true;
+}
+
+/* Install the hooks; from _PG_init, in the postmaster. */
+void
+CatalogRegisterHooks(void)
+{
+	RegisterXactCallback(flowpg_xact_callback, NULL);
+	RegisterSubXactCallback(flowpg_subxact_callback, NULL);
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = flowpg_object_access;
+}

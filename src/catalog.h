@@ -1,0 +1,50 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.h
+ *	  The flowpg.stream catalog, and the transaction hooks that make
+ *	  creating and dropping a stream transactional.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FLOWPG_CATALOG_H
+#define FLOWPG_CATALOG_H
+
+#include "flowpg.h"
+
+#include "datatype/timestamp.h"
+
+/* One row of flowpg.stream. */
+typedef struct StreamDef
+{
+	int32		id;
+	char	   *name;
+	Oid			result;
+	Oid			source;
+	Oid			owner;
+	char	   *query;
+	char	   *plan;
+	int			checkpoint_interval;	/* ms, or -1 for the GUC */
+} StreamDef;
+
+/* Saved identity while running as the extension owner. */
+typedef struct CatalogPrivilege
+{
+	Oid			saved_user;
+	int			saved_sec;
+} CatalogPrivilege;
+
+extern void CatalogBecomeOwner(CatalogPrivilege *priv);
+extern void CatalogRestoreUser(CatalogPrivilege *priv);
+
+extern StreamDef *CatalogReadStream(int32 id);
+extern StreamDef *CatalogFindByResult(Oid result);
+extern StreamDef *CatalogLookup(text *name);
+extern void CatalogInsertStream(StreamDef *def);
+extern void CatalogCheckOwner(StreamDef *def);
+extern int	CatalogIntervalMs(StreamDef *def);
+
+extern void CatalogRegisterHooks(void);
+extern void CatalogPendingCreate(const char *slot_name);
+extern void StreamStopAndDrop(Oid dboid, int32 stream_id, Oid owner);
+
+#endif							/* FLOWPG_CATALOG_H */

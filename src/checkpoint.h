@@ -1,0 +1,19 @@
+/*-------------------------------------------------------------------------
+ *
+ * checkpoint.h
+ *	  Writing a stream's checkpoint and restoring from the latest one.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FLOWPG_CHECKPOINT_H
+#define FLOWPG_CHECKPOINT_H
+
+#include "flowpg.h"
+
+#include "worker.h"
+
+extern void CheckpointPrepare(FlowWorker *w);
+extern void CheckpointRestore(FlowWorker *w);
+extern int64 CheckpointWrite(FlowWorker *w, const char *kind);
+
+#endif							/* FLOWPG_CHECKPOINT_H */

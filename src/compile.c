@@ -1,0 +1,551 @@
+/*-------------------------------------------------------------------------
+ *
+ * compile.c
+ *	  From a stream's SELECT to the operators' description (FlowQuery).
+ *
+ * PostgreSQL's own parser and analyzer read the query.  This file decides
+ * whether flowpg can run it, refusing everything else with
+ * ERRCODE_FEATURE_NOT_SUPPORTED and a message that names the construct,
+ * and splits the accepted query into the parts the operators evaluate: the
+ * WHERE filter, the GROUP BY keys, the aggregates and the output columns
+ * rewritten over keys and final aggregate values.
+ *
+ * The analyzed Query is what the catalog stores (as nodeToString, like a
+ * view's rule), so a worker recompiles exactly the query that was checked
+ * at create_stream, whatever its search_path, and renaming the source
+ * table does not break it.
+ *
+ * No locks or shared memory here; callers are in a transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include "access/htup_details.h"
+#include "catalog/catalog.h"
+#include "catalog/pg_aggregate.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/optimizer.h"
+#include "parser/analyze.h"
+#include "parser/parse_clause.h"
+#include "tcop/tcopprot.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/ruleutils.h"
+#include "utils/rls.h"
+#include "utils/syscache.h"
+
+#include "compile.h"
+
+static void
+not_supported(const char *what, const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("%s are not supported in a stream", what),
+			 hint ? errhint("%s", hint) : 0));
+}
+
+/* Refuse every query shape other than SELECT ... FROM one table ... GROUP BY. */
+static void
+check_query_shape(Query *query)
+{
+	if (query->commandType != CMD_SELECT || query->utilityStmt != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a stream query must be a SELECT statement")));
+	if (query->cteList != NIL)
+		not_supported("WITH queries (common table expressions)",
+					  "Write the query over the source table directly.");
+	if (query->setOperations != NULL)
+		not_supported("set operations (UNION, INTERSECT, EXCEPT)",
+					  "Create one stream per branch.");
+	if (query->hasSubLinks)
+		not_supported("subqueries", NULL);
+	if (query->hasWindowFuncs)
+		not_supported("window functions", NULL);
+	if (query->hasTargetSRFs)
+		not_supported("set-returning functions", NULL);
+	if (query->distinctClause != NIL)
+		not_supported("SELECT DISTINCT and DISTINCT ON",
+					  "Use GROUP BY over the same columns.");
+	if (query->sortClause != NIL)
+		not_supported("ORDER BY clauses",
+					  "Sort when you read the result table.");
+	if (query->limitCount != NULL || query->limitOffset != NULL)
+		not_supported("LIMIT and OFFSET clauses",
+					  "Limit when you read the result table.");
+	if (query->groupingSets != NIL)
+		not_supported("GROUPING SETS, ROLLUP and CUBE",
+					  "Create one stream per grouping.");
+	if (query->havingQual != NULL)
+		not_supported("HAVING clauses",
+					  "Filter when you read the result table.");
+	if (query->rowMarks != NIL)
+		not_supported("locking clauses (FOR UPDATE, FOR SHARE)", NULL);
+	if (query->constraintDeps != NIL)
+		not_supported("columns that are functionally dependent on a grouped primary key",
+					  "List every output column that is not an aggregate in GROUP BY.");
+	if (list_length(query->jointree->fromlist) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a stream query must read one source table"),
+				 errhint("Add a FROM clause naming the table whose inserted rows the stream processes.")));
+	if (list_length(query->jointree->fromlist) != 1 ||
+		list_length(query->rtable) != 1 ||
+		!IsA(linitial(query->jointree->fromlist), RangeTblRef))
+		not_supported("joins",
+					  "A stream reads exactly one source table.");
+	if (!query->hasAggs && query->groupClause == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a stream query must aggregate"),
+				 errdetail("flowpg maintains GROUP BY keys and aggregates; a query without them is a plain filter."),
+				 errhint("Add aggregate functions, a GROUP BY clause, or both.")));
+}
+
+/* Refuse sources whose inserted rows logical decoding cannot deliver. */
+static void
+check_source(RangeTblEntry *rte)
+{
+	const char *relname;
+	const char *kind = NULL;
+
+	if (rte->rtekind != RTE_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a stream's FROM clause must name a table"),
+				 errdetail("Functions, VALUES lists and subqueries in FROM are not supported.")));
+	relname = get_rel_name(rte->relid);
+
+	switch (rte->relkind)
+	{
+		case RELKIND_RELATION:
+			break;
+		case RELKIND_VIEW:
+			kind = "a view";
+			break;
+		case RELKIND_MATVIEW:
+			kind = "a materialized view";
+			break;
+		case RELKIND_FOREIGN_TABLE:
+			kind = "a foreign table";
+			break;
+		case RELKIND_PARTITIONED_TABLE:
+			kind = "a partitioned table";
+			break;
+		default:
+			kind = "not an ordinary table";
+			break;
+	}
+	if (kind != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" is %s", relname, kind),
+				 errdetail("A stream reads the rows inserted into one ordinary table."),
+				 errhint("Create the stream over the underlying table.")));
+
+	if (rte->relid < FirstNormalObjectId || IsCatalogRelationOid(rte->relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" is a system catalog", relname)));
+	if (strcmp(get_namespace_name(get_rel_namespace(rte->relid)), "flowpg") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" is one of flowpg's own tables", relname)));
+
+	switch (get_rel_persistence(rte->relid))
+	{
+		case RELPERSISTENCE_TEMP:
+			kind = "a temporary table";
+			break;
+		case RELPERSISTENCE_UNLOGGED:
+			kind = "an unlogged table";
+			break;
+		default:
+			break;
+	}
+	if (kind != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" is %s", relname, kind),
+				 errdetail("Streams read the write-ahead log, which does not hold the rows of temporary or unlogged tables.")));
+
+	if (rte->tablesample != NULL)
+		not_supported("TABLESAMPLE clauses", NULL);
+	if (rte->inh && has_subclass(rte->relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" has inheritance children", relname),
+				 errhint("Use FROM ONLY %s, or create one stream per child table.",
+						 quote_identifier(relname))));
+	if (check_enable_rls(rte->relid, InvalidOid, true) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" has row-level security enabled", relname),
+				 errdetail("A stream sees every inserted row, so it cannot apply row security policies.")));
+}
+
+static bool
+volatile_function_checker(Oid func_id, void *context)
+{
+	if (func_volatile(func_id) != PROVOLATILE_VOLATILE)
+		return false;
+	*(Oid *) context = func_id;
+	return true;
+}
+
+static bool
+find_volatile_walker(Node *node, Oid *func_id)
+{
+	if (node == NULL)
+		return false;
+	if (check_functions_in_node(node, volatile_function_checker, func_id))
+		return true;
+	if (IsA(node, NextValueExpr))
+	{
+		*func_id = F_NEXTVAL;
+		return true;
+	}
+	if (IsA(node, Query))
+		return query_tree_walker((Query *) node, find_volatile_walker,
+								 func_id, 0);
+	return expression_tree_walker(node, find_volatile_walker, func_id);
+}
+
+/* Refuse volatile functions: recovery replays the source and must agree. */
+static void
+check_volatility(Query *query)
+{
+	Oid			func_id = InvalidOid;
+
+	if (find_volatile_walker((Node *) query, &func_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("volatile function %s is not supported in a stream",
+						format_procedure(func_id)),
+				 errdetail("A stream evaluates its expressions again when it recovers from a failure, and must get the same result."),
+				 errhint("Use immutable or stable expressions, or compute the value when the row is inserted.")));
+}
+
+static bool
+find_grouping_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, GroupingFunc))
+		return true;
+	return expression_tree_walker(node, find_grouping_walker, context);
+}
+
+/* Refuse aggregates that cannot be computed by transition + combine. */
+static void
+check_aggregate(Aggref *aggref)
+{
+	const char *name = format_procedure(aggref->aggfnoid);
+	HeapTuple	tuple;
+	Form_pg_aggregate form;
+	bool		combine,
+				serialize;
+
+	if (aggref->aggkind != AGGKIND_NORMAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("ordered-set aggregate %s is not supported in a stream", name)));
+	if (aggref->aggdistinct != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("DISTINCT aggregate %s is not supported in a stream", name),
+				 errhint("Group by the distinct expression in a stream, and count its rows when you read the result table.")));
+	if (aggref->aggorder != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("ORDER BY inside aggregate %s is not supported in a stream", name)));
+
+	tuple = SearchSysCache1(AGGFNOID, ObjectIdGetDatum(aggref->aggfnoid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for aggregate %u", aggref->aggfnoid);
+	form = (Form_pg_aggregate) GETSTRUCT(tuple);
+	combine = OidIsValid(form->aggcombinefn);
+	serialize = form->aggtranstype != INTERNALOID ||
+		(OidIsValid(form->aggserialfn) && OidIsValid(form->aggdeserialfn));
+	ReleaseSysCache(tuple);
+
+	if (!combine || !serialize)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("aggregate %s is not supported in a stream", name),
+				 errdetail(!combine ?
+						   "It has no combine function." :
+						   "Its transition state is internal and it has no serialization functions."),
+				 errhint("flowpg merges partial aggregates, so it needs aggregates with a combine function (and serialization functions for an internal state), such as count, sum, avg, min, max and the stddev and variance families.")));
+}
+
+typedef struct OutputContext
+{
+	List	   *keys;
+	List	   *aggs;
+} OutputContext;
+
+/*
+ * Rewrite an output expression over Var(OUTER_VAR, k): k = 1..nkeys are the
+ * group keys, then come the distinct aggregates' final values.
+ */
+static Node *
+output_mutator(Node *node, OutputContext *cxt)
+{
+	ListCell   *lc;
+	int			i = 0;
+
+	if (node == NULL)
+		return NULL;
+	if (IsA(node, Aggref))
+	{
+		Aggref	   *aggref = (Aggref *) node;
+
+		foreach(lc, cxt->aggs)
+		{
+			if (equal(lfirst(lc), aggref))
+				break;
+			i++;
+		}
+		if (lc == NULL)
+		{
+			check_aggregate(aggref);
+			cxt->aggs = lappend(cxt->aggs, aggref);
+		}
+		return (Node *) makeVar(OUTER_VAR, list_length(cxt->keys) + i + 1,
+								aggref->aggtype, -1, aggref->aggcollid, 0);
+	}
+	foreach(lc, cxt->keys)
+	{
+		i++;
+		if (equal(node, lfirst(lc)))
+			return (Node *) makeVar(OUTER_VAR, i, exprType(node),
+									exprTypmod(node), exprCollation(node), 0);
+	}
+	return expression_tree_mutator(node, output_mutator, (void *) cxt);
+}
+
+static bool
+find_source_var_walker(Node *node, Var **found)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Var) && ((Var *) node)->varno != OUTER_VAR)
+	{
+		*found = (Var *) node;
+		return true;
+	}
+	return expression_tree_walker(node, find_source_var_walker, found);
+}
+
+/* The SQL text of an expression over the source table, for messages. */
+static char *
+deparse_key(FlowQuery *fq, Expr *expr)
+{
+	List	   *dpcontext = deparse_context_for(get_rel_name(fq->source),
+											   fq->source);
+
+	return deparse_expression((Node *) expr, dpcontext, false, false);
+}
+
+/* Collect GROUP BY keys; each must also be an output column. */
+static void
+compile_keys(FlowQuery *fq, Query *query)
+{
+	ListCell   *lc;
+	int			i = 0;
+
+	fq->key_outcol = palloc0(sizeof(int) * (list_length(query->groupClause) + 1));
+	foreach(lc, query->groupClause)
+	{
+		SortGroupClause *sgc = lfirst(lc);
+		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
+
+		if (tle->resjunk)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("GROUP BY expression %s must also be an output column of a stream",
+							deparse_key(fq, tle->expr)),
+					 errdetail("flowpg finds a key's row in the result table by the key's value."),
+					 errhint("Add the GROUP BY expression to the select list.")));
+		if (!sgc->hashable)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("GROUP BY key of type %s is not supported in a stream",
+							format_type_be(exprType((Node *) tle->expr))),
+					 errdetail("flowpg needs a hashable equality operator for every key.")));
+		fq->keys = lappend(fq->keys, tle->expr);
+		fq->key_eqops = lappend_oid(fq->key_eqops, sgc->eqop);
+		fq->key_outcol[i++] = tle->resno;
+	}
+}
+
+/* Rewrite the output columns over keys and aggregates. */
+static void
+compile_output(FlowQuery *fq, Query *query)
+{
+	OutputContext cxt = {fq->keys, NIL};
+	ListCell   *lc;
+	int			resno = 0;
+
+	foreach(lc, query->targetList)
+	{
+		TargetEntry *tle = lfirst(lc);
+		TargetEntry *out;
+		Var		   *var = NULL;
+
+		if (tle->resjunk)
+			continue;
+		out = flatCopyTargetEntry(tle);
+		out->resno = ++resno;
+		out->expr = (Expr *) output_mutator((Node *) tle->expr, &cxt);
+		if (find_source_var_walker((Node *) out->expr, &var))
+			ereport(ERROR,
+					(errcode(ERRCODE_GROUPING_ERROR),
+					 errmsg("column \"%s\" must appear in the GROUP BY clause or be used in an aggregate function",
+							get_attname(fq->source, var->varattno, false))));
+		fq->output = lappend(fq->output, out);
+	}
+	fq->aggs = cxt.aggs;
+}
+
+/* Run PostgreSQL's expression preprocessing, as for index expressions. */
+static void
+plan_expressions(FlowQuery *fq, Query *query)
+{
+	ListCell   *lc;
+
+	if (query->jointree->quals != NULL)
+		fq->where = make_ands_implicit(expression_planner((Expr *) query->jointree->quals));
+	foreach(lc, fq->keys)
+		lfirst(lc) = expression_planner(lfirst(lc));
+	foreach(lc, fq->aggs)
+	{
+		Aggref	   *aggref = copyObject(lfirst(lc));
+		ListCell   *lc2;
+
+		foreach(lc2, aggref->args)
+		{
+			TargetEntry *arg = lfirst(lc2);
+
+			arg->expr = expression_planner(arg->expr);
+		}
+		if (aggref->aggfilter != NULL)
+			aggref->aggfilter = expression_planner(aggref->aggfilter);
+		lfirst(lc) = aggref;
+	}
+	foreach(lc, fq->output)
+	{
+		TargetEntry *tle = lfirst(lc);
+
+		tle->expr = expression_planner(tle->expr);
+	}
+}
+
+/* Check that output column names are unique: they become a table's columns. */
+static void
+check_output_names(Query *query)
+{
+	ListCell   *lc;
+	List	   *seen = NIL;
+
+	foreach(lc, query->targetList)
+	{
+		TargetEntry *tle = lfirst(lc);
+		ListCell   *lc2;
+
+		if (tle->resjunk)
+			continue;
+		foreach(lc2, seen)
+		{
+			if (strcmp(lfirst(lc2), tle->resname) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_COLUMN),
+						 errmsg("output column name \"%s\" appears more than once in the stream query",
+								tle->resname),
+						 errhint("Give each output column a distinct name with AS.")));
+		}
+		if (exprType((Node *) tle->expr) == RECORDOID ||
+			get_typtype(exprType((Node *) tle->expr)) == TYPTYPE_PSEUDO)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("output column \"%s\" has pseudo-type %s",
+							tle->resname, format_type_be(exprType((Node *) tle->expr))),
+					 errhint("Cast the expression to a concrete type.")));
+		seen = lappend(seen, tle->resname);
+	}
+}
+
+/*
+ * Validate an analyzed stream query and split it into the operators'
+ * parts.  Raises ERRCODE_FEATURE_NOT_SUPPORTED for anything flowpg cannot
+ * run exactly.
+ */
+FlowQuery *
+CompileQueryTree(Query *query)
+{
+	FlowQuery  *fq = palloc0(sizeof(FlowQuery));
+	RangeTblEntry *rte;
+
+	check_query_shape(query);
+	rte = linitial_node(RangeTblEntry, query->rtable);
+	check_source(rte);
+	check_volatility(query);
+	if (find_grouping_walker((Node *) query->targetList, NULL))
+		not_supported("GROUPING() functions", NULL);
+	check_output_names(query);
+
+	fq->query = query;
+	fq->source = rte->relid;
+	fq->outdesc = ExecCleanTypeFromTL(query->targetList);
+	compile_keys(fq, query);
+	compile_output(fq, query);
+	plan_expressions(fq, query);
+	return fq;
+}
+
+/* Parse and analyze a stream's query text, then compile it. */
+FlowQuery *
+CompileQueryText(const char *sql)
+{
+	List	   *raw = pg_parse_query(sql);
+	RawStmt    *stmt;
+	Query	   *query;
+
+	if (list_length(raw) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a stream query must be exactly one SELECT statement"),
+				 errdetail("The query text holds %d statements.", list_length(raw))));
+	stmt = linitial_node(RawStmt, raw);
+	if (!IsA(stmt->stmt, SelectStmt))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a stream query must be a SELECT statement"),
+				 errdetail("The query is a %s statement.",
+						   GetCommandTagName(CreateCommandTag(stmt->stmt)))));
+
+	query = parse_analyze_fixedparams(stmt, sql, NULL, 0, NULL);
+	return CompileQueryTree(query);
+}
+
+/*
+ * Check that the current user may read what the stream reads: SELECT on
+ * the source table (or its columns).  Raises the usual permission error.
+ */
+void
+CompileCheckPermissions(FlowQuery *fq)
+{
+	ExecCheckRTPerms(fq->query->rtable, true);
+}

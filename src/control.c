@@ -1,0 +1,295 @@
+/*-------------------------------------------------------------------------
+ *
+ * control.c
+ *	  flowpg's fixed shared-memory control area.
+ *
+ * The control area holds one StreamCtl per stream that has a worker or is
+ * about to get one, indexed by (database, stream id); the launcher's latch;
+ * and the handle of the single dsa area in which every stream keeps its
+ * state (bounded as a whole by flowpg.state_memory).
+ *
+ * Locking:
+ *	- FlowCtl->lock (exclusive) guards allocating and freeing StreamCtl
+ *	  entries, their identity fields and the `dropping` flag, and creating
+ *	  the dsa area.  Readers of identity take it shared.
+ *	- StreamCtl->mutex (a spinlock) guards the worker's pid, latch, status
+ *	  and progress counters; hold it only to copy a few fields.
+ *	- StreamCtl->state_lock guards the stream's state table: see state.c.
+ *
+ * Crash story: nothing here is durable.  After a crash of any process the
+ * postmaster reinitializes shared memory (this area included, and the dsa
+ * area's segments are discarded); the launcher then rebuilds the entries
+ * from the replication slots, and each worker restores its state from its
+ * latest checkpoint.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "replication/slot.h"
+#include "utils/memutils.h"
+#include "storage/shmem.h"
+
+#include "control.h"
+
+FlowControl *FlowCtl = NULL;
+
+/* This process's mapping of the state area. */
+static dsa_area *flow_area = NULL;
+
+static Size
+control_shmem_size(void)
+{
+	return add_size(offsetof(FlowControl, streams),
+					mul_size(flowpg_max_streams, sizeof(StreamCtl)));
+}
+
+/* shmem_request_hook: reserve the control area. */
+void
+ControlShmemRequest(void)
+{
+	RequestAddinShmemSpace(control_shmem_size());
+}
+
+/* shmem_startup_hook: create the control area (postmaster) or find it. */
+void
+ControlShmemStartup(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	FlowCtl = ShmemInitStruct("flowpg control", control_shmem_size(), &found);
+	if (!found)
+	{
+		int			i;
+
+		memset(FlowCtl, 0, control_shmem_size());
+		FlowCtl->tranche_id = LWLockNewTrancheId();
+		LWLockInitialize(&FlowCtl->lock, FlowCtl->tranche_id);
+		FlowCtl->area_handle = DSM_HANDLE_INVALID;
+		FlowCtl->max_streams = flowpg_max_streams;
+		for (i = 0; i < flowpg_max_streams; i++)
+		{
+			StreamCtl  *ctl = &FlowCtl->streams[i];
+
+			SpinLockInit(&ctl->mutex);
+			LWLockInitialize(&ctl->state_lock, FlowCtl->tranche_id);
+			ConditionVariableInit(&ctl->cv);
+			ctl->state_handle = InvalidDsaPointer;
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+
+	LWLockRegisterTranche(FlowCtl->tranche_id, "flowpg");
+}
+
+/* Find the entry of a stream; caller holds FlowCtl->lock. */
+StreamCtl *
+ControlFindLocked(Oid dboid, int32 stream_id)
+{
+	int			i;
+
+	for (i = 0; i < FlowCtl->max_streams; i++)
+	{
+		StreamCtl  *ctl = &FlowCtl->streams[i];
+
+		if (ctl->in_use && ctl->dboid == dboid && ctl->stream_id == stream_id)
+			return ctl;
+	}
+	return NULL;
+}
+
+/*
+ * Find the entry of a stream, or NULL.  The entry stays valid while the
+ * stream exists: entries are freed only once a stream is dropped or its
+ * slot is gone.
+ */
+StreamCtl *
+ControlFind(Oid dboid, int32 stream_id)
+{
+	StreamCtl  *ctl;
+
+	LWLockAcquire(&FlowCtl->lock, LW_SHARED);
+	ctl = ControlFindLocked(dboid, stream_id);
+	LWLockRelease(&FlowCtl->lock);
+	return ctl;
+}
+
+/*
+ * Find the entry of a stream, allocating a fresh one if it has none.
+ * Returns NULL when all flowpg.max_streams entries are taken.
+ */
+StreamCtl *
+ControlAcquire(Oid dboid, int32 stream_id)
+{
+	StreamCtl  *ctl;
+	int			i;
+
+	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+	ctl = ControlFindLocked(dboid, stream_id);
+	for (i = 0; ctl == NULL && i < FlowCtl->max_streams; i++)
+	{
+		StreamCtl  *free_ctl = &FlowCtl->streams[i];
+
+		if (free_ctl->in_use)
+			continue;
+		SpinLockAcquire(&free_ctl->mutex);
+		free_ctl->pid = 0;
+		free_ctl->latch = NULL;
+		free_ctl->status = STREAM_STARTING;
+		free_ctl->state_ready = false;
+		free_ctl->restarts = -1;
+		free_ctl->failures = 0;
+		free_ctl->restart_at = 0;
+		free_ctl->processed_lsn = InvalidXLogRecPtr;
+		free_ctl->checkpoint_lsn = InvalidXLogRecPtr;
+		free_ctl->result_lsn = InvalidXLogRecPtr;
+		free_ctl->wait_lsn = InvalidXLogRecPtr;
+		free_ctl->checkpoint_id = 0;
+		free_ctl->last_checkpoint_at = 0;
+		free_ctl->ckpt_requested = free_ctl->ckpt_done = 0;
+		free_ctl->events = free_ctl->keys = free_ctl->state_bytes = 0;
+		free_ctl->ignored_updates = free_ctl->ignored_deletes = 0;
+		free_ctl->ignored_truncates = 0;
+		free_ctl->last_error[0] = '\0';
+		free_ctl->last_error_at = 0;
+		SpinLockRelease(&free_ctl->mutex);
+		free_ctl->dboid = dboid;
+		free_ctl->stream_id = stream_id;
+		free_ctl->dropping = false;
+		free_ctl->in_use = true;
+		ctl = free_ctl;
+	}
+	LWLockRelease(&FlowCtl->lock);
+	return ctl;
+}
+
+/* Wake the launcher so that it looks at the slots again. */
+void
+ControlWakeLauncher(void)
+{
+	Latch	   *latch = FlowCtl->launcher_latch;
+
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * Wake every worker of a database: called after each commit that wrote
+ * WAL, so that workers decode it at once instead of at their next timeout.
+ * Reads the latch pointers without a lock; a stale one costs a spurious
+ * wakeup of some other process, nothing more.
+ */
+void
+ControlWakeDatabase(Oid dboid)
+{
+	int			i;
+
+	if (FlowCtl == NULL)
+		return;
+	for (i = 0; i < FlowCtl->max_streams; i++)
+	{
+		StreamCtl  *ctl = &FlowCtl->streams[i];
+		Latch	   *latch = ctl->latch;
+
+		if (ctl->in_use && ctl->dboid == dboid && latch != NULL &&
+			latch != MyLatch)
+			SetLatch(latch);
+	}
+}
+
+/*
+ * This process's mapping of the state area, created by the first process
+ * that needs it.  The area is pinned, so it lives until the postmaster
+ * reinitializes shared memory.
+ */
+dsa_area *
+ControlArea(void)
+{
+	MemoryContext oldcxt;
+
+	if (flow_area != NULL)
+		return flow_area;
+
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+	if (FlowCtl->area_handle == DSM_HANDLE_INVALID)
+	{
+		flow_area = dsa_create(FlowCtl->tranche_id);
+		dsa_pin(flow_area);
+		FlowCtl->area_handle = dsa_get_handle(flow_area);
+	}
+	else
+		flow_area = dsa_attach(FlowCtl->area_handle);
+	dsa_pin_mapping(flow_area);
+	LWLockRelease(&FlowCtl->lock);
+	MemoryContextSwitchTo(oldcxt);
+
+	dsa_set_size_limit(flow_area, (size_t) flowpg_state_memory * 1024 * 1024);
+	return flow_area;
+}
+
+/* The SQL-visible name of a status. */
+const char *
+ControlStatusName(StreamStatus status)
+{
+	switch (status)
+	{
+		case STREAM_STARTING:
+			return "starting";
+		case STREAM_RUNNING:
+			return "running";
+		case STREAM_FAILED:
+			return "failed";
+	}
+	return "unknown";
+}
+
+/* Record an error of the stream's worker for flowpg.streams. */
+void
+ControlSetError(StreamCtl *ctl, const char *message)
+{
+	SpinLockAcquire(&ctl->mutex);
+	strlcpy(ctl->last_error, message, FLOWPG_ERROR_LEN);
+	ctl->last_error_at = GetCurrentTimestamp();
+	SpinLockRelease(&ctl->mutex);
+}
+
+/*
+ * The identities of the persistent flowpg slots of a database (of every
+ * database if dboid is InvalidOid): the durable list of streams.
+ */
+List *
+ControlListSlots(Oid dboid)
+{
+	List	   *slots = NIL;
+	int			i;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (i = 0; i < max_replication_slots; i++)
+	{
+		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
+		StreamIdentity ident;
+		bool		usable;
+
+		if (!s->in_use)
+			continue;
+		SpinLockAcquire(&s->mutex);
+		usable = s->data.persistency == RS_PERSISTENT &&
+			strcmp(NameStr(s->data.plugin), "flowpg") == 0 &&
+			FlowpgParseSlotName(NameStr(s->data.name), &ident.dboid,
+								&ident.stream_id, &ident.owner);
+		SpinLockRelease(&s->mutex);
+		if (usable && (!OidIsValid(dboid) || ident.dboid == dboid))
+		{
+			StreamIdentity *copy = palloc(sizeof(StreamIdentity));
+
+			*copy = ident;
+			slots = lappend(slots, copy);
+		}
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return slots;
+}

@@ -1,0 +1,112 @@
+/*-------------------------------------------------------------------------
+ *
+ * control.h
+ *	  The fixed shared-memory control area: one StreamCtl per running
+ *	  stream, the launcher's latch, and the handle of the dsa area that holds
+ *	  every stream's state.  See control.c for the locking rules.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FLOWPG_CONTROL_H
+#define FLOWPG_CONTROL_H
+
+#include "flowpg.h"
+
+#include "lib/dshash.h"
+#include "nodes/pg_list.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/spin.h"
+#include "utils/dsa.h"
+#include "utils/timestamp.h"
+
+typedef enum StreamStatus
+{
+	STREAM_STARTING = 0,		/* worker requested or restoring state */
+	STREAM_RUNNING,				/* worker decoding and applying */
+	STREAM_FAILED				/* worker stopped by an error; see last_error */
+} StreamStatus;
+
+/* Who a stream is: from its slot's name, passed to its worker. */
+typedef struct StreamIdentity
+{
+	Oid			dboid;
+	int32		stream_id;
+	Oid			owner;
+} StreamIdentity;
+
+typedef struct StreamCtl
+{
+	/* Identity: written under FlowCtl->lock held exclusively. */
+	bool		in_use;
+	bool		dropping;		/* being dropped: never start a worker */
+	Oid			dboid;
+	int32		stream_id;
+
+	/* Everything below is protected by mutex. */
+	slock_t		mutex;
+	pid_t		pid;			/* worker, 0 if none */
+	Latch	   *latch;			/* worker's latch, NULL if none */
+	StreamStatus status;
+	bool		state_ready;	/* shared state restored and usable */
+	int32		restarts;		/* worker starts after the first */
+	int32		failures;		/* consecutive failed starts */
+	TimestampTz restart_at;		/* launcher starts the worker after this */
+
+	XLogRecPtr	processed_lsn;	/* source WAL applied to state */
+	XLogRecPtr	checkpoint_lsn; /* source position of the last checkpoint */
+	XLogRecPtr	result_lsn;		/* result table exact up to here */
+	XLogRecPtr	wait_lsn;		/* highest position a flowpg.wait awaits */
+	int64		checkpoint_id;
+	TimestampTz last_checkpoint_at;
+	uint64		ckpt_requested; /* flowpg.checkpoint calls so far */
+	uint64		ckpt_done;		/* requests served */
+
+	uint64		events;			/* source rows decoded since worker start */
+	uint64		keys;
+	uint64		state_bytes;
+	uint64		ignored_updates;
+	uint64		ignored_deletes;
+	uint64		ignored_truncates;
+	char		last_error[FLOWPG_ERROR_LEN];
+	TimestampTz last_error_at;
+
+	/*
+	 * The stream's shared state table.  state_lock held exclusively to
+	 * replace the table or merge a batch into it, shared to read it.
+	 */
+	LWLock		state_lock;
+	dshash_table_handle state_handle;
+
+	/* Broadcast whenever result_lsn, ckpt_done or status changes. */
+	ConditionVariable cv;
+} StreamCtl;
+
+typedef struct FlowControl
+{
+	LWLock		lock;			/* see control.c */
+	int			tranche_id;
+	dsa_handle	area_handle;	/* DSM_HANDLE_INVALID until first use */
+	pid_t		launcher_pid;
+	Latch	   *launcher_latch;
+	int			max_streams;
+	StreamCtl	streams[FLEXIBLE_ARRAY_MEMBER];
+} FlowControl;
+
+extern FlowControl *FlowCtl;
+
+extern void ControlShmemRequest(void);
+extern void ControlShmemStartup(void);
+
+extern StreamCtl *ControlFind(Oid dboid, int32 stream_id);
+extern StreamCtl *ControlFindLocked(Oid dboid, int32 stream_id);
+extern StreamCtl *ControlAcquire(Oid dboid, int32 stream_id);
+extern void ControlWakeLauncher(void);
+extern void ControlWakeDatabase(Oid dboid);
+extern dsa_area *ControlArea(void);
+extern const char *ControlStatusName(StreamStatus status);
+extern List *ControlListSlots(Oid dboid);
+extern void ControlSetError(StreamCtl *ctl, const char *message);
+
+#endif							/* FLOWPG_CONTROL_H */

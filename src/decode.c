@@ -1,0 +1,282 @@
+/*-------------------------------------------------------------------------
+ *
+ * decode.c
+ *	  A stream's replication slot, flowpg's output plugin, and the logical
+ *	  decoding loop that feeds the operators.
+ *
+ * Each stream owns one logical replication slot whose output plugin is
+ * this very library.  The worker runs the decoding loop itself, as
+ * pg_logical_slot_get_changes does internally, and the plugin's change
+ * callback hands each decoded source row straight to the operators
+ * (operators.c): no text encoding, no walsender.  Decoding delivers
+ * committed transactions only, whole and in commit order, and can replay
+ * them from the slot after any failure; that is what exactly-once rests on.
+ *
+ * Rules this file keeps (see DESIGN.md's known traps):
+ *	- The callbacks run only in flowpg workers, and in create_stream while
+ *	  it creates the slot (flowpg_decoding_allowed); anywhere else, e.g.
+ *	  pg_logical_slot_get_changes on a slot someone made with this plugin,
+ *	  they raise an error before reading anything.
+ *	- The decoding context is created inside a transaction, so the worker
+ *	  is not flagged PROC_IN_LOGICAL_DECODING.
+ *	- Callbacks run under a historic snapshot inside a transaction the
+ *	  reorder buffer aborts: they only compute into worker-local memory;
+ *	  everything durable happens in the main loop (checkpoint.c).
+ *	- Every batch of reading is bounded by the WAL flush position.
+ *	- The worker's own transactions carry its replication origin and are
+ *	  filtered out before they reach the reorder buffer.
+ *	- No stream_* callbacks and no two-phase: only committed transactions.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include "access/xlog.h"
+#include "access/xlogutils.h"
+#include "miscadmin.h"
+#include "replication/decode.h"
+#include "replication/logical.h"
+#include "replication/output_plugin.h"
+#include "replication/slot.h"
+#include "utils/rel.h"
+
+#include "decode.h"
+
+extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks *cb);
+
+/* The worker whose operators the callbacks feed; NULL elsewhere. */
+static FlowWorker *decode_worker = NULL;
+
+static void
+check_allowed(void)
+{
+	if (!flowpg_decoding_allowed)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("the flowpg output plugin can only be used by flowpg itself"),
+				 errdetail("Its callbacks feed a stream worker's operators and produce no output."),
+				 errhint("Create streams with flowpg.create_stream; use another output plugin for your own slots.")));
+}
+
+static void
+flowpg_startup_cb(LogicalDecodingContext *ctx, OutputPluginOptions *options,
+				  bool is_init)
+{
+	check_allowed();
+	options->output_type = OUTPUT_PLUGIN_BINARY_OUTPUT;
+	options->receive_rewrites = false;
+}
+
+static void
+flowpg_shutdown_cb(LogicalDecodingContext *ctx)
+{
+}
+
+/* Skip transactions the restored state already holds. */
+static void
+flowpg_begin_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
+{
+	check_allowed();
+	if (decode_worker == NULL)
+		elog(ERROR, "flowpg output plugin called outside a stream worker");
+	decode_worker->skip_txn = txn->end_lsn <= decode_worker->restored_lsn;
+}
+
+/*
+ * One decoded change.  Inserts into the source go through the operators;
+ * UPDATE and DELETE are counted and not applied: a source is a stream of
+ * events.
+ */
+static void
+flowpg_change_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+				 Relation relation, ReorderBufferChange *change)
+{
+	FlowWorker *w = decode_worker;
+
+	check_allowed();
+	if (w == NULL || w->skip_txn ||
+		RelationGetRelid(relation) != w->plan->fq->source)
+		return;
+
+	switch (change->action)
+	{
+		case REORDER_BUFFER_CHANGE_INSERT:
+			w->events++;
+			if (BatchAdd(w->batch, &change->data.tp.newtuple->tuple))
+				w->batch_rows = true;
+			break;
+		case REORDER_BUFFER_CHANGE_UPDATE:
+			w->ignored_updates++;
+			break;
+		case REORDER_BUFFER_CHANGE_DELETE:
+			w->ignored_deletes++;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+flowpg_truncate_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+				   int nrelations, Relation relations[],
+				   ReorderBufferChange *change)
+{
+	FlowWorker *w = decode_worker;
+	int			i;
+
+	check_allowed();
+	if (w == NULL || w->skip_txn)
+		return;
+	for (i = 0; i < nrelations; i++)
+		if (RelationGetRelid(relations[i]) == w->plan->fq->source)
+			w->ignored_truncates++;
+}
+
+static void
+flowpg_commit_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+				 XLogRecPtr commit_lsn)
+{
+	check_allowed();
+}
+
+/* Drop the worker's own checkpoint transactions early. */
+static bool
+flowpg_filter_by_origin_cb(LogicalDecodingContext *ctx, RepOriginId origin_id)
+{
+	return decode_worker != NULL && origin_id != InvalidRepOriginId &&
+		origin_id == decode_worker->origin;
+}
+
+void
+_PG_output_plugin_init(OutputPluginCallbacks *cb)
+{
+	cb->startup_cb = flowpg_startup_cb;
+	cb->begin_cb = flowpg_begin_cb;
+	cb->change_cb = flowpg_change_cb;
+	cb->truncate_cb = flowpg_truncate_cb;
+	cb->commit_cb = flowpg_commit_cb;
+	cb->filter_by_origin_cb = flowpg_filter_by_origin_cb;
+	cb->shutdown_cb = flowpg_shutdown_cb;
+}
+
+/*
+ * Create a stream's slot as an ephemeral slot acquired by this backend,
+ * and wait until it reaches a consistent point: every transaction that
+ * commits after this returns is decoded in full.  The caller makes the
+ * slot persistent when its transaction commits (catalog.c); until then an
+ * error or abort drops it.
+ */
+void
+DecodeCreateSlot(const char *slot_name)
+{
+	LogicalDecodingContext *ctx;
+	bool		was_allowed = flowpg_decoding_allowed;
+
+	CheckSlotRequirements();
+	ReplicationSlotCreate(slot_name, true, RS_EPHEMERAL, false);
+
+	flowpg_decoding_allowed = true;
+	PG_TRY();
+	{
+		ctx = CreateInitDecodingContext("flowpg", NIL, false, InvalidXLogRecPtr,
+										XL_ROUTINE(.page_read = read_local_xlog_page,
+												   .segment_open = wal_segment_open,
+												   .segment_close = wal_segment_close),
+										NULL, NULL, NULL);
+		DecodingContextFindStartpoint(ctx);
+		FreeDecodingContext(ctx);
+	}
+	PG_FINALLY();
+	{
+		flowpg_decoding_allowed = was_allowed;
+	}
+	PG_END_TRY();
+}
+
+/* Drop a stream's slot if it exists, waiting for its worker to let go. */
+void
+DecodeDropSlot(const char *slot_name)
+{
+	if (SearchNamedReplicationSlot(slot_name, true) != NULL)
+		ReplicationSlotDrop(slot_name, false);
+}
+
+/*
+ * Acquire the stream's slot and create the decoding context, in the
+ * worker's long-lived memory.  Call inside a transaction (see the banner).
+ */
+void
+DecodeStart(FlowWorker *w)
+{
+	MemoryContext oldcxt;
+
+	if (SearchNamedReplicationSlot(w->slot_name, true) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("replication slot \"%s\" of stream \"%s\" does not exist",
+						w->slot_name, w->def->name),
+				 errhint("Drop the stream and create it again.")));
+	ReplicationSlotAcquire(w->slot_name, true);
+
+	oldcxt = MemoryContextSwitchTo(w->cxt);
+	decode_worker = w;
+	w->decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
+										XL_ROUTINE(.page_read = read_local_xlog_page,
+												   .segment_open = wal_segment_open,
+												   .segment_close = wal_segment_close),
+										NULL, NULL, NULL);
+	XLogBeginRead(w->decoding->reader, MyReplicationSlot->data.restart_lsn);
+	w->processed_lsn = MyReplicationSlot->data.confirmed_flush;
+	w->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Decode the WAL written so far, at most max_records records, feeding the
+ * worker's batch.  Stops only between records, so whole transactions are
+ * in the batch.  Returns true when it reached the flush position.
+ */
+bool
+DecodeRead(FlowWorker *w, int max_records)
+{
+	XLogReaderState *reader = w->decoding->reader;
+	XLogRecPtr	flush = GetFlushRecPtr(NULL);
+	int			n = 0;
+
+	while (reader->EndRecPtr < flush)
+	{
+		char	   *errm = NULL;
+		XLogRecord *record = XLogReadRecord(reader, &errm);
+
+		if (errm != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("could not read WAL for stream \"%s\": %s",
+							w->def->name, errm)));
+		if (record != NULL)
+			LogicalDecodingProcessRecord(w->decoding, reader);
+		CHECK_FOR_INTERRUPTS();
+		if (++n >= max_records)
+			break;
+	}
+	if (reader->EndRecPtr > w->processed_lsn)
+		w->processed_lsn = reader->EndRecPtr;
+	return reader->EndRecPtr >= flush;
+}
+
+/*
+ * Tell the slot that everything up to lsn is durable in a checkpoint (or
+ * changed nothing), so that it may release the WAL before it.  The caller
+ * has flushed the checkpoint's commit.
+ */
+void
+DecodeConfirm(FlowWorker *w, XLogRecPtr lsn)
+{
+	if (lsn <= w->confirmed_lsn)
+		return;
+	LogicalConfirmReceivedLocation(lsn);
+	ReplicationSlotMarkDirty();
+	ReplicationSlotSave();
+	w->confirmed_lsn = lsn;
+	w->last_confirm = GetCurrentTimestamp();
+}

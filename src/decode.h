@@ -1,0 +1,22 @@
+/*-------------------------------------------------------------------------
+ *
+ * decode.h
+ *	  A stream's replication slot and the logical decoding loop that feeds
+ *	  its operators.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FLOWPG_DECODE_H
+#define FLOWPG_DECODE_H
+
+#include "flowpg.h"
+
+#include "worker.h"
+
+extern void DecodeCreateSlot(const char *slot_name);
+extern void DecodeDropSlot(const char *slot_name);
+extern void DecodeStart(FlowWorker *w);
+extern bool DecodeRead(FlowWorker *w, int max_records);
+extern void DecodeConfirm(FlowWorker *w, XLogRecPtr lsn);
+
+#endif							/* FLOWPG_DECODE_H */

@@ -1,0 +1,206 @@
+/*-------------------------------------------------------------------------
+ *
+ * flowpg.c
+ *	  Module initialization: GUCs, hooks, the launcher; plus the checks and
+ *	  naming conventions every other file shares.
+ *
+ * flowpg must be in shared_preload_libraries: it reserves shared memory
+ * and registers its launcher in the postmaster.  Loaded any other way (for
+ * instance by CREATE EXTENSION's function validation) it only defines its
+ * GUCs, and every SQL function raises an error saying what to configure.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include <limits.h>
+
+#include "access/xlog.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "replication/slot.h"
+#include "storage/ipc.h"
+#include "storage/lock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/varlena.h"
+
+#include "catalog.h"
+#include "control.h"
+#include "launcher.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+int			flowpg_checkpoint_interval = 1000;
+int			flowpg_state_memory = 1024;
+int			flowpg_max_streams = 16;
+int			flowpg_checkpoints_retained = 10;
+
+bool		flowpg_preloaded = false;
+bool		flowpg_decoding_allowed = false;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+flowpg_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	ControlShmemRequest();
+}
+
+static void
+flowpg_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	ControlShmemStartup();
+}
+
+static void
+define_gucs(void)
+{
+	DefineCustomIntVariable("flowpg.checkpoint_interval",
+							"Time between two checkpoints of a stream that has changed.",
+							"A stream's own checkpoint_interval, if set, overrides this.",
+							&flowpg_checkpoint_interval,
+							1000, 10, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("flowpg.state_memory",
+							"Upper bound of the shared memory holding the state of all streams.",
+							"A stream whose state would exceed it stops with an error.",
+							&flowpg_state_memory,
+							1024, 2, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MB,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("flowpg.max_streams",
+							"Maximum number of streams in all databases of the server.",
+							NULL,
+							&flowpg_max_streams,
+							16, 1, 1024,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("flowpg.checkpoints_retained",
+							"Number of checkpoint records kept per stream in flowpg.checkpoints.",
+							NULL,
+							&flowpg_checkpoints_retained,
+							10, 1, INT_MAX,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	MarkGUCPrefixReserved("flowpg");
+}
+
+void
+_PG_init(void)
+{
+	define_gucs();
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	flowpg_preloaded = true;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = flowpg_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = flowpg_shmem_startup;
+	CatalogRegisterHooks();
+	LauncherRegister();
+}
+
+/* Raise an error unless flowpg was loaded by shared_preload_libraries. */
+void
+FlowpgCheckLoaded(void)
+{
+	if (!flowpg_preloaded)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("flowpg must be loaded via shared_preload_libraries"),
+				 errhint("Add flowpg to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* Is `name` in the comma-separated list `list`? */
+static bool
+in_list(const char *list, const char *name)
+{
+	char	   *copy = pstrdup(list);
+	List	   *names;
+	ListCell   *lc;
+
+	if (!SplitIdentifierString(copy, ',', &names))
+		return false;
+	foreach(lc, names)
+		if (strcmp(lfirst(lc), name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Raise an error naming the setting that keeps streams from running:
+ * shared_preload_libraries, wal_level, max_replication_slots or
+ * output_plugin_libraries (on releases that have it).
+ */
+void
+FlowpgCheckPrerequisites(void)
+{
+	const char *plugins;
+
+	FlowpgCheckLoaded();
+	if (wal_level < WAL_LEVEL_LOGICAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("flowpg requires wal_level = logical"),
+				 errdetail("Streams read inserted rows through logical decoding; wal_level is \"%s\".",
+						   GetConfigOption("wal_level", false, false)),
+				 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
+	if (max_replication_slots <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("flowpg requires max_replication_slots > 0"),
+				 errdetail("Every stream owns a logical replication slot."),
+				 errhint("Raise max_replication_slots in postgresql.conf and restart the server.")));
+	plugins = GetConfigOption("output_plugin_libraries", true, false);
+	if (plugins != NULL && !in_list(plugins, "flowpg"))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("flowpg is not listed in output_plugin_libraries"),
+				 errdetail("output_plugin_libraries is \"%s\"; streams decode with flowpg's own output plugin.",
+						   plugins),
+				 errhint("Add flowpg to output_plugin_libraries in postgresql.conf and reload the server.")));
+}
+
+void
+FlowpgSlotName(char *buf, Oid dboid, int32 stream_id, Oid owner)
+{
+	snprintf(buf, NAMEDATALEN, FLOWPG_SLOT_PREFIX "%u_%d_%u",
+			 dboid, stream_id, owner);
+}
+
+bool
+FlowpgParseSlotName(const char *name, Oid *dboid, int32 *stream_id, Oid *owner)
+{
+	int			consumed = 0;
+
+	if (sscanf(name, FLOWPG_SLOT_PREFIX "%u_%d_%u%n",
+			   dboid, stream_id, owner, &consumed) != 3)
+		return false;
+	return name[consumed] == '\0';
+}
+
+/*
+ * Take the stream's lock for the rest of the transaction.  create_stream
+ * and drops hold it exclusively; a starting worker takes it shared, so it
+ * waits for them to finish.
+ */
+void
+FlowpgLockStream(int32 stream_id, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) stream_id, 0,
+						 FLOWPG_LOCK_CLASS);
+	(void) LockAcquire(&tag, mode, false, false);
+}

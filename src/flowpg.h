@@ -1,0 +1,73 @@
+/*-------------------------------------------------------------------------
+ *
+ * flowpg.h
+ *	  Declarations shared by every flowpg module: GUC variables, naming
+ *	  conventions and the process-global flags.
+ *
+ * Glossary (one word per idea, everywhere):
+ *	stream		the user's definition: a query over one source table whose
+ *				results are kept in a result table of the stream's name
+ *	worker		the background process that runs one stream
+ *	launcher	the background process that starts and restarts workers
+ *	key			one group of the stream's GROUP BY (the empty key when the
+ *				query has no GROUP BY)
+ *	state		the aggregates' transition values of every key, in shared
+ *				memory
+ *	batch		the keys a worker pre-aggregates locally before merging them
+ *				into state with the aggregates' combine functions
+ *	checkpoint	one transaction writing the keys changed since the previous
+ *				checkpoint, their result rows and the source position
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FLOWPG_H
+#define FLOWPG_H
+
+#include "postgres.h"
+
+#include "access/xlogdefs.h"
+#include "storage/lockdefs.h"
+
+/* Name prefix of every replication slot and origin flowpg owns. */
+#define FLOWPG_SLOT_PREFIX		"flowpg_"
+
+/* Length of the last error kept per stream in shared memory. */
+#define FLOWPG_ERROR_LEN		512
+
+/* Field 4 of the advisory lock tag flowpg uses to serialize on a stream. */
+#define FLOWPG_LOCK_CLASS		0x464C
+
+/* GUC variables (flowpg.c) */
+extern int	flowpg_checkpoint_interval;	/* ms */
+extern int	flowpg_state_memory;	/* MB */
+extern int	flowpg_max_streams;
+extern int	flowpg_checkpoints_retained;
+
+/* True in a process whose flowpg library was loaded by the postmaster. */
+extern bool flowpg_preloaded;
+
+/*
+ * Set while this process may run the flowpg output plugin: in a stream
+ * worker, and in create_stream while it creates the stream's slot.  The
+ * plugin's callbacks refuse to run otherwise (see decode.c).
+ */
+extern bool flowpg_decoding_allowed;
+
+/* flowpg.c */
+extern void FlowpgCheckLoaded(void);
+extern void FlowpgCheckPrerequisites(void);
+extern int	FlowpgCheckpointIntervalMs(void);
+
+/*
+ * Slot and origin name of a stream: flowpg_<database>_<stream id>_<owner>.
+ * The replication slots are the durable list of streams the launcher
+ * starts workers for, and a worker connects as the owner named here.
+ */
+extern void FlowpgSlotName(char *buf, Oid dboid, int32 stream_id, Oid owner);
+extern bool FlowpgParseSlotName(const char *name, Oid *dboid,
+								int32 *stream_id, Oid *owner);
+
+/* Transaction-scoped lock that serializes create, drop and worker start. */
+extern void FlowpgLockStream(int32 stream_id, LOCKMODE mode);
+
+#endif							/* FLOWPG_H */

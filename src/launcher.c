@@ -1,0 +1,237 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *	  The launcher: keeps one worker running per stream.
+ *
+ * The launcher is a static background worker registered in _PG_init.  It
+ * is not connected to any database.  The durable list of streams is the
+ * set of persistent replication slots named flowpg_<db>_<id>_<owner>
+ * (created by create_stream, dropped with the stream); for each one the
+ * launcher keeps a StreamCtl entry and a worker, connected to that
+ * database as that owner.
+ *
+ * It wakes up when a create_stream commits, when one of its workers exits
+ * (it is their bgw_notify_pid), and once a second.  A worker that exits
+ * while its stream still exists is started again after a back-off that
+ * doubles with each consecutive failure, from 1 s up to 60 s; a successful
+ * checkpoint resets it.
+ *
+ * Crash story: after a crash the postmaster restarts the launcher, which
+ * finds the slots again; the workers restore their state from checkpoints.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/slot.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+
+#include "control.h"
+#include "launcher.h"
+#include "worker.h"
+
+#define LAUNCHER_NAPTIME_MS		1000
+#define RESTART_MIN_MS			1000
+#define RESTART_MAX_MS			60000
+
+/* Handles of the workers this launcher started, by StreamCtl index. */
+static BackgroundWorkerHandle **handles;
+
+/* Register the launcher; from _PG_init. */
+void
+LauncherRegister(void)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = 1;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "flowpg");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "FlowLauncherMain");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg launcher");
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "flowpg launcher");
+	RegisterBackgroundWorker(&bgw);
+}
+
+static void
+launcher_on_exit(int code, Datum arg)
+{
+	FlowCtl->launcher_latch = NULL;
+	FlowCtl->launcher_pid = 0;
+}
+
+static StreamIdentity *
+find_slot(List *slots, StreamCtl *ctl)
+{
+	ListCell   *lc;
+
+	foreach(lc, slots)
+	{
+		StreamIdentity *ident = lfirst(lc);
+
+		if (ident->dboid == ctl->dboid && ident->stream_id == ctl->stream_id)
+			return ident;
+	}
+	return NULL;
+}
+
+static void
+start_worker(StreamCtl *ctl, int index, StreamIdentity *ident)
+{
+	BackgroundWorker bgw;
+	MemoryContext oldcxt;
+	bool		registered;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "flowpg");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "FlowWorkerMain");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg worker for stream %d",
+			 ident->stream_id);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "flowpg worker");
+	bgw.bgw_main_arg = Int32GetDatum(index);
+	memcpy(bgw.bgw_extra, ident, sizeof(StreamIdentity));
+	bgw.bgw_notify_pid = MyProcPid;
+
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	registered = RegisterDynamicBackgroundWorker(&bgw, &handles[index]);
+	MemoryContextSwitchTo(oldcxt);
+	if (!registered)
+	{
+		handles[index] = NULL;
+		ControlSetError(ctl, "no free background worker slot: raise max_worker_processes");
+		SpinLockAcquire(&ctl->mutex);
+		ctl->status = STREAM_FAILED;
+		ctl->restart_at = GetCurrentTimestamp() + RESTART_MIN_MS * 1000L;
+		SpinLockRelease(&ctl->mutex);
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("flowpg could not start the worker of stream %d: no free background worker slot",
+						ident->stream_id),
+				 errhint("Raise max_worker_processes.")));
+	}
+}
+
+/* A worker exited: schedule its restart with back-off. */
+static void
+worker_exited(StreamCtl *ctl)
+{
+	int			failures;
+	long		delay_ms;
+
+	SpinLockAcquire(&ctl->mutex);
+	failures = ++ctl->failures;
+	delay_ms = RESTART_MIN_MS;
+	while (--failures > 0 && delay_ms < RESTART_MAX_MS)
+		delay_ms *= 2;
+	ctl->restart_at = GetCurrentTimestamp() + Min(delay_ms, RESTART_MAX_MS) * 1000L;
+	if (ctl->status != STREAM_FAILED)
+		ctl->status = STREAM_STARTING;
+	SpinLockRelease(&ctl->mutex);
+}
+
+/* Make the set of entries and workers match the set of slots. */
+static void
+reconcile(void)
+{
+	List	   *slots = ControlListSlots(InvalidOid);
+	ListCell   *lc;
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	foreach(lc, slots)
+	{
+		StreamIdentity *ident = lfirst(lc);
+
+		if (ControlAcquire(ident->dboid, ident->stream_id) == NULL)
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("flowpg cannot run stream %d: flowpg.max_streams (%d) entries are in use",
+							ident->stream_id, flowpg_max_streams),
+					 errhint("Raise flowpg.max_streams and restart the server.")));
+	}
+
+	for (i = 0; i < FlowCtl->max_streams; i++)
+	{
+		StreamCtl  *ctl = &FlowCtl->streams[i];
+		StreamIdentity *ident;
+		pid_t		pid;
+		bool		dropping;
+
+		LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+		if (!ctl->in_use)
+		{
+			LWLockRelease(&FlowCtl->lock);
+			continue;
+		}
+		dropping = ctl->dropping;
+		if (handles[i] != NULL &&
+			GetBackgroundWorkerPid(handles[i], &pid) == BGWH_STOPPED)
+		{
+			pfree(handles[i]);
+			handles[i] = NULL;
+			if (!dropping)
+				worker_exited(ctl);
+		}
+		ident = find_slot(slots, ctl);
+		if (ident == NULL && handles[i] == NULL && !dropping)
+			ctl->in_use = false;	/* stream gone */
+		LWLockRelease(&FlowCtl->lock);
+
+		if (ident != NULL && handles[i] == NULL && !dropping &&
+			ctl->restart_at <= now)
+			start_worker(ctl, i, ident);
+	}
+	list_free_deep(slots);
+}
+
+void
+FlowLauncherMain(Datum main_arg)
+{
+	MemoryContext loopcxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	handles = MemoryContextAllocZero(TopMemoryContext,
+									 sizeof(BackgroundWorkerHandle *) * FlowCtl->max_streams);
+	FlowCtl->launcher_pid = MyProcPid;
+	FlowCtl->launcher_latch = MyLatch;
+	on_shmem_exit(launcher_on_exit, (Datum) 0);
+
+	loopcxt = AllocSetContextCreate(TopMemoryContext, "flowpg launcher loop",
+									ALLOCSET_DEFAULT_SIZES);
+	ereport(LOG, (errmsg("flowpg launcher started")));
+
+	for (;;)
+	{
+		MemoryContext oldcxt;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		oldcxt = MemoryContextSwitchTo(loopcxt);
+		reconcile();
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(loopcxt);
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 LAUNCHER_NAPTIME_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}

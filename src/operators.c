@@ -1,0 +1,882 @@
+/*-------------------------------------------------------------------------
+ *
+ * operators.c
+ *	  The stream's operators: filter, key, aggregate and output projection.
+ *
+ * Every expression runs in PostgreSQL's executor (ExecInitExpr and
+ * friends) and every aggregate through its own support functions, called
+ * the way nodeAgg.c calls them: transition functions while a worker
+ * pre-aggregates a batch of source rows in local memory, combine functions
+ * when the batch is merged into the shared state, serialization functions
+ * to store a transition value as flat bytes (the only thing shared memory
+ * and the checkpoint tables can hold), and final functions to produce the
+ * output row.  The support functions see a minimal AggState as their
+ * context, which is all AggCheckCallContext() needs.
+ *
+ * A state image is the concatenation of each aggregate's transition value
+ * in datumSerialize() format, internal states through their serialization
+ * function.  A key is a MinimalTuple of the GROUP BY values.
+ *
+ * Memory: a FlowPlan lives in its own context.  Per-row work happens in
+ * the plan's per-tuple context, reset for every row; a batch's groups and
+ * transition values live in the batch's context, reset after every merge;
+ * merging and finalizing use contexts reset for every key.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include "access/detoast.h"
+#include "access/heaptoast.h"
+#include "catalog/pg_aggregate.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
+#include "parser/parse_agg.h"
+#include "port/pg_bitutils.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/expandeddatum.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+
+#include "operators.h"
+
+/* One key of a batch and its transition values. */
+typedef struct BatchGroup
+{
+	uint32		hash;
+	Datum	   *keys;
+	bool	   *nulls;
+	AggValue	vals[FLEXIBLE_ARRAY_MEMBER];
+} BatchGroup;
+
+typedef struct BatchEntry
+{
+	BatchGroup *group;
+	uint32		hash;
+	char		status;
+} BatchEntry;
+
+static bool batch_group_equal(FlowPlan *plan, BatchGroup *a, BatchGroup *b);
+
+#define SH_PREFIX batchhash
+#define SH_ELEMENT_TYPE BatchEntry
+#define SH_KEY_TYPE BatchGroup *
+#define SH_KEY group
+#define SH_HASH_KEY(tb, key) ((key)->hash)
+#define SH_EQUAL(tb, a, b) batch_group_equal((FlowPlan *) (tb)->private_data, a, b)
+#define SH_STORE_HASH
+#define SH_GET_HASH(tb, a) ((a)->hash)
+#define SH_SCOPE static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
+struct FlowBatch
+{
+	FlowPlan   *plan;
+	MemoryContext cxt;			/* groups and transition values */
+	MemoryContext mergecxt;		/* reset for every key merged */
+	batchhash_hash *hash;
+	BatchGroup *probe;
+};
+
+/* ---------------------------------------------------------------------
+ * Building the plan
+ * ---------------------------------------------------------------------
+ */
+
+static Datum
+get_init_value(Datum text_init, Oid transtype)
+{
+	Oid			typinput,
+				typioparam;
+	char	   *str = TextDatumGetCString(text_init);
+
+	getTypeInputInfo(transtype, &typinput, &typioparam);
+	return OidInputFunctionCall(typinput, str, typioparam, -1);
+}
+
+/* Look up a support function and give it its expression, as nodeAgg does. */
+static FunctionCallInfo
+init_support_fn(FlowPlan *plan, FmgrInfo *flinfo, Oid fn, Expr *expr,
+				int nargs, Oid collation)
+{
+	FunctionCallInfo fcinfo = palloc0(SizeForFunctionCallInfo(nargs));
+
+	fmgr_info(fn, flinfo);
+	fmgr_info_set_expr((Node *) expr, flinfo);
+	InitFunctionCallInfoData(*fcinfo, flinfo, nargs, collation,
+							 (Node *) plan->aggstate, NULL);
+	return fcinfo;
+}
+
+static void
+build_agg(FlowPlan *plan, FlowAgg *agg, Aggref *aggref)
+{
+	HeapTuple	tuple;
+	Form_pg_aggregate form;
+	Oid			input_types[FUNC_MAX_ARGS];
+	int			nargs = get_aggregate_argtypes(aggref, input_types);
+	Oid			coll = aggref->inputcollid;
+	Expr	   *expr;
+	Datum		text_init;
+	AclResult	aclresult;
+	ListCell   *lc;
+	int			i = 0;
+
+	aclresult = pg_proc_aclcheck(aggref->aggfnoid, GetUserId(), ACL_EXECUTE);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_AGGREGATE,
+					   get_func_name(aggref->aggfnoid));
+
+	tuple = SearchSysCache1(AGGFNOID, ObjectIdGetDatum(aggref->aggfnoid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for aggregate %u", aggref->aggfnoid);
+	form = (Form_pg_aggregate) GETSTRUCT(tuple);
+
+	agg->aggref = aggref;
+	agg->numInputs = nargs;
+	agg->numFinalArgs = form->aggfinalextra ? nargs + 1 : 1;
+	agg->transtype = resolve_aggregate_transtype(aggref->aggfnoid,
+												 form->aggtranstype,
+												 input_types, nargs);
+	get_typlenbyval(agg->transtype, &agg->transtypeLen, &agg->transtypeByVal);
+	text_init = SysCacheGetAttr(AGGFNOID, tuple, Anum_pg_aggregate_agginitval,
+								&agg->initValueIsNull);
+	if (!agg->initValueIsNull)
+		agg->initValue = get_init_value(text_init, agg->transtype);
+
+	build_aggregate_transfn_expr(input_types, nargs, 0, aggref->aggvariadic,
+								 agg->transtype, coll, form->aggtransfn,
+								 InvalidOid, &expr, NULL);
+	agg->transfcinfo = init_support_fn(plan, &agg->transfn, form->aggtransfn,
+									   expr, nargs + 1, coll);
+
+	/* a combine function is a transition function over two states */
+	build_aggregate_transfn_expr(&agg->transtype, 1, 0, false, agg->transtype,
+								 coll, form->aggcombinefn, InvalidOid,
+								 &expr, NULL);
+	agg->combinefcinfo = init_support_fn(plan, &agg->combinefn,
+										 form->aggcombinefn, expr, 2, coll);
+
+	agg->has_finalfn = OidIsValid(form->aggfinalfn);
+	if (agg->has_finalfn)
+	{
+		build_aggregate_finalfn_expr(input_types, agg->numFinalArgs,
+									 agg->transtype, aggref->aggtype, coll,
+									 form->aggfinalfn, &expr);
+		agg->finalfcinfo = init_support_fn(plan, &agg->finalfn,
+										   form->aggfinalfn, expr,
+										   agg->numFinalArgs, coll);
+	}
+	if (agg->transtype == INTERNALOID)
+	{
+		build_aggregate_serialfn_expr(form->aggserialfn, &expr);
+		agg->serialfcinfo = init_support_fn(plan, &agg->serialfn,
+											form->aggserialfn, expr, 1,
+											InvalidOid);
+		build_aggregate_deserialfn_expr(form->aggdeserialfn, &expr);
+		agg->deserialfcinfo = init_support_fn(plan, &agg->deserialfn,
+											  form->aggdeserialfn, expr, 2,
+											  InvalidOid);
+	}
+	ReleaseSysCache(tuple);
+
+	if (aggref->aggfilter != NULL)
+		agg->filter = ExecInitExpr(aggref->aggfilter, NULL);
+	agg->args = palloc0(sizeof(ExprState *) * (nargs + 1));
+	foreach(lc, aggref->args)
+		agg->args[i++] = ExecInitExpr(lfirst_node(TargetEntry, lc)->expr, NULL);
+}
+
+static void
+build_keys(FlowPlan *plan)
+{
+	FlowQuery  *fq = plan->fq;
+	ListCell   *lc,
+			   *lc2;
+	int			i = 0;
+
+	plan->keys = palloc0(sizeof(ExprState *) * (plan->nkeys + 1));
+	plan->key_eq = palloc0(sizeof(FmgrInfo) * (plan->nkeys + 1));
+	plan->key_hash = palloc0(sizeof(FmgrInfo) * (plan->nkeys + 1));
+	plan->key_coll = palloc0(sizeof(Oid) * (plan->nkeys + 1));
+	plan->keyvals = palloc0(sizeof(Datum) * (plan->nkeys + 1));
+	plan->keynulls = palloc0(sizeof(bool) * (plan->nkeys + 1));
+	plan->keydesc = CreateTemplateTupleDesc(plan->nkeys);
+	forboth(lc, fq->keys, lc2, fq->key_eqops)
+	{
+		Expr	   *expr = lfirst(lc);
+		Oid			eqop = lfirst_oid(lc2);
+		Oid			hash_fn,
+					rhs_hash_fn;
+
+		if (!get_op_hash_functions(eqop, &hash_fn, &rhs_hash_fn))
+			elog(ERROR, "could not find hash function for operator %u", eqop);
+		fmgr_info(get_opcode(eqop), &plan->key_eq[i]);
+		fmgr_info(hash_fn, &plan->key_hash[i]);
+		plan->key_coll[i] = exprCollation((Node *) expr);
+		plan->keys[i] = ExecInitExpr(expr, NULL);
+		TupleDescInitEntry(plan->keydesc, i + 1, NULL, exprType((Node *) expr),
+						   exprTypmod((Node *) expr), 0);
+		TupleDescInitEntryCollation(plan->keydesc, i + 1, plan->key_coll[i]);
+		i++;
+	}
+}
+
+/* The final row's descriptor: the keys, then each aggregate's result. */
+static TupleDesc
+build_final_desc(FlowPlan *plan)
+{
+	TupleDesc	desc = CreateTemplateTupleDesc(plan->nkeys + plan->naggs);
+	int			i;
+
+	for (i = 0; i < plan->nkeys; i++)
+		TupleDescCopyEntry(desc, i + 1, plan->keydesc, i + 1);
+	for (i = 0; i < plan->naggs; i++)
+	{
+		Aggref	   *aggref = plan->aggs[i].aggref;
+
+		TupleDescInitEntry(desc, plan->nkeys + i + 1, NULL, aggref->aggtype,
+						   -1, 0);
+		TupleDescInitEntryCollation(desc, plan->nkeys + i + 1,
+									aggref->aggcollid);
+	}
+	return desc;
+}
+
+/*
+ * Compile a stream's operators for this process, in a new memory context
+ * under the current one.  srcdesc is the source table's descriptor.
+ */
+FlowPlan *
+PlanBuild(FlowQuery *fq, TupleDesc srcdesc)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
+											  "flowpg plan",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	FlowPlan   *plan = palloc0(sizeof(FlowPlan));
+	TupleDesc	finaldesc;
+	ListCell   *lc;
+	int			i = 0;
+
+	plan->fq = fq;
+	plan->cxt = cxt;
+	plan->nkeys = list_length(fq->keys);
+	plan->naggs = list_length(fq->aggs);
+
+	plan->srcslot = MakeSingleTupleTableSlot(CreateTupleDescCopyConstr(srcdesc),
+											 &TTSOpsHeapTuple);
+	plan->econtext = CreateStandaloneExprContext();
+	plan->econtext->ecxt_scantuple = plan->srcslot;
+	plan->where = ExecInitQual(fq->where, NULL);
+
+	plan->aggecontext = makeNode(ExprContext);
+	plan->aggstate = makeNode(AggState);
+	plan->aggstate->curaggcontext = plan->aggecontext;
+	plan->aggstate->tmpcontext = plan->econtext;
+	plan->aggstate->aggcontexts = palloc(sizeof(ExprContext *));
+	plan->aggstate->aggcontexts[0] = plan->aggecontext;
+
+	build_keys(plan);
+	plan->aggs = palloc0(sizeof(FlowAgg) * (plan->naggs + 1));
+	foreach(lc, fq->aggs)
+		build_agg(plan, &plan->aggs[i++], lfirst(lc));
+
+	finaldesc = build_final_desc(plan);
+	plan->finalslot = MakeSingleTupleTableSlot(finaldesc, &TTSOpsVirtual);
+	plan->outslot = MakeSingleTupleTableSlot(ExecCleanTypeFromTL(fq->output),
+											 &TTSOpsVirtual);
+	plan->outecontext = CreateStandaloneExprContext();
+	plan->outecontext->ecxt_outertuple = plan->finalslot;
+	plan->outproj = ExecBuildProjectionInfo(fq->output, plan->outecontext,
+											plan->outslot, NULL, finaldesc);
+
+	MemoryContextSwitchTo(oldcxt);
+	return plan;
+}
+
+/* ---------------------------------------------------------------------
+ * Keys
+ * ---------------------------------------------------------------------
+ */
+
+/* Hash a key with its types' hash functions, as execGrouping.c does. */
+uint32
+PlanKeyHash(FlowPlan *plan, Datum *values, bool *isnull)
+{
+	uint32		hash = 0;
+	int			i;
+
+	for (i = 0; i < plan->nkeys; i++)
+	{
+		hash = pg_rotate_left32(hash, 1);
+		if (!isnull[i])
+			hash ^= DatumGetUInt32(FunctionCall1Coll(&plan->key_hash[i],
+													 plan->key_coll[i],
+													 values[i]));
+	}
+	return murmurhash32(hash);
+}
+
+/* Are two keys equal for GROUP BY?  NULLs group together. */
+static bool
+keys_equal(FlowPlan *plan, Datum *v1, bool *n1, Datum *v2, bool *n2)
+{
+	int			i;
+
+	for (i = 0; i < plan->nkeys; i++)
+	{
+		if (n1[i] != n2[i])
+			return false;
+		if (n1[i])
+			continue;
+		if (!DatumGetBool(FunctionCall2Coll(&plan->key_eq[i], plan->key_coll[i],
+											v1[i], v2[i])))
+			return false;
+	}
+	return true;
+}
+
+static bool
+batch_group_equal(FlowPlan *plan, BatchGroup *a, BatchGroup *b)
+{
+	return keys_equal(plan, a->keys, a->nulls, b->keys, b->nulls);
+}
+
+/* Deform a stored key; the values point into the key. */
+static void
+key_deform(FlowPlan *plan, MinimalTuple key, Datum *values, bool *isnull)
+{
+	HeapTupleData tuple;
+
+	tuple.t_len = key->t_len + MINIMAL_TUPLE_OFFSET;
+	tuple.t_data = (HeapTupleHeader) ((char *) key - MINIMAL_TUPLE_OFFSET);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	heap_deform_tuple(&tuple, plan->keydesc, values, isnull);
+}
+
+/* Hash of a stored key. */
+uint32
+PlanStoredKeyHash(FlowPlan *plan, MinimalTuple key)
+{
+	key_deform(plan, key, plan->keyvals, plan->keynulls);
+	return PlanKeyHash(plan, plan->keyvals, plan->keynulls);
+}
+
+/* The key of a stream without GROUP BY, in the current memory context. */
+MinimalTuple
+PlanEmptyKey(FlowPlan *plan)
+{
+	return heap_form_minimal_tuple(plan->keydesc, NULL, NULL);
+}
+
+/* ---------------------------------------------------------------------
+ * Aggregate support functions, called as nodeAgg.c calls them
+ * ---------------------------------------------------------------------
+ */
+
+static void
+init_values(FlowPlan *plan, AggValue *vals, MemoryContext cxt)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	int			i;
+
+	for (i = 0; i < plan->naggs; i++)
+	{
+		FlowAgg    *agg = &plan->aggs[i];
+
+		vals[i].isnull = agg->initValueIsNull;
+		vals[i].noTransValue = agg->initValueIsNull;
+		vals[i].value = agg->initValueIsNull ? (Datum) 0 :
+			datumCopy(agg->initValue, agg->transtypeByVal, agg->transtypeLen);
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Keep a new by-reference transition value in cxt and free the old one,
+ * as nodeAgg.c's ExecAggTransReparent does.
+ */
+static Datum
+keep_trans_value(FlowAgg *agg, Datum newval, bool newnull,
+				 Datum oldval, bool oldnull, MemoryContext cxt)
+{
+	if (!newnull)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+
+		if (!(DatumIsReadWriteExpandedObject(newval, false, agg->transtypeLen) &&
+			  MemoryContextGetParent(DatumGetEOHP(newval)->eoh_context) == cxt))
+			newval = datumCopy(newval, agg->transtypeByVal, agg->transtypeLen);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	if (!oldnull)
+	{
+		if (DatumIsReadWriteExpandedObject(oldval, false, agg->transtypeLen))
+			DeleteExpandedObject(oldval);
+		else
+			pfree(DatumGetPointer(oldval));
+	}
+	return newval;
+}
+
+/*
+ * Advance one transition value with the arguments already in
+ * agg->transfcinfo->args[1..].  Runs in the per-row context; the value is
+ * kept in cxt.
+ */
+static void
+agg_advance(FlowPlan *plan, FlowAgg *agg, AggValue *tv, MemoryContext cxt)
+{
+	FunctionCallInfo fcinfo = agg->transfcinfo;
+	Datum		newval;
+	int			i;
+
+	if (agg->transfn.fn_strict)
+	{
+		for (i = 1; i <= agg->numInputs; i++)
+			if (fcinfo->args[i].isnull)
+				return;
+		if (tv->noTransValue)
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+
+			tv->value = datumCopy(fcinfo->args[1].value, agg->transtypeByVal,
+								  agg->transtypeLen);
+			tv->isnull = false;
+			tv->noTransValue = false;
+			MemoryContextSwitchTo(oldcxt);
+			return;
+		}
+		if (tv->isnull)
+			return;
+	}
+
+	plan->aggecontext->ecxt_per_tuple_memory = cxt;
+	fcinfo->args[0].value = tv->value;
+	fcinfo->args[0].isnull = tv->isnull;
+	fcinfo->isnull = false;
+	newval = FunctionCallInvoke(fcinfo);
+	if (!agg->transtypeByVal &&
+		DatumGetPointer(newval) != DatumGetPointer(tv->value))
+		newval = keep_trans_value(agg, newval, fcinfo->isnull,
+								  tv->value, tv->isnull, cxt);
+	tv->value = newval;
+	tv->isnull = fcinfo->isnull;
+	tv->noTransValue = false;
+}
+
+/* Combine a partial transition value into a state; everything in cxt. */
+static void
+agg_combine(FlowPlan *plan, FlowAgg *agg, AggValue *state,
+			AggValue *partial, MemoryContext cxt)
+{
+	FunctionCallInfo fcinfo = agg->combinefcinfo;
+	MemoryContext oldcxt;
+
+	if (agg->combinefn.fn_strict)
+	{
+		if (partial->isnull)
+			return;
+		if (state->noTransValue)
+		{
+			oldcxt = MemoryContextSwitchTo(cxt);
+			state->value = datumCopy(partial->value, agg->transtypeByVal,
+									 agg->transtypeLen);
+			MemoryContextSwitchTo(oldcxt);
+			state->isnull = false;
+			state->noTransValue = false;
+			return;
+		}
+		if (state->isnull)
+			return;
+	}
+
+	plan->aggecontext->ecxt_per_tuple_memory = cxt;
+	oldcxt = MemoryContextSwitchTo(cxt);
+	fcinfo->args[0].value = state->value;
+	fcinfo->args[0].isnull = state->isnull;
+	fcinfo->args[1].value = partial->value;
+	fcinfo->args[1].isnull = partial->isnull;
+	fcinfo->isnull = false;
+	state->value = FunctionCallInvoke(fcinfo);
+	state->isnull = fcinfo->isnull;
+	state->noTransValue = false;
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/* The aggregate's result from a transition value, in the current context. */
+static void
+agg_finalize(FlowPlan *plan, FlowAgg *agg, AggValue *tv,
+			 Datum *result, bool *isnull)
+{
+	FunctionCallInfo fcinfo = agg->finalfcinfo;
+	int			i;
+
+	if (!agg->has_finalfn)
+	{
+		*result = tv->value;
+		*isnull = tv->isnull;
+		return;
+	}
+	fcinfo->args[0].value = tv->value;
+	fcinfo->args[0].isnull = tv->isnull;
+	for (i = 1; i < agg->numFinalArgs; i++)
+	{
+		fcinfo->args[i].value = (Datum) 0;
+		fcinfo->args[i].isnull = true;
+	}
+	if (agg->finalfn.fn_strict && (tv->isnull || agg->numFinalArgs > 1))
+	{
+		*result = (Datum) 0;
+		*isnull = true;
+		return;
+	}
+	plan->aggecontext->ecxt_per_tuple_memory = CurrentMemoryContext;
+	fcinfo->isnull = false;
+	*result = FunctionCallInvoke(fcinfo);
+	*isnull = fcinfo->isnull;
+}
+
+/* ---------------------------------------------------------------------
+ * State images
+ * ---------------------------------------------------------------------
+ */
+
+/* Append the serialized transition values to buf (current context). */
+static void
+image_build(FlowPlan *plan, AggValue *vals, StringInfo buf)
+{
+	int			i;
+
+	for (i = 0; i < plan->naggs; i++)
+	{
+		FlowAgg    *agg = &plan->aggs[i];
+		Datum		value = vals[i].value;
+		bool		isnull = vals[i].isnull;
+		bool		byval = agg->transtypeByVal;
+		int			typlen = agg->transtypeLen;
+		Size		size;
+		char	   *start;
+
+		if (agg->transtype == INTERNALOID)
+		{
+			if (!isnull)
+			{
+				FunctionCallInfo fcinfo = agg->serialfcinfo;
+
+				plan->aggecontext->ecxt_per_tuple_memory = CurrentMemoryContext;
+				fcinfo->args[0].value = value;
+				fcinfo->args[0].isnull = false;
+				fcinfo->isnull = false;
+				value = FunctionCallInvoke(fcinfo);
+				isnull = fcinfo->isnull;
+			}
+			byval = false;
+			typlen = -1;
+		}
+		size = datumEstimateSpace(value, isnull, byval, typlen);
+		enlargeStringInfo(buf, size);
+		start = buf->data + buf->len;
+		datumSerialize(value, isnull, byval, typlen, &start);
+		buf->len += size;
+	}
+}
+
+/* Read transition values from an image into the current context. */
+static void
+image_read(FlowPlan *plan, const char *image, AggValue *vals)
+{
+	char	   *p = (char *) image;
+	int			i;
+
+	for (i = 0; i < plan->naggs; i++)
+	{
+		FlowAgg    *agg = &plan->aggs[i];
+		bool		isnull;
+		Datum		value = datumRestore(&p, &isnull);
+
+		if (agg->transtype == INTERNALOID && !isnull)
+		{
+			FunctionCallInfo fcinfo = agg->deserialfcinfo;
+
+			plan->aggecontext->ecxt_per_tuple_memory = CurrentMemoryContext;
+			fcinfo->args[0].value = value;
+			fcinfo->args[0].isnull = false;
+			fcinfo->args[1].value = (Datum) 0;
+			fcinfo->args[1].isnull = false;
+			fcinfo->isnull = false;
+			value = FunctionCallInvoke(fcinfo);
+			isnull = fcinfo->isnull;
+		}
+		vals[i].value = value;
+		vals[i].isnull = isnull;
+		/* a NULL state of an aggregate without initial value has none yet */
+		vals[i].noTransValue = isnull && agg->initValueIsNull;
+	}
+}
+
+/*
+ * Compute the output row of a key from its state image (NULL for a key
+ * with no rows yet, the initial values).  The row is in plan->outslot and
+ * stays valid until the next call.
+ */
+TupleTableSlot *
+PlanFinalize(FlowPlan *plan, MinimalTuple key, const char *image, Size len)
+{
+	MemoryContext cxt = plan->outecontext->ecxt_per_tuple_memory;
+	MemoryContext oldcxt;
+	TupleTableSlot *final = plan->finalslot;
+	AggValue   *vals;
+	int			i;
+
+	ResetExprContext(plan->outecontext);
+	oldcxt = MemoryContextSwitchTo(cxt);
+	ExecClearTuple(final);
+	key_deform(plan, key, final->tts_values, final->tts_isnull);
+
+	vals = palloc(sizeof(AggValue) * (plan->naggs + 1));
+	if (image != NULL)
+		image_read(plan, image, vals);
+	else
+		init_values(plan, vals, cxt);
+	for (i = 0; i < plan->naggs; i++)
+		agg_finalize(plan, &plan->aggs[i], &vals[i],
+					 &final->tts_values[plan->nkeys + i],
+					 &final->tts_isnull[plan->nkeys + i]);
+	ExecStoreVirtualTuple(final);
+	MemoryContextSwitchTo(oldcxt);
+
+	return ExecProject(plan->outproj);
+}
+
+/*
+ * Spread an output row over the columns of its table, which may have
+ * dropped columns in between.
+ */
+void
+PlanOutputToTable(TupleTableSlot *out, TupleDesc table, Datum *values,
+				  bool *nulls)
+{
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < table->natts; i++)
+	{
+		if (TupleDescAttr(table, i)->attisdropped)
+		{
+			values[i] = (Datum) 0;
+			nulls[i] = true;
+			continue;
+		}
+		values[i] = out->tts_values[n];
+		nulls[i] = out->tts_isnull[n];
+		n++;
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Batches
+ * ---------------------------------------------------------------------
+ */
+
+FlowBatch *
+BatchCreate(FlowPlan *plan)
+{
+	FlowBatch  *batch = MemoryContextAllocZero(plan->cxt, sizeof(FlowBatch));
+
+	batch->plan = plan;
+	batch->cxt = AllocSetContextCreate(plan->cxt, "flowpg batch",
+									   ALLOCSET_DEFAULT_SIZES);
+	batch->mergecxt = AllocSetContextCreate(plan->cxt, "flowpg merge",
+											ALLOCSET_DEFAULT_SIZES);
+	batch->probe = MemoryContextAllocZero(plan->cxt, sizeof(BatchGroup));
+	batch->hash = batchhash_create(batch->cxt, 256, plan);
+	return batch;
+}
+
+/* Find or create the batch group of the key in plan->keyvals/keynulls. */
+static BatchGroup *
+batch_group(FlowBatch *batch, uint32 hash)
+{
+	FlowPlan   *plan = batch->plan;
+	BatchGroup *probe = batch->probe;
+	BatchEntry *entry;
+	BatchGroup *group;
+	MemoryContext oldcxt;
+	bool		found;
+	int			i;
+
+	probe->hash = hash;
+	probe->keys = plan->keyvals;
+	probe->nulls = plan->keynulls;
+	entry = batchhash_insert(batch->hash, probe, &found);
+	if (found)
+		return entry->group;
+
+	oldcxt = MemoryContextSwitchTo(batch->cxt);
+	group = palloc(offsetof(BatchGroup, vals) + sizeof(AggValue) * plan->naggs);
+	group->hash = hash;
+	group->keys = palloc(sizeof(Datum) * (plan->nkeys + 1));
+	group->nulls = palloc(sizeof(bool) * (plan->nkeys + 1));
+	for (i = 0; i < plan->nkeys; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(plan->keydesc, i);
+
+		group->nulls[i] = plan->keynulls[i];
+		if (plan->keynulls[i])
+			group->keys[i] = (Datum) 0;
+		else if (att->attlen == -1)
+			group->keys[i] = PointerGetDatum(PG_DETOAST_DATUM_COPY(plan->keyvals[i]));
+		else
+			group->keys[i] = datumCopy(plan->keyvals[i], att->attbyval,
+									   att->attlen);
+	}
+	init_values(plan, group->vals, batch->cxt);
+	MemoryContextSwitchTo(oldcxt);
+	entry->group = group;
+	return group;
+}
+
+/*
+ * Run one source row through the operators into the batch: filter, key,
+ * then each aggregate's FILTER, arguments and transition function.
+ * Returns false if the WHERE clause dropped the row.
+ */
+bool
+BatchAdd(FlowBatch *batch, HeapTuple tuple)
+{
+	FlowPlan   *plan = batch->plan;
+	ExprContext *econtext = plan->econtext;
+	MemoryContext oldcxt;
+	BatchGroup *group;
+	int			i;
+
+	ResetExprContext(econtext);
+	oldcxt = MemoryContextSwitchTo(econtext->ecxt_per_tuple_memory);
+	if (HeapTupleHasExternal(tuple))
+		tuple = toast_flatten_tuple(tuple, plan->srcslot->tts_tupleDescriptor);
+	ExecStoreHeapTuple(tuple, plan->srcslot, false);
+
+	if (plan->where != NULL && !ExecQual(plan->where, econtext))
+	{
+		MemoryContextSwitchTo(oldcxt);
+		return false;
+	}
+	for (i = 0; i < plan->nkeys; i++)
+		plan->keyvals[i] = ExecEvalExpr(plan->keys[i], econtext,
+										&plan->keynulls[i]);
+	group = batch_group(batch, PlanKeyHash(plan, plan->keyvals, plan->keynulls));
+
+	for (i = 0; i < plan->naggs; i++)
+	{
+		FlowAgg    *agg = &plan->aggs[i];
+		FunctionCallInfo fcinfo = agg->transfcinfo;
+		int			j;
+
+		if (agg->filter != NULL)
+		{
+			bool		isnull;
+			Datum		pass = ExecEvalExpr(agg->filter, econtext, &isnull);
+
+			if (isnull || !DatumGetBool(pass))
+				continue;
+		}
+		for (j = 0; j < agg->numInputs; j++)
+			fcinfo->args[j + 1].value = ExecEvalExpr(agg->args[j], econtext,
+													 &fcinfo->args[j + 1].isnull);
+		agg_advance(plan, agg, &group->vals[i], batch->cxt);
+	}
+	MemoryContextSwitchTo(oldcxt);
+	ExecClearTuple(plan->srcslot);
+	return true;
+}
+
+int
+BatchGroups(FlowBatch *batch)
+{
+	return batch->hash->members;
+}
+
+/* Merge one batch group into its key's state: combine, then store. */
+static void
+merge_group(FlowBatch *batch, FlowState *st, BatchGroup *group)
+{
+	FlowPlan   *plan = batch->plan;
+	MemoryContext cxt = batch->mergecxt;
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	StateBucket *bucket = StateLockBucket(st, group->hash);
+	dsa_pointer p;
+	StringInfoData image;
+	AggValue   *vals = palloc(sizeof(AggValue) * (plan->naggs + 1));
+	Datum	   *keys = palloc(sizeof(Datum) * (plan->nkeys + 1));
+	bool	   *nulls = palloc(sizeof(bool) * (plan->nkeys + 1));
+	int			i;
+
+	for (p = bucket->head; DsaPointerIsValid(p);)
+	{
+		StateChunk *chunk = StateGetChunk(st, p);
+
+		key_deform(plan, StateChunkKey(chunk), keys, nulls);
+		if (keys_equal(plan, keys, nulls, group->keys, group->nulls))
+			break;
+		p = chunk->next;
+	}
+
+	if (DsaPointerIsValid(p))
+		image_read(plan, StateChunkState(StateGetChunk(st, p)), vals);
+	else
+		init_values(plan, vals, cxt);
+	for (i = 0; i < plan->naggs; i++)
+		agg_combine(plan, &plan->aggs[i], &vals[i], &group->vals[i], cxt);
+
+	initStringInfo(&image);
+	image_build(plan, vals, &image);
+	if (DsaPointerIsValid(p))
+		p = StateSetImage(st, bucket, p, image.data, image.len);
+	else
+	{
+		MinimalTuple key = heap_form_minimal_tuple(plan->keydesc,
+												   group->keys, group->nulls);
+
+		p = StateAddKey(st, bucket, st->next_key_id, key, image.data, image.len);
+	}
+	StateMarkDirty(st, p);
+	StateUnlockBucket(st, bucket);
+
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(cxt);
+}
+
+/*
+ * Merge every group of the batch into the stream's state with the
+ * aggregates' combine functions.  The caller holds the stream's
+ * state_lock exclusively.
+ */
+void
+BatchMerge(FlowBatch *batch, FlowState *st)
+{
+	batchhash_iterator iter;
+	BatchEntry *entry;
+
+	batchhash_start_iterate(batch->hash, &iter);
+	while ((entry = batchhash_iterate(batch->hash, &iter)) != NULL)
+		merge_group(batch, st, entry->group);
+}
+
+/* Forget the batch's groups. */
+void
+BatchReset(FlowBatch *batch)
+{
+	MemoryContextReset(batch->cxt);
+	batch->hash = batchhash_create(batch->cxt, 256, batch->plan);
+}

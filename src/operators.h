@@ -1,0 +1,110 @@
+/*-------------------------------------------------------------------------
+ *
+ * operators.h
+ *	  The stream's operators: filter, key, aggregate (transition, combine,
+ *	  final) and output projection, run by PostgreSQL's own executor
+ *	  expressions and aggregate support functions.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FLOWPG_OPERATORS_H
+#define FLOWPG_OPERATORS_H
+
+#include "flowpg.h"
+
+#include "access/htup.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "nodes/execnodes.h"
+
+#include "compile.h"
+#include "state.h"
+
+/* One transition value, with nodeAgg's meaning of noTransValue. */
+typedef struct AggValue
+{
+	Datum		value;
+	bool		isnull;
+	bool		noTransValue;
+} AggValue;
+
+/* Everything needed to run one aggregate. */
+typedef struct FlowAgg
+{
+	Aggref	   *aggref;
+	int			numInputs;
+	int			numFinalArgs;
+	Oid			transtype;
+	int16		transtypeLen;
+	bool		transtypeByVal;
+	Datum		initValue;
+	bool		initValueIsNull;
+	bool		has_finalfn;
+	FmgrInfo	transfn;
+	FmgrInfo	combinefn;
+	FmgrInfo	finalfn;
+	FmgrInfo	serialfn;
+	FmgrInfo	deserialfn;
+	FunctionCallInfo transfcinfo;
+	FunctionCallInfo combinefcinfo;
+	FunctionCallInfo finalfcinfo;
+	FunctionCallInfo serialfcinfo;
+	FunctionCallInfo deserialfcinfo;
+	ExprState  *filter;
+	ExprState **args;
+} FlowAgg;
+
+/* A stream's compiled operators, for one process. */
+typedef struct FlowPlan
+{
+	FlowQuery  *fq;
+	MemoryContext cxt;
+	int			nkeys;
+	int			naggs;
+	FlowAgg    *aggs;
+
+	/* per source row */
+	TupleTableSlot *srcslot;
+	ExprContext *econtext;
+	ExprState  *where;
+	ExprState **keys;
+
+	/* keys */
+	TupleDesc	keydesc;
+	FmgrInfo   *key_eq;
+	FmgrInfo   *key_hash;
+	Oid		   *key_coll;
+	Datum	   *keyvals;		/* scratch */
+	bool	   *keynulls;
+
+	/* the aggregate support functions' view of their caller */
+	AggState   *aggstate;
+	ExprContext *aggecontext;
+
+	/* output */
+	TupleTableSlot *finalslot;	/* keys, then final aggregate values */
+	TupleTableSlot *outslot;	/* the output row */
+	ExprContext *outecontext;
+	ProjectionInfo *outproj;
+} FlowPlan;
+
+/* Local pre-aggregation of a run of source transactions. */
+typedef struct FlowBatch FlowBatch;
+
+extern FlowPlan *PlanBuild(FlowQuery *fq, TupleDesc srcdesc);
+extern TupleTableSlot *PlanFinalize(FlowPlan *plan, MinimalTuple key,
+									const char *image, Size len);
+extern uint32 PlanKeyHash(FlowPlan *plan, Datum *values, bool *isnull);
+extern uint32 PlanStoredKeyHash(FlowPlan *plan, MinimalTuple key);
+extern MinimalTuple PlanEmptyKey(FlowPlan *plan);
+extern void PlanOutputToTable(TupleTableSlot *out, TupleDesc table,
+							  Datum *values, bool *nulls);
+
+extern FlowBatch *BatchCreate(FlowPlan *plan);
+extern bool BatchAdd(FlowBatch *batch, HeapTuple tuple);
+extern int	BatchGroups(FlowBatch *batch);
+extern void BatchMerge(FlowBatch *batch, FlowState *st);
+extern void BatchReset(FlowBatch *batch);
+
+#endif							/* FLOWPG_OPERATORS_H */

@@ -1,0 +1,78 @@
+/*-------------------------------------------------------------------------
+ *
+ * state.h
+ *	  Keyed operator state of one stream, in the shared dsa area.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FLOWPG_STATE_H
+#define FLOWPG_STATE_H
+
+#include "flowpg.h"
+
+#include "access/htup_details.h"
+#include "control.h"
+
+/*
+ * One key and its state image.  `data` holds the key as a MinimalTuple
+ * (MAXALIGNed) followed by the state image; `capacity` bytes are allocated
+ * for both, so that a state that grows a little is updated in place.
+ */
+typedef struct StateChunk
+{
+	dsa_pointer next;			/* next key with the same hash */
+	int64		key_id;			/* stable id, the key of flowpg.state */
+	uint32		key_len;
+	uint32		state_len;
+	uint32		capacity;
+	int32		dirty_index;	/* index in the worker's dirty list or -1 */
+	char		data[FLEXIBLE_ARRAY_MEMBER];
+} StateChunk;
+
+#define StateChunkKey(chunk)	((MinimalTuple) (chunk)->data)
+#define StateChunkState(chunk)	((chunk)->data + MAXALIGN((chunk)->key_len))
+
+/* dshash entry: all keys of one hash value. */
+typedef struct StateBucket
+{
+	uint32		hash;
+	dsa_pointer head;
+} StateBucket;
+
+/* A process's handle on one stream's state. */
+typedef struct FlowState
+{
+	StreamCtl  *ctl;
+	dsa_area   *area;
+	dshash_table *table;
+
+	/* Worker only: keys changed since the last checkpoint. */
+	dsa_pointer *dirty;
+	int			ndirty;
+	int			maxdirty;
+	int64		next_key_id;
+	uint64		nkeys;
+	uint64		bytes;
+} FlowState;
+
+extern FlowState *StateCreate(StreamCtl *ctl);
+extern FlowState *StateAttach(StreamCtl *ctl);
+extern void StateDetach(FlowState *st);
+
+extern StateBucket *StateLockBucket(FlowState *st, uint32 hash);
+extern void StateUnlockBucket(FlowState *st, StateBucket *bucket);
+extern StateChunk *StateGetChunk(FlowState *st, dsa_pointer p);
+extern dsa_pointer StateAddKey(FlowState *st, StateBucket *bucket, int64 key_id,
+							   MinimalTuple key, const char *image, Size len);
+extern dsa_pointer StateSetImage(FlowState *st, StateBucket *bucket,
+								 dsa_pointer chunkp, const char *image, Size len);
+extern void StateMarkDirty(FlowState *st, dsa_pointer chunkp);
+extern void StateClearDirty(FlowState *st);
+extern void StatePublish(FlowState *st);
+
+/* Callback of StateScan: one key and its state image. */
+typedef void (*StateScanFn) (void *arg, MinimalTuple key,
+							 const char *image, Size len);
+extern void StateScan(FlowState *st, StateScanFn fn, void *arg);
+
+#endif							/* FLOWPG_STATE_H */

@@ -1,0 +1,373 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The stream worker: one background process per stream.
+ *
+ * A worker connects to its stream's database as the stream's owner (so
+ * every expression and aggregate runs with the owner's privileges, checked
+ * again at every start), then:
+ *
+ *	1. takes the stream's lock, which waits for a create_stream still in
+ *	   progress and keeps a drop from running under it, and reads the
+ *	   catalog row; if there is none the slot is an orphan (the creating
+ *	   transaction never committed) and the worker drops it and exits;
+ *	2. compiles the stored query (compile.c, operators.c);
+ *	3. replaces the stream's shared state with the latest checkpoint
+ *	   (checkpoint.c), whatever state an earlier worker left behind;
+ *	4. sets up its replication origin and acquires its slot (decode.c);
+ *	5. loops: decode the WAL flushed so far into a local batch, merge the
+ *	   batch into the shared state, take a checkpoint when one is due,
+ *	   publish progress, sleep on its latch.  Commits in any backend of the
+ *	   database set the latch (catalog.c), as do flowpg.wait and
+ *	   flowpg.checkpoint.
+ *
+ * Any error ends the worker (it is recorded in the stream's StreamCtl for
+ * flowpg.streams); the launcher starts a new one, which goes through the
+ * same steps.  SIGTERM (from a drop, or a shutdown) ends it at once.
+ *
+ * Memory: everything that lives as long as the worker is in its own
+ * context; the operators reset their per-row and per-batch contexts (see
+ * operators.c) and a checkpoint uses a context deleted when it ends.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include "access/table.h"
+#include "access/xact.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/slot.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "checkpoint.h"
+#include "compile.h"
+#include "decode.h"
+#include "worker.h"
+
+/* WAL records decoded between two merges. */
+#define WORKER_READ_RECORDS		20000
+
+/* Clear the worker's traces in its StreamCtl, if the entry is still ours. */
+static void
+worker_on_exit(int code, Datum arg)
+{
+	StreamCtl  *ctl = (StreamCtl *) DatumGetPointer(arg);
+
+	SpinLockAcquire(&ctl->mutex);
+	if (ctl->pid == MyProcPid)
+	{
+		ctl->pid = 0;
+		ctl->latch = NULL;
+		ctl->state_ready = false;
+	}
+	SpinLockRelease(&ctl->mutex);
+	ConditionVariableBroadcast(&ctl->cv);
+}
+
+/* The stream no longer exists: drop its slot and origin. */
+static void
+drop_orphan(FlowWorker *w)
+{
+	ereport(LOG,
+			(errmsg("flowpg: dropping replication slot \"%s\": its stream does not exist",
+					w->slot_name)));
+	StartTransactionCommand();
+	DecodeDropSlot(w->slot_name);
+	replorigin_drop_by_name(w->slot_name, true, false);
+	CommitTransactionCommand();
+}
+
+/* Compile the stream and prepare its checkpoint statements (step 2). */
+static void
+compile_stream(FlowWorker *w)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(w->cxt);
+	Relation	source;
+
+	w->fq = CompileQueryTree(stringToNode(w->def->plan));
+	CompileCheckPermissions(w->fq);
+	source = table_open(w->fq->source, AccessShareLock);
+	w->plan = PlanBuild(w->fq, RelationGetDescr(source));
+	table_close(source, AccessShareLock);
+	w->batch = BatchCreate(w->plan);
+	MemoryContextSwitchTo(oldcxt);
+	CheckpointPrepare(w);
+}
+
+/* Replace the shared state with the latest checkpoint (step 3). */
+static void
+restore_state(FlowWorker *w)
+{
+	MemoryContext oldcxt;
+
+	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
+	oldcxt = MemoryContextSwitchTo(w->cxt);
+	w->state = StateCreate(w->ctl);
+	MemoryContextSwitchTo(oldcxt);
+	CheckpointRestore(w);
+	LWLockRelease(&w->ctl->state_lock);
+	StatePublish(w->state);
+}
+
+/* Steps 1 to 4; returns false if the stream does not exist. */
+static bool
+worker_setup(FlowWorker *w, StreamIdentity *ident)
+{
+	MemoryContext oldcxt;
+	RepOriginId origin;
+
+	StartTransactionCommand();
+	FlowpgLockStream(ident->stream_id, AccessShareLock);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	oldcxt = MemoryContextSwitchTo(w->cxt);
+	if (OidIsValid(get_extension_oid("flowpg", true)))
+		w->def = CatalogReadStream(ident->stream_id);
+	MemoryContextSwitchTo(oldcxt);
+	if (w->def == NULL)
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		drop_orphan(w);
+		return false;
+	}
+	if (w->def->owner != ident->owner)
+		elog(ERROR, "slot \"%s\" does not match the owner of stream \"%s\"",
+			 w->slot_name, w->def->name);
+	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
+	pgstat_report_activity(STATE_RUNNING, w->def->query);
+
+	compile_stream(w);
+	restore_state(w);
+	origin = replorigin_by_name(w->slot_name, false);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	replorigin_session_setup(origin);
+	replorigin_session_origin = origin;
+	w->origin = origin;
+
+	StartTransactionCommand();
+	DecodeStart(w);
+	CommitTransactionCommand();
+
+	SpinLockAcquire(&w->ctl->mutex);
+	w->ctl->processed_lsn = w->processed_lsn;
+	w->ctl->checkpoint_lsn = w->restored_lsn;
+	w->ctl->result_lsn = Max(w->ctl->result_lsn,
+							 Max(w->restored_lsn, w->confirmed_lsn));
+	w->ctl->status = STREAM_RUNNING;
+	w->ctl->state_ready = true;
+	SpinLockRelease(&w->ctl->mutex);
+	ConditionVariableBroadcast(&w->ctl->cv);
+
+	w->last_checkpoint = GetCurrentTimestamp();
+	w->last_confirm = w->last_checkpoint;
+	return true;
+}
+
+/* Merge the batch into the shared state. */
+static void
+merge_batch(FlowWorker *w)
+{
+	if (BatchGroups(w->batch) == 0)
+		return;
+	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
+	BatchMerge(w->batch, w->state);
+	LWLockRelease(&w->ctl->state_lock);
+	BatchReset(w->batch);
+	StatePublish(w->state);
+}
+
+/*
+ * Take a checkpoint if one is due: the interval has passed, a flowpg.wait
+ * waits for what the state holds, or flowpg.checkpoint asked for one.
+ * With nothing to write, the result table is already exact up to
+ * processed_lsn; say so, and let the slot release WAL from time to time.
+ */
+static void
+maybe_checkpoint(FlowWorker *w)
+{
+	StreamCtl  *ctl = w->ctl;
+	TimestampTz now = GetCurrentTimestamp();
+	int			interval = CatalogIntervalMs(w->def);
+	bool		dirty = w->state->ndirty > 0;
+	uint64		requested,
+				done;
+	XLogRecPtr	wait_lsn,
+				result_lsn;
+
+	SpinLockAcquire(&ctl->mutex);
+	requested = ctl->ckpt_requested;
+	done = ctl->ckpt_done;
+	wait_lsn = ctl->wait_lsn;
+	result_lsn = ctl->result_lsn;
+	SpinLockRelease(&ctl->mutex);
+
+	if (requested > done)
+	{
+		CheckpointWrite(w, "forced");
+		SpinLockAcquire(&ctl->mutex);
+		ctl->ckpt_done = requested;
+		SpinLockRelease(&ctl->mutex);
+		ConditionVariableBroadcast(&ctl->cv);
+	}
+	else if (dirty &&
+			 (TimestampDifferenceExceeds(w->last_checkpoint, now, interval) ||
+			  (wait_lsn > result_lsn && w->processed_lsn >= wait_lsn)))
+		CheckpointWrite(w, "periodic");
+	else if (!dirty && w->processed_lsn > result_lsn)
+	{
+		SpinLockAcquire(&ctl->mutex);
+		ctl->result_lsn = w->processed_lsn;
+		SpinLockRelease(&ctl->mutex);
+		ConditionVariableBroadcast(&ctl->cv);
+		if (TimestampDifferenceExceeds(w->last_confirm, now, interval))
+			DecodeConfirm(w, w->processed_lsn);
+	}
+}
+
+static void
+publish_progress(FlowWorker *w)
+{
+	StreamCtl  *ctl = w->ctl;
+
+	SpinLockAcquire(&ctl->mutex);
+	ctl->processed_lsn = w->processed_lsn;
+	ctl->events = w->events;
+	ctl->ignored_updates = w->ignored_updates;
+	ctl->ignored_deletes = w->ignored_deletes;
+	ctl->ignored_truncates = w->ignored_truncates;
+	SpinLockRelease(&ctl->mutex);
+}
+
+/* How long to sleep: until the next checkpoint is due, or a second. */
+static long
+sleep_ms(FlowWorker *w)
+{
+	long		secs;
+	int			usecs;
+	long		due;
+
+	if (w->state->ndirty == 0)
+		return 1000;
+	TimestampDifference(GetCurrentTimestamp(),
+						TimestampTzPlusMilliseconds(w->last_checkpoint,
+													CatalogIntervalMs(w->def)),
+						&secs, &usecs);
+	due = secs * 1000 + usecs / 1000;
+	return Max(1, Min(due, 1000));
+}
+
+/* Step 5: the main loop; never returns. */
+static void
+worker_loop(FlowWorker *w)
+{
+	for (;;)
+	{
+		bool		caught_up;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			dsa_set_size_limit(ControlArea(),
+							   (size_t) flowpg_state_memory * 1024 * 1024);
+		}
+		if (w->ctl->dropping)
+			proc_exit(0);
+
+		caught_up = DecodeRead(w, WORKER_READ_RECORDS);
+		merge_batch(w);
+		publish_progress(w);
+		maybe_checkpoint(w);
+		if (!caught_up)
+			continue;
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 sleep_ms(w), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* Keep the error for flowpg.streams before the worker exits with it. */
+static void
+record_error(StreamCtl *ctl)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	ControlSetError(ctl, edata->message);
+	SpinLockAcquire(&ctl->mutex);
+	ctl->status = STREAM_FAILED;
+	ctl->state_ready = false;
+	SpinLockRelease(&ctl->mutex);
+	ConditionVariableBroadcast(&ctl->cv);
+}
+
+void
+FlowWorkerMain(Datum main_arg)
+{
+	int			index = DatumGetInt32(main_arg);
+	StreamCtl  *ctl = &FlowCtl->streams[index];
+	StreamIdentity ident;
+	FlowWorker *w;
+	bool		ours;
+
+	memcpy(&ident, MyBgworkerEntry->bgw_extra, sizeof(ident));
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	LWLockAcquire(&FlowCtl->lock, LW_SHARED);
+	ours = ctl->in_use && !ctl->dropping && ctl->dboid == ident.dboid &&
+		ctl->stream_id == ident.stream_id;
+	LWLockRelease(&FlowCtl->lock);
+	if (!ours)
+		proc_exit(0);
+
+	SpinLockAcquire(&ctl->mutex);
+	ctl->pid = MyProcPid;
+	ctl->latch = MyLatch;
+	ctl->status = STREAM_STARTING;
+	ctl->state_ready = false;
+	ctl->restarts++;
+	SpinLockRelease(&ctl->mutex);
+	on_shmem_exit(worker_on_exit, PointerGetDatum(ctl));
+
+	BackgroundWorkerInitializeConnectionByOid(ident.dboid, ident.owner, 0);
+	flowpg_decoding_allowed = true;
+
+	w = MemoryContextAllocZero(TopMemoryContext, sizeof(FlowWorker));
+	w->cxt = AllocSetContextCreate(TopMemoryContext, "flowpg worker",
+								   ALLOCSET_DEFAULT_SIZES);
+	w->ctl = ctl;
+	FlowpgSlotName(w->slot_name, ident.dboid, ident.stream_id, ident.owner);
+
+	PG_TRY();
+	{
+		if (worker_setup(w, &ident))
+			worker_loop(w);
+	}
+	PG_CATCH();
+	{
+		record_error(ctl);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	proc_exit(0);
+}

@@ -1,0 +1,67 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.h
+ *	  The stream worker: one background process per stream.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FLOWPG_WORKER_H
+#define FLOWPG_WORKER_H
+
+#include "flowpg.h"
+
+#include "executor/spi.h"
+#include "replication/logical.h"
+#include "replication/origin.h"
+
+#include "catalog.h"
+#include "control.h"
+#include "operators.h"
+#include "state.h"
+
+/* Everything one worker process knows about its stream. */
+typedef struct FlowWorker
+{
+	StreamCtl  *ctl;
+	StreamDef  *def;
+	MemoryContext cxt;			/* lives as long as the worker */
+	FlowQuery  *fq;
+	FlowPlan   *plan;
+	FlowBatch  *batch;
+	FlowState  *state;
+	LogicalDecodingContext *decoding;
+	RepOriginId origin;
+	char		slot_name[NAMEDATALEN];
+
+	/* Positions in the source WAL; see the checkpoint protocol. */
+	XLogRecPtr	restored_lsn;	/* transactions ending here or before are
+								 * already in the restored state */
+	XLogRecPtr	processed_lsn;	/* decoded up to here */
+	XLogRecPtr	checkpoint_lsn; /* last checkpoint's position */
+	XLogRecPtr	confirmed_lsn;	/* confirmed on the slot */
+	TimestampTz last_checkpoint;
+	TimestampTz last_confirm;
+
+	/* Decoding of the current source transaction. */
+	bool		skip_txn;
+	bool		batch_rows;		/* rows added to the batch since merge */
+
+	/* Counters published to StreamCtl. */
+	uint64		events;
+	uint64		ignored_updates;
+	uint64		ignored_deletes;
+	uint64		ignored_truncates;
+
+	/* Checkpoint statements (checkpoint.c) */
+	TupleDesc	resultdesc;
+	Oid			result_rowtype;
+	SPIPlanPtr	result_delete;	/* global aggregates only */
+	SPIPlanPtr	result_upsert;
+	SPIPlanPtr	state_upsert;
+	SPIPlanPtr	checkpoint_insert;
+	SPIPlanPtr	checkpoint_trim;
+} FlowWorker;
+
+extern PGDLLEXPORT void FlowWorkerMain(Datum main_arg);
+
+#endif							/* FLOWPG_WORKER_H */

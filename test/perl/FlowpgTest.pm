@@ -1,0 +1,119 @@
+# FlowpgTest: helpers shared by flowpg's TAP tests.
+#
+# new_node    a PostgreSQL::Test::Cluster with flowpg configured and created
+# oracle      compare a stream's result table with its query run as a batch
+package FlowpgTest;
+
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+use Exporter 'import';
+our @EXPORT = qw(new_node oracle_ok wait_stream start_load stop_load crash_restart worker_pid);
+
+# A started node with flowpg in shared_preload_libraries, wal_level =
+# logical, and CREATE EXTENSION flowpg done in database postgres.
+sub new_node
+{
+	my ($name, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(allows_streaming => 'logical');
+	my $conf = $ENV{FLOWPG_CONF}
+	  or die "FLOWPG_CONF must name the file test/flowpg-conf wrote";
+	$node->append_conf('postgresql.conf', slurp_file($conf));
+	$node->append_conf('postgresql.conf', "restart_after_crash = on\n");
+	$node->append_conf('postgresql.conf', $opts{extra_conf})
+	  if $opts{extra_conf};
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION flowpg');
+	return $node;
+}
+
+# Wait for a stream with flowpg.wait, retrying while the server restarts.
+sub wait_stream
+{
+	my ($node, $stream, $timeout) = @_;
+	$timeout //= '120 s';
+	$node->poll_query_until('postgres',
+		"SELECT true FROM (SELECT flowpg.wait('$stream', '$timeout')) w")
+	  or die "stream $stream did not catch up";
+	return;
+}
+
+# The oracle: after flowpg.wait, the result table equals the stream's
+# query run as a batch over the source table (EXCEPT ALL, both ways).
+sub oracle_ok
+{
+	my ($node, $stream, $query, $label) = @_;
+	wait_stream($node, $stream);
+	my $missing = $node->safe_psql('postgres',
+		"SELECT count(*) FROM (($query) EXCEPT ALL TABLE $stream) d");
+	my $extra = $node->safe_psql('postgres',
+		"SELECT count(*) FROM (TABLE $stream EXCEPT ALL ($query)) d");
+	my $rows = $node->safe_psql('postgres', "SELECT count(*) FROM $stream");
+	ok($missing == 0 && $extra == 0,
+		"$label: $stream equals its batch query ($rows rows; $missing missing, $extra extra)");
+	if ($missing != 0 || $extra != 0)
+	{
+		diag $node->safe_psql('postgres',
+			"SELECT 'batch' AS side, * FROM (($query) EXCEPT ALL TABLE $stream) d "
+			  . "UNION ALL SELECT 'stream', * FROM (TABLE $stream EXCEPT ALL ($query)) e");
+	}
+	return;
+}
+
+# kill -9 the postmaster and start the server again once its children
+# are gone: PostgreSQL's crash recovery runs at that start.
+sub crash_restart
+{
+	my ($node) = @_;
+	$node->kill9;
+	for (1 .. 60)
+	{
+		# the killed postmaster's children exit once they notice; until
+		# then a new postmaster refuses to start
+		sleep 1;
+		$node->{_pid} = undef;
+		return if $node->start(fail_ok => 1);
+	}
+	BAIL_OUT('the server did not start again after kill -9');
+}
+
+# The pid of a stream's worker, once it runs.
+sub worker_pid
+{
+	my ($node, $stream) = @_;
+	$node->poll_query_until('postgres',
+		"SELECT pid IS NOT NULL AND status = 'running' FROM flowpg.streams WHERE name = 'public.$stream'")
+	  or die "the worker of $stream did not start";
+	return $node->safe_psql('postgres',
+		"SELECT pid FROM flowpg.streams WHERE name = 'public.$stream'");
+}
+
+# Start pgbench in the background with the given scripts ("file@weight").
+sub start_load
+{
+	my ($node, $seconds, $clients, @scripts) = @_;
+	my ($out, $err) = ('', '');
+	my @cmd = (
+		'pgbench', '-n', '-h', $node->host, '-p', $node->port,
+		'-c', $clients, '-j', $clients, '-T', $seconds,
+		map { ('-f', $_) } @scripts);
+	push @cmd, 'postgres';
+	my $h = IPC::Run::start(\@cmd, '>', \$out, '2>', \$err);
+	return $h;
+}
+
+# Wait for a background load to end (it may have failed: the server was
+# killed under it on purpose).
+sub stop_load
+{
+	my ($h) = @_;
+	eval { $h->finish; };
+	return;
+}
+
+1;
