@@ -53,6 +53,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
@@ -412,7 +413,12 @@ flowpg_xact_callback(XactEvent event, void *arg)
 				pending.created = true;
 			}
 			if (pending.dropped_relids != NIL || pending.extension_dropped)
+			{
+				/* the portal and its snapshot are gone by now */
+				PushActiveSnapshot(GetTransactionSnapshot());
 				process_drops();
+				PopActiveSnapshot();
+			}
 			break;
 
 		case XACT_EVENT_PRE_PREPARE:

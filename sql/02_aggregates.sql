@@ -1,0 +1,81 @@
+-- Aggregates: built-in and user-defined, with combine functions; keys of
+-- many types, NULL keys, FILTER, and expressions over keys and aggregates.
+-- Each stream is checked against its query run as a batch.
+CREATE TABLE m (
+    k text, i int, b bigint, s smallint, n numeric, f float8, r real,
+    ok bool, bits int, ts timestamptz, d interval, c text COLLATE "C"
+);
+CREATE AGGREGATE my_sum (int) (
+    sfunc = int4pl, stype = int, combinefunc = int4pl, initcond = '0'
+);
+
+SELECT flowpg.create_stream('ints', $$
+    SELECT k, count(*) AS c, count(i) AS ci, sum(i) AS si, sum(b) AS sb,
+           sum(s) AS ss, sum(n) AS sn, avg(i) AS ai, avg(b) AS ab, avg(s) AS avs,
+           avg(n) AS an, min(i) AS mi, max(b) AS mb, min(n) AS mn, max(n) AS xn,
+           my_sum(i) AS mysum
+      FROM m GROUP BY k $$);
+SELECT flowpg.create_stream('floats', $$
+    SELECT i % 3 AS bucket, sum(f) AS sf, avg(f) AS af, sum(r) AS sr, avg(r) AS ar,
+           min(f) AS mf, max(r) AS mr,
+           round(stddev(f)::numeric, 9) AS sdf, round(var_pop(f)::numeric, 9) AS vpf,
+           round(corr(f, i)::numeric, 9) AS cor, round(regr_slope(f, i)::numeric, 9) AS slope,
+           round(covar_samp(f, i)::numeric, 9) AS cov
+      FROM m GROUP BY i % 3 $$);
+SELECT flowpg.create_stream('stats', $$
+    SELECT lower(k) AS lk, stddev(n) AS sdn, stddev_pop(i) AS sdpi,
+           stddev_samp(b) AS sdsb, variance(n) AS vn, var_pop(b) AS vpb,
+           var_samp(i) AS vsi
+      FROM m GROUP BY lower(k) $$);
+SELECT flowpg.create_stream('logic', $$
+    SELECT ok, bool_and(i > 0) AS all_pos, bool_or(i > 50) AS any_big,
+           every(n IS NOT NULL) AS all_n, bit_and(bits) AS band, bit_or(bits) AS bor,
+           bit_xor(bits) AS bxor
+      FROM m GROUP BY ok $$);
+SELECT flowpg.create_stream('misc', $$
+    SELECT k, i % 2 AS odd,
+           count(*) FILTER (WHERE ok) AS ok_rows,
+           sum(n) FILTER (WHERE n > 10) AS big_sum,
+           max(c) AS max_c, min(ts) AS first_ts, max(ts) AS last_ts,
+           sum(d) AS total_d, avg(d) AS avg_d,
+           sum(i) * 2 + count(*) AS formula, k || '/' || (i % 2) AS label,
+           round(avg(n), 2) AS avg_n2
+      FROM m WHERE k IS DISTINCT FROM 'skip' GROUP BY k, i % 2 $$);
+SELECT flowpg.create_stream('global', $$
+    SELECT count(*) AS c, sum(n) AS sn, max(c) AS mc, avg(i) AS ai FROM m $$);
+TABLE global;
+
+INSERT INTO m
+SELECT (ARRAY['a', 'B', 'b', NULL, 'skip'])[1 + g % 5],
+       CASE WHEN g % 11 = 0 THEN NULL ELSE g - 40 END,
+       g * 1000000000::bigint, (g % 300)::smallint,
+       CASE WHEN g % 13 = 0 THEN NULL ELSE g / 7.0 END,
+       g * 0.25, (g % 17) * 0.5, g % 4 <> 0, g * 37 % 1024,
+       '2026-01-01'::timestamptz + g * interval '1 hour',
+       g * interval '90 seconds', chr(65 + g % 26)
+  FROM generate_series(1, 400) g;
+INSERT INTO m (k) VALUES ('a'), (NULL);
+INSERT INTO m (k, i, n, c) VALUES ('B', 5, 1e20, 'zz'), ('b', -5, -1e-20, '');
+
+SELECT oracle('ints');
+SELECT oracle('floats');
+SELECT oracle('stats');
+SELECT oracle('logic');
+SELECT oracle('misc');
+SELECT oracle('global');
+TABLE global;
+SELECT k, c, si, sn, mysum FROM ints ORDER BY k;
+
+-- more rows into the same keys, in several transactions
+INSERT INTO m (k, i, b, n, f, ok, bits) SELECT 'a', g, g, g, g, true, g FROM generate_series(1, 50) g;
+INSERT INTO m (k, i, b, n, f, ok, bits) SELECT 'b', -g, -g, -g, -g, false, g FROM generate_series(1, 50) g;
+SELECT oracle('ints');
+SELECT oracle('floats');
+SELECT oracle('stats');
+SELECT oracle('logic');
+SELECT oracle('misc');
+SELECT oracle('global');
+
+SELECT flowpg.drop_stream(name) FROM flowpg.streams WHERE source = 'm'::regclass;
+DROP TABLE m;
+DROP AGGREGATE my_sum(int);

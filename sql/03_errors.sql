@@ -1,0 +1,134 @@
+-- Every wrong call gets an SQLSTATE, a message naming what is wrong and
+-- usually a hint; and leaves nothing behind: no catalog row, slot, origin,
+-- worker or table.
+CREATE FUNCTION try(sql text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    state text;
+    msg text;
+    hint text;
+BEGIN
+    EXECUTE sql;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+                            hint = PG_EXCEPTION_HINT;
+    RETURN state || ': ' || msg || CASE WHEN hint <> '' THEN E'\nHINT:  ' || hint ELSE '' END;
+END $$;
+CREATE FUNCTION try_create(name text, query text, iv interval DEFAULT NULL)
+RETURNS text LANGUAGE sql AS $$
+    SELECT try(format('SELECT flowpg.create_stream(%L, %L, %L)', name, query, iv))
+$$;
+CREATE VIEW leftovers AS
+SELECT (SELECT count(*) FROM flowpg.streams) AS streams,
+       (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%') AS slots,
+       (SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'flowpg%') AS origins,
+       (SELECT count(*) FROM pg_class WHERE relname = 'bad') AS tables;
+
+CREATE TABLE src (k int, v numeric, t text);
+CREATE VIEW src_view AS SELECT * FROM src;
+CREATE TEMP TABLE src_temp (k int);
+CREATE UNLOGGED TABLE src_unlogged (k int);
+CREATE TABLE src_parted (k int) PARTITION BY RANGE (k);
+CREATE MATERIALIZED VIEW src_matview AS SELECT 1 AS k;
+CREATE TABLE src_parent (k int);
+CREATE TABLE src_child () INHERITS (src_parent);
+CREATE TABLE taken (x int);
+CREATE SEQUENCE seq;
+-- what exists before: the stream of the previous test
+SELECT * FROM leftovers;
+\pset format unaligned
+\pset tuples_only on
+
+-- arguments
+SELECT try('SELECT flowpg.create_stream(NULL, ''SELECT count(*) FROM src'')');
+SELECT try('SELECT flowpg.create_stream(''bad'', NULL)');
+SELECT try_create('', 'SELECT count(*) FROM src');
+SELECT try_create('bad', '   ');
+SELECT try_create('bad', 'SELECT count(*) FROM src', '0 s');
+SELECT try_create('bad', 'SELECT count(*) FROM src', '-1 s');
+SELECT try_create(repeat('x', 70), 'SELECT count(*) FROM src');
+SELECT try_create('"bad', 'SELECT count(*) FROM src');
+SELECT try_create('taken', 'SELECT count(*) FROM src');
+SELECT try_create('no_such_schema.bad', 'SELECT count(*) FROM src');
+-- statements that are not one SELECT
+SELECT try_create('bad', 'SELEC count(*) FROM src');
+SELECT try_create('bad', 'SELECT count(*) FROM src; SELECT 1');
+SELECT try_create('bad', 'INSERT INTO src VALUES (1)');
+SELECT try_create('bad', 'VALUES (1)');
+-- sources
+SELECT try_create('bad', 'SELECT count(*) FROM no_such_table');
+SELECT try_create('bad', 'SELECT count(*) FROM src_view');
+SELECT try_create('bad', 'SELECT count(*) FROM src_temp');
+SELECT try_create('bad', 'SELECT count(*) FROM src_unlogged');
+SELECT try_create('bad', 'SELECT count(*) FROM src_parted');
+SELECT try_create('bad', 'SELECT count(*) FROM src_matview');
+SELECT try_create('bad', 'SELECT count(*) FROM src_parent');
+SELECT try_create('bad', 'SELECT count(*) FROM pg_class');
+SELECT try_create('bad', 'SELECT count(*) FROM flowpg.state');
+SELECT try_create('bad', 'SELECT count(*) FROM otherdb.public.src');
+SELECT try_create('bad', 'SELECT count(*) FROM generate_series(1, 3)');
+SELECT try_create('bad', 'SELECT 1 AS one');
+-- query shapes
+SELECT try_create('bad', 'SELECT count(*) FROM src a JOIN src b USING (k)');
+SELECT try_create('bad', 'SELECT count(*) FROM src, taken');
+SELECT try_create('bad', 'SELECT count(*) FROM src WHERE k IN (SELECT x FROM taken)');
+SELECT try_create('bad', 'WITH s AS (SELECT * FROM src) SELECT count(*) FROM s');
+SELECT try_create('bad', 'SELECT count(*) FROM src UNION SELECT count(*) FROM src');
+SELECT try_create('bad', 'SELECT DISTINCT k FROM src');
+SELECT try_create('bad', 'SELECT k, count(*) FROM src GROUP BY k ORDER BY k');
+SELECT try_create('bad', 'SELECT k, count(*) FROM src GROUP BY k LIMIT 3');
+SELECT try_create('bad', 'SELECT k, count(*) FROM src GROUP BY k HAVING count(*) > 1');
+SELECT try_create('bad', 'SELECT k, count(*) FROM src GROUP BY ROLLUP (k)');
+SELECT try_create('bad', 'SELECT k, sum(v) OVER () FROM src');
+SELECT try_create('bad', 'SELECT k, generate_series(1, 2) FROM src');
+SELECT try_create('bad', 'SELECT k, count(*) FROM src GROUP BY k FOR UPDATE');
+SELECT try_create('bad', 'SELECT k FROM src');
+-- aggregates
+SELECT try_create('bad', 'SELECT count(DISTINCT k) FROM src');
+SELECT try_create('bad', 'SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY v) FROM src');
+SELECT try_create('bad', 'SELECT sum(v ORDER BY k) FROM src');
+SELECT try_create('bad', 'SELECT array_agg(k) FROM src');
+SELECT try_create('bad', 'SELECT string_agg(t, '','') FROM src');
+SELECT try_create('bad', 'SELECT json_agg(k) FROM src');
+-- volatile functions, anywhere
+SELECT try_create('bad', 'SELECT count(*) FROM src WHERE random() > 0.5');
+SELECT try_create('bad', 'SELECT clock_timestamp() > now() AS late, count(*) FROM src GROUP BY 1');
+SELECT try_create('bad', 'SELECT sum(nextval(''seq'')) FROM src');
+-- keys and output columns
+SELECT try_create('bad', 'SELECT count(*) FROM src GROUP BY k');
+SELECT try_create('bad', 'SELECT k + 1 AS k1, count(*) FROM src GROUP BY k');
+SELECT try_create('bad', 'SELECT k, count(*) AS k FROM src GROUP BY k');
+SELECT try_create('bad', 'SELECT k, count(*), count(v) FROM src GROUP BY k');
+SELECT try_create('bad', 'SELECT k, grouping(k) AS g FROM src GROUP BY k');
+SELECT try_create('bad', 'SELECT row(k, 1) AS r, count(*) FROM src GROUP BY row(k, 1)');
+
+-- a stream cannot read another stream's result table
+SELECT flowpg.create_stream('good', 'SELECT k, count(*) AS n FROM src GROUP BY k');
+SELECT try_create('bad', 'SELECT count(*) FROM good');
+SELECT flowpg.drop_stream('good');
+
+-- create_stream needs a transaction that has not written yet
+BEGIN;
+INSERT INTO taken VALUES (1);
+SELECT try_create('bad', 'SELECT count(*) FROM src');
+ROLLBACK;
+
+-- the other functions
+SELECT try('SELECT flowpg.drop_stream(NULL)');
+SELECT try('SELECT flowpg.drop_stream(''no_such_stream'')');
+SELECT try('SELECT flowpg.drop_stream(''taken'')');
+SELECT try('SELECT flowpg.wait(''no_such_stream'')');
+SELECT try('SELECT flowpg.wait(''taken'')');
+SELECT try('SELECT flowpg.checkpoint(''no_such_stream'')');
+SELECT try('SELECT * FROM flowpg.live(NULL::int)');
+SELECT try('SELECT * FROM flowpg.live(NULL::taken)');
+
+-- the output plugin is flowpg's alone
+SELECT try('SELECT pg_create_logical_replication_slot(''mine'', ''flowpg'')');
+
+\pset tuples_only off
+\pset format aligned
+-- nothing was left behind by any of the failures above
+SELECT * FROM leftovers;
+SELECT count(*) AS slots FROM pg_replication_slots;
+DROP VIEW leftovers;

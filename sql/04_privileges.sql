@@ -1,0 +1,82 @@
+-- A stream runs with its owner's privileges, and only its owner manages it.
+CREATE ROLE flowpg_alice LOGIN;
+CREATE ROLE flowpg_bob LOGIN;
+CREATE ROLE flowpg_group NOLOGIN;
+CREATE TABLE events (who text, v int);
+GRANT SELECT, INSERT ON events TO flowpg_alice, flowpg_group;
+GRANT INSERT ON events TO flowpg_bob;
+GRANT CREATE ON SCHEMA public TO flowpg_alice, flowpg_bob, flowpg_group;
+\set VERBOSITY terse
+
+-- the worker runs as alice: current_user in the query says so
+SET ROLE flowpg_alice;
+SELECT flowpg.create_stream('alice_view',
+    'SELECT current_user AS runner, who, count(*) AS n, sum(v) AS total FROM events GROUP BY current_user, who');
+RESET ROLE;
+INSERT INTO events VALUES ('x', 1), ('y', 2), ('x', 3);
+SELECT flowpg.wait('alice_view');
+TABLE alice_view ORDER BY who;
+SELECT owner, a.usename
+  FROM flowpg.streams s JOIN pg_stat_activity a USING (pid)
+ WHERE name = 'public.alice_view';
+
+-- bob may not read the source, nor manage or read alice's stream
+SET ROLE flowpg_bob;
+SELECT flowpg.create_stream('bob_view', 'SELECT count(*) AS n FROM events');
+SELECT flowpg.drop_stream('alice_view');
+SELECT flowpg.checkpoint('alice_view');
+SELECT * FROM flowpg.live(NULL::alice_view);
+SELECT name, status FROM flowpg.streams;
+RESET ROLE;
+
+-- a source whose row security applies to the owner is refused: the stream
+-- would see rows the owner cannot
+CREATE TABLE secret (k int);
+ALTER TABLE secret ENABLE ROW LEVEL SECURITY;
+GRANT SELECT ON secret TO flowpg_alice;
+SET ROLE flowpg_alice;
+SELECT flowpg.create_stream('alice_secret', 'SELECT count(*) AS n FROM secret');
+RESET ROLE;
+DROP TABLE secret;
+
+-- a role that cannot log in cannot own a stream: its worker could not connect
+SET ROLE flowpg_group;
+SELECT flowpg.create_stream('group_view', 'SELECT count(*) AS n FROM events');
+RESET ROLE;
+
+-- privileges are checked again when the worker starts
+REVOKE SELECT ON events FROM flowpg_alice;
+SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.alice_view';
+DO $$
+BEGIN
+    FOR i IN 1 .. 300 LOOP
+        EXIT WHEN (SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view') IS NOT NULL;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view';
+GRANT SELECT ON events TO flowpg_alice;
+DO $$
+BEGIN
+    FOR i IN 1 .. 600 LOOP
+        EXIT WHEN (SELECT status FROM flowpg.streams WHERE name = 'public.alice_view') = 'running';
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+INSERT INTO events VALUES ('y', 10);
+SELECT flowpg.wait('alice_view');
+TABLE alice_view ORDER BY who;
+
+-- identifiers are quoted wherever flowpg writes SQL
+SELECT flowpg.create_stream('public."x""; DROP TABLE events; --"',
+    'SELECT who AS "we""ird", count(*) AS "n; DROP TABLE events" FROM events GROUP BY who');
+INSERT INTO events VALUES ('z', 1);
+SELECT flowpg.wait('public."x""; DROP TABLE events; --"');
+SELECT * FROM "x""; DROP TABLE events; --" ORDER BY 1;
+SELECT count(*) AS events_still_there FROM events;
+
+SELECT flowpg.drop_stream('public."x""; DROP TABLE events; --"');
+SELECT flowpg.drop_stream('alice_view');
+DROP TABLE events;
+REVOKE CREATE ON SCHEMA public FROM flowpg_alice, flowpg_bob, flowpg_group;
+DROP ROLE flowpg_alice, flowpg_bob, flowpg_group;

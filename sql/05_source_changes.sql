@@ -1,0 +1,34 @@
+-- Sources are streams of events: UPDATE, DELETE and TRUNCATE are counted
+-- and reported, never applied and never mistaken for inserts.
+CREATE TABLE readings (device int, temp numeric);
+SELECT flowpg.create_stream('temps',
+    'SELECT device, count(*) AS n, max(temp) AS hottest FROM readings GROUP BY device');
+INSERT INTO readings SELECT g % 3, g FROM generate_series(1, 30) g;
+UPDATE readings SET temp = temp + 100 WHERE device = 0;
+DELETE FROM readings WHERE device = 1;
+TRUNCATE readings;
+INSERT INTO readings VALUES (5, 1);
+SELECT flowpg.wait('temps');
+TABLE temps ORDER BY device;
+SELECT events, ignored_updates, ignored_deletes, ignored_truncates
+  FROM flowpg.streams WHERE name = 'public.temps';
+
+-- adding a column to the source keeps the stream working
+ALTER TABLE readings ADD COLUMN unit text DEFAULT 'C';
+INSERT INTO readings VALUES (5, 7, 'F');
+SELECT flowpg.wait('temps');
+TABLE temps ORDER BY device;
+
+-- columns and tables the stream uses cannot go away under it
+\set VERBOSITY terse
+ALTER TABLE readings DROP COLUMN temp;
+DROP TABLE readings;
+ALTER TABLE readings DROP COLUMN unit;
+\set VERBOSITY default
+
+-- a large transaction, bigger than logical_decoding_work_mem, is applied once
+INSERT INTO readings (device, temp) SELECT g % 1000, g FROM generate_series(1, 300000) g;
+SELECT flowpg.wait('temps');
+SELECT count(*) AS devices, sum(n) AS rows FROM temps;
+SELECT flowpg.drop_stream('temps');
+DROP TABLE readings;
