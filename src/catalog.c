@@ -61,6 +61,7 @@
 #include "catalog.h"
 #include "control.h"
 #include "decode.h"
+#include "state.h"
 
 /* What the current transaction created or dropped. */
 static struct
@@ -350,6 +351,14 @@ StreamStopAndDrop(Oid dboid, int32 stream_id, Oid owner)
 	}
 	DecodeDropSlot(slot_name);
 	replorigin_drop_by_name(slot_name, true, false);
+
+	/* the worker has let go of its slot: it is gone, free its state */
+	if (ctl != NULL)
+	{
+		LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);
+		StateDestroy(ctl);
+		LWLockRelease(&ctl->state_lock);
+	}
 }
 
 /* PRE_COMMIT: finish dropping the streams whose result tables went away. */

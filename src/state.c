@@ -93,6 +93,26 @@ state_free_chunks(dsa_area *area, dshash_table *table)
 }
 
 /*
+ * Free the stream's state table, if it has one.  The caller holds
+ * ctl->state_lock exclusively, and no worker of the stream runs.
+ */
+void
+StateDestroy(StreamCtl *ctl)
+{
+	dshash_parameters params = state_params();
+	dsa_area   *area;
+	dshash_table *table;
+
+	if (!DsaPointerIsValid(ctl->state_handle))
+		return;
+	area = ControlArea();
+	table = dshash_attach(area, &params, ctl->state_handle, NULL);
+	state_free_chunks(area, table);
+	dshash_destroy(table);
+	ctl->state_handle = InvalidDsaPointer;
+}
+
+/*
  * Give the stream an empty state table, destroying any earlier one.  For
  * the worker; the caller holds ctl->state_lock exclusively.
  */
@@ -104,15 +124,7 @@ StateCreate(StreamCtl *ctl)
 
 	st->ctl = ctl;
 	st->area = ControlArea();
-	if (DsaPointerIsValid(ctl->state_handle))
-	{
-		dshash_table *old = dshash_attach(st->area, &params,
-										  ctl->state_handle, NULL);
-
-		state_free_chunks(st->area, old);
-		dshash_destroy(old);
-		ctl->state_handle = InvalidDsaPointer;
-	}
+	StateDestroy(ctl);
 	st->table = dshash_create(st->area, &params, NULL);
 	ctl->state_handle = dshash_get_hash_table_handle(st->table);
 

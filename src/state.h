@@ -55,6 +55,7 @@ typedef struct FlowState
 	uint64		bytes;
 } FlowState;
 
+extern void StateDestroy(StreamCtl *ctl);
 extern FlowState *StateCreate(StreamCtl *ctl);
 extern FlowState *StateAttach(StreamCtl *ctl);
 extern void StateDetach(FlowState *st);
