@@ -18,7 +18,7 @@ CREATE TABLE flowpg.stream (
     checkpoint_interval interval,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
-COMMENT ON TABLE flowpg.stream IS 'flowpg streams: definition, owner, result and source tables';
+COMMENT ON TABLE flowpg.stream IS 'flowpg streams: definition, owner, result and source tables; name is the result table''s name at creation';
 
 /* Operator state as of each stream's latest checkpoint, one row per key. */
 CREATE TABLE flowpg.state (
@@ -104,7 +104,7 @@ COMMENT ON FUNCTION flowpg.stream_status() IS
     'run-time status of this database''s stream workers, from shared memory';
 
 CREATE VIEW flowpg.streams AS
-SELECT s.name,
+SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END AS name,
        s.query,
        s.owner::pg_catalog.regrole AS owner,
        COALESCE(st.status, 'starting') AS status,
@@ -129,6 +129,8 @@ SELECT s.name,
        s.result::pg_catalog.regclass AS result,
        s.id
   FROM flowpg.stream s
+  LEFT JOIN pg_catalog.pg_class c ON c.oid = s.result
+  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN flowpg.stream_status() st ON st.stream_id = s.id;
 COMMENT ON VIEW flowpg.streams IS 'every stream of this database with its status and progress';
 

@@ -55,7 +55,23 @@ SELECT count(*) AS differences
 SELECT * FROM flowpg.live(NULL::spend) WHERE campaign IS NULL;
 
 SELECT flowpg.checkpoint('spend') > 0 AS checkpointed;
-SELECT events, keys, ignored_deletes FROM flowpg.streams;
+
+-- savepoints: rows of a rolled-back subtransaction never count
+BEGIN;
+INSERT INTO clicks (campaign, cost) VALUES (1, 100);
+SAVEPOINT s;
+INSERT INTO clicks (campaign, cost) VALUES (1, 1000);
+ROLLBACK TO s;
+INSERT INTO clicks (campaign, cost) VALUES (2, 100);
+COMMIT;
+SELECT oracle('spend');
+
+-- renaming the result table renames the stream
+ALTER TABLE spend RENAME TO spend_renamed;
+SELECT name FROM flowpg.streams;
+SELECT oracle('spend_renamed');
+ALTER TABLE spend_renamed RENAME TO spend;
+SELECT events, keys, ignored_deletes, status FROM flowpg.streams;
 
 -- the worker runs as the stream's owner and shows as a flowpg process
 SELECT a.backend_type, a.usename = s.owner::text AS runs_as_owner, a.application_name

@@ -76,6 +76,16 @@ SELECT oracle('logic');
 SELECT oracle('misc');
 SELECT oracle('global');
 
+-- keys equal for GROUP BY but not byte for byte make one group
+CREATE TABLE amounts (amount numeric, label text COLLATE "C");
+SELECT flowpg.create_stream('by_amount', 'SELECT amount, count(*) AS n FROM amounts GROUP BY amount');
+INSERT INTO amounts VALUES (1.0, 'a'), (1.00, 'b'), (1, 'c'), (-0.0, 'd'), (0, 'e'), (NULL, 'f');
+INSERT INTO amounts VALUES (1.000, 'g');
+SELECT oracle('by_amount');
+SELECT n FROM by_amount ORDER BY amount;
+SELECT flowpg.drop_stream('by_amount');
+DROP TABLE amounts;
+
 SELECT flowpg.drop_stream(name) FROM flowpg.streams WHERE source = 'm'::regclass;
 DROP TABLE m;
 DROP AGGREGATE my_sum(int);

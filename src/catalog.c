@@ -80,6 +80,14 @@ static object_access_hook_type prev_object_access_hook = NULL;
 #define STREAM_COLUMNS \
 	"id, name, result, source, owner, query, plan, checkpoint_interval"
 
+/* A stream's name is its result table's current name. */
+#define STREAM_SELECT \
+	"SELECT s.id, CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END, " \
+	"s.result, s.source, s.owner, s.query, s.plan, s.checkpoint_interval " \
+	"FROM flowpg.stream s " \
+	"LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.result " \
+	"LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+
 /* The role that owns flowpg's catalog: the extension's owner. */
 static Oid
 catalog_owner(void)
@@ -179,8 +187,7 @@ catalog_query(const char *sql, Oid argtype, Datum arg)
 StreamDef *
 CatalogReadStream(int32 id)
 {
-	List	   *defs = catalog_query("SELECT " STREAM_COLUMNS " FROM flowpg.stream "
-									 "WHERE id OPERATOR(pg_catalog.=) $1",
+	List	   *defs = catalog_query(STREAM_SELECT "WHERE s.id OPERATOR(pg_catalog.=) $1",
 									 INT4OID, Int32GetDatum(id));
 
 	return defs != NIL ? linitial(defs) : NULL;
@@ -190,8 +197,7 @@ CatalogReadStream(int32 id)
 StreamDef *
 CatalogFindByResult(Oid result)
 {
-	List	   *defs = catalog_query("SELECT " STREAM_COLUMNS " FROM flowpg.stream "
-									 "WHERE result OPERATOR(pg_catalog.=) $1",
+	List	   *defs = catalog_query(STREAM_SELECT "WHERE s.result OPERATOR(pg_catalog.=) $1",
 									 OIDOID, ObjectIdGetDatum(result));
 
 	return defs != NIL ? linitial(defs) : NULL;
