@@ -14,15 +14,26 @@ EXCEPTION WHEN OTHERS THEN
                             hint = PG_EXCEPTION_HINT;
     RETURN state || ': ' || msg || CASE WHEN hint <> '' THEN E'\nHINT:  ' || hint ELSE '' END;
 END $$;
-CREATE FUNCTION try_create(name text, query text, iv interval DEFAULT NULL)
-RETURNS text LANGUAGE sql AS $$
-    SELECT try(format('SELECT flowpg.create_stream(%L, %L, %L)', name, query, iv))
-$$;
 CREATE VIEW leftovers AS
 SELECT (SELECT count(*) FROM flowpg.streams) AS streams,
        (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%') AS slots,
        (SELECT count(*) FROM pg_replication_origin WHERE roname LIKE 'flowpg%') AS origins,
        (SELECT count(*) FROM pg_class WHERE relname = 'bad') AS tables;
+-- create_stream that must fail; says so if it leaves anything behind
+CREATE FUNCTION try_create(name text, query text, iv interval DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    before text := (SELECT l::text FROM leftovers l);
+    result text;
+    after text;
+BEGIN
+    result := try(format('SELECT flowpg.create_stream(%L, %L, %L)', name, query, iv));
+    after := (SELECT l::text FROM leftovers l);
+    IF after <> before THEN
+        result := result || E'\nLEFT BEHIND: ' || before || ' -> ' || after;
+    END IF;
+    RETURN result;
+END $$;
 
 CREATE TABLE src (k int, v numeric, t text);
 CREATE VIEW src_view AS SELECT * FROM src;

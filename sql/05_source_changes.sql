@@ -19,12 +19,27 @@ INSERT INTO readings VALUES (5, 7, 'F');
 SELECT flowpg.wait('temps');
 TABLE temps ORDER BY device;
 
--- columns and tables the stream uses cannot go away under it
+-- columns and tables the stream uses cannot go away or change under it
 \set VERBOSITY terse
 ALTER TABLE readings DROP COLUMN temp;
+ALTER TABLE readings ALTER COLUMN temp TYPE float8;
 DROP TABLE readings;
-ALTER TABLE readings DROP COLUMN unit;
 \set VERBOSITY default
+ALTER TABLE readings ALTER COLUMN temp SET NOT NULL;
+ALTER TABLE readings ALTER COLUMN temp DROP NOT NULL;
+
+-- the stream keeps working when the source is renamed and when columns it
+-- does not use change or go
+ALTER TABLE readings ALTER COLUMN unit TYPE varchar(3);
+ALTER TABLE readings DROP COLUMN unit;
+ALTER TABLE readings RENAME TO sensor_readings;
+ALTER TABLE sensor_readings RENAME COLUMN device TO sensor;
+INSERT INTO sensor_readings VALUES (5, 9), (6, 1);
+SELECT flowpg.wait('temps');
+TABLE temps ORDER BY device;
+SELECT name, source, status FROM flowpg.streams WHERE name = 'public.temps';
+ALTER TABLE sensor_readings RENAME COLUMN sensor TO device;
+ALTER TABLE sensor_readings RENAME TO readings;
 
 -- a large transaction, bigger than logical_decoding_work_mem, is applied once
 INSERT INTO readings (device, temp) SELECT g % 1000, g FROM generate_series(1, 300000) g;

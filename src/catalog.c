@@ -35,11 +35,17 @@
 
 #include <signal.h>
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/objectaccess.h"
+#include "catalog/indexing.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_depend.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -48,8 +54,10 @@
 #include "nodes/makefuncs.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
+#include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
@@ -76,6 +84,7 @@ static struct
 
 static XLogRecPtr last_woken_commit = InvalidXLogRecPtr;
 static object_access_hook_type prev_object_access_hook = NULL;
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 #define STREAM_COLUMNS \
 	"id, name, result, source, owner, query, plan, checkpoint_interval"
@@ -525,6 +534,102 @@ flowpg_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		pending.extension_dropped = true;
 }
 
+/*
+ * A table other than relid that depends on column attnum of relid: the
+ * result table of a stream that uses the column (generated columns depend
+ * on their own table's columns; indexes and sequences are not tables).
+ */
+static Oid
+column_user(Oid relid, AttrNumber attnum)
+{
+	Relation	depend = table_open(DependRelationId, AccessShareLock);
+	ScanKeyData key[3];
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	Oid			user = InvalidOid;
+
+	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(RelationRelationId));
+	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(relid));
+	ScanKeyInit(&key[2], Anum_pg_depend_refobjsubid, BTEqualStrategyNumber,
+				F_INT4EQ, Int32GetDatum(attnum));
+	scan = systable_beginscan(depend, DependReferenceIndexId, true, NULL, 3, key);
+	while (!OidIsValid(user) && HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Form_pg_depend dep = (Form_pg_depend) GETSTRUCT(tuple);
+
+		if (dep->classid == RelationRelationId && dep->objid != relid &&
+			get_rel_relkind(dep->objid) == RELKIND_RELATION)
+			user = dep->objid;
+	}
+	systable_endscan(scan);
+	table_close(depend, AccessShareLock);
+	return user;
+}
+
+/*
+ * ALTER TABLE ... ALTER COLUMN ... TYPE of a column a stream uses: refuse
+ * it clearly (PostgreSQL itself would fail with an internal error on the
+ * dependency of the result table).
+ */
+static void
+check_alter_column_type(AlterTableStmt *stmt)
+{
+	Oid			relid;
+	List	   *rels;
+	ListCell   *lc;
+
+	if (stmt->objtype != OBJECT_TABLE)
+		return;
+	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
+	if (!OidIsValid(relid))
+		return;
+	rels = find_all_inheritors(relid, NoLock, NULL);
+	foreach(lc, stmt->cmds)
+	{
+		AlterTableCmd *cmd = lfirst(lc);
+		ListCell   *lc2;
+
+		if (cmd->subtype != AT_AlterColumnType)
+			continue;
+		foreach(lc2, rels)
+		{
+			Oid			rel = lfirst_oid(lc2);
+			AttrNumber	attnum = get_attnum(rel, cmd->name);
+			Oid			user;
+
+			if (attnum == InvalidAttrNumber)
+				continue;
+			user = column_user(rel, attnum);
+			if (OidIsValid(user))
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot alter type of column \"%s\" of table \"%s\"",
+								cmd->name, get_rel_name(rel)),
+						 errdetail("Table \"%s\" depends on it; it is the result table of a stream.",
+								   get_rel_name(user)),
+						 errhint("Drop the stream, alter the column, and create the stream again.")));
+		}
+	}
+}
+
+static void
+flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
+					   bool readOnlyTree, ProcessUtilityContext context,
+					   ParamListInfo params, QueryEnvironment *queryEnv,
+					   DestReceiver *dest, QueryCompletion *qc)
+{
+	if (IsA(pstmt->utilityStmt, AlterTableStmt))
+		check_alter_column_type((AlterTableStmt *) pstmt->utilityStmt);
+	if (prev_process_utility_hook)
+		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
+								  params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+}
+
 /* Install the hooks; from _PG_init, in the postmaster. */
 void
 CatalogRegisterHooks(void)
@@ -533,4 +638,6 @@ CatalogRegisterHooks(void)
 	RegisterSubXactCallback(flowpg_subxact_callback, NULL);
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = flowpg_object_access;
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = flowpg_process_utility;
 }
