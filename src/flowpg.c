@@ -61,9 +61,21 @@ flowpg_shmem_startup(void)
 	ControlShmemStartup();
 }
 
+/*
+ * Define the GUCs.  A PGC_POSTMASTER one can only be defined while the
+ * postmaster loads the library, so flowpg.max_streams exists only then.
+ */
 static void
 define_gucs(void)
 {
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("flowpg.max_streams",
+								"Maximum number of streams in all databases of the server.",
+								NULL,
+								&flowpg_max_streams,
+								16, 1, 1024,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
 	DefineCustomIntVariable("flowpg.checkpoint_interval",
 							"Time between two checkpoints of a stream that has changed.",
 							"A stream's own checkpoint_interval, if set, overrides this.",
@@ -77,13 +89,6 @@ define_gucs(void)
 							&flowpg_state_memory,
 							1024, 2, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MB,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("flowpg.max_streams",
-							"Maximum number of streams in all databases of the server.",
-							NULL,
-							&flowpg_max_streams,
-							16, 1, 1024,
-							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("flowpg.checkpoints_retained",
 							"Number of checkpoint records kept per stream in flowpg.checkpoints.",
