@@ -1,0 +1,73 @@
+# Resource limits: state that outgrows flowpg.state_memory stops the stream
+# with a clear error and loses nothing; more streams than flowpg.max_streams
+# or than free replication slots is a clear error at create time, leaving
+# nothing behind; a transaction of several million rows (far beyond
+# logical_decoding_work_mem) is applied exactly once.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FlowpgTest;
+
+my $node = new_node('limits',
+	extra_conf => "flowpg.state_memory = 4MB\nflowpg.max_streams = 3\nlogical_decoding_work_mem = 1MB\n");
+$node->safe_psql('postgres', 'CREATE TABLE ev (k int, v int)');
+my $q = 'SELECT k, count(*) AS n, sum(v) AS s FROM ev GROUP BY k';
+$node->safe_psql('postgres', "SELECT flowpg.create_stream('big', '$q')");
+
+# 200,000 keys do not fit in 4 MB
+$node->safe_psql('postgres',
+	'INSERT INTO ev SELECT g, g FROM generate_series(1, 200000) g');
+$node->poll_query_until('postgres',
+	"SELECT last_error LIKE 'stream state exceeds flowpg.state_memory%' FROM flowpg.streams WHERE name = 'public.big'")
+  or die 'the stream did not fail on flowpg.state_memory';
+my ($rc, $out, $err) = $node->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT flowpg.wait('big', '5 s')");
+like($err, qr/55000: stream "public.big" has failed/, 'wait says the stream failed');
+like($err, qr/exceeds flowpg.state_memory/, '... and why');
+ok($node->log_contains('HINT:  Raise flowpg.state_memory'), 'the log has the hint');
+
+# raising the limit lets it finish, exactly
+$node->safe_psql('postgres',
+	"ALTER SYSTEM SET flowpg.state_memory = '256MB'; SELECT pg_reload_conf()");
+$node->safe_psql('postgres',
+	'INSERT INTO ev SELECT g, 1 FROM generate_series(1, 1000) g');
+oracle_ok($node, 'big', $q, 'after raising flowpg.state_memory');
+
+# several million rows in one transaction, spilled by the reorder buffer
+$node->safe_psql('postgres', 'TRUNCATE ev');
+$node->safe_psql('postgres',
+	"SELECT flowpg.create_stream('huge', 'SELECT k % 100 AS bucket, count(*) AS n, sum(v) AS s FROM ev GROUP BY k % 100')");
+$node->safe_psql('postgres',
+	'INSERT INTO ev SELECT g, g % 7 FROM generate_series(1, 3000000) g');
+oracle_ok($node, 'huge',
+	'SELECT k % 100 AS bucket, count(*) AS n, sum(v) AS s FROM ev GROUP BY k % 100',
+	'one transaction of 3,000,000 rows');
+
+# flowpg.max_streams = 3: the fourth stream is refused
+$node->safe_psql('postgres', "SELECT flowpg.create_stream('third', 'SELECT count(*) AS n FROM ev')");
+($rc, $out, $err) = $node->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT flowpg.create_stream('fourth', 'SELECT count(*) AS n FROM ev')");
+like($err, qr/53400: cannot create more than 3 streams/, 'flowpg.max_streams is enforced');
+like($err, qr/HINT:  .*raise flowpg.max_streams/, '... with a hint naming it');
+is($node->safe_psql('postgres',
+	"SELECT (SELECT count(*) FROM pg_replication_slots) || '/' || (SELECT count(*) FROM flowpg.streams) || '/' || (to_regclass('fourth') IS NULL)"),
+	'3/3/true', '... and nothing is left behind');
+$node->stop;
+
+# no free replication slot: PostgreSQL's error, and nothing left behind
+my $few = new_node('few_slots', extra_conf => "max_replication_slots = 1\n");
+$few->safe_psql('postgres', 'CREATE TABLE ev (k int)');
+$few->safe_psql('postgres', "SELECT flowpg.create_stream('one', 'SELECT count(*) AS n FROM ev')");
+($rc, $out, $err) = $few->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT flowpg.create_stream('two', 'SELECT count(*) AS n FROM ev')");
+like($err, qr/53400: all replication slots are in use/, 'no free replication slot is an error');
+like($err, qr/HINT:  .*max_replication_slots/, '... with a hint naming the setting');
+is($few->safe_psql('postgres',
+	"SELECT (SELECT count(*) FROM pg_replication_slots) || '/' || (SELECT count(*) FROM flowpg.streams) || '/' || (to_regclass('two') IS NULL)"),
+	'1/1/true', '... and nothing is left behind');
+$few->stop;
+
+done_testing();
