@@ -38,6 +38,7 @@ int			flowpg_checkpoint_interval = 1000;
 int			flowpg_state_memory = 1024;
 int			flowpg_max_streams = 16;
 int			flowpg_checkpoints_retained = 10;
+int			flowpg_decoding_work_mem = 256 * 1024;
 
 bool		flowpg_preloaded = false;
 bool		flowpg_decoding_allowed = false;
@@ -89,6 +90,13 @@ define_gucs(void)
 							&flowpg_state_memory,
 							1024, 2, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MB,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("flowpg.decoding_work_mem",
+							"Memory a stream worker's decoder may use for one source transaction before spilling it to disk.",
+							"Sets logical_decoding_work_mem in stream workers.",
+							&flowpg_decoding_work_mem,
+							256 * 1024, 64, MAX_KILOBYTES,
+							PGC_SIGHUP, GUC_UNIT_KB,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("flowpg.checkpoints_retained",
 							"Number of checkpoint records kept per stream in flowpg.checkpoints.",

@@ -42,6 +42,7 @@ extern int	flowpg_checkpoint_interval;	/* ms */
 extern int	flowpg_state_memory;	/* MB */
 extern int	flowpg_max_streams;
 extern int	flowpg_checkpoints_retained;
+extern int	flowpg_decoding_work_mem;	/* kB */
 
 /* True in a process whose flowpg library was loaded by the postmaster. */
 extern bool flowpg_preloaded;

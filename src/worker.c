@@ -74,6 +74,21 @@ worker_on_exit(int code, Datum arg)
 	ConditionVariableBroadcast(&ctl->cv);
 }
 
+/*
+ * Settings of the worker's session: the decoder's memory comes from
+ * flowpg.decoding_work_mem, and commits are synchronous whatever the
+ * owner's defaults (a checkpoint must be durable before the slot moves).
+ */
+static void
+apply_settings(void)
+{
+	char		buf[32];
+
+	snprintf(buf, sizeof(buf), "%dkB", flowpg_decoding_work_mem);
+	SetConfigOption("logical_decoding_work_mem", buf, PGC_USERSET, PGC_S_SESSION);
+	SetConfigOption("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION);
+}
+
 /* The stream no longer exists: drop its slot and origin. */
 static void
 drop_orphan(FlowWorker *w)
@@ -176,6 +191,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		elog(ERROR, "slot \"%s\" does not match the owner of stream \"%s\"",
 			 w->slot_name, w->def->name);
 	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
+	apply_settings();
 	pgstat_report_activity(STATE_RUNNING, w->def->query);
 
 	compile_stream(w);
@@ -324,6 +340,7 @@ worker_loop(FlowWorker *w)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			apply_settings();
 			dsa_set_size_limit(ControlArea(),
 							   (size_t) flowpg_state_memory * 1024 * 1024);
 		}

@@ -2,7 +2,7 @@
 # with a clear error and loses nothing; more streams than flowpg.max_streams
 # or than free replication slots is a clear error at create time, leaving
 # nothing behind; a transaction of several million rows (far beyond
-# logical_decoding_work_mem) is applied exactly once.
+# flowpg.decoding_work_mem, so spilled to disk) is applied exactly once.
 use strict;
 use warnings;
 
@@ -12,7 +12,7 @@ use Test::More;
 use FlowpgTest;
 
 my $node = new_node('limits',
-	extra_conf => "flowpg.state_memory = 4MB\nflowpg.max_streams = 3\nlogical_decoding_work_mem = 1MB\n");
+	extra_conf => "flowpg.state_memory = 4MB\nflowpg.max_streams = 3\nflowpg.decoding_work_mem = 1MB\n");
 $node->safe_psql('postgres', 'CREATE TABLE ev (k int, v int)');
 my $q = 'SELECT k, count(*) AS n, sum(v) AS s FROM ev GROUP BY k';
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('big', '$q')");
