@@ -20,6 +20,13 @@ SELECT owner, a.usename
   FROM flowpg.streams s JOIN pg_stat_activity a USING (pid)
  WHERE name = 'public.alice_view';
 
+-- a role without CREATE on a schema cannot put a result table there
+CREATE SCHEMA locked;
+SET ROLE flowpg_alice;
+SELECT flowpg.create_stream('locked.alice_view', 'SELECT count(*) AS n FROM events');
+RESET ROLE;
+DROP SCHEMA locked;
+
 -- bob may not read the source, nor manage or read alice's stream
 SET ROLE flowpg_bob;
 SELECT flowpg.create_stream('bob_view', 'SELECT count(*) AS n FROM events');

@@ -41,7 +41,7 @@ SELECT name, source, status FROM flowpg.streams WHERE name = 'public.temps';
 ALTER TABLE sensor_readings RENAME COLUMN sensor TO device;
 ALTER TABLE sensor_readings RENAME TO readings;
 
--- a large transaction, bigger than logical_decoding_work_mem, is applied once
+-- a large transaction is applied once
 INSERT INTO readings (device, temp) SELECT g % 1000, g FROM generate_series(1, 300000) g;
 SELECT flowpg.wait('temps');
 SELECT count(*) AS devices, sum(n) AS rows FROM temps;
