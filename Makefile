@@ -26,4 +26,5 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-$(OBJS): src/flowpg.h
+# every object depends on every header: the shared-memory structs are in them
+$(OBJS): $(wildcard src/*.h)

@@ -16,6 +16,7 @@ CREATE TABLE flowpg.stream (
     query               text NOT NULL,
     plan                text NOT NULL,
     checkpoint_interval interval,
+    paused              boolean NOT NULL DEFAULT false,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE flowpg.stream IS 'flowpg streams: definition, owner, result and source tables; name is the result table''s name at creation';
@@ -72,6 +73,20 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION flowpg.checkpoint(text) IS
     'take a checkpoint of the stream now and return its id';
 
+CREATE FUNCTION flowpg.pause_stream(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'flowpg_pause_stream'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION flowpg.pause_stream(text) IS
+    'pause a stream: checkpoint, then stop applying the source until resumed (kept across restarts)';
+
+CREATE FUNCTION flowpg.resume_stream(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'flowpg_resume_stream'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION flowpg.resume_stream(text) IS
+    'resume a paused stream: it catches up with everything committed meanwhile';
+
 CREATE FUNCTION flowpg.live(stream anyelement)
 RETURNS SETOF anyelement
 AS 'MODULE_PATHNAME', 'flowpg_live'
@@ -107,7 +122,8 @@ CREATE VIEW flowpg.streams AS
 SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END AS name,
        s.query,
        s.owner::pg_catalog.regrole AS owner,
-       COALESCE(st.status, 'starting') AS status,
+       CASE WHEN s.paused AND st.status IS DISTINCT FROM 'failed' THEN 'paused'
+            ELSE COALESCE(st.status, 'starting') END AS status,
        st.pid,
        COALESCE(s.checkpoint_interval,
                 pg_catalog.current_setting('flowpg.checkpoint_interval')::pg_catalog.interval)

@@ -63,6 +63,8 @@ PG_FUNCTION_INFO_V1(flowpg_drop_stream);
 PG_FUNCTION_INFO_V1(flowpg_wait);
 PG_FUNCTION_INFO_V1(flowpg_checkpoint);
 PG_FUNCTION_INFO_V1(flowpg_live);
+PG_FUNCTION_INFO_V1(flowpg_pause_stream);
+PG_FUNCTION_INFO_V1(flowpg_resume_stream);
 PG_FUNCTION_INFO_V1(flowpg_stream_status);
 
 /* ---------------------------------------------------------------------
@@ -401,6 +403,69 @@ flowpg_drop_stream(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+static void
+wake_worker(StreamCtl *ctl)
+{
+	Latch	   *latch;
+
+	SpinLockAcquire(&ctl->mutex);
+	latch = ctl->latch;
+	SpinLockRelease(&ctl->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/* ---------------------------------------------------------------------
+ * pause_stream and resume_stream
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Set the stream's paused flag and tell its worker to read its catalog row
+ * again; the worker waits for this transaction's stream lock first, so it
+ * sees the change once it commits.
+ */
+static void
+set_paused(FunctionCallInfo fcinfo, bool paused)
+{
+	StreamDef  *def;
+	StreamCtl  *ctl;
+
+	FlowpgCheckLoaded();
+	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+	CatalogCheckOwner(def);
+	FlowpgLockStream(def->id, AccessExclusiveLock);
+	CatalogSetPaused(def, paused);
+	ctl = ControlFind(MyDatabaseId, def->id);
+	if (ctl != NULL)
+	{
+		SpinLockAcquire(&ctl->mutex);
+		ctl->reload_requested++;
+		SpinLockRelease(&ctl->mutex);
+		wake_worker(ctl);
+	}
+}
+
+/*
+ * flowpg.pause_stream(name text): the worker takes a checkpoint and stops
+ * applying the source; it keeps its state and its place in the WAL (which
+ * the slot keeps for it).  Paused streams stay paused across restarts.
+ */
+Datum
+flowpg_pause_stream(PG_FUNCTION_ARGS)
+{
+	set_paused(fcinfo, true);
+	PG_RETURN_VOID();
+}
+
+/* flowpg.resume_stream(name text): catch up from where it paused. */
+Datum
+flowpg_resume_stream(PG_FUNCTION_ARGS)
+{
+	set_paused(fcinfo, false);
+	PG_RETURN_VOID();
+}
+
 /* ---------------------------------------------------------------------
  * wait and checkpoint
  * ---------------------------------------------------------------------
@@ -445,18 +510,6 @@ raise_if_failed(StreamDef *def, StreamCtl *ctl)
 				 errmsg("stream \"%s\" has failed", def->name),
 				 errdetail("The worker stopped with: %s", error),
 				 errhint("flowpg restarts the worker after a delay; fix the cause and check flowpg.streams.")));
-}
-
-static void
-wake_worker(StreamCtl *ctl)
-{
-	Latch	   *latch;
-
-	SpinLockAcquire(&ctl->mutex);
-	latch = ctl->latch;
-	SpinLockRelease(&ctl->mutex);
-	if (latch != NULL)
-		SetLatch(latch);
 }
 
 /* Sleep on the stream's condition variable until the deadline at most. */
@@ -505,6 +558,11 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	timeout = interval_arg(fcinfo, 1, "timeout", false);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout);
+	if (def->paused)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("stream \"%s\" is paused", def->name),
+				 errhint("Resume it with flowpg.resume_stream.")));
 
 	/* everything committed so far is flushed, our own async commit too */
 	target = GetFlushRecPtr(NULL);

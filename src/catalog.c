@@ -92,7 +92,7 @@ static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 /* A stream's name is its result table's current name. */
 #define STREAM_SELECT \
 	"SELECT s.id, CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END, " \
-	"s.result, s.source, s.owner, s.query, s.plan, s.checkpoint_interval " \
+	"s.result, s.source, s.owner, s.query, s.plan, s.checkpoint_interval, s.paused " \
 	"FROM flowpg.stream s " \
 	"LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.result " \
 	"LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
@@ -161,6 +161,7 @@ stream_from_tuple(HeapTuple tuple, TupleDesc desc)
 	def->plan = TextDatumGetCString(SPI_getbinval(tuple, desc, 7, &isnull));
 	iv = SPI_getbinval(tuple, desc, 8, &isnull);
 	def->checkpoint_interval = isnull ? -1 : interval_ms(DatumGetIntervalP(iv));
+	def->paused = DatumGetBool(SPI_getbinval(tuple, desc, 9, &isnull));
 	return def;
 }
 
@@ -278,6 +279,25 @@ CatalogInsertStream(StreamDef *def)
 		elog(ERROR, "could not insert stream: %s", SPI_result_code_string(rc));
 	CatalogRestoreUser(&priv);
 	SPI_finish();
+}
+
+/* Set or clear a stream's paused flag. */
+void
+CatalogSetPaused(StreamDef *def, bool paused)
+{
+	Oid			types[2] = {INT4OID, BOOLOID};
+	Datum		values[2] = {Int32GetDatum(def->id), BoolGetDatum(paused)};
+	CatalogPrivilege priv;
+
+	SPI_connect();
+	CatalogBecomeOwner(&priv);
+	if (SPI_execute_with_args("UPDATE flowpg.stream SET paused = $2 "
+							  "WHERE id OPERATOR(pg_catalog.=) $1",
+							  2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update stream %d", def->id);
+	CatalogRestoreUser(&priv);
+	SPI_finish();
+	def->paused = paused;
 }
 
 /* Delete every catalog row of a stream. */

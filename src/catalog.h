@@ -24,6 +24,7 @@ typedef struct StreamDef
 	char	   *query;
 	char	   *plan;
 	int			checkpoint_interval;	/* ms, or -1 for the GUC */
+	bool		paused;
 } StreamDef;
 
 /* Saved identity while running as the extension owner. */
@@ -40,6 +41,7 @@ extern StreamDef *CatalogReadStream(int32 id);
 extern StreamDef *CatalogFindByResult(Oid result);
 extern StreamDef *CatalogLookup(text *name);
 extern void CatalogInsertStream(StreamDef *def);
+extern void CatalogSetPaused(StreamDef *def, bool paused);
 extern void CatalogCheckOwner(StreamDef *def);
 extern int	CatalogIntervalMs(StreamDef *def);
 

@@ -150,6 +150,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->checkpoint_id = 0;
 		free_ctl->last_checkpoint_at = 0;
 		free_ctl->ckpt_requested = free_ctl->ckpt_done = 0;
+		free_ctl->reload_requested = 0;
 		free_ctl->events = free_ctl->keys = free_ctl->state_bytes = 0;
 		free_ctl->ignored_updates = free_ctl->ignored_deletes = 0;
 		free_ctl->ignored_truncates = 0;
@@ -241,6 +242,8 @@ ControlStatusName(StreamStatus status)
 			return "starting";
 		case STREAM_RUNNING:
 			return "running";
+		case STREAM_PAUSED:
+			return "paused";
 		case STREAM_FAILED:
 			return "failed";
 	}

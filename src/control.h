@@ -25,6 +25,7 @@ typedef enum StreamStatus
 {
 	STREAM_STARTING = 0,		/* worker requested or restoring state */
 	STREAM_RUNNING,				/* worker decoding and applying */
+	STREAM_PAUSED,				/* worker holds its state, applies nothing */
 	STREAM_FAILED				/* worker stopped by an error; see last_error */
 } StreamStatus;
 
@@ -60,6 +61,7 @@ typedef struct StreamCtl
 	XLogRecPtr	wait_lsn;		/* highest position a flowpg.wait awaits */
 	int64		checkpoint_id;
 	TimestampTz last_checkpoint_at;
+	uint64		reload_requested;	/* catalog row changed: read it again */
 	uint64		ckpt_requested; /* flowpg.checkpoint calls so far */
 	uint64		ckpt_done;		/* requests served */
 

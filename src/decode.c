@@ -50,6 +50,17 @@ static FlowWorker *decode_worker = NULL;
 static void
 check_allowed(void)
 {
+	/*
+	 * A copy of the library that the postmaster did not load is a second
+	 * copy, loaded because the file was replaced after the server started:
+	 * its globals and struct layouts are not the running server's.
+	 */
+	if (!flowpg_preloaded)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the flowpg output plugin runs only in a server that preloads this flowpg library"),
+				 errdetail("Either flowpg is not in shared_preload_libraries, or the library file was replaced after the server started."),
+				 errhint("Restart the server after installing flowpg.")));
 	if (!flowpg_decoding_allowed)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

@@ -210,6 +210,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	CommitTransactionCommand();
 
 	SpinLockAcquire(&w->ctl->mutex);
+	w->reload_seen = w->ctl->reload_requested;
 	w->ctl->processed_lsn = w->processed_lsn;
 	w->ctl->checkpoint_lsn = w->restored_lsn;
 	w->ctl->result_lsn = Max(w->ctl->result_lsn,
@@ -327,6 +328,53 @@ sleep_ms(FlowWorker *w)
 	return Max(1, Min(due, 1000));
 }
 
+/*
+ * Read the stream's catalog row again (flowpg.pause_stream and
+ * resume_stream asked for it), once the transaction that changed it ends.
+ */
+static void
+reload_definition(FlowWorker *w)
+{
+	StreamDef  *def;
+	MemoryContext oldcxt;
+
+	StartTransactionCommand();
+	FlowpgLockStream(w->def->id, AccessShareLock);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	oldcxt = MemoryContextSwitchTo(w->cxt);
+	def = CatalogReadStream(w->def->id);
+	MemoryContextSwitchTo(oldcxt);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	if (def != NULL)
+		w->def = def;
+}
+
+static void
+set_status(FlowWorker *w, StreamStatus status)
+{
+	SpinLockAcquire(&w->ctl->mutex);
+	w->ctl->status = status;
+	SpinLockRelease(&w->ctl->mutex);
+	ConditionVariableBroadcast(&w->ctl->cv);
+}
+
+/*
+ * A paused stream: write what it has applied, then only serve
+ * flowpg.checkpoint until it is resumed.
+ */
+static void
+paused_round(FlowWorker *w)
+{
+	if (w->state->ndirty > 0)
+		CheckpointWrite(w, "forced");
+	maybe_checkpoint(w);
+	set_status(w, STREAM_PAUSED);
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 1000, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
 /* Step 5: the main loop; never returns. */
 static void
 worker_loop(FlowWorker *w)
@@ -334,6 +382,7 @@ worker_loop(FlowWorker *w)
 	for (;;)
 	{
 		bool		caught_up;
+		uint64		reload;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -346,6 +395,21 @@ worker_loop(FlowWorker *w)
 		}
 		if (w->ctl->dropping)
 			proc_exit(0);
+		SpinLockAcquire(&w->ctl->mutex);
+		reload = w->ctl->reload_requested;
+		SpinLockRelease(&w->ctl->mutex);
+		if (reload != w->reload_seen)
+		{
+			w->reload_seen = reload;
+			reload_definition(w);
+			if (!w->def->paused)
+				set_status(w, STREAM_RUNNING);
+		}
+		if (w->def->paused)
+		{
+			paused_round(w);
+			continue;
+		}
 
 		caught_up = DecodeRead(w, WORKER_READ_RECORDS);
 		merge_batch(w);

@@ -42,6 +42,8 @@ typedef struct FlowWorker
 	TimestampTz last_checkpoint;
 	TimestampTz last_confirm;
 
+	uint64		reload_seen;	/* ctl->reload_requested handled */
+
 	/* Decoding of the current source transaction. */
 	bool		skip_txn;
 	bool		batch_rows;		/* rows added to the batch since merge */

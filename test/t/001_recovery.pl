@@ -129,6 +129,19 @@ for my $f (@failures)
 rollback_free();
 
 
+# A paused stream stays paused across a crash, and catches up when resumed.
+$node->safe_psql('postgres', "SELECT flowpg.pause_stream('total')");
+my $paused_at = $node->safe_psql('postgres', 'SELECT n FROM total');
+crash_restart($node);
+$load = start_load($node, 2, 2, @script_args);
+stop_load($load);
+is($node->safe_psql('postgres', "SELECT status FROM flowpg.streams WHERE name = 'public.total'"),
+	'paused', 'a paused stream is still paused after a crash');
+is($node->safe_psql('postgres', 'SELECT n FROM total'), $paused_at,
+	'... and applied nothing meanwhile');
+$node->safe_psql('postgres', "SELECT flowpg.resume_stream('total')");
+oracle_ok($node, 'total', $streams{total}, 'resumed after a crash');
+
 # A clean restart keeps every stream, its results and its position.
 my %before = map {
 	$_ => $node->safe_psql('postgres', "SELECT count(*), md5(string_agg(t::text, ',' ORDER BY t::text)) FROM $_ t")
