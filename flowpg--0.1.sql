@@ -28,7 +28,7 @@ CREATE TABLE flowpg.state (
     key       bytea NOT NULL,
     state     bytea NOT NULL,
     PRIMARY KEY (stream_id, key_id)
-);
+) WITH (fillfactor = 50);   -- checkpoints update rows in place (HOT)
 COMMENT ON TABLE flowpg.state IS 'flowpg checkpointed operator state, one row per group key';
 
 /* One row per checkpoint; the newest row of a stream is where it resumes. */

@@ -223,7 +223,8 @@ create_result_table(FlowQuery *fq, RangeVar *rv, Oid nsp)
 			appendStringInfo(&sql, " COLLATE %s",
 							 generate_collation_name(att->attcollation));
 	}
-	appendStringInfoChar(&sql, ')');
+	/* room on each page, so that checkpoints update rows in place (HOT) */
+	appendStringInfoString(&sql, ") WITH (fillfactor = 50)");
 
 	SPI_connect();
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)

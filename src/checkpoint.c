@@ -399,13 +399,10 @@ restore_keys(FlowWorker *w, Datum stream_id)
 			bytea	   *key = DatumGetByteaPP(SPI_getbinval(tuple, desc, 2, &isnull));
 			bytea	   *image = DatumGetByteaPP(SPI_getbinval(tuple, desc, 3, &isnull));
 			MinimalTuple keytup = palloc(VARSIZE_ANY_EXHDR(key));
-			StateBucket *bucket;
 
 			memcpy(keytup, VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key));
-			bucket = StateLockBucket(w->state, PlanStoredKeyHash(w->plan, keytup));
-			StateAddKey(w->state, bucket, key_id, keytup, VARDATA_ANY(image),
-						VARSIZE_ANY_EXHDR(image));
-			StateUnlockBucket(w->state, bucket);
+			BatchRestoreKey(w->batch, w->state, key_id, keytup,
+							VARDATA_ANY(image), VARSIZE_ANY_EXHDR(image));
 			pfree(keytup);
 		}
 		SPI_freetuptable(SPI_tuptable);

@@ -12,7 +12,6 @@
 
 #include "flowpg.h"
 
-#include "lib/dshash.h"
 #include "nodes/pg_list.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
@@ -75,11 +74,12 @@ typedef struct StreamCtl
 	TimestampTz last_error_at;
 
 	/*
-	 * The stream's shared state table.  state_lock held exclusively to
-	 * replace the table or merge a batch into it, shared to read it.
+	 * The stream's state (a StateDirectory, see state.c).  state_lock held
+	 * exclusively to replace the state or merge a batch into it, shared to
+	 * read it.
 	 */
 	LWLock		state_lock;
-	dshash_table_handle state_handle;
+	dsa_pointer state_handle;
 
 	/* Broadcast whenever result_lsn, ckpt_done or status changes. */
 	ConditionVariable cv;

@@ -77,14 +77,67 @@ static bool batch_group_equal(FlowPlan *plan, BatchGroup *a, BatchGroup *b);
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
+/*
+ * The worker's index of its keys: from a key to its chunk in the shared
+ * state.  Keys are compared with the plan's equality functions against the
+ * key being looked up (IndexProbe), which stands for itself as
+ * InvalidDsaPointer.
+ */
+typedef struct IndexEntry
+{
+	dsa_pointer chunk;
+	uint32		hash;
+	char		status;
+} IndexEntry;
+
+typedef struct IndexProbe
+{
+	FlowPlan   *plan;
+	FlowState  *st;
+	uint32		hash;
+	Datum	   *vals;			/* the key looked up */
+	bool	   *nulls;
+	Datum	   *scratch;		/* a stored key, deformed */
+	bool	   *scratch_nulls;
+} IndexProbe;
+
+static bool index_equal(IndexProbe *probe, dsa_pointer stored, dsa_pointer lookup);
+
+#define SH_PREFIX keyindex
+#define SH_ELEMENT_TYPE IndexEntry
+#define SH_KEY_TYPE dsa_pointer
+#define SH_KEY chunk
+#define SH_HASH_KEY(tb, key) (((IndexProbe *) (tb)->private_data)->hash)
+#define SH_EQUAL(tb, a, b) index_equal((IndexProbe *) (tb)->private_data, a, b)
+#define SH_STORE_HASH
+#define SH_GET_HASH(tb, a) ((a)->hash)
+#define SH_SCOPE static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
 struct FlowBatch
 {
 	FlowPlan   *plan;
 	MemoryContext cxt;			/* groups and transition values */
-	MemoryContext mergecxt;		/* reset for every key merged */
+	MemoryContext mergecxt;		/* reset every MERGE_RESET_KEYS keys merged */
 	batchhash_hash *hash;
 	BatchGroup *probe;
+
+	/* the index of the keys in the shared state; lives with the plan */
+	keyindex_hash *index;
+	IndexProbe *probe_key;
+
+	/* scratch space of merge_group, allocated once */
+	AggValue   *vals;
+	Datum	   *keys;
+	bool	   *nulls;
+	StringInfoData image;
+	int			merged;
 };
+
+/* Keys merged between two resets of the merge context. */
+#define MERGE_RESET_KEYS	256
 
 /* ---------------------------------------------------------------------
  * Building the plan
@@ -701,6 +754,17 @@ BatchCreate(FlowPlan *plan)
 											ALLOCSET_DEFAULT_SIZES);
 	batch->probe = MemoryContextAllocZero(plan->cxt, sizeof(BatchGroup));
 	batch->hash = batchhash_create(batch->cxt, 256, plan);
+	batch->vals = MemoryContextAlloc(plan->cxt, sizeof(AggValue) * (plan->naggs + 1));
+	batch->keys = MemoryContextAlloc(plan->cxt, sizeof(Datum) * (plan->nkeys + 1));
+	batch->nulls = MemoryContextAlloc(plan->cxt, sizeof(bool) * (plan->nkeys + 1));
+	batch->probe_key = MemoryContextAllocZero(plan->cxt, sizeof(IndexProbe));
+	batch->probe_key->plan = plan;
+	batch->probe_key->scratch = MemoryContextAlloc(plan->cxt, sizeof(Datum) * (plan->nkeys + 1));
+	batch->probe_key->scratch_nulls = MemoryContextAlloc(plan->cxt, sizeof(bool) * (plan->nkeys + 1));
+	batch->index = keyindex_create(plan->cxt, 1024, batch->probe_key);
+	batch->image.data = MemoryContextAlloc(plan->cxt, 1024);
+	batch->image.maxlen = 1024;
+	resetStringInfo(&batch->image);
 	return batch;
 }
 
@@ -807,6 +871,35 @@ BatchGroups(FlowBatch *batch)
 	return batch->hash->members;
 }
 
+/* Compare a stored key with the key being looked up. */
+static bool
+index_equal(IndexProbe *probe, dsa_pointer stored, dsa_pointer lookup)
+{
+	StateChunk *chunk;
+
+	if (DsaPointerIsValid(lookup))
+		return stored == lookup;
+	chunk = StateGetChunk(probe->st, stored);
+	key_deform(probe->plan, StateChunkKey(chunk), probe->scratch,
+			   probe->scratch_nulls);
+	return keys_equal(probe->plan, probe->scratch, probe->scratch_nulls,
+					  probe->vals, probe->nulls);
+}
+
+/* The index entry of a key, created empty (chunk invalid) if new. */
+static IndexEntry *
+index_entry(FlowBatch *batch, FlowState *st, uint32 hash, Datum *vals,
+			bool *nulls, bool *found)
+{
+	IndexProbe *probe = batch->probe_key;
+
+	probe->st = st;
+	probe->hash = hash;
+	probe->vals = vals;
+	probe->nulls = nulls;
+	return keyindex_insert_hash(batch->index, InvalidDsaPointer, hash, found);
+}
+
 /* Merge one batch group into its key's state: combine, then store. */
 static void
 merge_group(FlowBatch *batch, FlowState *st, BatchGroup *group)
@@ -814,47 +907,56 @@ merge_group(FlowBatch *batch, FlowState *st, BatchGroup *group)
 	FlowPlan   *plan = batch->plan;
 	MemoryContext cxt = batch->mergecxt;
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-	StateBucket *bucket = StateLockBucket(st, group->hash);
-	dsa_pointer p;
-	StringInfoData image;
-	AggValue   *vals = palloc(sizeof(AggValue) * (plan->naggs + 1));
-	Datum	   *keys = palloc(sizeof(Datum) * (plan->nkeys + 1));
-	bool	   *nulls = palloc(sizeof(bool) * (plan->nkeys + 1));
+	AggValue   *vals = batch->vals;
+	bool		found;
+	IndexEntry *entry = index_entry(batch, st, group->hash, group->keys,
+									group->nulls, &found);
 	int			i;
 
-	for (p = bucket->head; DsaPointerIsValid(p);)
-	{
-		StateChunk *chunk = StateGetChunk(st, p);
-
-		key_deform(plan, StateChunkKey(chunk), keys, nulls);
-		if (keys_equal(plan, keys, nulls, group->keys, group->nulls))
-			break;
-		p = chunk->next;
-	}
-
-	if (DsaPointerIsValid(p))
-		image_read(plan, StateChunkState(StateGetChunk(st, p)), vals);
+	if (found)
+		image_read(plan, StateChunkState(StateGetChunk(st, entry->chunk)), vals);
 	else
 		init_values(plan, vals, cxt);
 	for (i = 0; i < plan->naggs; i++)
 		agg_combine(plan, &plan->aggs[i], &vals[i], &group->vals[i], cxt);
 
-	initStringInfo(&image);
-	image_build(plan, vals, &image);
-	if (DsaPointerIsValid(p))
-		p = StateSetImage(st, bucket, p, image.data, image.len);
+	resetStringInfo(&batch->image);	/* its buffer lives in the plan's context */
+	image_build(plan, vals, &batch->image);
+	if (found)
+		entry->chunk = StateSetImage(st, entry->chunk, batch->image.data,
+									 batch->image.len);
 	else
 	{
 		MinimalTuple key = heap_form_minimal_tuple(plan->keydesc,
 												   group->keys, group->nulls);
 
-		p = StateAddKey(st, bucket, st->next_key_id, key, image.data, image.len);
+		entry->chunk = StateAddKey(st, st->next_key_id, group->hash, key,
+								   batch->image.data, batch->image.len);
 	}
-	StateMarkDirty(st, p);
-	StateUnlockBucket(st, bucket);
+	StateMarkDirty(st, entry->chunk);
 
 	MemoryContextSwitchTo(oldcxt);
-	MemoryContextReset(cxt);
+	if (++batch->merged % MERGE_RESET_KEYS == 0)
+		MemoryContextReset(cxt);
+}
+
+/*
+ * Put a key of the latest checkpoint into the (empty) shared state and the
+ * index.  For the worker's restore; the caller holds the state_lock.
+ */
+void
+BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
+				MinimalTuple key, const char *image, Size len)
+{
+	FlowPlan   *plan = batch->plan;
+	uint32		hash = PlanStoredKeyHash(plan, key);
+	bool		found;
+	IndexEntry *entry = index_entry(batch, st, hash, plan->keyvals,
+									plan->keynulls, &found);
+
+	if (found)
+		elog(ERROR, "key %lld appears twice in the checkpoint", (long long) key_id);
+	entry->chunk = StateAddKey(st, key_id, hash, key, image, len);
 }
 
 /*
@@ -871,6 +973,7 @@ BatchMerge(FlowBatch *batch, FlowState *st)
 	batchhash_start_iterate(batch->hash, &iter);
 	while ((entry = batchhash_iterate(batch->hash, &iter)) != NULL)
 		merge_group(batch, st, entry->group);
+	MemoryContextReset(batch->mergecxt);
 }
 
 /* Forget the batch's groups. */

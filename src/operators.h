@@ -89,7 +89,10 @@ typedef struct FlowPlan
 	ProjectionInfo *outproj;
 } FlowPlan;
 
-/* Local pre-aggregation of a run of source transactions. */
+/*
+ * Local pre-aggregation of a run of source transactions, and the worker's
+ * index of the keys in its shared state.
+ */
 typedef struct FlowBatch FlowBatch;
 
 extern FlowPlan *PlanBuild(FlowQuery *fq, TupleDesc srcdesc);
@@ -105,6 +108,8 @@ extern FlowBatch *BatchCreate(FlowPlan *plan);
 extern bool BatchAdd(FlowBatch *batch, HeapTuple tuple);
 extern int	BatchGroups(FlowBatch *batch);
 extern void BatchMerge(FlowBatch *batch, FlowState *st);
+extern void BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
+							MinimalTuple key, const char *image, Size len);
 extern void BatchReset(FlowBatch *batch);
 
 #endif							/* FLOWPG_OPERATORS_H */

@@ -3,22 +3,26 @@
  * state.c
  *	  Keyed operator state of one stream, in shared memory.
  *
- * Each stream owns one dshash table in the shared dsa area (control.c).
- * The table maps a 32-bit hash of the group key to a chain of StateChunks,
- * one per key with that hash; which chunk holds a key is decided by the
- * key type's own equality operator (operators.c), because keys that are
- * equal for GROUP BY need not be equal byte for byte (numeric 1.0 and
- * 1.00).  A chunk holds the key as a MinimalTuple and the serialized
- * transition values of all the stream's aggregates.
+ * Each key of a stream is one StateChunk in the shared dsa area
+ * (control.c): the key as a MinimalTuple followed by the serialized
+ * transition values of all the stream's aggregates.  A per-stream
+ * directory, an array of chunk pointers also in the area, is how other
+ * processes (flowpg.live) find every chunk.
  *
- * Locking: the worker is the only writer.  It holds its StreamCtl's
- * state_lock exclusively while it replaces the table or merges a batch, so
- * that flowpg.live, which holds it shared while it copies the chunks, sees
- * the state as of a transaction boundary.  dshash's own partition locks
- * are taken underneath as usual.
+ * The worker is the only writer, so lookups by key need no shared index:
+ * the worker keeps its own (operators.c), which compares keys with the key
+ * type's equality operator (keys equal for GROUP BY need not be equal
+ * byte for byte: numeric 1.0 and 1.00).  An earlier version kept the keys
+ * in a dshash table; its partition locks and chain walks cost a third of
+ * the worker's time on high-cardinality streams.
+ *
+ * Locking: the worker holds its StreamCtl's state_lock exclusively while
+ * it replaces the state or merges a batch into it; flowpg.live holds it
+ * shared while it copies the chunks, so it sees the state as of a source
+ * transaction boundary.  Neither needs anything else.
  *
  * Crash story: the state is never trusted after a failure.  A worker that
- * starts destroys whatever table its stream had (an earlier worker may have
+ * starts destroys whatever state its stream had (an earlier worker may have
  * died half-way through a merge) and rebuilds it from the latest checkpoint
  * (checkpoint.c).  After a postmaster crash the whole area is gone anyway.
  *
@@ -33,25 +37,7 @@
 
 #include "state.h"
 
-static dshash_hash
-state_bucket_hash(const void *key, size_t size, void *arg)
-{
-	/* keys are already well-mixed hash values */
-	return *(const uint32 *) key;
-}
-
-static dshash_parameters
-state_params(void)
-{
-	dshash_parameters params;
-
-	params.key_size = sizeof(uint32);
-	params.entry_size = sizeof(StateBucket);
-	params.compare_function = dshash_memcmp;
-	params.hash_function = state_bucket_hash;
-	params.tranche_id = FlowCtl->tranche_id;
-	return params;
-}
+#define DIRECTORY_INITIAL	1024
 
 /* Error raised when the state area is full. */
 static void
@@ -62,71 +48,77 @@ state_out_of_memory(FlowState *st, Size request)
 			 errmsg("stream state exceeds flowpg.state_memory (%d MB)",
 					flowpg_state_memory),
 			 errdetail("The stream holds %llu keys in %llu bytes and needed %zu more bytes.",
-					   (unsigned long long) st->nkeys,
+					   (unsigned long long) st->dir->nkeys,
 					   (unsigned long long) st->bytes, request),
 			 errhint("Raise flowpg.state_memory and reload the configuration; the stream resumes from its last checkpoint.")));
 }
 
-/* Free every chunk of a table that is about to be destroyed. */
-static void
-state_free_chunks(dsa_area *area, dshash_table *table)
+static dsa_pointer
+state_alloc(FlowState *st, Size size)
 {
-	dshash_seq_status status;
-	StateBucket *bucket;
+	dsa_pointer p = dsa_allocate_extended(st->area, size, DSA_ALLOC_NO_OOM);
 
-	dshash_seq_init(&status, table, true);
-	while ((bucket = dshash_seq_next(&status)) != NULL)
-	{
-		dsa_pointer p = bucket->head;
+	if (!DsaPointerIsValid(p))
+		state_out_of_memory(st, size);
+	return p;
+}
 
-		while (DsaPointerIsValid(p))
-		{
-			StateChunk *chunk = dsa_get_address(area, p);
-			dsa_pointer next = chunk->next;
-
-			dsa_free(area, p);
-			p = next;
-		}
-		bucket->head = InvalidDsaPointer;
-	}
-	dshash_seq_term(&status);
+static dsa_pointer *
+directory_slots(dsa_area *area, StateDirectory *dir)
+{
+	return (dsa_pointer *) dsa_get_address(area, dir->slots);
 }
 
 /*
- * Free the stream's state table, if it has one.  The caller holds
+ * Free the stream's state, if it has one.  The caller holds
  * ctl->state_lock exclusively, and no worker of the stream runs.
  */
 void
 StateDestroy(StreamCtl *ctl)
 {
-	dshash_parameters params = state_params();
 	dsa_area   *area;
-	dshash_table *table;
+	StateDirectory *dir;
+	dsa_pointer *slots;
+	uint64		i;
 
 	if (!DsaPointerIsValid(ctl->state_handle))
 		return;
 	area = ControlArea();
-	table = dshash_attach(area, &params, ctl->state_handle, NULL);
-	state_free_chunks(area, table);
-	dshash_destroy(table);
+	dir = dsa_get_address(area, ctl->state_handle);
+	slots = directory_slots(area, dir);
+	for (i = 0; i < dir->nkeys; i++)
+		dsa_free(area, slots[i]);
+	dsa_free(area, dir->slots);
+	dsa_free(area, ctl->state_handle);
 	ctl->state_handle = InvalidDsaPointer;
 }
 
 /*
- * Give the stream an empty state table, destroying any earlier one.  For
- * the worker; the caller holds ctl->state_lock exclusively.
+ * Give the stream an empty state, destroying any earlier one.  For the
+ * worker; the caller holds ctl->state_lock exclusively.
  */
 FlowState *
 StateCreate(StreamCtl *ctl)
 {
 	FlowState  *st = palloc0(sizeof(FlowState));
-	dshash_parameters params = state_params();
+	dsa_pointer dirp;
 
 	st->ctl = ctl;
 	st->area = ControlArea();
 	StateDestroy(ctl);
-	st->table = dshash_create(st->area, &params, NULL);
-	ctl->state_handle = dshash_get_hash_table_handle(st->table);
+
+	dirp = dsa_allocate_extended(st->area, sizeof(StateDirectory), DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(dirp))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("flowpg.state_memory (%d MB) is exhausted", flowpg_state_memory),
+				 errhint("Raise flowpg.state_memory and reload the configuration.")));
+	st->dir = dsa_get_address(st->area, dirp);
+	st->dir->nkeys = 0;
+	st->dir->capacity = DIRECTORY_INITIAL;
+	st->dir->slots = state_alloc(st, sizeof(dsa_pointer) * DIRECTORY_INITIAL);
+	ctl->state_handle = dirp;
+	st->bytes = sizeof(StateDirectory) + sizeof(dsa_pointer) * DIRECTORY_INITIAL;
 
 	st->maxdirty = 1024;
 	st->dirty = palloc(sizeof(dsa_pointer) * st->maxdirty);
@@ -135,57 +127,39 @@ StateCreate(StreamCtl *ctl)
 }
 
 /*
- * Attach to a stream's state table to read it, or return NULL if it has
- * none.  The caller holds ctl->state_lock.
+ * A handle on a stream's state to read it, or NULL if it has none.  The
+ * caller holds ctl->state_lock.
  */
 FlowState *
 StateAttach(StreamCtl *ctl)
 {
 	FlowState  *st;
-	dshash_parameters params;
 
 	if (!DsaPointerIsValid(ctl->state_handle))
 		return NULL;
-	params = state_params();
 	st = palloc0(sizeof(FlowState));
 	st->ctl = ctl;
 	st->area = ControlArea();
-	st->table = dshash_attach(st->area, &params, ctl->state_handle, NULL);
+	st->dir = dsa_get_address(st->area, ctl->state_handle);
 	return st;
 }
 
 void
 StateDetach(FlowState *st)
 {
-	dshash_detach(st->table);
 	pfree(st);
-}
-
-/*
- * Find or create the bucket of a hash value and lock it exclusively; the
- * caller walks its chain and must call StateUnlockBucket.
- */
-StateBucket *
-StateLockBucket(FlowState *st, uint32 hash)
-{
-	bool		found;
-	StateBucket *bucket = dshash_find_or_insert(st->table, &hash, &found);
-
-	if (!found)
-		bucket->head = InvalidDsaPointer;
-	return bucket;
-}
-
-void
-StateUnlockBucket(FlowState *st, StateBucket *bucket)
-{
-	dshash_release_lock(st->table, bucket);
 }
 
 StateChunk *
 StateGetChunk(FlowState *st, dsa_pointer p)
 {
 	return (StateChunk *) dsa_get_address(st->area, p);
+}
+
+uint64
+StateKeys(FlowState *st)
+{
+	return st->dir->nkeys;
 }
 
 /* Allocate a chunk with room for a key and an image of `len` bytes. */
@@ -196,17 +170,36 @@ state_alloc_chunk(FlowState *st, uint32 key_len, Size len, Size *size)
 	dsa_pointer p;
 
 	*size = offsetof(StateChunk, data) + capacity;
-	p = dsa_allocate_extended(st->area, *size, DSA_ALLOC_NO_OOM);
-	if (!DsaPointerIsValid(p))
-		state_out_of_memory(st, *size);
+	p = state_alloc(st, *size);
 	((StateChunk *) dsa_get_address(st->area, p))->capacity = capacity;
 	return p;
 }
 
-/* Add a new key with its first state image to a locked bucket. */
+/* Give a chunk a slot in the directory, growing it as needed. */
+static void
+directory_add(FlowState *st, dsa_pointer chunkp)
+{
+	StateDirectory *dir = st->dir;
+
+	if (dir->nkeys == dir->capacity)
+	{
+		dsa_pointer bigger = state_alloc(st, sizeof(dsa_pointer) * dir->capacity * 2);
+
+		memcpy(dsa_get_address(st->area, bigger), directory_slots(st->area, dir),
+			   sizeof(dsa_pointer) * dir->nkeys);
+		dsa_free(st->area, dir->slots);
+		dir->slots = bigger;
+		dir->capacity *= 2;
+		st->bytes += sizeof(dsa_pointer) * dir->capacity / 2;
+	}
+	StateGetChunk(st, chunkp)->slot = (uint32) dir->nkeys;
+	directory_slots(st->area, dir)[dir->nkeys++] = chunkp;
+}
+
+/* Add a new key with its first state image; returns its chunk. */
 dsa_pointer
-StateAddKey(FlowState *st, StateBucket *bucket, int64 key_id,
-			MinimalTuple key, const char *image, Size len)
+StateAddKey(FlowState *st, int64 key_id, uint32 hash, MinimalTuple key,
+			const char *image, Size len)
 {
 	Size		size;
 	dsa_pointer p = state_alloc_chunk(st, key->t_len, len, &size);
@@ -216,12 +209,11 @@ StateAddKey(FlowState *st, StateBucket *bucket, int64 key_id,
 	chunk->key_len = key->t_len;
 	chunk->state_len = len;
 	chunk->dirty_index = -1;
+	chunk->hash = hash;
 	memcpy(chunk->data, key, key->t_len);
 	memcpy(StateChunkState(chunk), image, len);
-	chunk->next = bucket->head;
-	bucket->head = p;
+	directory_add(st, p);
 
-	st->nkeys++;
 	st->bytes += size;
 	if (key_id >= st->next_key_id)
 		st->next_key_id = key_id + 1;
@@ -229,12 +221,11 @@ StateAddKey(FlowState *st, StateBucket *bucket, int64 key_id,
 }
 
 /*
- * Replace the state image of a key in a locked bucket.  Returns the key's
- * chunk, which moves when the image no longer fits.
+ * Replace the state image of a key.  Returns the key's chunk, which moves
+ * when the image no longer fits.
  */
 dsa_pointer
-StateSetImage(FlowState *st, StateBucket *bucket, dsa_pointer chunkp,
-			  const char *image, Size len)
+StateSetImage(FlowState *st, dsa_pointer chunkp, const char *image, Size len)
 {
 	StateChunk *chunk = dsa_get_address(st->area, chunkp);
 	StateChunk *moved;
@@ -250,25 +241,17 @@ StateSetImage(FlowState *st, StateBucket *bucket, dsa_pointer chunkp,
 
 	newp = state_alloc_chunk(st, chunk->key_len, len, &size);
 	moved = dsa_get_address(st->area, newp);
-	chunk = dsa_get_address(st->area, chunkp);	/* area may have grown */
-	moved->next = chunk->next;
+	chunk = dsa_get_address(st->area, chunkp);
 	moved->key_id = chunk->key_id;
+	moved->slot = chunk->slot;
 	moved->key_len = chunk->key_len;
 	moved->state_len = len;
 	moved->dirty_index = chunk->dirty_index;
+	moved->hash = chunk->hash;
 	memcpy(moved->data, chunk->data, chunk->key_len);
 	memcpy(StateChunkState(moved), image, len);
 
-	if (bucket->head == chunkp)
-		bucket->head = newp;
-	else
-	{
-		StateChunk *prev = dsa_get_address(st->area, bucket->head);
-
-		while (prev->next != chunkp)
-			prev = dsa_get_address(st->area, prev->next);
-		prev->next = newp;
-	}
+	directory_slots(st->area, st->dir)[moved->slot] = newp;
 	if (moved->dirty_index >= 0)
 		st->dirty[moved->dirty_index] = newp;
 
@@ -313,34 +296,22 @@ StatePublish(FlowState *st)
 	StreamCtl  *ctl = st->ctl;
 
 	SpinLockAcquire(&ctl->mutex);
-	ctl->keys = st->nkeys;
+	ctl->keys = st->dir->nkeys;
 	ctl->state_bytes = st->bytes;
 	SpinLockRelease(&ctl->mutex);
 }
 
-/*
- * Call fn for every key.  The caller holds the stream's state_lock; fn runs
- * under a dshash partition lock, so it should only copy what it needs.
- */
+/* Call fn for every key.  The caller holds the stream's state_lock. */
 void
 StateScan(FlowState *st, StateScanFn fn, void *arg)
 {
-	dshash_seq_status status;
-	StateBucket *bucket;
+	dsa_pointer *slots = directory_slots(st->area, st->dir);
+	uint64		i;
 
-	dshash_seq_init(&status, st->table, false);
-	while ((bucket = dshash_seq_next(&status)) != NULL)
+	for (i = 0; i < st->dir->nkeys; i++)
 	{
-		dsa_pointer p;
+		StateChunk *chunk = dsa_get_address(st->area, slots[i]);
 
-		for (p = bucket->head; DsaPointerIsValid(p);)
-		{
-			StateChunk *chunk = dsa_get_address(st->area, p);
-
-			fn(arg, StateChunkKey(chunk), StateChunkState(chunk),
-			   chunk->state_len);
-			p = chunk->next;
-		}
+		fn(arg, StateChunkKey(chunk), StateChunkState(chunk), chunk->state_len);
 	}
-	dshash_seq_term(&status);
 }

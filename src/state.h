@@ -20,38 +20,42 @@
  */
 typedef struct StateChunk
 {
-	dsa_pointer next;			/* next key with the same hash */
 	int64		key_id;			/* stable id, the key of flowpg.state */
+	uint32		slot;			/* index in the stream's directory */
 	uint32		key_len;
 	uint32		state_len;
 	uint32		capacity;
 	int32		dirty_index;	/* index in the worker's dirty list or -1 */
+	uint32		hash;			/* hash of the key (operators.c) */
 	char		data[FLEXIBLE_ARRAY_MEMBER];
 } StateChunk;
 
 #define StateChunkKey(chunk)	((MinimalTuple) (chunk)->data)
 #define StateChunkState(chunk)	((chunk)->data + MAXALIGN((chunk)->key_len))
 
-/* dshash entry: all keys of one hash value. */
-typedef struct StateBucket
+/*
+ * The stream's directory of keys, in shared memory: where readers find
+ * every chunk.
+ */
+typedef struct StateDirectory
 {
-	uint32		hash;
-	dsa_pointer head;
-} StateBucket;
+	uint64		nkeys;
+	uint64		capacity;
+	dsa_pointer slots;			/* dsa_pointer[capacity] */
+} StateDirectory;
 
 /* A process's handle on one stream's state. */
 typedef struct FlowState
 {
 	StreamCtl  *ctl;
 	dsa_area   *area;
-	dshash_table *table;
+	StateDirectory *dir;
 
 	/* Worker only: keys changed since the last checkpoint. */
 	dsa_pointer *dirty;
 	int			ndirty;
 	int			maxdirty;
 	int64		next_key_id;
-	uint64		nkeys;
 	uint64		bytes;
 } FlowState;
 
@@ -60,16 +64,15 @@ extern FlowState *StateCreate(StreamCtl *ctl);
 extern FlowState *StateAttach(StreamCtl *ctl);
 extern void StateDetach(FlowState *st);
 
-extern StateBucket *StateLockBucket(FlowState *st, uint32 hash);
-extern void StateUnlockBucket(FlowState *st, StateBucket *bucket);
 extern StateChunk *StateGetChunk(FlowState *st, dsa_pointer p);
-extern dsa_pointer StateAddKey(FlowState *st, StateBucket *bucket, int64 key_id,
+extern dsa_pointer StateAddKey(FlowState *st, int64 key_id, uint32 hash,
 							   MinimalTuple key, const char *image, Size len);
-extern dsa_pointer StateSetImage(FlowState *st, StateBucket *bucket,
-								 dsa_pointer chunkp, const char *image, Size len);
+extern dsa_pointer StateSetImage(FlowState *st, dsa_pointer chunkp,
+								 const char *image, Size len);
 extern void StateMarkDirty(FlowState *st, dsa_pointer chunkp);
 extern void StateClearDirty(FlowState *st);
 extern void StatePublish(FlowState *st);
+extern uint64 StateKeys(FlowState *st);
 
 /* Callback of StateScan: one key and its state image. */
 typedef void (*StateScanFn) (void *arg, MinimalTuple key,
