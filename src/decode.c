@@ -22,7 +22,9 @@
  *	- Callbacks run under a historic snapshot inside a transaction the
  *	  reorder buffer aborts: they only compute into worker-local memory;
  *	  everything durable happens in the main loop (checkpoint.c).
- *	- Every batch of reading is bounded by the WAL flush position.
+ *	- Every batch of reading is bounded by the WAL flush position, and the
+ *	  page reader waits for WAL on the worker's latch, so that the worker
+ *	  exits when the postmaster dies.
  *	- The worker's own transactions carry its replication origin and are
  *	  filtered out before they reach the reorder buffer.
  *	- No stream_* callbacks and no two-phase: only committed transactions.
@@ -34,6 +36,8 @@
 #include "access/xlog.h"
 #include "access/xlogutils.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
 #include "replication/decode.h"
 #include "replication/logical.h"
 #include "replication/output_plugin.h"
@@ -171,6 +175,28 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
 }
 
 /*
+ * The WAL page reader of the worker's decoder: read_local_xlog_page, which
+ * polls with no regard for the postmaster until the WAL it needs is
+ * flushed.  A record can cross the flush position (a page of it flushed,
+ * the rest not yet), so the worker does wait here at times; it waits on
+ * its latch, exits if the postmaster dies, and answers interrupts.
+ */
+static int
+read_flushed_page(XLogReaderState *state, XLogRecPtr targetPagePtr,
+				  int reqLen, XLogRecPtr targetRecPtr, char *cur_page)
+{
+	while (GetFlushRecPtr(NULL) < targetPagePtr + reqLen)
+	{
+		CHECK_FOR_INTERRUPTS();
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	return read_local_xlog_page(state, targetPagePtr, reqLen, targetRecPtr,
+								cur_page);
+}
+
+/*
  * Create a stream's slot as an ephemeral slot acquired by this backend,
  * and wait until it reaches a consistent point: every transaction that
  * commits after this returns is decoded in full.  The caller makes the
@@ -232,7 +258,7 @@ DecodeStart(FlowWorker *w)
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	decode_worker = w;
 	w->decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
-										XL_ROUTINE(.page_read = read_local_xlog_page,
+										XL_ROUTINE(.page_read = read_flushed_page,
 												   .segment_open = wal_segment_open,
 												   .segment_close = wal_segment_close),
 										NULL, NULL, NULL);

@@ -35,6 +35,7 @@
 
 #include "control.h"
 #include "launcher.h"
+#include "state.h"
 #include "worker.h"
 
 #define LAUNCHER_NAPTIME_MS		1000
@@ -184,8 +185,14 @@ reconcile(void)
 				worker_exited(ctl);
 		}
 		ident = find_slot(slots, ctl);
-		if (ident == NULL && handles[i] == NULL && !dropping)
-			ctl->in_use = false;	/* stream gone */
+		if (ident == NULL && handles[i] == NULL && !dropping && ctl->pid == 0)
+		{
+			/* the stream is gone (its slot too): free what it left */
+			LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);
+			StateDestroy(ctl);
+			LWLockRelease(&ctl->state_lock);
+			ctl->in_use = false;
+		}
 		LWLockRelease(&FlowCtl->lock);
 
 		if (ident != NULL && handles[i] == NULL && !dropping &&

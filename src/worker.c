@@ -119,28 +119,6 @@ compile_stream(FlowWorker *w)
 	CheckpointPrepare(w);
 }
 
-/*
- * In a PG_CATCH around work on the shared state: running out of the state
- * area inside dshash surfaces as a bare "out of memory"; say what it means.
- */
-static void
-rethrow_state_error(MemoryContext cxt)
-{
-	ErrorData  *edata;
-
-	MemoryContextSwitchTo(cxt);
-	edata = CopyErrorData();
-	if (edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY)
-		PG_RE_THROW();
-	FlushErrorState();
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("stream state exceeds flowpg.state_memory (%d MB)",
-					flowpg_state_memory),
-			 errdetail("%s %s", edata->message, edata->detail ? edata->detail : ""),
-			 errhint("Raise flowpg.state_memory and reload the configuration; the stream resumes from its last checkpoint.")));
-}
-
 /* Replace the shared state with the latest checkpoint (step 3). */
 static void
 restore_state(FlowWorker *w)
@@ -151,15 +129,7 @@ restore_state(FlowWorker *w)
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	w->state = StateCreate(w->ctl);
 	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		CheckpointRestore(w);
-	}
-	PG_CATCH();
-	{
-		rethrow_state_error(oldcxt);
-	}
-	PG_END_TRY();
+	CheckpointRestore(w);
 	LWLockRelease(&w->ctl->state_lock);
 	StatePublish(w->state);
 }
@@ -229,20 +199,10 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 static void
 merge_batch(FlowWorker *w)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-
 	if (BatchGroups(w->batch) == 0)
 		return;
 	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
-	PG_TRY();
-	{
-		BatchMerge(w->batch, w->state);
-	}
-	PG_CATCH();
-	{
-		rethrow_state_error(cxt);
-	}
-	PG_END_TRY();
+	BatchMerge(w->batch, w->state);
 	LWLockRelease(&w->ctl->state_lock);
 	BatchReset(w->batch);
 	StatePublish(w->state);
