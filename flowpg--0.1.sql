@@ -87,6 +87,13 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION flowpg.resume_stream(text) IS
     'resume a paused stream: it catches up with everything committed meanwhile';
 
+CREATE FUNCTION flowpg.set_checkpoint_interval(name text, checkpoint_interval interval)
+RETURNS void
+AS 'MODULE_PATHNAME', 'flowpg_set_checkpoint_interval'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION flowpg.set_checkpoint_interval(text, interval) IS
+    'change a stream''s checkpoint interval (NULL: flowpg.checkpoint_interval), without restarting it';
+
 CREATE FUNCTION flowpg.live(stream anyelement)
 RETURNS SETOF anyelement
 AS 'MODULE_PATHNAME', 'flowpg_live'

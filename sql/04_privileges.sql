@@ -32,6 +32,8 @@ SET ROLE flowpg_bob;
 SELECT flowpg.create_stream('bob_view', 'SELECT count(*) AS n FROM events');
 SELECT flowpg.drop_stream('alice_view');
 SELECT flowpg.checkpoint('alice_view');
+SELECT flowpg.pause_stream('alice_view');
+SELECT flowpg.resume_stream('alice_view');
 SELECT * FROM flowpg.live(NULL::alice_view);
 SELECT name, status FROM flowpg.streams;
 RESET ROLE;

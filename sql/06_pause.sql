@@ -18,5 +18,15 @@ SELECT flowpg.resume_stream('ps');
 SELECT oracle('ps');
 SELECT name, status FROM flowpg.streams WHERE name = 'public.ps';
 TABLE ps ORDER BY k;
+-- the checkpoint interval changes without a restart
+SELECT pid AS worker FROM flowpg.streams WHERE name = 'public.ps' \gset
+SELECT flowpg.set_checkpoint_interval('ps', '250 ms');
+SELECT checkpoint_interval, pid = :worker AS same_worker FROM flowpg.streams WHERE name = 'public.ps';
+SELECT flowpg.set_checkpoint_interval('ps', NULL);
+SELECT checkpoint_interval FROM flowpg.streams WHERE name = 'public.ps';
+\set VERBOSITY terse
+SELECT flowpg.set_checkpoint_interval('ps', '0 s');
+\set VERBOSITY default
+
 SELECT flowpg.drop_stream('ps');
 DROP TABLE p;

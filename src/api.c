@@ -65,6 +65,7 @@ PG_FUNCTION_INFO_V1(flowpg_checkpoint);
 PG_FUNCTION_INFO_V1(flowpg_live);
 PG_FUNCTION_INFO_V1(flowpg_pause_stream);
 PG_FUNCTION_INFO_V1(flowpg_resume_stream);
+PG_FUNCTION_INFO_V1(flowpg_set_checkpoint_interval);
 PG_FUNCTION_INFO_V1(flowpg_stream_status);
 
 /* ---------------------------------------------------------------------
@@ -422,21 +423,32 @@ wake_worker(StreamCtl *ctl)
  */
 
 /*
- * Set the stream's paused flag and tell its worker to read its catalog row
- * again; the worker waits for this transaction's stream lock first, so it
- * sees the change once it commits.
+ * The stream named by the first argument, locked until the end of the
+ * transaction, for the current user to change.
  */
-static void
-set_paused(FunctionCallInfo fcinfo, bool paused)
+static StreamDef *
+stream_to_change(FunctionCallInfo fcinfo)
 {
 	StreamDef  *def;
-	StreamCtl  *ctl;
 
 	FlowpgCheckLoaded();
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	FlowpgLockStream(def->id, AccessExclusiveLock);
-	CatalogSetPaused(def, paused);
+	return def;
+}
+
+/*
+ * Write a changed catalog row and tell the worker to read it again; the
+ * worker waits for this transaction's stream lock first, so it sees the
+ * change once it commits.
+ */
+static void
+update_stream(StreamDef *def)
+{
+	StreamCtl  *ctl;
+
+	CatalogUpdateStream(def);
 	ctl = ControlFind(MyDatabaseId, def->id);
 	if (ctl != NULL)
 	{
@@ -445,6 +457,15 @@ set_paused(FunctionCallInfo fcinfo, bool paused)
 		SpinLockRelease(&ctl->mutex);
 		wake_worker(ctl);
 	}
+}
+
+static void
+set_paused(FunctionCallInfo fcinfo, bool paused)
+{
+	StreamDef  *def = stream_to_change(fcinfo);
+
+	def->paused = paused;
+	update_stream(def);
 }
 
 /*
@@ -464,6 +485,20 @@ Datum
 flowpg_resume_stream(PG_FUNCTION_ARGS)
 {
 	set_paused(fcinfo, false);
+	PG_RETURN_VOID();
+}
+
+/*
+ * flowpg.set_checkpoint_interval(name text, interval): takes effect at
+ * commit, without restarting the stream.  NULL means the GUC.
+ */
+Datum
+flowpg_set_checkpoint_interval(PG_FUNCTION_ARGS)
+{
+	StreamDef  *def = stream_to_change(fcinfo);
+
+	def->checkpoint_interval = interval_arg(fcinfo, 1, "checkpoint_interval", true);
+	update_stream(def);
 	PG_RETURN_VOID();
 }
 

@@ -281,23 +281,31 @@ CatalogInsertStream(StreamDef *def)
 	SPI_finish();
 }
 
-/* Set or clear a stream's paused flag. */
+/* Write a stream's paused flag and checkpoint interval. */
 void
-CatalogSetPaused(StreamDef *def, bool paused)
+CatalogUpdateStream(StreamDef *def)
 {
-	Oid			types[2] = {INT4OID, BOOLOID};
-	Datum		values[2] = {Int32GetDatum(def->id), BoolGetDatum(paused)};
+	Oid			types[3] = {INT4OID, BOOLOID, INTERVALOID};
+	Datum		values[3];
+	char		nulls[3] = "   ";
+	Interval   *iv = palloc0(sizeof(Interval));
 	CatalogPrivilege priv;
+
+	values[0] = Int32GetDatum(def->id);
+	values[1] = BoolGetDatum(def->paused);
+	iv->time = (int64) def->checkpoint_interval * 1000;
+	values[2] = IntervalPGetDatum(iv);
+	if (def->checkpoint_interval < 0)
+		nulls[2] = 'n';
 
 	SPI_connect();
 	CatalogBecomeOwner(&priv);
-	if (SPI_execute_with_args("UPDATE flowpg.stream SET paused = $2 "
+	if (SPI_execute_with_args("UPDATE flowpg.stream SET paused = $2, checkpoint_interval = $3 "
 							  "WHERE id OPERATOR(pg_catalog.=) $1",
-							  2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+							  3, types, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update stream %d", def->id);
 	CatalogRestoreUser(&priv);
 	SPI_finish();
-	def->paused = paused;
 }
 
 /* Delete every catalog row of a stream. */

@@ -41,7 +41,7 @@ extern StreamDef *CatalogReadStream(int32 id);
 extern StreamDef *CatalogFindByResult(Oid result);
 extern StreamDef *CatalogLookup(text *name);
 extern void CatalogInsertStream(StreamDef *def);
-extern void CatalogSetPaused(StreamDef *def, bool paused);
+extern void CatalogUpdateStream(StreamDef *def);
 extern void CatalogCheckOwner(StreamDef *def);
 extern int	CatalogIntervalMs(StreamDef *def);
 
