@@ -21,19 +21,27 @@ CREATE TABLE flowpg.stream (
 );
 COMMENT ON TABLE flowpg.stream IS 'flowpg streams: definition, owner, result and source tables; name is the result table''s name at creation';
 
-/* Operator state as of each stream's latest checkpoint, one row per key. */
+/*
+ * Operator state, as a log: each checkpoint appends the keys it writes
+ * (key id, key, serialized aggregate states), packed into segments; a
+ * later entry of a key replaces an earlier one.  Now and then a checkpoint
+ * writes every key and deletes the older segments (compaction).
+ */
 CREATE TABLE flowpg.state (
-    stream_id integer NOT NULL,
-    key_id    bigint NOT NULL,
-    key       bytea NOT NULL,
-    state     bytea NOT NULL,
-    PRIMARY KEY (stream_id, key_id)
-) WITH (fillfactor = 50);   -- checkpoints update rows in place (HOT)
-COMMENT ON TABLE flowpg.state IS 'flowpg checkpointed operator state, one row per group key';
+    stream_id     integer NOT NULL,
+    checkpoint_id bigint NOT NULL,
+    seq           integer NOT NULL,
+    keys          integer NOT NULL,
+    data          bytea NOT NULL,
+    PRIMARY KEY (stream_id, checkpoint_id, seq)
+);
+ALTER TABLE flowpg.state ALTER COLUMN data SET STORAGE EXTERNAL;
+COMMENT ON TABLE flowpg.state IS 'flowpg checkpointed operator state: segments of key entries, newest entry of a key wins';
 
 /* One row per checkpoint; the newest row of a stream is where it resumes. */
+CREATE SEQUENCE flowpg.checkpoint_id_seq;
 CREATE TABLE flowpg.checkpoints (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint PRIMARY KEY DEFAULT pg_catalog.nextval('flowpg.checkpoint_id_seq'),
     stream_id   integer NOT NULL,
     lsn         pg_lsn NOT NULL,
     started_at  timestamptz NOT NULL,

@@ -680,7 +680,7 @@ typedef struct LiveKey
 } LiveKey;
 
 static void
-copy_key(void *arg, MinimalTuple key, const char *image, Size len)
+copy_key(void *arg, int64 key_id, MinimalTuple key, const char *image, Size len)
 {
 	List	  **keys = (List **) arg;
 	LiveKey    *copy = palloc(sizeof(LiveKey));

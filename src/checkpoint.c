@@ -10,8 +10,11 @@
  *	   the shared state, the state holds exactly the transactions that end
  *	   at or before processed_lsn.  Source transactions are the barriers.
  *	2. Store.  ONE transaction writes the keys changed since the previous
- *	   checkpoint (flowpg.state, upserted by key id), their rows of the
- *	   result table, and a flowpg.checkpoints row holding processed_lsn.
+ *	   checkpoint, their rows of the result table, and a flowpg.checkpoints
+ *	   row holding processed_lsn.  flowpg.state is a log: the changed keys
+ *	   are appended to it as a few packed segments (no per-key index
+ *	   lookups); when the log holds more than twice the keys in state, the
+ *	   checkpoint writes every key instead and deletes the older segments.
  *	   The transaction carries the worker's replication origin, so the
  *	   decoder skips it.
  *	3. Confirm.  Only after that commit is flushed is processed_lsn
@@ -20,8 +23,9 @@
  *	   flowpg.checkpoints_retained are deleted in the same transaction.
  *
  * Recovery (CheckpointRestore) runs every time a worker starts: it rebuilds
- * the shared state from flowpg.state, which holds exactly the state as of
- * the newest flowpg.checkpoints row, and sets restored_lsn to that row's
+ * the shared state by replaying flowpg.state in order (a later entry of a
+ * key replaces an earlier one), which gives exactly the state as of the
+ * newest flowpg.checkpoints row, and sets restored_lsn to that row's
  * position; decoding resumes from the slot (which may lie before it, if
  * the server crashed between steps 2 and 3) and skips every transaction
  * that ends at or before restored_lsn.  So each committed source row is in
@@ -58,8 +62,14 @@
 #include "checkpoint.h"
 #include "decode.h"
 
-/* Keys written per statement: bounds the arrays a checkpoint builds. */
+/* Result rows written per statement: bounds the arrays a checkpoint builds. */
 #define CHECKPOINT_CHUNK	10000
+
+/* Bytes of key entries per flowpg.state segment. */
+#define SEGMENT_BYTES		(4 * 1024 * 1024)
+
+/* Log entries allowed beyond twice the keys before a full checkpoint. */
+#define COMPACT_SLACK		1000
 
 static SPIPlanPtr
 prepare_kept(const char *sql, int nargs, Oid *argtypes)
@@ -196,37 +206,32 @@ void
 CheckpointPrepare(FlowWorker *w)
 {
 	char	   *table = check_result_table(w);
-	Oid			state_types[4] = {INT4OID, INT8ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID};
-	Oid			ckpt_types[5] = {INT4OID, PG_LSNOID, TIMESTAMPTZOID, INT8OID, TEXTOID};
+	Oid			state_types[5] = {INT4OID, INT8OID, INT4OID, INT4OID, BYTEAOID};
+	Oid			compact_types[2] = {INT4OID, INT8OID};
+	Oid			ckpt_types[6] = {INT4OID, PG_LSNOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT8OID};
 	Oid			trim_types[2] = {INT4OID, INT8OID};
 
 	prepare_result_upsert(w, table);
-	w->state_upsert = prepare_kept(
-								   "INSERT INTO flowpg.state (stream_id, key_id, key, state) "
-								   "SELECT $1, u.k, u.key, u.st FROM ROWS FROM (pg_catalog.unnest($2), "
-								   "pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(k, key, st) "
-								   "ON CONFLICT (stream_id, key_id) DO UPDATE SET state = EXCLUDED.state",
-								   4, state_types);
+	w->state_append = prepare_kept(
+								   "INSERT INTO flowpg.state (stream_id, checkpoint_id, seq, keys, data) "
+								   "VALUES ($1, $2, $3, $4, $5)",
+								   5, state_types);
+	w->state_compact = prepare_kept(
+									"DELETE FROM flowpg.state WHERE stream_id OPERATOR(pg_catalog.=) $1 "
+									"AND checkpoint_id OPERATOR(pg_catalog.<) $2",
+									2, compact_types);
+	w->checkpoint_next = prepare_kept("SELECT pg_catalog.nextval('flowpg.checkpoint_id_seq')",
+									  0, NULL);
 	w->checkpoint_insert = prepare_kept(
-										"INSERT INTO flowpg.checkpoints (stream_id, lsn, started_at, finished_at, keys, kind) "
-										"VALUES ($1, $2, $3, pg_catalog.clock_timestamp(), $4, $5) RETURNING id",
-										5, ckpt_types);
+										"INSERT INTO flowpg.checkpoints (id, stream_id, lsn, started_at, finished_at, keys, kind) "
+										"VALUES ($6, $1, $2, $3, pg_catalog.clock_timestamp(), $4, $5)",
+										6, ckpt_types);
 	w->checkpoint_trim = prepare_kept(
 									  "DELETE FROM flowpg.checkpoints WHERE stream_id OPERATOR(pg_catalog.=) $1 "
 									  "AND id OPERATOR(pg_catalog.<) (SELECT c.id FROM flowpg.checkpoints c "
 									  "WHERE c.stream_id OPERATOR(pg_catalog.=) $1 ORDER BY c.id DESC "
 									  "OFFSET $2 LIMIT 1)",
 									  2, trim_types);
-}
-
-static Datum
-bytes_datum(const void *data, Size len)
-{
-	bytea	   *b = palloc(VARHDRSZ + len);
-
-	SET_VARSIZE(b, VARHDRSZ + len);
-	memcpy(VARDATA(b), data, len);
-	return PointerGetDatum(b);
 }
 
 /* The result table row of a dirty key, as a composite datum. */
@@ -249,59 +254,200 @@ execute(SPIPlanPtr plan, Datum *args, int expected)
 		elog(ERROR, "checkpoint statement failed: %s", SPI_result_code_string(rc));
 }
 
-/* Write dirty keys [from, to) of the state: result rows, then state rows. */
+typedef struct DirtyKey
+{
+	int64		key_id;
+	dsa_pointer chunk;
+} DirtyKey;
+
+static int
+dirty_key_cmp(const void *a, const void *b)
+{
+	int64		ka = ((const DirtyKey *) a)->key_id;
+	int64		kb = ((const DirtyKey *) b)->key_id;
+
+	return ka < kb ? -1 : ka > kb;
+}
+
+/*
+ * Put the dirty keys in key id order: keys get their ids in the order
+ * they first appear, which is the order their rows went into the result
+ * table, so the upserts then visit its pages in order rather than at
+ * random.  The dirty list is cleared after the checkpoint anyway.
+ */
 static void
-write_keys(FlowWorker *w, int from, int to)
+sort_dirty(FlowState *st)
+{
+	DirtyKey   *keys = palloc(sizeof(DirtyKey) * (st->ndirty + 1));
+	int			i;
+
+	for (i = 0; i < st->ndirty; i++)
+	{
+		keys[i].key_id = StateGetChunk(st, st->dirty[i])->key_id;
+		keys[i].chunk = st->dirty[i];
+	}
+	qsort(keys, st->ndirty, sizeof(DirtyKey), dirty_key_cmp);
+	for (i = 0; i < st->ndirty; i++)
+	{
+		st->dirty[i] = keys[i].chunk;
+		StateGetChunk(st, keys[i].chunk)->dirty_index = i;
+	}
+	pfree(keys);
+}
+
+/* Write the result rows of dirty keys [from, to). */
+static void
+write_rows(FlowWorker *w, int from, int to)
 {
 	FlowState  *st = w->state;
 	int			n = to - from;
 	Datum	   *rows = palloc(sizeof(Datum) * n);
-	Datum	   *ids = palloc(sizeof(Datum) * n);
-	Datum	   *keys = palloc(sizeof(Datum) * n);
-	Datum	   *states = palloc(sizeof(Datum) * n);
 	Datum	   *values = palloc(sizeof(Datum) * (w->resultdesc->natts + 1));
 	bool	   *nulls = palloc(sizeof(bool) * (w->resultdesc->natts + 1));
 	int16		typlen;
 	bool		typbyval;
 	char		typalign;
-	Datum		args[4];
-	CatalogPrivilege priv;
+	Datum		arg;
 	int			i;
 
 	for (i = 0; i < n; i++)
-	{
-		StateChunk *chunk = StateGetChunk(st, st->dirty[from + i]);
-
-		rows[i] = result_row(w, chunk, values, nulls);
-		ids[i] = Int64GetDatum(chunk->key_id);
-		keys[i] = bytes_datum(StateChunkKey(chunk), chunk->key_len);
-		states[i] = bytes_datum(StateChunkState(chunk), chunk->state_len);
-	}
-
+		rows[i] = result_row(w, StateGetChunk(st, st->dirty[from + i]),
+							 values, nulls);
 	get_typlenbyvalalign(w->result_rowtype, &typlen, &typbyval, &typalign);
-	args[0] = PointerGetDatum(construct_array(rows, n, w->result_rowtype,
-											  typlen, typbyval, typalign));
+	arg = PointerGetDatum(construct_array(rows, n, w->result_rowtype,
+										  typlen, typbyval, typalign));
 	if (w->result_delete != NULL)
 		execute(w->result_delete, NULL, SPI_OK_DELETE);
-	execute(w->result_upsert, args, SPI_OK_INSERT);
-
-	args[0] = Int32GetDatum(w->def->id);
-	args[1] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	args[2] = PointerGetDatum(construct_array(keys, n, BYTEAOID, -1, false, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_array(states, n, BYTEAOID, -1, false, TYPALIGN_INT));
-	CatalogBecomeOwner(&priv);
-	execute(w->state_upsert, args, SPI_OK_INSERT);
-	CatalogRestoreUser(&priv);
+	execute(w->result_upsert, &arg, SPI_OK_INSERT);
 }
 
-/* Insert the checkpoint's row and trim old ones; returns its id. */
-static int64
-record_checkpoint(FlowWorker *w, XLogRecPtr lsn, TimestampTz started,
-				  int nkeys, const char *kind)
+/* A segment of flowpg.state being filled. */
+typedef struct Segment
+{
+	FlowWorker *w;
+	int64		checkpoint_id;
+	int			seq;
+	int			keys;
+	int64		written;
+	StringInfoData buf;
+} Segment;
+
+/* Append the segment to flowpg.state and empty it. */
+static void
+segment_flush(Segment *seg)
 {
 	Datum		args[5];
+	CatalogPrivilege priv;
+	bytea	   *data;
+
+	if (seg->keys == 0)
+		return;
+	data = palloc(VARHDRSZ + seg->buf.len);
+	SET_VARSIZE(data, VARHDRSZ + seg->buf.len);
+	memcpy(VARDATA(data), seg->buf.data, seg->buf.len);
+	args[0] = Int32GetDatum(seg->w->def->id);
+	args[1] = Int64GetDatum(seg->checkpoint_id);
+	args[2] = Int32GetDatum(seg->seq++);
+	args[3] = Int32GetDatum(seg->keys);
+	args[4] = PointerGetDatum(data);
+	CatalogBecomeOwner(&priv);
+	execute(seg->w->state_append, args, SPI_OK_INSERT);
+	CatalogRestoreUser(&priv);
+	pfree(data);
+	seg->written += seg->keys;
+	seg->keys = 0;
+	resetStringInfo(&seg->buf);
+}
+
+/*
+ * Append one key entry: key id, key length, state length, key, state.
+ * A StateScanFn, so that a full checkpoint can write every key.
+ */
+static void
+segment_add(void *arg, int64 key_id, MinimalTuple key, const char *image,
+			Size len)
+{
+	Segment    *seg = (Segment *) arg;
+	uint32		key_len = key->t_len;
+	uint32		state_len = (uint32) len;
+
+	appendBinaryStringInfo(&seg->buf, (char *) &key_id, sizeof(key_id));
+	appendBinaryStringInfo(&seg->buf, (char *) &key_len, sizeof(key_len));
+	appendBinaryStringInfo(&seg->buf, (char *) &state_len, sizeof(state_len));
+	appendBinaryStringInfo(&seg->buf, (char *) key, key_len);
+	appendBinaryStringInfo(&seg->buf, image, len);
+	seg->keys++;
+	if (seg->buf.len >= SEGMENT_BYTES)
+		segment_flush(seg);
+}
+
+/*
+ * Append the dirty keys to the state log, or, when the log has grown to
+ * more than twice the state, every key (then the older segments go).
+ * Returns the number of keys written.
+ */
+static int64
+write_state(FlowWorker *w, int64 checkpoint_id)
+{
+	FlowState  *st = w->state;
+	uint64		nkeys = StateKeys(st);
+	bool		full = w->log_entries + st->ndirty > 2 * (int64) nkeys + COMPACT_SLACK;
+	Segment		seg;
+	int			i;
+
+	memset(&seg, 0, sizeof(seg));
+	seg.w = w;
+	seg.checkpoint_id = checkpoint_id;
+	initStringInfo(&seg.buf);
+	if (full)
+		StateScan(st, segment_add, &seg);
+	else
+		for (i = 0; i < st->ndirty; i++)
+		{
+			StateChunk *chunk = StateGetChunk(st, st->dirty[i]);
+
+			segment_add(&seg, chunk->key_id, StateChunkKey(chunk),
+						StateChunkState(chunk), chunk->state_len);
+		}
+	segment_flush(&seg);
+
+	if (full)
+	{
+		Datum		args[2] = {Int32GetDatum(w->def->id), Int64GetDatum(checkpoint_id)};
+		CatalogPrivilege priv;
+
+		CatalogBecomeOwner(&priv);
+		execute(w->state_compact, args, SPI_OK_DELETE);
+		CatalogRestoreUser(&priv);
+		w->log_entries = seg.written;
+	}
+	else
+		w->log_entries += seg.written;
+	return seg.written;
+}
+
+/* A new checkpoint id, from flowpg.checkpoint_id_seq. */
+static int64
+next_checkpoint_id(FlowWorker *w)
+{
+	CatalogPrivilege priv;
 	bool		isnull;
 	int64		id;
+
+	CatalogBecomeOwner(&priv);
+	execute(w->checkpoint_next, NULL, SPI_OK_SELECT);
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
+	CatalogRestoreUser(&priv);
+	return id;
+}
+
+/* Insert the checkpoint's row and trim old ones. */
+static void
+record_checkpoint(FlowWorker *w, int64 id, XLogRecPtr lsn,
+				  TimestampTz started, int64 nkeys, const char *kind)
+{
+	Datum		args[6];
 	CatalogPrivilege priv;
 
 	args[0] = Int32GetDatum(w->def->id);
@@ -309,14 +455,12 @@ record_checkpoint(FlowWorker *w, XLogRecPtr lsn, TimestampTz started,
 	args[2] = TimestampTzGetDatum(started);
 	args[3] = Int64GetDatum(nkeys);
 	args[4] = CStringGetTextDatum(kind);
+	args[5] = Int64GetDatum(id);
 	CatalogBecomeOwner(&priv);
-	execute(w->checkpoint_insert, args, SPI_OK_INSERT_RETURNING);
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									 SPI_tuptable->tupdesc, 1, &isnull));
+	execute(w->checkpoint_insert, args, SPI_OK_INSERT);
 	args[1] = Int64GetDatum((int64) flowpg_checkpoints_retained - 1);
 	execute(w->checkpoint_trim, args, SPI_OK_DELETE);
 	CatalogRestoreUser(&priv);
-	return id;
 }
 
 /*
@@ -332,22 +476,31 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	TimestampTz started = GetCurrentTimestamp();
 	MemoryContext cxt = AllocSetContextCreate(w->cxt, "flowpg checkpoint",
 											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt;
 	int			nkeys = st->ndirty;
 	int64		id;
+	int64		written;
 	int			from;
+
+	oldcxt = MemoryContextSwitchTo(cxt);
+	sort_dirty(st);
+	MemoryContextSwitchTo(oldcxt);
 
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	for (from = 0; from < nkeys; from += CHECKPOINT_CHUNK)
 	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-
-		write_keys(w, from, Min(nkeys, from + CHECKPOINT_CHUNK));
+		oldcxt = MemoryContextSwitchTo(cxt);
+		write_rows(w, from, Min(nkeys, from + CHECKPOINT_CHUNK));
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(cxt);
 	}
-	id = record_checkpoint(w, lsn, started, nkeys, kind);
+	id = next_checkpoint_id(w);
+	oldcxt = MemoryContextSwitchTo(cxt);
+	written = write_state(w, id);
+	MemoryContextSwitchTo(oldcxt);
+	record_checkpoint(w, id, lsn, started, written, kind);
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
@@ -372,38 +525,67 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	return id;
 }
 
-/* Load the rows of flowpg.state into the (empty) shared state. */
+/* Replay one segment of flowpg.state into the shared state. */
+static void
+restore_segment(FlowWorker *w, bytea *segment)
+{
+	const char *p = VARDATA_ANY(segment);
+	const char *end = p + VARSIZE_ANY_EXHDR(segment);
+
+	while (p < end)
+	{
+		int64		key_id;
+		uint32		key_len;
+		uint32		state_len;
+		MinimalTuple key;
+
+		memcpy(&key_id, p, sizeof(key_id));
+		memcpy(&key_len, p + 8, sizeof(key_len));
+		memcpy(&state_len, p + 12, sizeof(state_len));
+		p += 16;
+		if (p + key_len + state_len > end)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("checkpointed state of stream \"%s\" is corrupted", w->def->name)));
+		key = palloc(key_len);	/* aligned, unlike the segment */
+		memcpy(key, p, key_len);
+		BatchRestoreKey(w->batch, w->state, key_id, key, p + key_len, state_len);
+		pfree(key);
+		p += key_len + state_len;
+		w->log_entries++;
+	}
+}
+
+/* Replay flowpg.state, oldest segment first, into the (empty) state. */
 static void
 restore_keys(FlowWorker *w, Datum stream_id)
 {
 	Oid			argtypes[1] = {INT4OID};
 	Portal		portal;
 
+	w->log_entries = 0;
 	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT key_id, key, state FROM flowpg.state "
-									   "WHERE stream_id OPERATOR(pg_catalog.=) $1",
+									   "SELECT data FROM flowpg.state "
+									   "WHERE stream_id OPERATOR(pg_catalog.=) $1 "
+									   "ORDER BY checkpoint_id, seq",
 									   1, argtypes, &stream_id, NULL, true, 0);
 	for (;;)
 	{
 		uint64		i;
 
-		SPI_cursor_fetch(portal, true, CHECKPOINT_CHUNK);
+		SPI_cursor_fetch(portal, true, 8);
 		if (SPI_processed == 0)
 			break;
 		for (i = 0; i < SPI_processed; i++)
 		{
-			HeapTuple	tuple = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
 			bool		isnull;
-			int64		key_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-			bytea	   *key = DatumGetByteaPP(SPI_getbinval(tuple, desc, 2, &isnull));
-			bytea	   *image = DatumGetByteaPP(SPI_getbinval(tuple, desc, 3, &isnull));
-			MinimalTuple keytup = palloc(VARSIZE_ANY_EXHDR(key));
+			Datum		data = SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 1, &isnull);
+			bytea	   *segment = DatumGetByteaPP(data);
 
-			memcpy(keytup, VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key));
-			BatchRestoreKey(w->batch, w->state, key_id, keytup,
-							VARDATA_ANY(image), VARSIZE_ANY_EXHDR(image));
-			pfree(keytup);
+			restore_segment(w, segment);
+			if ((Pointer) segment != DatumGetPointer(data))
+				pfree(segment);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}

@@ -941,8 +941,9 @@ merge_group(FlowBatch *batch, FlowState *st, BatchGroup *group)
 }
 
 /*
- * Put a key of the latest checkpoint into the (empty) shared state and the
- * index.  For the worker's restore; the caller holds the state_lock.
+ * Put a key entry of the checkpointed state into the shared state and the
+ * index; a later entry of the same key replaces an earlier one.  For the
+ * worker's restore; the caller holds the state_lock.
  */
 void
 BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
@@ -954,9 +955,14 @@ BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 	IndexEntry *entry = index_entry(batch, st, hash, plan->keyvals,
 									plan->keynulls, &found);
 
-	if (found)
-		elog(ERROR, "key %lld appears twice in the checkpoint", (long long) key_id);
-	entry->chunk = StateAddKey(st, key_id, hash, key, image, len);
+	if (!found)
+		entry->chunk = StateAddKey(st, key_id, hash, key, image, len);
+	else if (StateGetChunk(st, entry->chunk)->key_id == key_id)
+		entry->chunk = StateSetImage(st, entry->chunk, image, len);
+	else
+		elog(ERROR, "key ids %lld and %lld name the same key",
+			 (long long) StateGetChunk(st, entry->chunk)->key_id,
+			 (long long) key_id);
 }
 
 /*

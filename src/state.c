@@ -301,7 +301,10 @@ StatePublish(FlowState *st)
 	SpinLockRelease(&ctl->mutex);
 }
 
-/* Call fn for every key.  The caller holds the stream's state_lock. */
+/*
+ * Call fn for every key.  The caller holds the stream's state_lock, or is
+ * its worker.
+ */
 void
 StateScan(FlowState *st, StateScanFn fn, void *arg)
 {
@@ -312,6 +315,7 @@ StateScan(FlowState *st, StateScanFn fn, void *arg)
 	{
 		StateChunk *chunk = dsa_get_address(st->area, slots[i]);
 
-		fn(arg, StateChunkKey(chunk), StateChunkState(chunk), chunk->state_len);
+		fn(arg, chunk->key_id, StateChunkKey(chunk), StateChunkState(chunk),
+		   chunk->state_len);
 	}
 }

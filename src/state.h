@@ -75,7 +75,7 @@ extern void StatePublish(FlowState *st);
 extern uint64 StateKeys(FlowState *st);
 
 /* Callback of StateScan: one key and its state image. */
-typedef void (*StateScanFn) (void *arg, MinimalTuple key,
+typedef void (*StateScanFn) (void *arg, int64 key_id, MinimalTuple key,
 							 const char *image, Size len);
 extern void StateScan(FlowState *st, StateScanFn fn, void *arg);
 

@@ -59,9 +59,12 @@ typedef struct FlowWorker
 	Oid			result_rowtype;
 	SPIPlanPtr	result_delete;	/* global aggregates only */
 	SPIPlanPtr	result_upsert;
-	SPIPlanPtr	state_upsert;
+	SPIPlanPtr	state_append;
+	SPIPlanPtr	state_compact;
+	SPIPlanPtr	checkpoint_next;
 	SPIPlanPtr	checkpoint_insert;
 	SPIPlanPtr	checkpoint_trim;
+	int64		log_entries;	/* key entries in flowpg.state */
 } FlowWorker;
 
 extern PGDLLEXPORT void FlowWorkerMain(Datum main_arg);

@@ -46,6 +46,26 @@ oracle_ok($node, 'huge',
 	'SELECT k % 100 AS bucket, count(*) AS n, sum(v) AS s FROM ev GROUP BY k % 100',
 	'one transaction of 3,000,000 rows');
 
+# the state log: many small checkpoints, compaction, and a restore that
+# replays segments where later entries of a key replace earlier ones
+$node->safe_psql('postgres', "SELECT flowpg.drop_stream('huge')");
+$node->safe_psql('postgres', 'TRUNCATE ev');
+$node->safe_psql('postgres',
+	"SELECT flowpg.create_stream('logged', 'SELECT k % 200 AS k200, count(*) AS n, sum(v) AS s FROM ev GROUP BY k % 200')");
+for my $round (1 .. 30)
+{
+	$node->safe_psql('postgres',
+		"INSERT INTO ev SELECT g, $round FROM generate_series(1, 400) g");
+	$node->safe_psql('postgres', "SELECT flowpg.checkpoint('logged')");
+}
+my $logged = $node->safe_psql('postgres',
+	"SELECT sum(keys) FROM flowpg.state WHERE stream_id = (SELECT id FROM flowpg.streams WHERE name = 'public.logged')");
+cmp_ok($logged, '<', 30 * 200, "the state log was compacted ($logged entries for 200 keys after 30 checkpoints)");
+crash_restart($node);
+oracle_ok($node, 'logged',
+	'SELECT k % 200 AS k200, count(*) AS n, sum(v) AS s FROM ev GROUP BY k % 200',
+	'restored from a compacted state log');
+
 # flowpg.max_streams = 3: the fourth stream is refused
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('third', 'SELECT count(*) AS n FROM ev')");
 ($rc, $out, $err) = $node->psql('postgres',
