@@ -40,6 +40,7 @@
 #include "replication/origin.h"
 #include "utils/acl.h"
 #include "utils/array.h"
+#include "utils/backend_status.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -184,6 +185,44 @@ check_stream_limit(void)
 				 errmsg("cannot create more than %d streams", flowpg_max_streams),
 				 errdetail("The server runs at most flowpg.max_streams streams across all databases."),
 				 errhint("Drop a stream, or raise flowpg.max_streams and restart the server.")));
+}
+
+/*
+ * Refuse a create when no background worker slot would be left for the
+ * new stream's worker: the background workers running now (the launcher
+ * among them), plus the streams whose worker is not running (waiting to
+ * restart), plus one.
+ * Parallel query takes workers from the same pool, so this is a floor,
+ * not a promise; a worker that cannot start is reported in
+ * flowpg.streams.last_error.
+ */
+static void
+check_worker_slots(void)
+{
+	int			running = 0;
+	int			waiting = list_length(ControlListSlots(InvalidOid));
+	int			n = pgstat_fetch_stat_numbackends();
+	int			i;
+
+	for (i = 1; i <= n; i++)
+	{
+		LocalPgBackendStatus *entry = pgstat_fetch_stat_local_beentry(i);
+
+		if (entry != NULL && entry->backendStatus.st_backendType == B_BG_WORKER)
+			running++;
+	}
+	for (i = 0; i < FlowCtl->max_streams; i++)
+		if (FlowCtl->streams[i].in_use && FlowCtl->streams[i].pid != 0)
+			waiting--;
+	/* the launcher, not connected to a database, is not in the count */
+	running++;
+	if (running + Max(waiting, 0) + 1 > max_worker_processes)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("no background worker slot is free for a new stream"),
+				 errdetail("%d background workers run, %d streams wait for theirs, and max_worker_processes is %d.",
+						   running, Max(waiting, 0), max_worker_processes),
+				 errhint("Raise max_worker_processes and restart the server.")));
 }
 
 /* A fresh stream id: an OID-counter value no stream of this database uses. */
@@ -351,6 +390,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 				 errhint("A stream creates its result table; choose another name or drop the existing relation.")));
 	check_owner_can_login(GetUserId());
 	check_stream_limit();
+	check_worker_slots();
 	if (GetTopTransactionIdIfAny() != InvalidTransactionId)
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),

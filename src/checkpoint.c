@@ -60,6 +60,7 @@
 #include "utils/snapmgr.h"
 
 #include "checkpoint.h"
+#include "compile.h"
 #include "decode.h"
 
 /* Result rows written per statement: bounds the arrays a checkpoint builds. */
@@ -487,6 +488,8 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	MemoryContextSwitchTo(oldcxt);
 
 	StartTransactionCommand();
+	/* the owner may have lost SELECT on the source: stop reading it then */
+	CompileCheckPermissions(w->fq);
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	for (from = 0; from < nkeys; from += CHECKPOINT_CHUNK)

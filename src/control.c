@@ -227,9 +227,18 @@ ControlArea(void)
 	dsa_pin_mapping(flow_area);
 	LWLockRelease(&FlowCtl->lock);
 	MemoryContextSwitchTo(oldcxt);
-
-	dsa_set_size_limit(flow_area, (size_t) flowpg_state_memory * 1024 * 1024);
 	return flow_area;
+}
+
+/*
+ * Apply flowpg.state_memory to the state area.  Only workers, the
+ * processes that allocate state, call this (at start and after a reload),
+ * so that a reader with an older setting cannot lower the bound.
+ */
+void
+ControlApplyStateLimit(void)
+{
+	dsa_set_size_limit(ControlArea(), (size_t) flowpg_state_memory * 1024 * 1024);
 }
 
 /* The SQL-visible name of a status. */

@@ -107,6 +107,7 @@ extern StreamCtl *ControlAcquire(Oid dboid, int32 stream_id);
 extern void ControlWakeLauncher(void);
 extern void ControlWakeDatabase(Oid dboid);
 extern dsa_area *ControlArea(void);
+extern void ControlApplyStateLimit(void);
 extern const char *ControlStatusName(StreamStatus status);
 extern List *ControlListSlots(Oid dboid);
 extern void ControlSetError(StreamCtl *ctl, const char *message);

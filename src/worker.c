@@ -77,7 +77,8 @@ worker_on_exit(int code, Datum arg)
 /*
  * Settings of the worker's session: the decoder's memory comes from
  * flowpg.decoding_work_mem, and commits are synchronous whatever the
- * owner's defaults (a checkpoint must be durable before the slot moves).
+ * owner's defaults (a checkpoint must be durable before the slot moves);
+ * and the bound of the state area, from flowpg.state_memory.
  */
 static void
 apply_settings(void)
@@ -87,6 +88,7 @@ apply_settings(void)
 	snprintf(buf, sizeof(buf), "%dkB", flowpg_decoding_work_mem);
 	SetConfigOption("logical_decoding_work_mem", buf, PGC_USERSET, PGC_S_SESSION);
 	SetConfigOption("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION);
+	ControlApplyStateLimit();
 }
 
 /* The stream no longer exists: drop its slot and origin. */
@@ -350,8 +352,6 @@ worker_loop(FlowWorker *w)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			apply_settings();
-			dsa_set_size_limit(ControlArea(),
-							   (size_t) flowpg_state_memory * 1024 * 1024);
 		}
 		if (w->ctl->dropping)
 			proc_exit(0);
@@ -384,7 +384,11 @@ worker_loop(FlowWorker *w)
 	}
 }
 
-/* Keep the error for flowpg.streams before the worker exits with it. */
+/*
+ * Keep the error for flowpg.streams before the worker exits with it, and
+ * free the stream's state: it is rebuilt from the checkpoint at the next
+ * start anyway, and meanwhile other streams may need the memory.
+ */
 static void
 record_error(StreamCtl *ctl)
 {
@@ -398,6 +402,11 @@ record_error(StreamCtl *ctl)
 	ctl->state_ready = false;
 	SpinLockRelease(&ctl->mutex);
 	ConditionVariableBroadcast(&ctl->cv);
+
+	if (!LWLockHeldByMe(&ctl->state_lock))
+		LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);
+	StateDestroy(ctl);
+	LWLockRelease(&ctl->state_lock);
 }
 
 void

@@ -37,6 +37,8 @@ $node->safe_psql('postgres',
 oracle_ok($node, 'big', $q, 'after raising flowpg.state_memory');
 
 # several million rows in one transaction, spilled by the reorder buffer
+# (without the stream over distinct keys, whose state would not fit)
+$node->safe_psql('postgres', "SELECT flowpg.drop_stream('big')");
 $node->safe_psql('postgres', 'TRUNCATE ev');
 $node->safe_psql('postgres',
 	"SELECT flowpg.create_stream('huge', 'SELECT k % 100 AS bucket, count(*) AS n, sum(v) AS s FROM ev GROUP BY k % 100')");
@@ -67,6 +69,7 @@ oracle_ok($node, 'logged',
 	'restored from a compacted state log');
 
 # flowpg.max_streams = 3: the fourth stream is refused
+$node->safe_psql('postgres', "SELECT flowpg.create_stream('second', 'SELECT count(*) AS n FROM ev')");
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('third', 'SELECT count(*) AS n FROM ev')");
 ($rc, $out, $err) = $node->psql('postgres',
 	"\\set VERBOSITY verbose\nSELECT flowpg.create_stream('fourth', 'SELECT count(*) AS n FROM ev')");
@@ -89,5 +92,21 @@ is($few->safe_psql('postgres',
 	"SELECT (SELECT count(*) FROM pg_replication_slots) || '/' || (SELECT count(*) FROM flowpg.streams) || '/' || (to_regclass('two') IS NULL)"),
 	'1/1/true', '... and nothing is left behind');
 $few->stop;
+
+# no free background worker slot: refused at create time, naming the setting
+my $busy = new_node('few_workers', extra_conf => "max_worker_processes = 3\n");
+$busy->safe_psql('postgres', 'CREATE TABLE ev (k int)');
+$busy->safe_psql('postgres', "SELECT flowpg.create_stream('one', 'SELECT count(*) AS n FROM ev')");
+$busy->poll_query_until('postgres', "SELECT status = 'running' FROM flowpg.streams")
+  or die 'the first stream did not start';
+($rc, $out, $err) = $busy->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT flowpg.create_stream('two', 'SELECT count(*) AS n FROM ev')");
+like($err, qr/53400: no background worker slot is free for a new stream/,
+	'no free background worker slot is an error at create time');
+like($err, qr/HINT:  Raise max_worker_processes/, '... with a hint naming the setting');
+is($busy->safe_psql('postgres',
+	"SELECT (SELECT count(*) FROM pg_replication_slots) || '/' || (SELECT count(*) FROM flowpg.streams) || '/' || (to_regclass('two') IS NULL)"),
+	'1/1/true', '... and nothing is left behind');
+$busy->stop;
 
 done_testing();
