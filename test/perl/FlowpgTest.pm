@@ -12,7 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 use Exporter 'import';
-our @EXPORT = qw(new_node oracle_ok wait_stream start_load stop_load crash_restart worker_pid);
+our @EXPORT = qw(new_node oracle_ok wait_stream start_load stop_load crash_restart worker_pid write_scripts);
 
 # A started node with flowpg in shared_preload_libraries, wal_level =
 # logical, and CREATE EXTENSION flowpg done in database postgres.
@@ -91,6 +91,23 @@ sub worker_pid
 	  or die "the worker of $stream did not start";
 	return $node->safe_psql('postgres',
 		"SELECT pid FROM flowpg.streams WHERE name = 'public.$stream'");
+}
+
+# Write pgbench scripts given as "file@weight" => text into $dir; returns
+# the "path@weight" arguments for start_load.
+sub write_scripts
+{
+	my ($dir, %scripts) = @_;
+	my @args;
+	for my $s (sort keys %scripts)
+	{
+		my ($file, $weight) = split /@/, $s;
+		open my $f, '>', "$dir/$file" or die "cannot write $dir/$file: $!";
+		print $f $scripts{$s};
+		close $f;
+		push @args, "$dir/$file\@$weight";
+	}
+	return @args;
 }
 
 # Start pgbench in the background with the given scripts ("file@weight").

@@ -66,15 +66,7 @@ ROLLBACK;
 	'other.sql@2' => q{INSERT INTO other SELECT generate_series(1, 10);
 },
 );
-my @script_args;
-for my $s (sort keys %scripts)
-{
-	my ($file, $weight) = split /@/, $s;
-	open my $f, '>', "$dir/$file" or die;
-	print $f $scripts{$s};
-	close $f;
-	push @script_args, "$dir/$file\@$weight";
-}
+my @script_args = write_scripts($dir, %scripts);
 
 sub check_all
 {

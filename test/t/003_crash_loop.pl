@@ -45,15 +45,7 @@ INSERT INTO readings (device, temp) SELECT g, 1000 FROM generate_series(1, 20) g
 ROLLBACK;
 },
 );
-my @args;
-for my $s (sort keys %scripts)
-{
-	my ($file, $weight) = split /@/, $s;
-	open my $f, '>', "$dir/$file" or die;
-	print $f $scripts{$s};
-	close $f;
-	push @args, "$dir/$file\@$weight";
-}
+my @args = write_scripts($dir, %scripts);
 
 my %kinds = (0 => 'SIGKILL worker', 1 => 'SIGTERM worker', 2 => 'SIGKILL postmaster');
 my %count;
