@@ -107,8 +107,7 @@ interval_arg(FunctionCallInfo fcinfo, int n, const char *what, bool null_ok)
 				 errmsg("%s must not be null", what)));
 	}
 	iv = PG_GETARG_INTERVAL_P(n);
-	usecs = iv->time + iv->day * USECS_PER_DAY +
-		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	usecs = FlowpgIntervalUsecs(iv);
 	if (usecs < 1000)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -403,7 +402,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	FlowpgLockStream(def->id, AccessExclusiveLock);
 	FlowpgSlotName(slot_name, MyDatabaseId, def->id, GetUserId());
 	DecodeCreateSlot(slot_name);
-	CatalogPendingCreate(slot_name);
+	CatalogPendingCreate();
 	replorigin_create(slot_name);
 
 	def->result = create_result_table(fq, rv, nsp);

@@ -138,10 +138,18 @@ CatalogRestoreUser(CatalogPrivilege *priv)
 static int
 interval_ms(Interval *iv)
 {
-	int64		usecs = iv->time + iv->day * USECS_PER_DAY +
-		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	return (int) Min(FlowpgIntervalUsecs(iv) / 1000, (int64) INT_MAX);
+}
 
-	return (int) Min(usecs / 1000, (int64) INT_MAX);
+/* A checkpoint interval for the catalog: ms, or NULL when negative. */
+static Datum
+interval_datum(int ms, char *null)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->time = (int64) ms * 1000;
+	*null = ms < 0 ? 'n' : ' ';
+	return IntervalPGetDatum(iv);
 }
 
 /* Copy a flowpg.stream row out of SPI into the current memory context. */
@@ -255,7 +263,6 @@ CatalogInsertStream(StreamDef *def)
 	Datum		values[8];
 	char		nulls[8] = "        ";
 	CatalogPrivilege priv;
-	Interval   *iv = palloc0(sizeof(Interval));
 	int			rc;
 
 	values[0] = Int32GetDatum(def->id);
@@ -265,10 +272,7 @@ CatalogInsertStream(StreamDef *def)
 	values[4] = ObjectIdGetDatum(def->owner);
 	values[5] = CStringGetTextDatum(def->query);
 	values[6] = CStringGetTextDatum(def->plan);
-	iv->time = (int64) def->checkpoint_interval * 1000;
-	values[7] = IntervalPGetDatum(iv);
-	if (def->checkpoint_interval < 0)
-		nulls[7] = 'n';
+	values[7] = interval_datum(def->checkpoint_interval, &nulls[7]);
 
 	SPI_connect();
 	CatalogBecomeOwner(&priv);
@@ -288,15 +292,11 @@ CatalogUpdateStream(StreamDef *def)
 	Oid			types[3] = {INT4OID, BOOLOID, INTERVALOID};
 	Datum		values[3];
 	char		nulls[3] = "   ";
-	Interval   *iv = palloc0(sizeof(Interval));
 	CatalogPrivilege priv;
 
 	values[0] = Int32GetDatum(def->id);
 	values[1] = BoolGetDatum(def->paused);
-	iv->time = (int64) def->checkpoint_interval * 1000;
-	values[2] = IntervalPGetDatum(iv);
-	if (def->checkpoint_interval < 0)
-		nulls[2] = 'n';
+	values[2] = interval_datum(def->checkpoint_interval, &nulls[2]);
 
 	SPI_connect();
 	CatalogBecomeOwner(&priv);
@@ -358,7 +358,7 @@ CatalogIntervalMs(StreamDef *def)
 
 /* create_stream made an ephemeral slot: persist it if we commit. */
 void
-CatalogPendingCreate(const char *slot_name)
+CatalogPendingCreate(void)
 {
 	pending.create_active = true;
 	pending.create_subid = GetCurrentSubTransactionId();

@@ -46,7 +46,7 @@ extern void CatalogCheckOwner(StreamDef *def);
 extern int	CatalogIntervalMs(StreamDef *def);
 
 extern void CatalogRegisterHooks(void);
-extern void CatalogPendingCreate(const char *slot_name);
+extern void CatalogPendingCreate(void);
 extern void StreamStopAndDrop(Oid dboid, int32 stream_id, Oid owner);
 
 #endif							/* FLOWPG_CATALOG_H */

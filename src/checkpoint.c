@@ -513,7 +513,6 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	XLogFlush(XactLastCommitEnd);
 	StateClearDirty(st);
 	DecodeConfirm(w, lsn);
-	w->checkpoint_lsn = lsn;
 	w->last_checkpoint = GetCurrentTimestamp();
 
 	SpinLockAcquire(&ctl->mutex);
@@ -630,5 +629,4 @@ CheckpointRestore(FlowWorker *w)
 	}
 	restore_keys(w, stream_id);
 	CatalogRestoreUser(&priv);
-	w->checkpoint_lsn = w->restored_lsn;
 }

@@ -117,8 +117,7 @@ flowpg_change_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	{
 		case REORDER_BUFFER_CHANGE_INSERT:
 			w->events++;
-			if (BatchAdd(w->batch, &change->data.tp.newtuple->tuple))
-				w->batch_rows = true;
+			BatchAdd(w->batch, &change->data.tp.newtuple->tuple);
 			break;
 		case REORDER_BUFFER_CHANGE_UPDATE:
 			w->ignored_updates++;

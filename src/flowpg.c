@@ -203,6 +203,13 @@ FlowpgParseSlotName(const char *name, Oid *dboid, int32 *stream_id, Oid *owner)
 	return name[consumed] == '\0';
 }
 
+int64
+FlowpgIntervalUsecs(const Interval *iv)
+{
+	return iv->time + iv->day * USECS_PER_DAY +
+		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+}
+
 /*
  * Take the stream's lock for the rest of the transaction.  create_stream
  * and drops hold it exclusively; a starting worker takes it shared, so it

@@ -26,6 +26,7 @@
 #include "postgres.h"
 
 #include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
 #include "storage/lockdefs.h"
 
 /* Name prefix of every replication slot and origin flowpg owns. */
@@ -67,6 +68,9 @@ extern int	FlowpgCheckpointIntervalMs(void);
 extern void FlowpgSlotName(char *buf, Oid dboid, int32 stream_id, Oid owner);
 extern bool FlowpgParseSlotName(const char *name, Oid *dboid,
 								int32 *stream_id, Oid *owner);
+
+/* The length of an interval in microseconds (a month is 30 days). */
+extern int64 FlowpgIntervalUsecs(const Interval *iv);
 
 /* Transaction-scoped lock that serializes create, drop and worker start. */
 extern void FlowpgLockStream(int32 stream_id, LOCKMODE mode);

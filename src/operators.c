@@ -814,9 +814,8 @@ batch_group(FlowBatch *batch, uint32 hash)
 /*
  * Run one source row through the operators into the batch: filter, key,
  * then each aggregate's FILTER, arguments and transition function.
- * Returns false if the WHERE clause dropped the row.
  */
-bool
+void
 BatchAdd(FlowBatch *batch, HeapTuple tuple)
 {
 	FlowPlan   *plan = batch->plan;
@@ -834,7 +833,7 @@ BatchAdd(FlowBatch *batch, HeapTuple tuple)
 	if (plan->where != NULL && !ExecQual(plan->where, econtext))
 	{
 		MemoryContextSwitchTo(oldcxt);
-		return false;
+		return;
 	}
 	for (i = 0; i < plan->nkeys; i++)
 		plan->keyvals[i] = ExecEvalExpr(plan->keys[i], econtext,
@@ -862,7 +861,6 @@ BatchAdd(FlowBatch *batch, HeapTuple tuple)
 	}
 	MemoryContextSwitchTo(oldcxt);
 	ExecClearTuple(plan->srcslot);
-	return true;
 }
 
 int
@@ -930,7 +928,7 @@ merge_group(FlowBatch *batch, FlowState *st, BatchGroup *group)
 		MinimalTuple key = heap_form_minimal_tuple(plan->keydesc,
 												   group->keys, group->nulls);
 
-		entry->chunk = StateAddKey(st, st->next_key_id, group->hash, key,
+		entry->chunk = StateAddKey(st, st->next_key_id, key,
 								   batch->image.data, batch->image.len);
 	}
 	StateMarkDirty(st, entry->chunk);
@@ -956,7 +954,7 @@ BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 									plan->keynulls, &found);
 
 	if (!found)
-		entry->chunk = StateAddKey(st, key_id, hash, key, image, len);
+		entry->chunk = StateAddKey(st, key_id, key, image, len);
 	else if (StateGetChunk(st, entry->chunk)->key_id == key_id)
 		entry->chunk = StateSetImage(st, entry->chunk, image, len);
 	else

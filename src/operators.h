@@ -105,7 +105,7 @@ extern void PlanOutputToTable(TupleTableSlot *out, TupleDesc table,
 							  Datum *values, bool *nulls);
 
 extern FlowBatch *BatchCreate(FlowPlan *plan);
-extern bool BatchAdd(FlowBatch *batch, HeapTuple tuple);
+extern void BatchAdd(FlowBatch *batch, HeapTuple tuple);
 extern int	BatchGroups(FlowBatch *batch);
 extern void BatchMerge(FlowBatch *batch, FlowState *st);
 extern void BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,

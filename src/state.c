@@ -39,6 +39,10 @@
 
 #define DIRECTORY_INITIAL	1024
 
+/* a chunk's key is a MinimalTuple at the start of its data */
+StaticAssertDecl(offsetof(StateChunk, data) % MAXIMUM_ALIGNOF == 0,
+				 "StateChunk data must be MAXALIGNed");
+
 /* Error raised when the state area is full. */
 static void
 state_out_of_memory(FlowState *st, Size request)
@@ -198,8 +202,8 @@ directory_add(FlowState *st, dsa_pointer chunkp)
 
 /* Add a new key with its first state image; returns its chunk. */
 dsa_pointer
-StateAddKey(FlowState *st, int64 key_id, uint32 hash, MinimalTuple key,
-			const char *image, Size len)
+StateAddKey(FlowState *st, int64 key_id, MinimalTuple key, const char *image,
+			Size len)
 {
 	Size		size;
 	dsa_pointer p = state_alloc_chunk(st, key->t_len, len, &size);
@@ -209,7 +213,6 @@ StateAddKey(FlowState *st, int64 key_id, uint32 hash, MinimalTuple key,
 	chunk->key_len = key->t_len;
 	chunk->state_len = len;
 	chunk->dirty_index = -1;
-	chunk->hash = hash;
 	memcpy(chunk->data, key, key->t_len);
 	memcpy(StateChunkState(chunk), image, len);
 	directory_add(st, p);
@@ -247,7 +250,6 @@ StateSetImage(FlowState *st, dsa_pointer chunkp, const char *image, Size len)
 	moved->key_len = chunk->key_len;
 	moved->state_len = len;
 	moved->dirty_index = chunk->dirty_index;
-	moved->hash = chunk->hash;
 	memcpy(moved->data, chunk->data, chunk->key_len);
 	memcpy(StateChunkState(moved), image, len);
 

@@ -26,7 +26,7 @@ typedef struct StateChunk
 	uint32		state_len;
 	uint32		capacity;
 	int32		dirty_index;	/* index in the worker's dirty list or -1 */
-	uint32		hash;			/* hash of the key (operators.c) */
+	int32		unused;			/* keeps data MAXALIGNed (asserted in state.c) */
 	char		data[FLEXIBLE_ARRAY_MEMBER];
 } StateChunk;
 
@@ -65,8 +65,8 @@ extern FlowState *StateAttach(StreamCtl *ctl);
 extern void StateDetach(FlowState *st);
 
 extern StateChunk *StateGetChunk(FlowState *st, dsa_pointer p);
-extern dsa_pointer StateAddKey(FlowState *st, int64 key_id, uint32 hash,
-							   MinimalTuple key, const char *image, Size len);
+extern dsa_pointer StateAddKey(FlowState *st, int64 key_id, MinimalTuple key,
+							   const char *image, Size len);
 extern dsa_pointer StateSetImage(FlowState *st, dsa_pointer chunkp,
 								 const char *image, Size len);
 extern void StateMarkDirty(FlowState *st, dsa_pointer chunkp);

@@ -37,7 +37,6 @@ typedef struct FlowWorker
 	XLogRecPtr	restored_lsn;	/* transactions ending here or before are
 								 * already in the restored state */
 	XLogRecPtr	processed_lsn;	/* decoded up to here */
-	XLogRecPtr	checkpoint_lsn; /* last checkpoint's position */
 	XLogRecPtr	confirmed_lsn;	/* confirmed on the slot */
 	TimestampTz last_checkpoint;
 	TimestampTz last_confirm;
@@ -46,7 +45,6 @@ typedef struct FlowWorker
 
 	/* Decoding of the current source transaction. */
 	bool		skip_txn;
-	bool		batch_rows;		/* rows added to the batch since merge */
 
 	/* Counters published to StreamCtl. */
 	uint64		events;
