@@ -11,6 +11,7 @@ OBJS = \
 	src/operators.o \
 	src/state.o \
 	src/checkpoint.o \
+	src/savepoint.o \
 	src/catalog.o \
 	src/api.o
 DATA = flowpg--0.1.sql

@@ -10,16 +10,21 @@
 CREATE TABLE flowpg.stream (
     id                  integer PRIMARY KEY,
     name                text NOT NULL,
-    result              oid NOT NULL UNIQUE,
-    source              oid NOT NULL,
-    owner               oid NOT NULL,
+    result              pg_catalog.regclass NOT NULL UNIQUE,
+    source              pg_catalog.regclass NOT NULL,
+    owner               pg_catalog.regrole NOT NULL,
     query               text NOT NULL,
     plan                text NOT NULL,
     checkpoint_interval interval,
     paused              boolean NOT NULL DEFAULT false,
+    rewrite             boolean NOT NULL DEFAULT false,
+    failure             text,
+    failed_at           timestamptz,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE flowpg.stream IS 'flowpg streams: definition, owner, result and source tables; name is the result table''s name at creation';
+COMMENT ON COLUMN flowpg.stream.rewrite IS 'the worker rewrites the whole result table from its state at its next start (after flowpg.restore)';
+COMMENT ON COLUMN flowpg.stream.failure IS 'why the stream stopped for good (its slot is gone); its results are stale';
 
 /*
  * Operator state, as a log: each checkpoint appends the keys it writes
@@ -40,17 +45,46 @@ COMMENT ON TABLE flowpg.state IS 'flowpg checkpointed operator state: segments o
 
 /* One row per checkpoint; the newest row of a stream is where it resumes. */
 CREATE SEQUENCE flowpg.checkpoint_id_seq;
-CREATE TABLE flowpg.checkpoints (
+CREATE TABLE flowpg.checkpoint (
     id          bigint PRIMARY KEY DEFAULT pg_catalog.nextval('flowpg.checkpoint_id_seq'),
     stream_id   integer NOT NULL,
     lsn         pg_lsn NOT NULL,
     started_at  timestamptz NOT NULL,
     finished_at timestamptz NOT NULL,
     keys        bigint NOT NULL,
+    bytes       bigint NOT NULL,
     kind        text NOT NULL
+        CHECK (kind IN ('periodic', 'forced', 'savepoint', 'restore', 'rewrite'))
 );
-CREATE INDEX checkpoints_stream_idx ON flowpg.checkpoints (stream_id, id);
-COMMENT ON TABLE flowpg.checkpoints IS 'flowpg checkpoints: the source position and keys written by each';
+CREATE INDEX checkpoint_stream_idx ON flowpg.checkpoint (stream_id, id);
+COMMENT ON TABLE flowpg.checkpoint IS 'flowpg checkpoints: the source position and keys written by each';
+
+/*
+ * Savepoints: a full copy of a stream's state at a checkpoint, kept until
+ * dropped, with a replication slot (flowpg_sp_<database>_<stream>_<id>)
+ * that keeps the WAL since that checkpoint.
+ */
+CREATE TABLE flowpg.savepoint (
+    id          bigint PRIMARY KEY,
+    stream_id   integer NOT NULL,
+    name        text NOT NULL,
+    lsn         pg_lsn NOT NULL,
+    created_at  timestamptz NOT NULL,
+    keys        bigint NOT NULL,
+    bytes       bigint NOT NULL,
+    UNIQUE (stream_id, name)
+);
+COMMENT ON TABLE flowpg.savepoint IS 'flowpg savepoints: named, durable copies of a stream''s state and position';
+
+CREATE TABLE flowpg.savepoint_state (
+    savepoint_id bigint NOT NULL,
+    seq          integer NOT NULL,
+    keys         integer NOT NULL,
+    data         bytea NOT NULL,
+    PRIMARY KEY (savepoint_id, seq)
+);
+ALTER TABLE flowpg.savepoint_state ALTER COLUMN data SET STORAGE EXTERNAL;
+COMMENT ON TABLE flowpg.savepoint_state IS 'flowpg savepoints'' state: segments of key entries, as in flowpg.state';
 
 CREATE FUNCTION flowpg.create_stream(name text, query text,
                                      checkpoint_interval interval DEFAULT NULL)
@@ -109,6 +143,27 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION flowpg.live(anyelement) IS
     'current results of a stream, read from shared memory: flowpg.live(NULL::result_table)';
 
+CREATE FUNCTION flowpg.savepoint(stream text, savepoint text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'flowpg_savepoint'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION flowpg.savepoint(text, text) IS
+    'take a named, durable savepoint of the stream: its state and position, and the WAL since; returns its id';
+
+CREATE FUNCTION flowpg.restore(stream text, savepoint text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'flowpg_restore'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION flowpg.restore(text, text) IS
+    'rewind the stream to a savepoint: state, result table and position; it then re-processes everything committed since';
+
+CREATE FUNCTION flowpg.drop_savepoint(stream text, savepoint text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'flowpg_drop_savepoint'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION flowpg.drop_savepoint(text, text) IS
+    'drop a savepoint of the stream, releasing the WAL it keeps';
+
 CREATE FUNCTION flowpg.stream_status(
     OUT stream_id integer,
     OUT pid integer,
@@ -117,7 +172,11 @@ CREATE FUNCTION flowpg.stream_status(
     OUT checkpoint_lsn pg_lsn,
     OUT last_checkpoint_at timestamptz,
     OUT checkpoint_id bigint,
+    OUT checkpoint_ms float8,
     OUT events bigint,
+    OUT events_per_second float8,
+    OUT lag_bytes bigint,
+    OUT lag_seconds float8,
     OUT keys bigint,
     OUT state_bytes bigint,
     OUT restarts integer,
@@ -133,12 +192,22 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION flowpg.stream_status() IS
     'run-time status of this database''s stream workers, from shared memory';
 
+CREATE FUNCTION flowpg.retained_wal(stream_id integer)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'flowpg_retained_wal'
+LANGUAGE C VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION flowpg.retained_wal(integer) IS
+    'bytes of WAL the stream''s replication slots (its own and its savepoints'') keep from being removed';
+
 CREATE VIEW flowpg.streams AS
 SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END AS name,
        s.query,
-       s.owner::pg_catalog.regrole AS owner,
-       CASE WHEN s.paused AND st.status IS DISTINCT FROM 'failed' THEN 'paused'
+       s.owner,
+       CASE WHEN s.failure IS NOT NULL THEN 'failed'
+            WHEN s.paused AND st.status IS DISTINCT FROM 'failed' THEN 'paused'
             ELSE COALESCE(st.status, 'starting') END AS status,
+       s.failure IS NOT NULL AS stale,
        st.pid,
        COALESCE(s.checkpoint_interval,
                 pg_catalog.current_setting('flowpg.checkpoint_interval')::pg_catalog.interval)
@@ -147,17 +216,22 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
        st.checkpoint_lsn,
        st.last_checkpoint_at,
        st.checkpoint_id,
+       st.checkpoint_ms,
        COALESCE(st.events, 0) AS events,
+       COALESCE(st.events_per_second, 0) AS events_per_second,
+       st.lag_bytes,
+       st.lag_seconds,
+       flowpg.retained_wal(s.id) AS retained_wal,
        COALESCE(st.keys, 0) AS keys,
        COALESCE(st.state_bytes, 0) AS state_bytes,
        COALESCE(st.restarts, 0) AS restarts,
-       st.last_error,
-       st.last_error_at,
+       COALESCE(s.failure, st.last_error) AS last_error,
+       CASE WHEN s.failure IS NOT NULL THEN s.failed_at ELSE st.last_error_at END AS last_error_at,
        COALESCE(st.ignored_updates, 0) AS ignored_updates,
        COALESCE(st.ignored_deletes, 0) AS ignored_deletes,
        COALESCE(st.ignored_truncates, 0) AS ignored_truncates,
-       s.source::pg_catalog.regclass AS source,
-       s.result::pg_catalog.regclass AS result,
+       s.source,
+       s.result,
        s.id
   FROM flowpg.stream s
   LEFT JOIN pg_catalog.pg_class c ON c.oid = s.result
@@ -165,6 +239,49 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
   LEFT JOIN flowpg.stream_status() st ON st.stream_id = s.id;
 COMMENT ON VIEW flowpg.streams IS 'every stream of this database with its status and progress';
 
+CREATE VIEW flowpg.checkpoints AS
+SELECT k.id,
+       COALESCE(pg_catalog.format('%I.%I', n.nspname, c.relname), s.name) AS stream,
+       k.lsn,
+       k.started_at,
+       k.finished_at,
+       k.finished_at - k.started_at AS duration,
+       k.keys,
+       k.bytes,
+       k.kind,
+       k.stream_id
+  FROM flowpg.checkpoint k
+  JOIN flowpg.stream s ON s.id = k.stream_id
+  LEFT JOIN pg_catalog.pg_class c ON c.oid = s.result
+  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
+COMMENT ON VIEW flowpg.checkpoints IS 'the last checkpoints of every stream (flowpg.checkpoints_retained per stream)';
+
+CREATE VIEW flowpg.savepoints AS
+SELECT p.id,
+       COALESCE(pg_catalog.format('%I.%I', n.nspname, c.relname), s.name) AS stream,
+       p.name,
+       p.lsn,
+       p.created_at,
+       p.keys,
+       p.bytes,
+       r.slot_name IS NOT NULL AND r.wal_status IS DISTINCT FROM 'lost' AS restorable,
+       pg_catalog.pg_wal_lsn_diff(
+           CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn()
+                ELSE pg_catalog.pg_current_wal_lsn() END,
+           r.restart_lsn)::bigint AS retained_wal,
+       p.stream_id
+  FROM flowpg.savepoint p
+  JOIN flowpg.stream s ON s.id = p.stream_id
+  LEFT JOIN pg_catalog.pg_class c ON c.oid = s.result
+  LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_replication_slots r
+         ON r.slot_name = pg_catalog.format('flowpg_sp_%s_%s_%s',
+                (SELECT d.oid FROM pg_catalog.pg_database d
+                  WHERE d.datname = pg_catalog.current_database()),
+                p.stream_id, p.id);
+COMMENT ON VIEW flowpg.savepoints IS 'every savepoint of this database''s streams, and whether it can still be restored';
+
 GRANT USAGE ON SCHEMA flowpg TO PUBLIC;
 GRANT SELECT ON flowpg.streams TO PUBLIC;
 GRANT SELECT ON flowpg.checkpoints TO PUBLIC;
+GRANT SELECT ON flowpg.savepoints TO PUBLIC;

@@ -25,6 +25,7 @@
 #include "access/transam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlogrecovery.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
@@ -52,6 +53,7 @@
 #include "utils/tuplestore.h"
 #include "utils/varlena.h"
 
+#include "api.h"
 #include "catalog.h"
 #include "compile.h"
 #include "control.h"
@@ -74,8 +76,8 @@ PG_FUNCTION_INFO_V1(flowpg_stream_status);
  * ---------------------------------------------------------------------
  */
 
-static char *
-text_arg(FunctionCallInfo fcinfo, int n, const char *what)
+char *
+ApiTextArg(FunctionCallInfo fcinfo, int n, const char *what)
 {
 	char	   *str;
 
@@ -362,8 +364,8 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	char		slot_name[NAMEDATALEN];
 
 	FlowpgCheckPrerequisites();
-	name = text_arg(fcinfo, 0, "stream name");
-	query = text_arg(fcinfo, 1, "stream query");
+	name = ApiTextArg(fcinfo, 0, "stream name");
+	query = ApiTextArg(fcinfo, 1, "stream query");
 	interval = interval_arg(fcinfo, 2, "checkpoint_interval", true);
 	rv = result_rangevar(PG_GETARG_TEXT_PP(0));
 
@@ -444,8 +446,8 @@ flowpg_drop_stream(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-static void
-wake_worker(StreamCtl *ctl)
+void
+ApiWakeWorker(StreamCtl *ctl)
 {
 	Latch	   *latch;
 
@@ -465,8 +467,8 @@ wake_worker(StreamCtl *ctl)
  * The stream named by the first argument, locked until the end of the
  * transaction, for the current user to change.
  */
-static StreamDef *
-stream_to_change(FunctionCallInfo fcinfo)
+StreamDef *
+ApiStreamToChange(FunctionCallInfo fcinfo)
 {
 	StreamDef  *def;
 
@@ -494,14 +496,14 @@ update_stream(StreamDef *def)
 		SpinLockAcquire(&ctl->mutex);
 		ctl->reload_requested++;
 		SpinLockRelease(&ctl->mutex);
-		wake_worker(ctl);
+		ApiWakeWorker(ctl);
 	}
 }
 
 static void
 set_paused(FunctionCallInfo fcinfo, bool paused)
 {
-	StreamDef  *def = stream_to_change(fcinfo);
+	StreamDef  *def = ApiStreamToChange(fcinfo);
 
 	def->paused = paused;
 	update_stream(def);
@@ -534,7 +536,7 @@ flowpg_resume_stream(PG_FUNCTION_ARGS)
 Datum
 flowpg_set_checkpoint_interval(PG_FUNCTION_ARGS)
 {
-	StreamDef  *def = stream_to_change(fcinfo);
+	StreamDef  *def = ApiStreamToChange(fcinfo);
 
 	def->checkpoint_interval = interval_arg(fcinfo, 1, "checkpoint_interval", true);
 	update_stream(def);
@@ -546,10 +548,26 @@ flowpg_set_checkpoint_interval(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
-/* The stream's StreamCtl, waiting until the launcher has made one. */
-static StreamCtl *
-await_control(StreamDef *def, TimestampTz deadline)
+/*
+ * Raise an error if the stream failed for good (flowpg.max_retained_wal):
+ * it has no slot and no worker any more.
+ */
+void
+ApiCheckNotFailed(StreamDef *def)
 {
+	if (def->failure != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("stream \"%s\" has failed for good", def->name),
+				 errdetail("%s", def->failure),
+				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Drop the stream and create it again.")));
+}
+
+/* The stream's StreamCtl, waiting until the launcher has made one. */
+StreamCtl *
+ApiAwaitControl(StreamDef *def, TimestampTz deadline)
+{
+	ApiCheckNotFailed(def);
 	for (;;)
 	{
 		StreamCtl  *ctl = ControlFind(MyDatabaseId, def->id);
@@ -569,8 +587,8 @@ await_control(StreamDef *def, TimestampTz deadline)
 	}
 }
 
-static void
-raise_if_failed(StreamDef *def, StreamCtl *ctl)
+void
+ApiRaiseIfFailed(StreamDef *def, StreamCtl *ctl)
 {
 	char		error[FLOWPG_ERROR_LEN];
 	bool		failed;
@@ -588,8 +606,8 @@ raise_if_failed(StreamDef *def, StreamCtl *ctl)
 }
 
 /* Sleep on the stream's condition variable until the deadline at most. */
-static void
-sleep_until(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
+void
+ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 			const char *what, XLogRecPtr target)
 {
 	long		secs;
@@ -633,6 +651,7 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	timeout = interval_arg(fcinfo, 1, "timeout", false);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout);
+	ApiCheckNotFailed(def);
 	if (def->paused)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -647,7 +666,7 @@ flowpg_wait(PG_FUNCTION_ARGS)
 		target = XactLastCommitEnd;
 	}
 
-	ctl = await_control(def, deadline);
+	ctl = ApiAwaitControl(def, deadline);
 	for (;;)
 	{
 		XLogRecPtr	result;
@@ -659,9 +678,9 @@ flowpg_wait(PG_FUNCTION_ARGS)
 		SpinLockRelease(&ctl->mutex);
 		if (result >= target)
 			break;
-		raise_if_failed(def, ctl);
-		wake_worker(ctl);
-		sleep_until(def, ctl, deadline, "the results", target);
+		ApiRaiseIfFailed(def, ctl);
+		ApiWakeWorker(ctl);
+		ApiSleepUntil(def, ctl, deadline, "the results", target);
 		CHECK_FOR_INTERRUPTS();
 	}
 	ConditionVariableCancelSleep();
@@ -682,7 +701,7 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
-	ctl = await_control(def, deadline);
+	ctl = ApiAwaitControl(def, deadline);
 
 	SpinLockAcquire(&ctl->mutex);
 	request = ++ctl->ckpt_requested;
@@ -697,9 +716,9 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 		SpinLockRelease(&ctl->mutex);
 		if (done)
 			break;
-		raise_if_failed(def, ctl);
-		wake_worker(ctl);
-		sleep_until(def, ctl, deadline, "a checkpoint", InvalidXLogRecPtr);
+		ApiRaiseIfFailed(def, ctl);
+		ApiWakeWorker(ctl);
+		ApiSleepUntil(def, ctl, deadline, "a checkpoint", InvalidXLogRecPtr);
 		CHECK_FOR_INTERRUPTS();
 	}
 	ConditionVariableCancelSleep();
@@ -797,6 +816,7 @@ flowpg_live(PG_FUNCTION_ARGS)
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_TABLE, get_rel_name(relid));
 
+	ApiCheckNotFailed(def);
 	ctl = ControlFind(MyDatabaseId, def->id);
 	keys = ctl != NULL ? copy_state(def, ctl) : NIL;
 	if (ctl == NULL)
@@ -837,13 +857,16 @@ flowpg_live(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
-#define STATUS_COLUMNS 16
+#define STATUS_COLUMNS 20
 
 /* flowpg.stream_status(): this database's StreamCtl entries. */
 Datum
 flowpg_stream_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	XLogRecPtr	flush = RecoveryInProgress() ? GetXLogReplayRecPtr(NULL) :
+		GetFlushRecPtr(NULL);
+	TimestampTz now = GetCurrentTimestamp();
 	int			i;
 
 	FlowpgCheckLoaded();
@@ -855,6 +878,7 @@ flowpg_stream_status(PG_FUNCTION_ARGS)
 		Datum		values[STATUS_COLUMNS];
 		bool		nulls[STATUS_COLUMNS];
 		bool		mine;
+		int64		lag = 0;
 
 		LWLockAcquire(&FlowCtl->lock, LW_SHARED);
 		mine = ctl->in_use && ctl->dboid == MyDatabaseId;
@@ -864,6 +888,8 @@ flowpg_stream_status(PG_FUNCTION_ARGS)
 		SpinLockAcquire(&ctl->mutex);
 		memcpy(&copy, ctl, sizeof(StreamCtl));
 		SpinLockRelease(&ctl->mutex);
+		if (!XLogRecPtrIsInvalid(copy.processed_lsn) && flush > copy.processed_lsn)
+			lag = (int64) (flush - copy.processed_lsn);
 
 		memset(nulls, 0, sizeof(nulls));
 		values[0] = Int32GetDatum(copy.stream_id);
@@ -878,17 +904,26 @@ flowpg_stream_status(PG_FUNCTION_ARGS)
 		nulls[5] = copy.last_checkpoint_at == 0;
 		values[6] = Int64GetDatum(copy.checkpoint_id);
 		nulls[6] = copy.checkpoint_id == 0;
-		values[7] = Int64GetDatum((int64) copy.events);
-		values[8] = Int64GetDatum((int64) copy.keys);
-		values[9] = Int64GetDatum((int64) copy.state_bytes);
-		values[10] = Int32GetDatum(Max(copy.restarts, 0));
-		values[11] = CStringGetTextDatum(copy.last_error);
-		nulls[11] = copy.last_error[0] == '\0';
-		values[12] = TimestampTzGetDatum(copy.last_error_at);
-		nulls[12] = copy.last_error_at == 0;
-		values[13] = Int64GetDatum((int64) copy.ignored_updates);
-		values[14] = Int64GetDatum((int64) copy.ignored_deletes);
-		values[15] = Int64GetDatum((int64) copy.ignored_truncates);
+		values[7] = Float8GetDatum(copy.checkpoint_ms);
+		nulls[7] = copy.last_checkpoint_at == 0;
+		values[8] = Int64GetDatum((int64) copy.events);
+		values[9] = Float8GetDatum(copy.events_per_second);
+		values[10] = Int64GetDatum(lag);
+		nulls[10] = XLogRecPtrIsInvalid(copy.processed_lsn);
+		/* seconds since the worker last had applied everything */
+		values[11] = Float8GetDatum(lag == 0 || copy.caught_up_at == 0 ? 0.0 :
+									(double) (now - copy.caught_up_at) / 1000000.0);
+		nulls[11] = XLogRecPtrIsInvalid(copy.processed_lsn);
+		values[12] = Int64GetDatum((int64) copy.keys);
+		values[13] = Int64GetDatum((int64) copy.state_bytes);
+		values[14] = Int32GetDatum(Max(copy.restarts, 0));
+		values[15] = CStringGetTextDatum(copy.last_error);
+		nulls[15] = copy.last_error[0] == '\0';
+		values[16] = TimestampTzGetDatum(copy.last_error_at);
+		nulls[16] = copy.last_error_at == 0;
+		values[17] = Int64GetDatum((int64) copy.ignored_updates);
+		values[18] = Int64GetDatum((int64) copy.ignored_deletes);
+		values[19] = Int64GetDatum((int64) copy.ignored_truncates);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -52,6 +52,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "pgstat.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
 #include "tcop/utility.h"
@@ -80,6 +81,8 @@ static struct
 	List	   *dropped_relids; /* tables dropped, maybe result tables */
 	bool		extension_dropped;
 	List	   *stopped;		/* StreamCtl entries marked dropping */
+	List	   *held;			/* StreamCtl entries held by a restore */
+	List	   *slots_to_drop;	/* savepoint slots (NameData) to drop */
 } pending;
 
 static XLogRecPtr last_woken_commit = InvalidXLogRecPtr;
@@ -92,7 +95,8 @@ static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 /* A stream's name is its result table's current name. */
 #define STREAM_SELECT \
 	"SELECT s.id, CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END, " \
-	"s.result, s.source, s.owner, s.query, s.plan, s.checkpoint_interval, s.paused " \
+	"s.result, s.source, s.owner, s.query, s.plan, s.checkpoint_interval, s.paused, " \
+	"s.rewrite, s.failure " \
 	"FROM flowpg.stream s " \
 	"LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.result " \
 	"LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
@@ -170,6 +174,9 @@ stream_from_tuple(HeapTuple tuple, TupleDesc desc)
 	iv = SPI_getbinval(tuple, desc, 8, &isnull);
 	def->checkpoint_interval = isnull ? -1 : interval_ms(DatumGetIntervalP(iv));
 	def->paused = DatumGetBool(SPI_getbinval(tuple, desc, 9, &isnull));
+	def->rewrite = DatumGetBool(SPI_getbinval(tuple, desc, 10, &isnull));
+	iv = SPI_getbinval(tuple, desc, 11, &isnull);
+	def->failure = isnull ? NULL : TextDatumGetCString(iv);
 	return def;
 }
 
@@ -308,27 +315,64 @@ CatalogUpdateStream(StreamDef *def)
 	SPI_finish();
 }
 
+/* Run one catalog statement as the extension owner; returns SPI_processed. */
+static uint64
+catalog_exec(const char *sql, int nargs, Oid *types, Datum *values, int expected)
+{
+	CatalogPrivilege priv;
+	uint64		processed;
+
+	SPI_connect();
+	CatalogBecomeOwner(&priv);
+	if (SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0) != expected)
+		elog(ERROR, "flowpg catalog statement failed: %s", sql);
+	processed = SPI_processed;
+	CatalogRestoreUser(&priv);
+	SPI_finish();
+	return processed;
+}
+
+/* Does the savepoint with this id exist? */
+bool
+CatalogSavepointExists(int64 id)
+{
+	Oid			type = INT8OID;
+	Datum		value = Int64GetDatum(id);
+
+	return catalog_exec("SELECT 1 FROM flowpg.savepoint WHERE id OPERATOR(pg_catalog.=) $1",
+						1, &type, &value, SPI_OK_SELECT) > 0;
+}
+
+/* Record that a stream failed for good (its slots are about to go). */
+void
+CatalogMarkFailed(int32 id, const char *message)
+{
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		values[2] = {Int32GetDatum(id), CStringGetTextDatum(message)};
+
+	catalog_exec("UPDATE flowpg.stream SET failure = $2, failed_at = pg_catalog.now() "
+				 "WHERE id OPERATOR(pg_catalog.=) $1",
+				 2, types, values, SPI_OK_UPDATE);
+}
+
 /* Delete every catalog row of a stream. */
 static void
 catalog_delete(int32 id)
 {
 	static const char *const sql[] = {
 		"DELETE FROM flowpg.state WHERE stream_id OPERATOR(pg_catalog.=) $1",
-		"DELETE FROM flowpg.checkpoints WHERE stream_id OPERATOR(pg_catalog.=) $1",
+		"DELETE FROM flowpg.checkpoint WHERE stream_id OPERATOR(pg_catalog.=) $1",
+		"DELETE FROM flowpg.savepoint_state WHERE savepoint_id OPERATOR(pg_catalog.=) ANY "
+		"(SELECT id FROM flowpg.savepoint WHERE stream_id OPERATOR(pg_catalog.=) $1)",
+		"DELETE FROM flowpg.savepoint WHERE stream_id OPERATOR(pg_catalog.=) $1",
 		"DELETE FROM flowpg.stream WHERE id OPERATOR(pg_catalog.=) $1",
 	};
 	Oid			type = INT4OID;
 	Datum		value = Int32GetDatum(id);
-	CatalogPrivilege priv;
 	int			i;
 
-	SPI_connect();
-	CatalogBecomeOwner(&priv);
 	for (i = 0; i < lengthof(sql); i++)
-		if (SPI_execute_with_args(sql[i], 1, &type, &value, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not delete stream %d", id);
-	CatalogRestoreUser(&priv);
-	SPI_finish();
+		catalog_exec(sql[i], 1, &type, &value, SPI_OK_DELETE);
 }
 
 /* Raise an error unless the current user may manage the stream. */
@@ -393,6 +437,7 @@ StreamStopAndDrop(Oid dboid, int32 stream_id, Oid owner)
 		MemoryContextSwitchTo(oldcxt);
 	}
 	DecodeDropSlot(slot_name);
+	ControlDropSavepointSlots(dboid, stream_id);
 	replorigin_drop_by_name(slot_name, true, false);
 
 	/* the worker has let go of its slot: it is gone, free its state */
@@ -439,6 +484,75 @@ process_drops(void)
 	}
 }
 
+/*
+ * Stop a stream's worker and keep the launcher from starting another until
+ * the transaction ends (flowpg.restore rewrites what the worker reads at
+ * its start).  Waits for the worker to exit.  At commit the stream's
+ * result position is forgotten, so that flowpg.wait waits for the new
+ * worker; either way the launcher then starts it.
+ */
+void
+StreamHold(Oid dboid, int32 stream_id)
+{
+	StreamCtl  *ctl = ControlAcquire(dboid, stream_id);
+	MemoryContext oldcxt;
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60000);
+
+	if (ctl == NULL)
+		return;
+	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+	ctl->dropping = true;
+	LWLockRelease(&FlowCtl->lock);
+	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	pending.held = lappend(pending.held, ctl);
+	MemoryContextSwitchTo(oldcxt);
+	for (;;)
+	{
+		pid_t		pid;
+
+		SpinLockAcquire(&ctl->mutex);
+		pid = ctl->pid;
+		SpinLockRelease(&ctl->mutex);
+		if (pid == 0)
+			break;
+		kill(pid, SIGTERM);
+		if (GetCurrentTimestamp() > deadline)
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("timed out waiting for the worker of stream %d to stop", stream_id)));
+		ConditionVariableTimedSleep(&ctl->cv, 100, PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ConditionVariableCancelSleep();
+}
+
+/* Let the launcher start the workers of held streams again. */
+static void
+release_held(bool committed)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending.held)
+	{
+		StreamCtl  *ctl = lfirst(lc);
+
+		SpinLockAcquire(&ctl->mutex);
+		if (committed)
+		{
+			ctl->result_lsn = InvalidXLogRecPtr;
+			ctl->checkpoint_lsn = InvalidXLogRecPtr;
+		}
+		ctl->restart_at = 0;
+		ctl->failures = 0;
+		SpinLockRelease(&ctl->mutex);
+		LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+		ctl->dropping = false;
+		LWLockRelease(&FlowCtl->lock);
+	}
+	if (pending.held != NIL)
+		ControlWakeLauncher();
+}
+
 static void
 reset_pending(void)
 {
@@ -447,6 +561,20 @@ reset_pending(void)
 	pending.dropped_relids = NIL;
 	pending.extension_dropped = false;
 	pending.stopped = NIL;
+	pending.held = NIL;
+	pending.slots_to_drop = NIL;
+}
+
+/* A dropped savepoint: drop its slot at PRE_COMMIT. */
+void
+CatalogPendingSlotDrop(Oid dboid, int32 stream_id, int64 savepoint_id)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	NameData   *name = palloc(sizeof(NameData));
+
+	FlowpgSavepointSlotName(NameStr(*name), dboid, stream_id, savepoint_id);
+	pending.slots_to_drop = lappend(pending.slots_to_drop, name);
+	MemoryContextSwitchTo(oldcxt);
 }
 
 static void
@@ -464,6 +592,9 @@ flowpg_xact_callback(XactEvent event, void *arg)
 				pending.create_active = false;
 				pending.created = true;
 			}
+			foreach(lc, pending.slots_to_drop)
+				DecodeDropSlot(NameStr(*(NameData *) lfirst(lc)));
+			pending.slots_to_drop = NIL;
 			if (pending.dropped_relids != NIL || pending.extension_dropped)
 			{
 				/* the portal and its snapshot are gone by now */
@@ -475,10 +606,11 @@ flowpg_xact_callback(XactEvent event, void *arg)
 
 		case XACT_EVENT_PRE_PREPARE:
 			if (pending.create_active || pending.dropped_relids != NIL ||
-				pending.extension_dropped)
+				pending.extension_dropped || pending.held != NIL ||
+				pending.slots_to_drop != NIL)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot prepare a transaction that creates or drops a flowpg stream or table")));
+						 errmsg("cannot prepare a transaction that creates, drops or restores a flowpg stream or savepoint, or drops a table")));
 			break;
 
 		case XACT_EVENT_COMMIT:
@@ -493,6 +625,7 @@ flowpg_xact_callback(XactEvent event, void *arg)
 				ctl->dropping = false;
 				LWLockRelease(&FlowCtl->lock);
 			}
+			release_held(true);
 			if (XactLastCommitEnd != last_woken_commit && FlowCtl != NULL &&
 				OidIsValid(MyDatabaseId))
 			{
@@ -515,6 +648,7 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			}
 			if (pending.stopped != NIL)
 				ControlWakeLauncher();
+			release_held(false);
 			reset_pending();
 			break;
 

@@ -25,6 +25,8 @@ typedef struct StreamDef
 	char	   *plan;
 	int			checkpoint_interval;	/* ms, or -1 for the GUC */
 	bool		paused;
+	bool		rewrite;		/* rewrite the result table (after restore) */
+	char	   *failure;		/* why it failed for good, or NULL */
 } StreamDef;
 
 /* Saved identity while running as the extension owner. */
@@ -44,9 +46,13 @@ extern void CatalogInsertStream(StreamDef *def);
 extern void CatalogUpdateStream(StreamDef *def);
 extern void CatalogCheckOwner(StreamDef *def);
 extern int	CatalogIntervalMs(StreamDef *def);
+extern bool CatalogSavepointExists(int64 id);
+extern void CatalogMarkFailed(int32 id, const char *message);
 
 extern void CatalogRegisterHooks(void);
 extern void CatalogPendingCreate(void);
 extern void StreamStopAndDrop(Oid dboid, int32 stream_id, Oid owner);
+extern void StreamHold(Oid dboid, int32 stream_id);
+extern void CatalogPendingSlotDrop(Oid dboid, int32 stream_id, int64 savepoint_id);
 
 #endif							/* FLOWPG_CATALOG_H */

@@ -10,7 +10,7 @@
  *	   the shared state, the state holds exactly the transactions that end
  *	   at or before processed_lsn.  Source transactions are the barriers.
  *	2. Store.  ONE transaction writes the keys changed since the previous
- *	   checkpoint, their rows of the result table, and a flowpg.checkpoints
+ *	   checkpoint, their rows of the result table, and a flowpg.checkpoint
  *	   row holding processed_lsn.  flowpg.state is a log: the changed keys
  *	   are appended to it as a few packed segments (no per-key index
  *	   lookups); when the log holds more than twice the keys in state, the
@@ -19,13 +19,13 @@
  *	   decoder skips it.
  *	3. Confirm.  Only after that commit is flushed is processed_lsn
  *	   confirmed on the slot, which lets the slot release older WAL.
- *	4. Clean up.  Older flowpg.checkpoints rows beyond
+ *	4. Clean up.  Older flowpg.checkpoint rows beyond
  *	   flowpg.checkpoints_retained are deleted in the same transaction.
  *
  * Recovery (CheckpointRestore) runs every time a worker starts: it rebuilds
  * the shared state by replaying flowpg.state in order (a later entry of a
  * key replaces an earlier one), which gives exactly the state as of the
- * newest flowpg.checkpoints row, and sets restored_lsn to that row's
+ * newest flowpg.checkpoint row, and sets restored_lsn to that row's
  * position; decoding resumes from the slot (which may lie before it, if
  * the server crashed between steps 2 and 3) and skips every transaction
  * that ends at or before restored_lsn.  So each committed source row is in
@@ -169,11 +169,9 @@ prepare_result_upsert(FlowWorker *w, const char *table)
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "INSERT INTO %s SELECT * FROM pg_catalog.unnest($1)",
 					 table);
+	w->result_delete = prepare_kept(psprintf("DELETE FROM %s", table), 0, NULL);
 	if (w->plan->nkeys == 0)
 	{
-		char	   *del = psprintf("DELETE FROM %s", table);
-
-		w->result_delete = prepare_kept(del, 0, NULL);
 		w->result_upsert = prepare_kept(sql.data, 1, &argtype);
 		return;
 	}
@@ -209,7 +207,10 @@ CheckpointPrepare(FlowWorker *w)
 	char	   *table = check_result_table(w);
 	Oid			state_types[5] = {INT4OID, INT8OID, INT4OID, INT4OID, BYTEAOID};
 	Oid			compact_types[2] = {INT4OID, INT8OID};
-	Oid			ckpt_types[6] = {INT4OID, PG_LSNOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT8OID};
+	Oid			ckpt_types[7] = {INT4OID, PG_LSNOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT8OID, INT8OID};
+	Oid			sp_types[6] = {INT8OID, INT4OID, TEXTOID, PG_LSNOID, INT8OID, INT8OID};
+	Oid			sp_state_types[4] = {INT8OID, INT4OID, INT4OID, BYTEAOID};
+	Oid			rewrite_types[1] = {INT4OID};
 	Oid			trim_types[2] = {INT4OID, INT8OID};
 
 	prepare_result_upsert(w, table);
@@ -224,15 +225,27 @@ CheckpointPrepare(FlowWorker *w)
 	w->checkpoint_next = prepare_kept("SELECT pg_catalog.nextval('flowpg.checkpoint_id_seq')",
 									  0, NULL);
 	w->checkpoint_insert = prepare_kept(
-										"INSERT INTO flowpg.checkpoints (id, stream_id, lsn, started_at, finished_at, keys, kind) "
-										"VALUES ($6, $1, $2, $3, pg_catalog.clock_timestamp(), $4, $5)",
-										6, ckpt_types);
+										"INSERT INTO flowpg.checkpoint (id, stream_id, lsn, started_at, finished_at, keys, bytes, kind) "
+										"VALUES ($6, $1, $2, $3, pg_catalog.clock_timestamp(), $4, $7, $5)",
+										7, ckpt_types);
 	w->checkpoint_trim = prepare_kept(
-									  "DELETE FROM flowpg.checkpoints WHERE stream_id OPERATOR(pg_catalog.=) $1 "
-									  "AND id OPERATOR(pg_catalog.<) (SELECT c.id FROM flowpg.checkpoints c "
+									  "DELETE FROM flowpg.checkpoint WHERE stream_id OPERATOR(pg_catalog.=) $1 "
+									  "AND id OPERATOR(pg_catalog.<) (SELECT c.id FROM flowpg.checkpoint c "
 									  "WHERE c.stream_id OPERATOR(pg_catalog.=) $1 ORDER BY c.id DESC "
 									  "OFFSET $2 LIMIT 1)",
 									  2, trim_types);
+	w->savepoint_insert = prepare_kept(
+									   "INSERT INTO flowpg.savepoint (id, stream_id, name, lsn, created_at, keys, bytes) "
+									   "VALUES ($1, $2, $3, $4, pg_catalog.now(), $5, $6)",
+									   6, sp_types);
+	w->savepoint_state_append = prepare_kept(
+											 "INSERT INTO flowpg.savepoint_state (savepoint_id, seq, keys, data) "
+											 "VALUES ($1, $2, $3, $4)",
+											 4, sp_state_types);
+	w->rewrite_done = prepare_kept(
+								   "UPDATE flowpg.stream SET rewrite = false "
+								   "WHERE id OPERATOR(pg_catalog.=) $1",
+								   1, rewrite_types);
 }
 
 /* The result table row of a dirty key, as a composite datum. */
@@ -317,45 +330,87 @@ write_rows(FlowWorker *w, int from, int to)
 	get_typlenbyvalalign(w->result_rowtype, &typlen, &typbyval, &typalign);
 	arg = PointerGetDatum(construct_array(rows, n, w->result_rowtype,
 										  typlen, typbyval, typalign));
-	if (w->result_delete != NULL)
+	if (w->plan->nkeys == 0)
 		execute(w->result_delete, NULL, SPI_OK_DELETE);
 	execute(w->result_upsert, &arg, SPI_OK_INSERT);
 }
 
-/* A segment of flowpg.state being filled. */
+/*
+ * A global aggregate (no GROUP BY) over no rows still has its one result
+ * row, computed from the aggregates' initial values.
+ */
+static void
+write_initial_row(FlowWorker *w)
+{
+	Datum	   *values = palloc(sizeof(Datum) * (w->resultdesc->natts + 1));
+	bool	   *nulls = palloc(sizeof(bool) * (w->resultdesc->natts + 1));
+	TupleTableSlot *out = PlanFinalize(w->plan, PlanEmptyKey(w->plan), NULL, 0);
+	Datum		row;
+	Datum		arg;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	PlanOutputToTable(out, w->resultdesc, values, nulls);
+	row = HeapTupleGetDatum(heap_form_tuple(w->resultdesc, values, nulls));
+	get_typlenbyvalalign(w->result_rowtype, &typlen, &typbyval, &typalign);
+	arg = PointerGetDatum(construct_array(&row, 1, w->result_rowtype,
+										  typlen, typbyval, typalign));
+	execute(w->result_upsert, &arg, SPI_OK_INSERT);
+}
+
+/*
+ * A segment of key entries being filled, for flowpg.state (whose rows
+ * start with stream id and checkpoint id) or flowpg.savepoint_state
+ * (savepoint id): `prefix` holds those leading arguments of `insert`.
+ */
 typedef struct Segment
 {
-	FlowWorker *w;
-	int64		checkpoint_id;
+	SPIPlanPtr	insert;
+	Datum		prefix[2];
+	int			nprefix;
 	int			seq;
 	int			keys;
-	int64		written;
+	int64		written;		/* keys */
+	int64		bytes;
 	StringInfoData buf;
 } Segment;
 
-/* Append the segment to flowpg.state and empty it. */
+static void
+segment_init(Segment *seg, SPIPlanPtr insert, int nprefix, Datum a, Datum b)
+{
+	memset(seg, 0, sizeof(Segment));
+	seg->insert = insert;
+	seg->nprefix = nprefix;
+	seg->prefix[0] = a;
+	seg->prefix[1] = b;
+	initStringInfo(&seg->buf);
+}
+
+/* Append the segment to its table and empty it. */
 static void
 segment_flush(Segment *seg)
 {
 	Datum		args[5];
 	CatalogPrivilege priv;
 	bytea	   *data;
+	int			n = seg->nprefix;
 
 	if (seg->keys == 0)
 		return;
 	data = palloc(VARHDRSZ + seg->buf.len);
 	SET_VARSIZE(data, VARHDRSZ + seg->buf.len);
 	memcpy(VARDATA(data), seg->buf.data, seg->buf.len);
-	args[0] = Int32GetDatum(seg->w->def->id);
-	args[1] = Int64GetDatum(seg->checkpoint_id);
-	args[2] = Int32GetDatum(seg->seq++);
-	args[3] = Int32GetDatum(seg->keys);
-	args[4] = PointerGetDatum(data);
+	memcpy(args, seg->prefix, sizeof(Datum) * n);
+	args[n] = Int32GetDatum(seg->seq++);
+	args[n + 1] = Int32GetDatum(seg->keys);
+	args[n + 2] = PointerGetDatum(data);
 	CatalogBecomeOwner(&priv);
-	execute(seg->w->state_append, args, SPI_OK_INSERT);
+	execute(seg->insert, args, SPI_OK_INSERT);
 	CatalogRestoreUser(&priv);
 	pfree(data);
 	seg->written += seg->keys;
+	seg->bytes += seg->buf.len;
 	seg->keys = 0;
 	resetStringInfo(&seg->buf);
 }
@@ -384,22 +439,21 @@ segment_add(void *arg, int64 key_id, MinimalTuple key, const char *image,
 
 /*
  * Append the dirty keys to the state log, or, when the log has grown to
- * more than twice the state, every key (then the older segments go).
- * Returns the number of keys written.
+ * more than twice the state (or `full` is asked for), every key; then the
+ * older segments go.  Fills in the keys and bytes written.
  */
-static int64
-write_state(FlowWorker *w, int64 checkpoint_id)
+static void
+write_state(FlowWorker *w, int64 checkpoint_id, bool full,
+			int64 *keys, int64 *bytes)
 {
 	FlowState  *st = w->state;
 	uint64		nkeys = StateKeys(st);
-	bool		full = w->log_entries + st->ndirty > 2 * (int64) nkeys + COMPACT_SLACK;
 	Segment		seg;
 	int			i;
 
-	memset(&seg, 0, sizeof(seg));
-	seg.w = w;
-	seg.checkpoint_id = checkpoint_id;
-	initStringInfo(&seg.buf);
+	full |= w->log_entries + st->ndirty > 2 * (int64) nkeys + COMPACT_SLACK;
+	segment_init(&seg, w->state_append, 2, Int32GetDatum(w->def->id),
+				 Int64GetDatum(checkpoint_id));
 	if (full)
 		StateScan(st, segment_add, &seg);
 	else
@@ -424,7 +478,8 @@ write_state(FlowWorker *w, int64 checkpoint_id)
 	}
 	else
 		w->log_entries += seg.written;
-	return seg.written;
+	*keys = seg.written;
+	*bytes = seg.bytes;
 }
 
 /* A new checkpoint id, from flowpg.checkpoint_id_seq. */
@@ -446,9 +501,10 @@ next_checkpoint_id(FlowWorker *w)
 /* Insert the checkpoint's row and trim old ones. */
 static void
 record_checkpoint(FlowWorker *w, int64 id, XLogRecPtr lsn,
-				  TimestampTz started, int64 nkeys, const char *kind)
+				  TimestampTz started, int64 nkeys, int64 bytes,
+				  const char *kind)
 {
-	Datum		args[6];
+	Datum		args[7];
 	CatalogPrivilege priv;
 
 	args[0] = Int32GetDatum(w->def->id);
@@ -457,6 +513,7 @@ record_checkpoint(FlowWorker *w, int64 id, XLogRecPtr lsn,
 	args[3] = Int64GetDatum(nkeys);
 	args[4] = CStringGetTextDatum(kind);
 	args[5] = Int64GetDatum(id);
+	args[6] = Int64GetDatum(bytes);
 	CatalogBecomeOwner(&priv);
 	execute(w->checkpoint_insert, args, SPI_OK_INSERT);
 	args[1] = Int64GetDatum((int64) flowpg_checkpoints_retained - 1);
@@ -466,7 +523,9 @@ record_checkpoint(FlowWorker *w, int64 id, XLogRecPtr lsn,
 
 /*
  * Take a checkpoint of the worker's state at processed_lsn (the batch is
- * merged).  kind is "periodic" or "forced".  Returns the checkpoint's id.
+ * merged).  kind is "periodic", "forced", "savepoint" or "rewrite"; a
+ * rewrite replaces the whole result table and writes every key (after
+ * flowpg.restore).  Returns the checkpoint's id.
  */
 int64
 CheckpointWrite(FlowWorker *w, const char *kind)
@@ -475,14 +534,19 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	StreamCtl  *ctl = w->ctl;
 	XLogRecPtr	lsn = w->processed_lsn;
 	TimestampTz started = GetCurrentTimestamp();
+	bool		rewrite = strcmp(kind, "rewrite") == 0;
 	MemoryContext cxt = AllocSetContextCreate(w->cxt, "flowpg checkpoint",
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext oldcxt;
-	int			nkeys = st->ndirty;
+	int			nkeys;
 	int64		id;
 	int64		written;
+	int64		bytes;
 	int			from;
 
+	if (rewrite)
+		StateMarkAllDirty(st);
+	nkeys = st->ndirty;
 	oldcxt = MemoryContextSwitchTo(cxt);
 	sort_dirty(st);
 	MemoryContextSwitchTo(oldcxt);
@@ -492,6 +556,22 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	CompileCheckPermissions(w->fq);
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	if (rewrite)
+	{
+		CatalogPrivilege priv;
+		Datum		arg = Int32GetDatum(w->def->id);
+
+		execute(w->result_delete, NULL, SPI_OK_DELETE);
+		if (w->plan->nkeys == 0 && nkeys == 0)
+		{
+			oldcxt = MemoryContextSwitchTo(cxt);
+			write_initial_row(w);
+			MemoryContextSwitchTo(oldcxt);
+		}
+		CatalogBecomeOwner(&priv);
+		execute(w->rewrite_done, &arg, SPI_OK_UPDATE);
+		CatalogRestoreUser(&priv);
+	}
 	for (from = 0; from < nkeys; from += CHECKPOINT_CHUNK)
 	{
 		oldcxt = MemoryContextSwitchTo(cxt);
@@ -501,9 +581,9 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	}
 	id = next_checkpoint_id(w);
 	oldcxt = MemoryContextSwitchTo(cxt);
-	written = write_state(w, id);
+	write_state(w, id, rewrite, &written, &bytes);
 	MemoryContextSwitchTo(oldcxt);
-	record_checkpoint(w, id, lsn, started, written, kind);
+	record_checkpoint(w, id, lsn, started, written, bytes, kind);
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
@@ -519,11 +599,63 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	ctl->checkpoint_lsn = lsn;
 	ctl->checkpoint_id = id;
 	ctl->last_checkpoint_at = w->last_checkpoint;
+	ctl->checkpoint_ms = (double) (w->last_checkpoint - started) / 1000.0;
 	if (lsn > ctl->result_lsn)
 		ctl->result_lsn = lsn;
 	ctl->failures = 0;
 	SpinLockRelease(&ctl->mutex);
 	ConditionVariableBroadcast(&ctl->cv);
+	return id;
+}
+
+/*
+ * Take a savepoint named `name`: a checkpoint, then a copy of the stream's
+ * slot (which keeps the WAL from the checkpoint's position on), then a
+ * full copy of the state under the savepoint's row.  The savepoint's id is
+ * its checkpoint's.  A crash before the last step leaves a slot without a
+ * savepoint row; the next worker drops it (DropOrphanSavepointSlots).
+ */
+int64
+CheckpointSavepoint(FlowWorker *w, const char *name)
+{
+	int64		id = CheckpointWrite(w, "savepoint");
+	XLogRecPtr	lsn = w->processed_lsn;
+	char		sp_slot[NAMEDATALEN];
+	MemoryContext cxt = AllocSetContextCreate(w->cxt, "flowpg savepoint",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt;
+	CatalogPrivilege priv;
+	Segment		seg;
+	Datum		args[6];
+
+	FlowpgSavepointSlotName(sp_slot, MyDatabaseId, w->def->id, id);
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	DecodeCopyOwnSlot(w, sp_slot);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	oldcxt = MemoryContextSwitchTo(cxt);
+	segment_init(&seg, w->savepoint_state_append, 1, Int64GetDatum(id), (Datum) 0);
+	StateScan(w->state, segment_add, &seg);
+	segment_flush(&seg);
+	args[0] = Int64GetDatum(id);
+	args[1] = Int32GetDatum(w->def->id);
+	args[2] = CStringGetTextDatum(name);
+	args[3] = LSNGetDatum(lsn);
+	args[4] = Int64GetDatum(seg.written);
+	args[5] = Int64GetDatum(seg.bytes);
+	CatalogBecomeOwner(&priv);
+	execute(w->savepoint_insert, args, SPI_OK_INSERT);
+	CatalogRestoreUser(&priv);
+	MemoryContextSwitchTo(oldcxt);
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	MemoryContextDelete(cxt);
 	return id;
 }
 
@@ -608,7 +740,7 @@ CheckpointRestore(FlowWorker *w)
 	int			rc;
 
 	CatalogBecomeOwner(&priv);
-	rc = SPI_execute_with_args("SELECT id, lsn FROM flowpg.checkpoints "
+	rc = SPI_execute_with_args("SELECT id, lsn FROM flowpg.checkpoint "
 							   "WHERE stream_id OPERATOR(pg_catalog.=) $1 "
 							   "ORDER BY id DESC LIMIT 1",
 							   1, argtypes, &stream_id, NULL, true, 1);

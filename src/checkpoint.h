@@ -15,5 +15,6 @@
 extern void CheckpointPrepare(FlowWorker *w);
 extern void CheckpointRestore(FlowWorker *w);
 extern int64 CheckpointWrite(FlowWorker *w, const char *kind);
+extern int64 CheckpointSavepoint(FlowWorker *w, const char *name);
 
 #endif							/* FLOWPG_CHECKPOINT_H */

@@ -29,6 +29,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "replication/slot.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "storage/shmem.h"
 
@@ -304,4 +305,90 @@ ControlListSlots(Oid dboid)
 	}
 	LWLockRelease(ReplicationSlotControlLock);
 	return slots;
+}
+
+/*
+ * The oldest restart_lsn of a stream's slots, its own and its
+ * savepoints': the WAL they keep from being removed.  Invalid if none.
+ */
+XLogRecPtr
+ControlOldestRestartLsn(Oid dboid, int32 stream_id)
+{
+	XLogRecPtr	oldest = InvalidXLogRecPtr;
+	int			i;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (i = 0; i < max_replication_slots; i++)
+	{
+		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
+		Oid			db;
+		int32		id;
+		Oid			owner;
+		int64		spid;
+		bool		ours;
+		XLogRecPtr	restart;
+
+		if (!s->in_use)
+			continue;
+		SpinLockAcquire(&s->mutex);
+		ours = (FlowpgParseSlotName(NameStr(s->data.name), &db, &id, &owner) ||
+				FlowpgParseSavepointSlotName(NameStr(s->data.name), &db, &id, &spid)) &&
+			db == dboid && id == stream_id;
+		restart = s->data.restart_lsn;
+		SpinLockRelease(&s->mutex);
+		if (ours && !XLogRecPtrIsInvalid(restart) &&
+			(XLogRecPtrIsInvalid(oldest) || restart < oldest))
+			oldest = restart;
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return oldest;
+}
+
+/* Names of the savepoint slots of a stream (palloc'd NameData). */
+List *
+ControlListSavepointSlots(Oid dboid, int32 stream_id)
+{
+	List	   *names = NIL;
+	int			i;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (i = 0; i < max_replication_slots; i++)
+	{
+		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
+		Oid			db;
+		int32		id;
+		int64		spid;
+		bool		ours;
+
+		if (!s->in_use)
+			continue;
+		SpinLockAcquire(&s->mutex);
+		ours = FlowpgParseSavepointSlotName(NameStr(s->data.name), &db, &id, &spid) &&
+			db == dboid && id == stream_id;
+		SpinLockRelease(&s->mutex);
+		if (ours)
+		{
+			NameData   *name = palloc(sizeof(NameData));
+
+			namestrcpy(name, NameStr(s->data.name));
+			names = lappend(names, name);
+		}
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return names;
+}
+
+/* Drop every savepoint slot of a stream. */
+void
+ControlDropSavepointSlots(Oid dboid, int32 stream_id)
+{
+	ListCell   *lc;
+
+	foreach(lc, ControlListSavepointSlots(dboid, stream_id))
+	{
+		NameData   *name = lfirst(lc);
+
+		if (SearchNamedReplicationSlot(NameStr(*name), true) != NULL)
+			ReplicationSlotDrop(NameStr(*name), false);
+	}
 }

@@ -60,11 +60,21 @@ typedef struct StreamCtl
 	XLogRecPtr	wait_lsn;		/* highest position a flowpg.wait awaits */
 	int64		checkpoint_id;
 	TimestampTz last_checkpoint_at;
+	double		checkpoint_ms;	/* duration of the last checkpoint */
+	TimestampTz caught_up_at;	/* last time processed_lsn reached the
+								 * flush position */
 	uint64		reload_requested;	/* catalog row changed: read it again */
 	uint64		ckpt_requested; /* flowpg.checkpoint calls so far */
 	uint64		ckpt_done;		/* requests served */
+	uint64		sp_requested;	/* flowpg.savepoint calls so far */
+	uint64		sp_attempted;	/* requests a worker began to serve */
+	uint64		sp_done;		/* requests served */
+	uint64		sp_abandoned;	/* requests a failed worker left undone */
+	int64		sp_id;			/* id of the last savepoint taken */
+	char		sp_name[NAMEDATALEN];	/* name of the requested savepoint */
 
 	uint64		events;			/* source rows decoded since worker start */
+	double		events_per_second;	/* over the last second or so */
 	uint64		keys;
 	uint64		state_bytes;
 	uint64		ignored_updates;
@@ -111,5 +121,8 @@ extern void ControlApplyStateLimit(void);
 extern const char *ControlStatusName(StreamStatus status);
 extern List *ControlListSlots(Oid dboid);
 extern void ControlSetError(StreamCtl *ctl, const char *message);
+extern XLogRecPtr ControlOldestRestartLsn(Oid dboid, int32 stream_id);
+extern List *ControlListSavepointSlots(Oid dboid, int32 stream_id);
+extern void ControlDropSavepointSlots(Oid dboid, int32 stream_id);
 
 #endif							/* FLOWPG_CONTROL_H */

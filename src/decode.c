@@ -35,6 +35,9 @@
 
 #include "access/xlog.h"
 #include "access/xlogutils.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
@@ -42,6 +45,7 @@
 #include "replication/logical.h"
 #include "replication/output_plugin.h"
 #include "replication/slot.h"
+#include "utils/builtins.h"
 #include "utils/rel.h"
 
 #include "decode.h"
@@ -227,6 +231,61 @@ DecodeCreateSlot(const char *slot_name)
 		flowpg_decoding_allowed = was_allowed;
 	}
 	PG_END_TRY();
+}
+
+/*
+ * Copy slot src into a new persistent slot dst, with src's positions: dst
+ * keeps the WAL from where src stands, and decoding from dst delivers what
+ * decoding from src would.  This runs PostgreSQL's own
+ * pg_copy_logical_replication_slot as the bootstrap superuser (the stream's
+ * owner need not have REPLICATION), in the caller's transaction, which
+ * must not have written yet; this backend must not hold a slot.
+ */
+void
+DecodeCopySlot(const char *src, const char *dst)
+{
+	bool		was_allowed = flowpg_decoding_allowed;
+	Oid			save_user;
+	int			save_sec;
+	Oid			argtypes[2] = {NAMEOID, NAMEOID};
+	Datum		args[2];
+	NameData	src_name;
+	NameData	dst_name;
+
+	namestrcpy(&src_name, src);
+	namestrcpy(&dst_name, dst);
+	args[0] = NameGetDatum(&src_name);
+	args[1] = NameGetDatum(&dst_name);
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	flowpg_decoding_allowed = true;
+	PG_TRY();
+	{
+		SPI_connect();
+		if (SPI_execute_with_args("SELECT pg_catalog.pg_copy_logical_replication_slot($1, $2, false)",
+								  2, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not copy replication slot \"%s\"", src);
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		flowpg_decoding_allowed = was_allowed;
+		SetUserIdAndSecContext(save_user, save_sec);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Copy the worker's own slot (see DecodeCopySlot).  The worker lets go of
+ * its slot meanwhile: a backend holds one slot at a time.
+ */
+void
+DecodeCopyOwnSlot(FlowWorker *w, const char *dst)
+{
+	ReplicationSlotRelease();
+	DecodeCopySlot(w->slot_name, dst);
+	ReplicationSlotAcquire(w->slot_name, true);
 }
 
 /* Drop a stream's slot if it exists, waiting for its worker to let go. */

@@ -15,6 +15,8 @@
 
 extern void DecodeCreateSlot(const char *slot_name);
 extern void DecodeDropSlot(const char *slot_name);
+extern void DecodeCopySlot(const char *src, const char *dst);
+extern void DecodeCopyOwnSlot(FlowWorker *w, const char *dst);
 extern void DecodeStart(FlowWorker *w);
 extern bool DecodeRead(FlowWorker *w, int max_records);
 extern void DecodeConfirm(FlowWorker *w, XLogRecPtr lsn);

@@ -39,6 +39,7 @@ int			flowpg_state_memory = 1024;
 int			flowpg_max_streams = 16;
 int			flowpg_checkpoints_retained = 10;
 int			flowpg_decoding_work_mem = 256 * 1024;
+int			flowpg_max_retained_wal = 4096;
 
 bool		flowpg_preloaded = false;
 bool		flowpg_decoding_allowed = false;
@@ -104,6 +105,13 @@ define_gucs(void)
 							&flowpg_checkpoints_retained,
 							10, 1, INT_MAX,
 							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("flowpg.max_retained_wal",
+							"Most WAL a stream's replication slots may keep from being removed.",
+							"A stream whose slots (its own and its savepoints') keep more fails for good and releases them; -1 means no limit.",
+							&flowpg_max_retained_wal,
+							4096, -1, MAX_KILOBYTES,
+							PGC_SIGHUP, GUC_UNIT_MB,
 							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("flowpg");
 }
@@ -201,6 +209,27 @@ FlowpgParseSlotName(const char *name, Oid *dboid, int32 *stream_id, Oid *owner)
 			   dboid, stream_id, owner, &consumed) != 3)
 		return false;
 	return name[consumed] == '\0';
+}
+
+void
+FlowpgSavepointSlotName(char *buf, Oid dboid, int32 stream_id, int64 savepoint_id)
+{
+	snprintf(buf, NAMEDATALEN, FLOWPG_SLOT_PREFIX "sp_%u_%d_" INT64_FORMAT,
+			 dboid, stream_id, savepoint_id);
+}
+
+bool
+FlowpgParseSavepointSlotName(const char *name, Oid *dboid, int32 *stream_id,
+							 int64 *savepoint_id)
+{
+	int			consumed = 0;
+	long long	id;
+
+	if (sscanf(name, FLOWPG_SLOT_PREFIX "sp_%u_%d_%lld%n",
+			   dboid, stream_id, &id, &consumed) != 3 || name[consumed] != '\0')
+		return false;
+	*savepoint_id = (int64) id;
+	return true;
 }
 
 int64

@@ -44,6 +44,7 @@ extern int	flowpg_state_memory;	/* MB */
 extern int	flowpg_max_streams;
 extern int	flowpg_checkpoints_retained;
 extern int	flowpg_decoding_work_mem;	/* kB */
+extern int	flowpg_max_retained_wal;	/* MB, -1: no limit */
 
 /* True in a process whose flowpg library was loaded by the postmaster. */
 extern bool flowpg_preloaded;
@@ -68,6 +69,16 @@ extern int	FlowpgCheckpointIntervalMs(void);
 extern void FlowpgSlotName(char *buf, Oid dboid, int32 stream_id, Oid owner);
 extern bool FlowpgParseSlotName(const char *name, Oid *dboid,
 								int32 *stream_id, Oid *owner);
+
+/*
+ * Slot of a savepoint: flowpg_sp_<database>_<stream id>_<savepoint id>.
+ * It keeps the WAL from the savepoint's position on; it is never used to
+ * decode, only copied back into the stream's slot by flowpg.restore.
+ */
+extern void FlowpgSavepointSlotName(char *buf, Oid dboid, int32 stream_id,
+									int64 savepoint_id);
+extern bool FlowpgParseSavepointSlotName(const char *name, Oid *dboid,
+										 int32 *stream_id, int64 *savepoint_id);
 
 /* The length of an interval in microseconds (a month is 30 days). */
 extern int64 FlowpgIntervalUsecs(const Interval *iv);

@@ -307,6 +307,17 @@ StatePublish(FlowState *st)
  * Call fn for every key.  The caller holds the stream's state_lock, or is
  * its worker.
  */
+/* Mark every key dirty: the next checkpoint rewrites them all. */
+void
+StateMarkAllDirty(FlowState *st)
+{
+	dsa_pointer *slots = directory_slots(st->area, st->dir);
+	uint64		i;
+
+	for (i = 0; i < st->dir->nkeys; i++)
+		StateMarkDirty(st, slots[i]);
+}
+
 void
 StateScan(FlowState *st, StateScanFn fn, void *arg)
 {

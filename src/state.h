@@ -71,6 +71,7 @@ extern dsa_pointer StateSetImage(FlowState *st, dsa_pointer chunkp,
 								 const char *image, Size len);
 extern void StateMarkDirty(FlowState *st, dsa_pointer chunkp);
 extern void StateClearDirty(FlowState *st);
+extern void StateMarkAllDirty(FlowState *st);
 extern void StatePublish(FlowState *st);
 extern uint64 StateKeys(FlowState *st);
 

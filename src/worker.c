@@ -35,6 +35,7 @@
 
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -104,6 +105,51 @@ drop_orphan(FlowWorker *w)
 	CommitTransactionCommand();
 }
 
+/*
+ * Drop the slots of a stream that failed for good (see check_retained_wal):
+ * its own, which this worker holds if `held`, and its savepoints'.
+ */
+static void
+release_slots(FlowWorker *w, bool held)
+{
+	if (held)
+		ReplicationSlotRelease();
+	StartTransactionCommand();
+	DecodeDropSlot(w->slot_name);
+	ControlDropSavepointSlots(MyDatabaseId, w->def->id);
+	CommitTransactionCommand();
+	ereport(LOG,
+			(errmsg("flowpg: dropped the replication slots of failed stream \"%s\"",
+					w->def->name)));
+}
+
+/*
+ * Drop the savepoint slots of this stream that have no savepoint row: a
+ * savepoint interrupted between copying the slot and recording it, or a
+ * savepoint dropped by a transaction that crashed before dropping its slot.
+ */
+static void
+drop_orphan_savepoint_slots(FlowWorker *w)
+{
+	ListCell   *lc;
+
+	foreach(lc, ControlListSavepointSlots(MyDatabaseId, w->def->id))
+	{
+		NameData   *name = lfirst(lc);
+		Oid			db;
+		int32		id;
+		int64		spid;
+
+		if (!FlowpgParseSavepointSlotName(NameStr(*name), &db, &id, &spid) ||
+			CatalogSavepointExists(spid))
+			continue;
+		ereport(LOG,
+				(errmsg("flowpg: dropping replication slot \"%s\": its savepoint does not exist",
+						NameStr(*name))));
+		DecodeDropSlot(NameStr(*name));
+	}
+}
+
 /* Compile the stream and prepare its checkpoint statements (step 2). */
 static void
 compile_stream(FlowWorker *w)
@@ -162,6 +208,16 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	if (w->def->owner != ident->owner)
 		elog(ERROR, "slot \"%s\" does not match the owner of stream \"%s\"",
 			 w->slot_name, w->def->name);
+	if (w->def->failure != NULL)
+	{
+		/* it failed for good, and a crash came before its slots were gone */
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		release_slots(w, false);
+		return false;
+	}
+	drop_orphan_savepoint_slots(w);
 	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
 	apply_settings();
 	pgstat_report_activity(STATE_RUNNING, w->def->query);
@@ -180,9 +236,16 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	StartTransactionCommand();
 	DecodeStart(w);
 	CommitTransactionCommand();
+	/* the slot may lie before the checkpoint: see checkpoint.c */
+	if (w->processed_lsn < w->restored_lsn)
+		w->processed_lsn = w->restored_lsn;
 
 	SpinLockAcquire(&w->ctl->mutex);
 	w->reload_seen = w->ctl->reload_requested;
+	/* a savepoint a failed worker began is not tried again: it failed */
+	if (w->ctl->sp_attempted > w->ctl->sp_done)
+		w->ctl->sp_abandoned = w->ctl->sp_attempted;
+	w->sp_seen = w->ctl->sp_attempted;
 	w->ctl->processed_lsn = w->processed_lsn;
 	w->ctl->checkpoint_lsn = w->restored_lsn;
 	w->ctl->result_lsn = Max(w->ctl->result_lsn,
@@ -194,6 +257,11 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 
 	w->last_checkpoint = GetCurrentTimestamp();
 	w->last_confirm = w->last_checkpoint;
+	w->rate_at = w->last_checkpoint;
+
+	/* flowpg.restore rewound the state: the result table follows */
+	if (w->def->rewrite)
+		CheckpointWrite(w, "rewrite");
 	return true;
 }
 
@@ -224,18 +292,38 @@ maybe_checkpoint(FlowWorker *w)
 	int			interval = CatalogIntervalMs(w->def);
 	bool		dirty = w->state->ndirty > 0;
 	uint64		requested,
-				done;
+				done,
+				sp_requested;
 	XLogRecPtr	wait_lsn,
 				result_lsn;
+	char		sp_name[NAMEDATALEN];
 
 	SpinLockAcquire(&ctl->mutex);
 	requested = ctl->ckpt_requested;
 	done = ctl->ckpt_done;
+	sp_requested = ctl->sp_requested;
+	if (sp_requested > ctl->sp_done)
+		strlcpy(sp_name, ctl->sp_name, NAMEDATALEN);
 	wait_lsn = ctl->wait_lsn;
 	result_lsn = ctl->result_lsn;
 	SpinLockRelease(&ctl->mutex);
 
-	if (requested > done)
+	if (sp_requested > w->sp_seen)
+	{
+		int64		id;
+
+		w->sp_seen = sp_requested;
+		SpinLockAcquire(&ctl->mutex);
+		ctl->sp_attempted = sp_requested;
+		SpinLockRelease(&ctl->mutex);
+		id = CheckpointSavepoint(w, sp_name);
+		SpinLockAcquire(&ctl->mutex);
+		ctl->sp_id = id;
+		ctl->sp_done = sp_requested;
+		SpinLockRelease(&ctl->mutex);
+		ConditionVariableBroadcast(&ctl->cv);
+	}
+	else if (requested > done)
 	{
 		CheckpointWrite(w, "forced");
 		SpinLockAcquire(&ctl->mutex);
@@ -259,12 +347,27 @@ maybe_checkpoint(FlowWorker *w)
 }
 
 static void
-publish_progress(FlowWorker *w)
+publish_progress(FlowWorker *w, bool caught_up)
 {
 	StreamCtl  *ctl = w->ctl;
+	TimestampTz now = GetCurrentTimestamp();
+	double		rate = -1;
+
+	/* events per second, over about a second */
+	if (TimestampDifferenceExceeds(w->rate_at, now, 1000))
+	{
+		rate = (double) (w->events - w->rate_events) * 1000000.0 /
+			(double) (now - w->rate_at);
+		w->rate_at = now;
+		w->rate_events = w->events;
+	}
 
 	SpinLockAcquire(&ctl->mutex);
 	ctl->processed_lsn = w->processed_lsn;
+	if (caught_up)
+		ctl->caught_up_at = now;
+	if (rate >= 0)
+		ctl->events_per_second = rate;
 	ctl->events = w->events;
 	ctl->ignored_updates = w->ignored_updates;
 	ctl->ignored_deletes = w->ignored_deletes;
@@ -322,6 +425,52 @@ set_status(FlowWorker *w, StreamStatus status)
 }
 
 /*
+ * Never fill the disk: if the stream's slots keep more WAL than
+ * flowpg.max_retained_wal, the stream fails for good.  Its failure is
+ * recorded in its catalog row first (its results stay, marked stale),
+ * then its slots go, so that a crash in between drops them at the next
+ * start.  Checked about once a second.
+ */
+static void
+check_retained_wal(FlowWorker *w)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	XLogRecPtr	oldest;
+	uint64		retained;
+	uint64		limit;
+	char	   *message;
+
+	if (flowpg_max_retained_wal < 0 ||
+		!TimestampDifferenceExceeds(w->wal_checked_at, now, 1000))
+		return;
+	w->wal_checked_at = now;
+	oldest = ControlOldestRestartLsn(MyDatabaseId, w->def->id);
+	if (XLogRecPtrIsInvalid(oldest) || GetXLogInsertRecPtr() <= oldest)
+		return;
+	retained = GetXLogInsertRecPtr() - oldest;
+	limit = (uint64) flowpg_max_retained_wal * 1024 * 1024;
+	if (retained <= limit)
+		return;
+
+	message = psprintf("stream \"%s\" retained " UINT64_FORMAT " MB of WAL, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
+					   w->def->name, retained / (1024 * 1024), flowpg_max_retained_wal);
+	ereport(WARNING,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg_internal("flowpg: %s", message),
+			 errhint("Drop the stream and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.")));
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	CatalogMarkFailed(w->def->id, message);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	release_slots(w, true);
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg_internal("%s", message),
+			 errhint("Drop the stream and create it again.")));
+}
+
+/*
  * A paused stream: write what it has applied, then only serve
  * flowpg.checkpoint until it is resumed.
  */
@@ -331,6 +480,8 @@ paused_round(FlowWorker *w)
 	if (w->state->ndirty > 0)
 		CheckpointWrite(w, "forced");
 	maybe_checkpoint(w);
+	publish_progress(w, false);
+	check_retained_wal(w);
 	set_status(w, STREAM_PAUSED);
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 1000, PG_WAIT_EXTENSION);
@@ -373,8 +524,9 @@ worker_loop(FlowWorker *w)
 
 		caught_up = DecodeRead(w, WORKER_READ_RECORDS);
 		merge_batch(w);
-		publish_progress(w);
+		publish_progress(w, caught_up);
 		maybe_checkpoint(w);
+		check_retained_wal(w);
 		if (!caught_up)
 			continue;
 

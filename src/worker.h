@@ -42,6 +42,10 @@ typedef struct FlowWorker
 	TimestampTz last_confirm;
 
 	uint64		reload_seen;	/* ctl->reload_requested handled */
+	uint64		sp_seen;		/* ctl->sp_requested handled */
+	TimestampTz wal_checked_at; /* last check of max_retained_wal */
+	TimestampTz rate_at;		/* start of the events/s interval */
+	uint64		rate_events;	/* events at rate_at */
 
 	/* Decoding of the current source transaction. */
 	bool		skip_txn;
@@ -55,13 +59,16 @@ typedef struct FlowWorker
 	/* Checkpoint statements (checkpoint.c) */
 	TupleDesc	resultdesc;
 	Oid			result_rowtype;
-	SPIPlanPtr	result_delete;	/* global aggregates only */
+	SPIPlanPtr	result_delete;	/* empties the result table */
 	SPIPlanPtr	result_upsert;
 	SPIPlanPtr	state_append;
 	SPIPlanPtr	state_compact;
 	SPIPlanPtr	checkpoint_next;
 	SPIPlanPtr	checkpoint_insert;
 	SPIPlanPtr	checkpoint_trim;
+	SPIPlanPtr	savepoint_insert;
+	SPIPlanPtr	savepoint_state_append;
+	SPIPlanPtr	rewrite_done;
 	int64		log_entries;	/* key entries in flowpg.state */
 } FlowWorker;
 

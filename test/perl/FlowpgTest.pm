@@ -12,7 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 use Exporter 'import';
-our @EXPORT = qw(new_node oracle_ok wait_stream start_load stop_load crash_restart worker_pid write_scripts);
+our @EXPORT = qw(new_node oracle_ok wait_stream start_load stop_load crash_restart pg_ctl_restart worker_pid write_scripts);
 
 # A started node with flowpg in shared_preload_libraries, wal_level =
 # logical, and CREATE EXTENSION flowpg done in database postgres.
@@ -80,6 +80,17 @@ sub crash_restart
 		return if $node->start(fail_ok => 1);
 	}
 	BAIL_OUT('the server did not start again after kill -9');
+}
+
+# pg_ctl restart -m $mode (fast or immediate), as a DBA runs it.
+sub pg_ctl_restart
+{
+	my ($node, $mode) = @_;
+	local %ENV = $node->_get_env(PGAPPNAME => undef);
+	PostgreSQL::Test::Utils::system_or_bail('pg_ctl', '-w', '-D',
+		$node->data_dir, '-l', $node->logfile, '-m', $mode, 'restart');
+	$node->_update_pid(1);
+	return;
 }
 
 # The pid of a stream's worker, once it runs.

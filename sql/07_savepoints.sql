@@ -1,0 +1,84 @@
+-- Savepoints: named, durable copies of a stream's state and position;
+-- restore rewinds a stream to one, and it re-processes everything
+-- committed since.  And what an operator reads: flowpg.checkpoints,
+-- flowpg.savepoints, the metrics of flowpg.streams.
+CREATE TABLE sv (k int, v int);
+SELECT flowpg.create_stream('svs', 'SELECT k, count(*) AS n, sum(v) AS s FROM sv GROUP BY k');
+SELECT flowpg.create_stream('svg', 'SELECT count(*) AS n, max(v) AS top FROM sv');
+SELECT flowpg.savepoint('svg', 'empty') > 0 AS savepoint_of_nothing;
+INSERT INTO sv SELECT g % 4, g FROM generate_series(1, 100) g;
+SELECT flowpg.savepoint('svs', 'first') AS first_id \gset
+SELECT stream, name, keys, bytes > 0 AS has_bytes, restorable, retained_wal > 0 AS keeps_wal
+  FROM flowpg.savepoints ORDER BY stream, name;
+SELECT kind, keys FROM flowpg.checkpoints WHERE id = :first_id;
+INSERT INTO sv SELECT g % 6, g FROM generate_series(1, 60) g;
+SELECT oracle('svs'), oracle('svg');
+
+-- damage the result tables by hand; restoring puts them right
+UPDATE svs SET n = 0;
+DELETE FROM svg;
+SELECT flowpg.restore('svs', 'first');
+SELECT flowpg.restore('svg', 'empty');
+SELECT oracle('svs'), oracle('svg');
+TABLE svs ORDER BY k;
+TABLE svg;
+SELECT stream, kind, keys FROM flowpg.checkpoints
+ WHERE kind IN ('savepoint', 'restore', 'rewrite') ORDER BY stream, id;
+
+-- a restore that rolls back changes nothing, and the stream stays exact
+BEGIN;
+SELECT flowpg.restore('svs', 'first');
+ROLLBACK;
+INSERT INTO sv VALUES (9, 9);
+SELECT oracle('svs');
+
+-- what flowpg.streams and flowpg.checkpoints show
+SELECT name, status, stale, events_per_second >= 0 AS rate, lag_bytes >= 0 AS lag,
+       lag_seconds >= 0 AS lag_s, retained_wal > 0 AS keeps_wal, keys,
+       state_bytes > 0 AS has_state, checkpoint_ms >= 0 AS ckpt_ms
+  FROM flowpg.streams ORDER BY name;
+SELECT count(*) > 0 AS has_rows,
+       bool_and(duration = finished_at - started_at) AS duration,
+       bool_and(stream IN ('public.svs', 'public.svg')) AS named
+  FROM flowpg.checkpoints;
+
+-- wrong calls
+SELECT try($$SELECT flowpg.savepoint(NULL, 'x')$$);
+SELECT try($$SELECT flowpg.savepoint('nope', 'x')$$);
+SELECT try($$SELECT flowpg.savepoint('svs', NULL)$$);
+SELECT try($$SELECT flowpg.savepoint('svs', ' ')$$);
+SELECT try($$SELECT flowpg.savepoint('svs', repeat('x', 64))$$);
+SELECT try($$SELECT flowpg.savepoint('svs', 'first')$$);
+SELECT try($$SELECT flowpg.restore('svs', 'nope')$$);
+SELECT try($$SELECT flowpg.restore('nope', 'first')$$);
+SELECT try($$SELECT flowpg.drop_savepoint('svs', 'nope')$$);
+BEGIN;
+INSERT INTO sv VALUES (1, 1);
+SELECT try($$SELECT flowpg.restore('svs', 'first')$$);
+ROLLBACK;
+CREATE ROLE flowpg_carol LOGIN;
+SET ROLE flowpg_carol;
+SELECT try($$SELECT flowpg.savepoint('svs', 'mine')$$);
+SELECT try($$SELECT flowpg.restore('svs', 'first')$$);
+SELECT try($$SELECT flowpg.drop_savepoint('svs', 'first')$$);
+SELECT count(*) AS savepoints_carol_sees FROM flowpg.savepoints;
+RESET ROLE;
+DROP ROLE flowpg_carol;
+
+-- dropping a savepoint releases its slot; a rollback keeps both
+BEGIN;
+SELECT flowpg.drop_savepoint('svs', 'first');
+ROLLBACK;
+SELECT name, restorable FROM flowpg.savepoints WHERE stream = 'public.svs';
+SELECT flowpg.drop_savepoint('svs', 'first');
+SELECT count(*) AS savepoints, (SELECT count(*) FROM pg_replication_slots
+                                 WHERE slot_name LIKE 'flowpg\_sp\_%') AS slots
+  FROM flowpg.savepoints WHERE stream = 'public.svs';
+
+-- dropping a stream drops its savepoints and their slots
+SELECT flowpg.drop_stream('svg');
+SELECT count(*) AS savepoints, (SELECT count(*) FROM pg_replication_slots
+                                 WHERE slot_name LIKE 'flowpg\_sp\_%') AS slots
+  FROM flowpg.savepoint;
+SELECT flowpg.drop_stream('svs');
+DROP TABLE sv;

@@ -1,0 +1,343 @@
+/*-------------------------------------------------------------------------
+ *
+ * savepoint.c
+ *	  Savepoints: flowpg.savepoint, flowpg.restore, flowpg.drop_savepoint,
+ *	  and flowpg.retained_wal.
+ *
+ * A savepoint is a checkpoint that is kept: its state, fully copied into
+ * flowpg.savepoint_state, and its position, kept by a copy of the stream's
+ * slot taken right after the checkpoint (flowpg_sp_<db>_<stream>_<id>).
+ * That slot never decodes; it only keeps the WAL since the savepoint, so
+ * that the stream's own slot moves on and a restart of the worker costs
+ * nothing extra.  The worker takes savepoints (checkpoint.c), since only
+ * it knows a consistent state; flowpg.savepoint asks and waits.
+ *
+ * Restore rewinds a stream: with its worker stopped (StreamHold), the
+ * stream's slot is replaced by a copy of the savepoint's slot, and, in the
+ * caller's transaction, the state log is replaced by the savepoint's state
+ * under a new checkpoint row at the savepoint's position, and the stream
+ * is flagged to rewrite its result table.  When the transaction ends the
+ * launcher starts a new worker, which restores that state, rewrites the
+ * result table from it in its first checkpoint, and decodes from the
+ * savepoint's position on: everything committed since is applied again,
+ * once.  If the transaction aborts instead, the new worker restores the
+ * latest checkpoint as usual, and the copied slot (which lies before it)
+ * only makes it skip more transactions already in that checkpoint.
+ *
+ * A savepoint's slot counts against flowpg.max_retained_wal; when the WAL
+ * it needs is gone (its slot was dropped) restore refuses.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogrecovery.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "replication/slot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/timestamp.h"
+
+#include "api.h"
+#include "catalog.h"
+#include "control.h"
+#include "decode.h"
+
+PG_FUNCTION_INFO_V1(flowpg_savepoint);
+PG_FUNCTION_INFO_V1(flowpg_restore);
+PG_FUNCTION_INFO_V1(flowpg_drop_savepoint);
+PG_FUNCTION_INFO_V1(flowpg_retained_wal);
+
+/* A savepoint's row in flowpg.savepoint. */
+typedef struct Savepoint
+{
+	int64		id;
+	XLogRecPtr	lsn;
+} Savepoint;
+
+/* The savepoint name argument: not null, not empty, fits a name. */
+static char *
+savepoint_arg(FunctionCallInfo fcinfo)
+{
+	char	   *name = ApiTextArg(fcinfo, 1, "savepoint name");
+
+	if (strlen(name) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("savepoint name \"%s\" is too long", name),
+				 errdetail("Savepoint names are at most %d bytes.", NAMEDATALEN - 1)));
+	return name;
+}
+
+/* Look a savepoint up by stream and name; false if there is none. */
+static bool
+savepoint_find(StreamDef *def, const char *name, Savepoint *sp)
+{
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		values[2] = {Int32GetDatum(def->id), CStringGetTextDatum(name)};
+	CatalogPrivilege priv;
+	bool		found;
+
+	SPI_connect();
+	CatalogBecomeOwner(&priv);
+	if (SPI_execute_with_args("SELECT id, lsn FROM flowpg.savepoint "
+							  "WHERE stream_id OPERATOR(pg_catalog.=) $1 "
+							  "AND name OPERATOR(pg_catalog.=) $2",
+							  2, types, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read flowpg.savepoint");
+	found = SPI_processed == 1;
+	if (found)
+	{
+		bool		isnull;
+
+		sp->id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+		sp->lsn = DatumGetLSN(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	CatalogRestoreUser(&priv);
+	SPI_finish();
+	return found;
+}
+
+static void
+savepoint_missing(StreamDef *def, const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("savepoint \"%s\" of stream \"%s\" does not exist", name, def->name),
+			 errhint("The savepoints of this database are listed in flowpg.savepoints.")));
+}
+
+/*
+ * flowpg.savepoint(stream text, savepoint text) RETURNS bigint: the
+ * worker takes a checkpoint and keeps it as the savepoint.  Like
+ * flowpg.checkpoint it takes effect at once, whatever becomes of the
+ * calling transaction.  Owner only.
+ */
+Datum
+flowpg_savepoint(PG_FUNCTION_ARGS)
+{
+	StreamDef  *def;
+	StreamCtl  *ctl;
+	char	   *name;
+	Savepoint	sp;
+	TimestampTz deadline;
+	uint64		request;
+	int64		id;
+
+	FlowpgCheckPrerequisites();
+	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+	CatalogCheckOwner(def);
+	name = savepoint_arg(fcinfo);
+	ApiCheckNotFailed(def);
+	/* one savepoint of a stream at a time; workers are not blocked */
+	FlowpgLockStream(def->id, ShareUpdateExclusiveLock);
+	if (savepoint_find(def, name, &sp))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("savepoint \"%s\" of stream \"%s\" already exists", name, def->name),
+				 errhint("Drop it with flowpg.drop_savepoint first, or choose another name.")));
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
+	ctl = ApiAwaitControl(def, deadline);
+	SpinLockAcquire(&ctl->mutex);
+	strlcpy(ctl->sp_name, name, NAMEDATALEN);
+	request = ++ctl->sp_requested;
+	SpinLockRelease(&ctl->mutex);
+	for (;;)
+	{
+		bool		done;
+		bool		abandoned;
+
+		SpinLockAcquire(&ctl->mutex);
+		done = ctl->sp_done >= request;
+		id = ctl->sp_id;
+		abandoned = ctl->sp_abandoned >= request;
+		SpinLockRelease(&ctl->mutex);
+		if (done)
+			break;
+		ApiRaiseIfFailed(def, ctl);
+		if (abandoned)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the worker of stream \"%s\" restarted while taking savepoint \"%s\"",
+							def->name, name),
+					 errhint("See last_error in flowpg.streams, then take the savepoint again.")));
+		ApiWakeWorker(ctl);
+		ApiSleepUntil(def, ctl, deadline, "a savepoint", InvalidXLogRecPtr);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ConditionVariableCancelSleep();
+	PG_RETURN_INT64(id);
+}
+
+/* Is the savepoint's slot there, still keeping its WAL? */
+static bool
+savepoint_restorable(const char *slot_name)
+{
+	ReplicationSlot *slot;
+	bool		usable = false;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	slot = SearchNamedReplicationSlot(slot_name, false);
+	if (slot != NULL)
+	{
+		SpinLockAcquire(&slot->mutex);
+		usable = !XLogRecPtrIsInvalid(slot->data.restart_lsn);
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return usable;
+}
+
+/*
+ * Replace the stream's state log with the savepoint's state, under a new
+ * checkpoint row at the savepoint's position, and flag the result table
+ * for rewriting.
+ */
+static void
+restore_catalog(StreamDef *def, Savepoint *sp)
+{
+	static const char *const sql[] = {
+		"DELETE FROM flowpg.state WHERE stream_id OPERATOR(pg_catalog.=) $1",
+		"INSERT INTO flowpg.state (stream_id, checkpoint_id, seq, keys, data) "
+		"SELECT $1, $2, seq, keys, data FROM flowpg.savepoint_state "
+		"WHERE savepoint_id OPERATOR(pg_catalog.=) $3",
+		"INSERT INTO flowpg.checkpoint (id, stream_id, lsn, started_at, finished_at, keys, bytes, kind) "
+		"SELECT $2, $1, lsn, pg_catalog.now(), pg_catalog.clock_timestamp(), keys, bytes, 'restore' "
+		"FROM flowpg.savepoint WHERE id OPERATOR(pg_catalog.=) $3",
+		"UPDATE flowpg.stream SET rewrite = true WHERE id OPERATOR(pg_catalog.=) $1",
+	};
+	static const int expected[] = {SPI_OK_DELETE, SPI_OK_INSERT, SPI_OK_INSERT, SPI_OK_UPDATE};
+	Oid			types[3] = {INT4OID, INT8OID, INT8OID};
+	Datum		values[3];
+	CatalogPrivilege priv;
+	bool		isnull;
+	int			i;
+
+	SPI_connect();
+	CatalogBecomeOwner(&priv);
+	if (SPI_execute("SELECT pg_catalog.nextval('flowpg.checkpoint_id_seq')", false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not get a checkpoint id");
+	values[0] = Int32GetDatum(def->id);
+	values[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	values[2] = Int64GetDatum(sp->id);
+	for (i = 0; i < lengthof(sql); i++)
+		if (SPI_execute_with_args(sql[i], 3, types, values, NULL, false, 0) != expected[i])
+			elog(ERROR, "could not restore stream %d: %s", def->id, sql[i]);
+	CatalogRestoreUser(&priv);
+	SPI_finish();
+}
+
+/*
+ * flowpg.restore(stream text, savepoint text): rewind the stream to the
+ * savepoint.  Owner only; it must be the first write of its transaction
+ * (it creates a replication slot).  Takes effect at commit: the result
+ * table is rewritten by the stream's next worker, and flowpg.wait then
+ * waits until everything committed since the savepoint is applied again.
+ */
+Datum
+flowpg_restore(PG_FUNCTION_ARGS)
+{
+	StreamDef  *def;
+	char	   *name;
+	Savepoint	sp;
+	char		slot_name[NAMEDATALEN];
+	char		sp_slot[NAMEDATALEN];
+
+	FlowpgCheckPrerequisites();
+	def = ApiStreamToChange(fcinfo);
+	name = savepoint_arg(fcinfo);
+	if (!savepoint_find(def, name, &sp))
+		savepoint_missing(def, name);
+	FlowpgSavepointSlotName(sp_slot, MyDatabaseId, def->id, sp.id);
+	if (def->failure != NULL || !savepoint_restorable(sp_slot))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("savepoint \"%s\" of stream \"%s\" can no longer be restored",
+						name, def->name),
+				 errdetail("The WAL since its position %X/%X is no longer kept: its replication slot \"%s\" is gone.",
+						   LSN_FORMAT_ARGS(sp.lsn), sp_slot),
+				 def->failure != NULL ?
+				 errhint("The stream failed for good: drop it and create it again.") :
+				 errhint("Drop the savepoint; take savepoints again from now on.")));
+	if (GetTopTransactionIdIfAny() != InvalidTransactionId)
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("flowpg.restore must run before any other write in its transaction"),
+				 errdetail("Restoring a savepoint creates a logical replication slot, which PostgreSQL only allows in a transaction that has not written anything yet."),
+				 errhint("Call flowpg.restore in its own transaction.")));
+
+	StreamHold(MyDatabaseId, def->id);
+	FlowpgSlotName(slot_name, MyDatabaseId, def->id, def->owner);
+	DecodeDropSlot(slot_name);
+	DecodeCopySlot(sp_slot, slot_name);
+	restore_catalog(def, &sp);
+	ereport(LOG,
+			(errmsg("flowpg: stream \"%s\" restored to savepoint \"%s\" at %X/%X",
+					def->name, name, LSN_FORMAT_ARGS(sp.lsn))));
+	PG_RETURN_VOID();
+}
+
+/*
+ * flowpg.drop_savepoint(stream text, savepoint text): delete the
+ * savepoint; its slot goes when the transaction commits.  Owner only.
+ */
+Datum
+flowpg_drop_savepoint(PG_FUNCTION_ARGS)
+{
+	StreamDef  *def;
+	char	   *name;
+	Savepoint	sp;
+	Oid			type = INT8OID;
+	Datum		value;
+	CatalogPrivilege priv;
+
+	FlowpgCheckLoaded();
+	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+	CatalogCheckOwner(def);
+	name = savepoint_arg(fcinfo);
+	FlowpgLockStream(def->id, ShareUpdateExclusiveLock);
+	if (!savepoint_find(def, name, &sp))
+		savepoint_missing(def, name);
+
+	value = Int64GetDatum(sp.id);
+	SPI_connect();
+	CatalogBecomeOwner(&priv);
+	if (SPI_execute_with_args("DELETE FROM flowpg.savepoint_state "
+							  "WHERE savepoint_id OPERATOR(pg_catalog.=) $1",
+							  1, &type, &value, NULL, false, 0) != SPI_OK_DELETE ||
+		SPI_execute_with_args("DELETE FROM flowpg.savepoint "
+							  "WHERE id OPERATOR(pg_catalog.=) $1",
+							  1, &type, &value, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not delete savepoint %lld", (long long) sp.id);
+	CatalogRestoreUser(&priv);
+	SPI_finish();
+	CatalogPendingSlotDrop(MyDatabaseId, def->id, sp.id);
+	PG_RETURN_VOID();
+}
+
+/*
+ * flowpg.retained_wal(stream_id integer) RETURNS bigint: bytes of WAL the
+ * stream's slots keep from removal; NULL if it has none.
+ */
+Datum
+flowpg_retained_wal(PG_FUNCTION_ARGS)
+{
+	XLogRecPtr	oldest;
+	XLogRecPtr	now;
+
+	FlowpgCheckLoaded();
+	oldest = ControlOldestRestartLsn(MyDatabaseId, PG_GETARG_INT32(0));
+	if (XLogRecPtrIsInvalid(oldest))
+		PG_RETURN_NULL();
+	now = RecoveryInProgress() ? GetXLogReplayRecPtr(NULL) : GetXLogInsertRecPtr();
+	PG_RETURN_INT64(now > oldest ? (int64) (now - oldest) : 0);
+}

@@ -1,0 +1,155 @@
+# Operating streams: savepoints and restore (under load, across a crash,
+# after the result table was damaged), dropped savepoints, pause and
+# resume across pg_ctl restart -m fast and -m immediate, and the
+# flowpg.max_retained_wal limit.  The oracle after every step: the result
+# table equals the stream's query run as a batch over the source table.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FlowpgTest;
+
+my $node = new_node('operations');
+$node->safe_psql('postgres', q{
+	CREATE TABLE clicks (id bigserial, campaign int, cost numeric);
+	CREATE TABLE other (x int, pad text);
+});
+my %streams = (
+	spend => q{SELECT campaign, count(*) AS clicks, sum(cost) AS spend
+	             FROM clicks GROUP BY campaign},
+	total => q{SELECT count(*) AS n, sum(cost) AS s FROM clicks},
+);
+for my $name (sort keys %streams)
+{
+	$node->safe_psql('postgres',
+		"SELECT flowpg.create_stream('$name', \$q\$$streams{$name}\$q\$)");
+}
+sub oracle_all
+{
+	my ($label) = @_;
+	oracle_ok($node, $_, $streams{$_}, $label) for sort keys %streams;
+	return;
+}
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+my $dir = PostgreSQL::Test::Utils::tempdir;
+my @scripts = write_scripts($dir,
+	'single.sql@10' => q{\set c random(1, 40)
+INSERT INTO clicks (campaign, cost) VALUES (:c, :c % 7);
+},
+	'multi.sql@2' => q{INSERT INTO clicks (campaign, cost)
+SELECT g % 30, g % 5 FROM generate_series(1, 50) g;
+});
+
+# 1. Savepoints taken under load; restore after the result table was
+#    damaged by hand: the stream re-processes everything since.
+my $load = start_load($node, 8, 2, @scripts);
+sleep 2;
+my $sp1 = sql("SELECT flowpg.savepoint('spend', 'before')");
+sql("SELECT flowpg.savepoint('total', 'before')");
+sleep 2;
+my $keys_at_sp = sql("SELECT keys FROM flowpg.savepoints WHERE stream = 'public.spend'");
+ok($sp1 > 0 && $keys_at_sp > 0, "savepoint taken under load (id $sp1, $keys_at_sp keys)");
+is(sql("SELECT restorable FROM flowpg.savepoints WHERE stream = 'public.spend'"), 't',
+	'a new savepoint is restorable');
+like(sql("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'flowpg\\_sp\\_%' ORDER BY 1 LIMIT 1"),
+	qr/^flowpg_sp_\d+_\d+_\d+$/, 'the savepoint keeps its WAL with a slot of its own');
+stop_load($load);
+oracle_all('after the load');
+
+sql("UPDATE spend SET clicks = -1, spend = -1; UPDATE total SET n = 0");
+is(sql("SELECT count(*) FROM spend WHERE clicks = -1") > 0, 1, 'result tables damaged by hand');
+sql("SELECT flowpg.restore('spend', 'before')");
+sql("SELECT flowpg.restore('total', 'before')");
+oracle_all('after restore');
+is(sql("SELECT count(*) FROM flowpg.checkpoints WHERE kind = 'restore'"), 2,
+	'flowpg.checkpoints records each restore');
+is(sql("SELECT count(*) FROM flowpg.checkpoints WHERE kind = 'rewrite'"), 2,
+	'and the rewrite of each result table');
+
+# 2. Restore while the load runs, then kill -9 the postmaster right after:
+#    the new worker may not have rewritten the result table yet.
+$load = start_load($node, 6, 2, @scripts);
+sleep 2;
+sql("SELECT flowpg.restore('spend', 'before')");
+crash_restart($node);
+stop_load($load);
+oracle_all('restore under load, then kill -9 of the postmaster');
+
+# 3. Restoring a savepoint that was restored before works again; a
+#    savepoint that is dropped releases its slot and cannot be restored.
+sql("SELECT flowpg.savepoint('spend', 'later')");
+sql("INSERT INTO clicks (campaign, cost) SELECT g % 30, 1 FROM generate_series(1, 1000) g");
+sql("SELECT flowpg.restore('spend', 'before')");
+oracle_all('second restore of the same savepoint');
+sql("SELECT flowpg.drop_savepoint('spend', 'before')");
+is(sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'flowpg_sp_' || "
+	  . "(SELECT oid FROM pg_database WHERE datname = 'postgres') || '_' || "
+	  . "(SELECT id FROM flowpg.streams WHERE name = 'public.spend') || '_$sp1'"),
+	0, 'drop_savepoint drops its slot');
+my ($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.restore('spend', 'before')");
+like($err, qr/savepoint "before" of stream "public.spend" does not exist/,
+	'a dropped savepoint cannot be restored');
+sql("SELECT flowpg.restore('spend', 'later')");
+oracle_all('restore of the later savepoint');
+
+# 4. Pause, then pg_ctl restart -m fast: still paused, then resumed it
+#    catches up; pg_ctl restart -m immediate under load: all exact.
+sql("SELECT flowpg.pause_stream('total')");
+$node->poll_query_until('postgres',
+	"SELECT status = 'paused' FROM flowpg.streams WHERE name = 'public.total'")
+  or die 'total did not pause';
+my $paused_n = sql("SELECT n FROM total");
+sql("INSERT INTO clicks (campaign, cost) SELECT g % 30, 2 FROM generate_series(1, 500) g");
+pg_ctl_restart($node, 'fast');
+$node->poll_query_until('postgres',
+	"SELECT status = 'paused' FROM flowpg.streams WHERE name = 'public.total'")
+  or die 'total is not paused after the restart';
+is(sql("SELECT n FROM total"), $paused_n, 'a paused stream stays paused across pg_ctl restart -m fast');
+sql("SELECT flowpg.resume_stream('total')");
+oracle_all('resumed after pg_ctl restart -m fast');
+
+$load = start_load($node, 6, 2, @scripts);
+sleep 3;
+pg_ctl_restart($node, 'immediate');
+stop_load($load);
+oracle_all('after pg_ctl restart -m immediate under load');
+
+# 5. flowpg.max_retained_wal: a paused stream keeps its WAL; past the
+#    limit it fails for good, with its results kept and marked stale.
+sql("SELECT flowpg.drop_stream('total')");
+delete $streams{total};
+sql("ALTER SYSTEM SET flowpg.max_retained_wal = '2MB'");
+$node->reload;
+sql("SELECT flowpg.pause_stream('spend')");
+$node->poll_query_until('postgres',
+	"SELECT status = 'paused' FROM flowpg.streams WHERE name = 'public.spend'")
+  or die 'spend did not pause';
+my $before = sql("SELECT sum(clicks) FROM spend");
+my $offset = -s $node->logfile;
+sql("INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g");
+$node->poll_query_until('postgres',
+	"SELECT status = 'failed' AND stale FROM flowpg.streams WHERE name = 'public.spend'")
+  or die 'spend did not fail past flowpg.max_retained_wal';
+like(sql("SELECT last_error FROM flowpg.streams WHERE name = 'public.spend'"),
+	qr/retained \d+ MB of WAL, more than flowpg.max_retained_wal \(2 MB\)/,
+	'the failure says why');
+ok($node->log_contains('WARNING:  flowpg: stream "public.spend" retained', $offset),
+	'and the server log says it loudly');
+is(sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%'"), 0,
+	'its slots are gone: no WAL is kept for it any more');
+is(sql("SELECT sum(clicks) FROM spend"), $before, 'its results stay as they were');
+($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.wait('spend')");
+like($err, qr/stream "public.spend" has failed for good/, 'flowpg.wait refuses a stale stream');
+($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.restore('spend', 'later')");
+like($err, qr/can no longer be restored/, 'restore refuses: the WAL is gone');
+$node->restart;
+is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.spend'"),
+	'failed true', 'still failed and stale after a restart');
+sql("SELECT flowpg.drop_stream('spend')");
+is(sql("SELECT count(*) FROM flowpg.stream"), 0, 'a failed stream can be dropped');
+
+$node->stop;
+done_testing();
