@@ -12,6 +12,7 @@ OBJS = \
 	src/state.o \
 	src/checkpoint.o \
 	src/savepoint.o \
+	src/adopt.o \
 	src/catalog.o \
 	src/api.o
 DATA = flowpg--0.1.sql

@@ -14,17 +14,38 @@ CREATE TABLE flowpg.stream (
     source              pg_catalog.regclass NOT NULL,
     owner               pg_catalog.regrole NOT NULL,
     query               text NOT NULL,
+    definition          text NOT NULL,
     plan                text NOT NULL,
     checkpoint_interval interval,
     paused              boolean NOT NULL DEFAULT false,
     rewrite             boolean NOT NULL DEFAULT false,
     failure             text,
     failed_at           timestamptz,
+    restored            boolean NOT NULL DEFAULT false,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE flowpg.stream IS 'flowpg streams: definition, owner, result and source tables; name is the result table''s name at creation';
 COMMENT ON COLUMN flowpg.stream.rewrite IS 'the worker rewrites the whole result table from its state at its next start (after flowpg.restore)';
+COMMENT ON COLUMN flowpg.stream.definition IS 'the query with every name schema-qualified, compiled again when a dump is restored';
+COMMENT ON COLUMN flowpg.stream.plan IS 'the analyzed query (object ids: valid in this database only)';
+COMMENT ON COLUMN flowpg.stream.restored IS 'loaded from a dump: not running until flowpg rebuilds it from its source table';
 COMMENT ON COLUMN flowpg.stream.failure IS 'why the stream stopped for good (its slot is gone); its results are stale';
+
+/*
+ * pg_dump dumps the stream definitions (result, source and owner go out
+ * by name, as regclass and regrole).  A row that does not come from
+ * create_stream, such as one pg_restore loads, is marked restored by this
+ * trigger, and at commit flowpg starts rebuilding the stream: a new slot,
+ * and a state computed from the source table's rows.
+ */
+SELECT pg_catalog.pg_extension_config_dump('flowpg.stream', '');
+
+CREATE FUNCTION flowpg.stream_restored()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'flowpg_stream_restored'
+LANGUAGE C;
+CREATE TRIGGER stream_restored BEFORE INSERT ON flowpg.stream
+    FOR EACH ROW EXECUTE FUNCTION flowpg.stream_restored();
 
 /*
  * Operator state, as a log: each checkpoint appends the keys it writes
@@ -205,6 +226,7 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
        s.query,
        s.owner,
        CASE WHEN s.failure IS NOT NULL THEN 'failed'
+            WHEN s.restored THEN 'starting'
             WHEN s.paused AND st.status IS DISTINCT FROM 'failed' THEN 'paused'
             ELSE COALESCE(st.status, 'starting') END AS status,
        s.failure IS NOT NULL AS stale,

@@ -53,6 +53,7 @@
 #include "utils/tuplestore.h"
 #include "utils/varlena.h"
 
+#include "adopt.h"
 #include "api.h"
 #include "catalog.h"
 #include "compile.h"
@@ -270,17 +271,15 @@ create_result_table(FlowQuery *fq, RangeVar *rv, Oid nsp)
 	SPI_connect();
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not create result table");
-	if (list_length(fq->keys) > 0)
-	{
-		resetStringInfo(&sql);
-		appendStringInfo(&sql, "CREATE UNIQUE INDEX ON %s (", table);
-		for (i = 0; i < list_length(fq->keys); i++)
-			appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "",
-							 quote_identifier(NameStr(TupleDescAttr(desc, fq->key_outcol[i] - 1)->attname)));
-		appendStringInfoString(&sql, ") NULLS NOT DISTINCT");
-		if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not create result table index");
-	}
+	/* a global aggregate's one row is unique too */
+	resetStringInfo(&sql);
+	appendStringInfo(&sql, "CREATE UNIQUE INDEX ON %s (", table);
+	for (i = 0; i < list_length(fq->keys); i++)
+		appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "",
+						 quote_identifier(NameStr(TupleDescAttr(desc, fq->key_outcol[i] - 1)->attname)));
+	appendStringInfoString(&sql, list_length(fq->keys) > 0 ? ") NULLS NOT DISTINCT" : "(true))");
+	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not create result table index");
 	SPI_finish();
 	CommandCounterIncrement();
 	return get_relname_relid(rv->relname, nsp);
@@ -325,20 +324,6 @@ insert_initial_row(FlowQuery *fq, Oid result)
 		elog(ERROR, "could not insert the initial row");
 	SPI_finish();
 	MemoryContextDelete(plan->cxt);
-}
-
-/* Make the result table depend on what the query uses and on flowpg. */
-static void
-record_dependencies(FlowQuery *fq, Oid result)
-{
-	ObjectAddress table;
-	ObjectAddress extension;
-
-	ObjectAddressSet(table, RelationRelationId, result);
-	ObjectAddressSet(extension, ExtensionRelationId,
-					 get_extension_oid("flowpg", false));
-	recordDependencyOnExpr(&table, (Node *) fq->query, NIL, DEPENDENCY_NORMAL);
-	recordDependencyOn(&table, &extension, DEPENDENCY_AUTO);
 }
 
 /*
@@ -403,7 +388,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	def->id = new_stream_id();
 	FlowpgLockStream(def->id, AccessExclusiveLock);
 	FlowpgSlotName(slot_name, MyDatabaseId, def->id, GetUserId());
-	DecodeCreateSlot(slot_name);
+	DecodeCreateSlot(slot_name, NULL);
 	CatalogPendingCreate();
 	replorigin_create(slot_name);
 
@@ -412,9 +397,10 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	def->source = fq->source;
 	def->owner = GetUserId();
 	def->query = query;
+	def->definition = CompileDeparse(fq);
 	def->plan = nodeToString(fq->query);
 	def->checkpoint_interval = interval;
-	record_dependencies(fq, def->result);
+	CompileRecordDependencies(fq, def->result);
 	CatalogInsertStream(def);
 	if (list_length(fq->keys) == 0)
 		insert_initial_row(fq, def->result);
@@ -568,6 +554,25 @@ StreamCtl *
 ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 {
 	ApiCheckNotFailed(def);
+	if (def->restored)
+	{
+		/* restored from a dump: rebuild it, unless that is under way */
+		StreamCtl  *ctl = ControlFind(MyDatabaseId, def->id);
+		pid_t		pid = 0;
+
+		if (ctl != NULL)
+		{
+			SpinLockAcquire(&ctl->mutex);
+			pid = ctl->pid;
+			SpinLockRelease(&ctl->mutex);
+		}
+		if (pid == 0)
+		{
+			StreamIdentity ident = {MyDatabaseId, def->id, def->owner};
+
+			AdoptStart(&ident);
+		}
+	}
 	for (;;)
 	{
 		StreamCtl  *ctl = ControlFind(MyDatabaseId, def->id);
@@ -635,6 +640,38 @@ ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 }
 
 /*
+ * The WAL position up to which every transaction committed so far is
+ * flushed (our own asynchronous commit too, which is flushed now).
+ */
+XLogRecPtr
+ApiCommittedLsn(void)
+{
+	XLogRecPtr	target = GetFlushRecPtr(NULL);
+
+	if (XactLastCommitEnd > target)
+	{
+		XLogFlush(XactLastCommitEnd);
+		target = XactLastCommitEnd;
+	}
+	return target;
+}
+
+/*
+ * Ask the worker to take its next checkpoint or savepoint only once it has
+ * applied everything committed so far.
+ */
+void
+ApiRequestTarget(StreamCtl *ctl)
+{
+	XLogRecPtr	target = ApiCommittedLsn();
+
+	SpinLockAcquire(&ctl->mutex);
+	if (ctl->ckpt_target < target)
+		ctl->ckpt_target = target;
+	SpinLockRelease(&ctl->mutex);
+}
+
+/*
  * flowpg.wait(name text, timeout interval): return once every transaction
  * committed before the call is reflected in the result table.
  */
@@ -658,13 +695,7 @@ flowpg_wait(PG_FUNCTION_ARGS)
 				 errmsg("stream \"%s\" is paused", def->name),
 				 errhint("Resume it with flowpg.resume_stream.")));
 
-	/* everything committed so far is flushed, our own async commit too */
-	target = GetFlushRecPtr(NULL);
-	if (XactLastCommitEnd > target)
-	{
-		XLogFlush(XactLastCommitEnd);
-		target = XactLastCommitEnd;
-	}
+	target = ApiCommittedLsn();
 
 	ctl = ApiAwaitControl(def, deadline);
 	for (;;)
@@ -702,6 +733,7 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 	CatalogCheckOwner(def);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 	ctl = ApiAwaitControl(def, deadline);
+	ApiRequestTarget(ctl);
 
 	SpinLockAcquire(&ctl->mutex);
 	request = ++ctl->ckpt_requested;

@@ -23,5 +23,7 @@ extern void ApiRaiseIfFailed(StreamDef *def, StreamCtl *ctl);
 extern void ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 						  const char *what, XLogRecPtr target);
 extern void ApiWakeWorker(StreamCtl *ctl);
+extern XLogRecPtr ApiCommittedLsn(void);
+extern void ApiRequestTarget(StreamCtl *ctl);
 
 #endif							/* FLOWPG_API_H */

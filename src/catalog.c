@@ -67,6 +67,7 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
+#include "adopt.h"
 #include "catalog.h"
 #include "control.h"
 #include "decode.h"
@@ -83,20 +84,24 @@ static struct
 	List	   *stopped;		/* StreamCtl entries marked dropping */
 	List	   *held;			/* StreamCtl entries held by a restore */
 	List	   *slots_to_drop;	/* savepoint slots (NameData) to drop */
+	List	   *adopt;			/* StreamIdentity of restored streams */
 } pending;
 
 static XLogRecPtr last_woken_commit = InvalidXLogRecPtr;
+
+/* Set while CatalogInsertStream inserts: see flowpg_stream_restored. */
+static bool catalog_inserting = false;
 static object_access_hook_type prev_object_access_hook = NULL;
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 #define STREAM_COLUMNS \
-	"id, name, result, source, owner, query, plan, checkpoint_interval"
+	"id, name, result, source, owner, query, definition, plan, checkpoint_interval"
 
 /* A stream's name is its result table's current name. */
 #define STREAM_SELECT \
 	"SELECT s.id, CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END, " \
 	"s.result, s.source, s.owner, s.query, s.plan, s.checkpoint_interval, s.paused, " \
-	"s.rewrite, s.failure " \
+	"s.rewrite, s.failure, s.definition, s.restored " \
 	"FROM flowpg.stream s " \
 	"LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.result " \
 	"LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
@@ -177,6 +182,8 @@ stream_from_tuple(HeapTuple tuple, TupleDesc desc)
 	def->rewrite = DatumGetBool(SPI_getbinval(tuple, desc, 10, &isnull));
 	iv = SPI_getbinval(tuple, desc, 11, &isnull);
 	def->failure = isnull ? NULL : TextDatumGetCString(iv);
+	def->definition = TextDatumGetCString(SPI_getbinval(tuple, desc, 12, &isnull));
+	def->restored = DatumGetBool(SPI_getbinval(tuple, desc, 13, &isnull));
 	return def;
 }
 
@@ -265,10 +272,10 @@ CatalogLookup(text *name)
 void
 CatalogInsertStream(StreamDef *def)
 {
-	Oid			types[8] = {INT4OID, TEXTOID, OIDOID, OIDOID, OIDOID, TEXTOID,
-	TEXTOID, INTERVALOID};
-	Datum		values[8];
-	char		nulls[8] = "        ";
+	Oid			types[9] = {INT4OID, TEXTOID, OIDOID, OIDOID, OIDOID, TEXTOID,
+	TEXTOID, TEXTOID, INTERVALOID};
+	Datum		values[9];
+	char		nulls[9] = "         ";
 	CatalogPrivilege priv;
 	int			rc;
 
@@ -278,14 +285,24 @@ CatalogInsertStream(StreamDef *def)
 	values[3] = ObjectIdGetDatum(def->source);
 	values[4] = ObjectIdGetDatum(def->owner);
 	values[5] = CStringGetTextDatum(def->query);
-	values[6] = CStringGetTextDatum(def->plan);
-	values[7] = interval_datum(def->checkpoint_interval, &nulls[7]);
+	values[6] = CStringGetTextDatum(def->definition);
+	values[7] = CStringGetTextDatum(def->plan);
+	values[8] = interval_datum(def->checkpoint_interval, &nulls[8]);
 
 	SPI_connect();
 	CatalogBecomeOwner(&priv);
-	rc = SPI_execute_with_args("INSERT INTO flowpg.stream (" STREAM_COLUMNS ") "
-							   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-							   8, types, values, nulls, false, 0);
+	catalog_inserting = true;
+	PG_TRY();
+	{
+		rc = SPI_execute_with_args("INSERT INTO flowpg.stream (" STREAM_COLUMNS ") "
+								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+								   9, types, values, nulls, false, 0);
+	}
+	PG_FINALLY();
+	{
+		catalog_inserting = false;
+	}
+	PG_END_TRY();
 	if (rc != SPI_OK_INSERT)
 		elog(ERROR, "could not insert stream: %s", SPI_result_code_string(rc));
 	CatalogRestoreUser(&priv);
@@ -341,6 +358,25 @@ CatalogSavepointExists(int64 id)
 
 	return catalog_exec("SELECT 1 FROM flowpg.savepoint WHERE id OPERATOR(pg_catalog.=) $1",
 						1, &type, &value, SPI_OK_SELECT) > 0;
+}
+
+/* Is flowpg itself inserting a flowpg.stream row right now? */
+bool
+CatalogInserting(void)
+{
+	return catalog_inserting;
+}
+
+/* A restored stream was rebuilt: its new plan, and it is restored no more. */
+void
+CatalogAdoptStream(StreamDef *def)
+{
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		values[2] = {Int32GetDatum(def->id), CStringGetTextDatum(def->plan)};
+
+	catalog_exec("UPDATE flowpg.stream SET plan = $2, restored = false, rewrite = false, "
+				 "failure = NULL, failed_at = NULL WHERE id OPERATOR(pg_catalog.=) $1",
+				 2, types, values, SPI_OK_UPDATE);
 }
 
 /* Record that a stream failed for good (its slots are about to go). */
@@ -563,6 +599,21 @@ reset_pending(void)
 	pending.stopped = NIL;
 	pending.held = NIL;
 	pending.slots_to_drop = NIL;
+	pending.adopt = NIL;
+}
+
+/* A stream row came from a dump: rebuild the stream once we commit. */
+void
+CatalogPendingAdopt(int32 stream_id, Oid owner)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	StreamIdentity *ident = palloc(sizeof(StreamIdentity));
+
+	ident->dboid = MyDatabaseId;
+	ident->stream_id = stream_id;
+	ident->owner = owner;
+	pending.adopt = lappend(pending.adopt, ident);
+	MemoryContextSwitchTo(oldcxt);
 }
 
 /* A dropped savepoint: drop its slot at PRE_COMMIT. */
@@ -626,6 +677,8 @@ flowpg_xact_callback(XactEvent event, void *arg)
 				LWLockRelease(&FlowCtl->lock);
 			}
 			release_held(true);
+			foreach(lc, pending.adopt)
+				AdoptStart(lfirst(lc));
 			if (XactLastCommitEnd != last_woken_commit && FlowCtl != NULL &&
 				OidIsValid(MyDatabaseId))
 			{

@@ -22,11 +22,13 @@ typedef struct StreamDef
 	Oid			source;
 	Oid			owner;
 	char	   *query;
+	char	   *definition;		/* query with qualified names */
 	char	   *plan;
 	int			checkpoint_interval;	/* ms, or -1 for the GUC */
 	bool		paused;
 	bool		rewrite;		/* rewrite the result table (after restore) */
 	char	   *failure;		/* why it failed for good, or NULL */
+	bool		restored;		/* loaded from a dump, not rebuilt yet */
 } StreamDef;
 
 /* Saved identity while running as the extension owner. */
@@ -48,6 +50,9 @@ extern void CatalogCheckOwner(StreamDef *def);
 extern int	CatalogIntervalMs(StreamDef *def);
 extern bool CatalogSavepointExists(int64 id);
 extern void CatalogMarkFailed(int32 id, const char *message);
+extern void CatalogAdoptStream(StreamDef *def);
+extern bool CatalogInserting(void);
+extern void CatalogPendingAdopt(int32 stream_id, Oid owner);
 
 extern void CatalogRegisterHooks(void);
 extern void CatalogPendingCreate(void);

@@ -522,18 +522,17 @@ record_checkpoint(FlowWorker *w, int64 id, XLogRecPtr lsn,
 }
 
 /*
- * Take a checkpoint of the worker's state at processed_lsn (the batch is
- * merged).  kind is "periodic", "forced", "savepoint" or "rewrite"; a
- * rewrite replaces the whole result table and writes every key (after
- * flowpg.restore).  Returns the checkpoint's id.
+ * Store a checkpoint of the worker's state at processed_lsn (the batch is
+ * merged) in the current transaction, which has SPI connected and a
+ * snapshot pushed.  kind is "periodic", "forced", "savepoint" or
+ * "rewrite"; a rewrite replaces the whole result table and writes every
+ * key (after flowpg.restore, or when a restored dump is rebuilt).  The
+ * dirty keys stay marked until CheckpointDone.  Returns the id.
  */
 int64
-CheckpointWrite(FlowWorker *w, const char *kind)
+CheckpointStore(FlowWorker *w, const char *kind)
 {
 	FlowState  *st = w->state;
-	StreamCtl  *ctl = w->ctl;
-	XLogRecPtr	lsn = w->processed_lsn;
-	TimestampTz started = GetCurrentTimestamp();
 	bool		rewrite = strcmp(kind, "rewrite") == 0;
 	MemoryContext cxt = AllocSetContextCreate(w->cxt, "flowpg checkpoint",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -544,6 +543,7 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	int64		bytes;
 	int			from;
 
+	w->ckpt_started = GetCurrentTimestamp();
 	if (rewrite)
 		StateMarkAllDirty(st);
 	nkeys = st->ndirty;
@@ -551,11 +551,6 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	sort_dirty(st);
 	MemoryContextSwitchTo(oldcxt);
 
-	StartTransactionCommand();
-	/* the owner may have lost SELECT on the source: stop reading it then */
-	CompileCheckPermissions(w->fq);
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	if (rewrite)
 	{
 		CatalogPrivilege priv;
@@ -583,28 +578,56 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	oldcxt = MemoryContextSwitchTo(cxt);
 	write_state(w, id, rewrite, &written, &bytes);
 	MemoryContextSwitchTo(oldcxt);
-	record_checkpoint(w, id, lsn, started, written, bytes, kind);
-	PopActiveSnapshot();
-	SPI_finish();
-	CommitTransactionCommand();
+	record_checkpoint(w, id, w->processed_lsn, w->ckpt_started, written, bytes, kind);
 	MemoryContextDelete(cxt);
+	return id;
+}
+
+/*
+ * After the transaction of CheckpointStore committed: make it durable,
+ * let the slot release the WAL before it, and publish it.
+ */
+void
+CheckpointDone(FlowWorker *w, int64 id)
+{
+	StreamCtl  *ctl = w->ctl;
+	XLogRecPtr	lsn = w->processed_lsn;
 
 	/* the commit must be durable before the slot lets go of the WAL */
 	XLogFlush(XactLastCommitEnd);
-	StateClearDirty(st);
-	DecodeConfirm(w, lsn);
+	StateClearDirty(w->state);
+	if (w->decoding != NULL)
+		DecodeConfirm(w, lsn);
 	w->last_checkpoint = GetCurrentTimestamp();
 
 	SpinLockAcquire(&ctl->mutex);
 	ctl->checkpoint_lsn = lsn;
 	ctl->checkpoint_id = id;
 	ctl->last_checkpoint_at = w->last_checkpoint;
-	ctl->checkpoint_ms = (double) (w->last_checkpoint - started) / 1000.0;
+	ctl->checkpoint_ms = (double) (w->last_checkpoint - w->ckpt_started) / 1000.0;
 	if (lsn > ctl->result_lsn)
 		ctl->result_lsn = lsn;
 	ctl->failures = 0;
 	SpinLockRelease(&ctl->mutex);
 	ConditionVariableBroadcast(&ctl->cv);
+}
+
+/* Take a checkpoint in a transaction of its own (see CheckpointStore). */
+int64
+CheckpointWrite(FlowWorker *w, const char *kind)
+{
+	int64		id;
+
+	StartTransactionCommand();
+	/* the owner may have lost SELECT on the source: stop reading it then */
+	CompileCheckPermissions(w->fq);
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	id = CheckpointStore(w, kind);
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	CheckpointDone(w, id);
 	return id;
 }
 

@@ -22,6 +22,10 @@
 #include "flowpg.h"
 
 #include "access/htup_details.h"
+#include "catalog/dependency.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "utils/guc.h"
 #include "catalog/catalog.h"
 #include "catalog/pg_aggregate.h"
 #include "catalog/pg_class.h"
@@ -548,4 +552,52 @@ void
 CompileCheckPermissions(FlowQuery *fq)
 {
 	ExecCheckRTPerms(fq->query->rtable, true);
+}
+
+/*
+ * The query as text with every name it uses schema-qualified (deparsed
+ * with an empty search_path, as pg_dump does): what a restored dump
+ * compiles again, whatever the restoring session's search_path.
+ */
+char *
+CompileDeparse(FlowQuery *fq)
+{
+	int			nest = NewGUCNestLevel();
+	char	   *text;
+
+	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	text = pg_get_querydef(fq->query, false);
+	AtEOXact_GUC(true, nest);
+	return text;
+}
+
+/*
+ * Compile the text CompileDeparse made, with the same empty search_path.
+ */
+FlowQuery *
+CompileDefinition(const char *definition)
+{
+	int			nest = NewGUCNestLevel();
+	FlowQuery  *fq;
+
+	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	fq = CompileQueryText(definition);
+	AtEOXact_GUC(true, nest);
+	return fq;
+}
+
+/* Make the result table depend on what the query uses and on flowpg. */
+void
+CompileRecordDependencies(FlowQuery *fq, Oid result)
+{
+	ObjectAddress table;
+	ObjectAddress extension;
+
+	ObjectAddressSet(table, RelationRelationId, result);
+	ObjectAddressSet(extension, ExtensionRelationId,
+					 get_extension_oid("flowpg", false));
+	recordDependencyOnExpr(&table, (Node *) fq->query, NIL, DEPENDENCY_NORMAL);
+	recordDependencyOn(&table, &extension, DEPENDENCY_AUTO);
 }

@@ -39,5 +39,8 @@ typedef struct FlowQuery
 extern FlowQuery *CompileQueryText(const char *sql);
 extern FlowQuery *CompileQueryTree(Query *query);
 extern void CompileCheckPermissions(FlowQuery *fq);
+extern char *CompileDeparse(FlowQuery *fq);
+extern FlowQuery *CompileDefinition(const char *definition);
+extern void CompileRecordDependencies(FlowQuery *fq, Oid result);
 
 #endif							/* FLOWPG_COMPILE_H */

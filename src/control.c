@@ -150,7 +150,14 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->wait_lsn = InvalidXLogRecPtr;
 		free_ctl->checkpoint_id = 0;
 		free_ctl->last_checkpoint_at = 0;
+		free_ctl->checkpoint_ms = 0;
+		free_ctl->caught_up_at = 0;
 		free_ctl->ckpt_requested = free_ctl->ckpt_done = 0;
+		free_ctl->ckpt_target = InvalidXLogRecPtr;
+		free_ctl->sp_requested = free_ctl->sp_attempted = 0;
+		free_ctl->sp_done = free_ctl->sp_abandoned = 0;
+		free_ctl->sp_id = 0;
+		free_ctl->events_per_second = 0;
 		free_ctl->reload_requested = 0;
 		free_ctl->events = free_ctl->keys = free_ctl->state_bytes = 0;
 		free_ctl->ignored_updates = free_ctl->ignored_deletes = 0;

@@ -66,6 +66,8 @@ typedef struct StreamCtl
 	uint64		reload_requested;	/* catalog row changed: read it again */
 	uint64		ckpt_requested; /* flowpg.checkpoint calls so far */
 	uint64		ckpt_done;		/* requests served */
+	XLogRecPtr	ckpt_target;	/* checkpoints and savepoints asked for
+								 * hold everything committed up to here */
 	uint64		sp_requested;	/* flowpg.savepoint calls so far */
 	uint64		sp_attempted;	/* requests a worker began to serve */
 	uint64		sp_done;		/* requests served */

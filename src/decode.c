@@ -45,6 +45,7 @@
 #include "replication/logical.h"
 #include "replication/output_plugin.h"
 #include "replication/slot.h"
+#include "replication/snapbuild.h"
 #include "utils/builtins.h"
 #include "utils/rel.h"
 
@@ -205,9 +206,15 @@ read_flushed_page(XLogReaderState *state, XLogRecPtr targetPagePtr,
  * commits after this returns is decoded in full.  The caller makes the
  * slot persistent when its transaction commits (catalog.c); until then an
  * error or abort drops it.
+ *
+ * With `snapshot`, also return the snapshot that sees exactly the
+ * transactions committed before that point (as CREATE_REPLICATION_SLOT
+ * ... USE_SNAPSHOT does); the transaction must then be REPEATABLE READ
+ * with no snapshot taken yet, and should install it with
+ * RestoreTransactionSnapshot.
  */
 void
-DecodeCreateSlot(const char *slot_name)
+DecodeCreateSlot(const char *slot_name, Snapshot *snapshot)
 {
 	LogicalDecodingContext *ctx;
 	bool		was_allowed = flowpg_decoding_allowed;
@@ -218,12 +225,15 @@ DecodeCreateSlot(const char *slot_name)
 	flowpg_decoding_allowed = true;
 	PG_TRY();
 	{
-		ctx = CreateInitDecodingContext("flowpg", NIL, false, InvalidXLogRecPtr,
+		ctx = CreateInitDecodingContext("flowpg", NIL, snapshot != NULL,
+										InvalidXLogRecPtr,
 										XL_ROUTINE(.page_read = read_local_xlog_page,
 												   .segment_open = wal_segment_open,
 												   .segment_close = wal_segment_close),
 										NULL, NULL, NULL);
 		DecodingContextFindStartpoint(ctx);
+		if (snapshot != NULL)
+			*snapshot = SnapBuildInitialSnapshot(ctx->snapshot_builder);
 		FreeDecodingContext(ctx);
 	}
 	PG_FINALLY();

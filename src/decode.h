@@ -11,9 +11,11 @@
 
 #include "flowpg.h"
 
+#include "utils/snapshot.h"
+
 #include "worker.h"
 
-extern void DecodeCreateSlot(const char *slot_name);
+extern void DecodeCreateSlot(const char *slot_name, Snapshot *snapshot);
 extern void DecodeDropSlot(const char *slot_name);
 extern void DecodeCopySlot(const char *src, const char *dst);
 extern void DecodeCopyOwnSlot(FlowWorker *w, const char *dst);

@@ -147,6 +147,7 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 	ctl = ApiAwaitControl(def, deadline);
+	ApiRequestTarget(ctl);
 	SpinLockAcquire(&ctl->mutex);
 	strlcpy(ctl->sp_name, name, NAMEDATALEN);
 	request = ++ctl->sp_requested;

@@ -295,7 +295,9 @@ maybe_checkpoint(FlowWorker *w)
 				done,
 				sp_requested;
 	XLogRecPtr	wait_lsn,
-				result_lsn;
+				result_lsn,
+				target;
+	bool		ready;
 	char		sp_name[NAMEDATALEN];
 
 	SpinLockAcquire(&ctl->mutex);
@@ -306,9 +308,12 @@ maybe_checkpoint(FlowWorker *w)
 		strlcpy(sp_name, ctl->sp_name, NAMEDATALEN);
 	wait_lsn = ctl->wait_lsn;
 	result_lsn = ctl->result_lsn;
+	target = ctl->ckpt_target;
 	SpinLockRelease(&ctl->mutex);
 
-	if (sp_requested > w->sp_seen)
+	/* checkpoints and savepoints asked for hold what was committed before */
+	ready = w->def->paused || w->processed_lsn >= target;
+	if (ready && sp_requested > w->sp_seen)
 	{
 		int64		id;
 
@@ -323,7 +328,7 @@ maybe_checkpoint(FlowWorker *w)
 		SpinLockRelease(&ctl->mutex);
 		ConditionVariableBroadcast(&ctl->cv);
 	}
-	else if (requested > done)
+	else if (ready && requested > done)
 	{
 		CheckpointWrite(w, "forced");
 		SpinLockAcquire(&ctl->mutex);

@@ -39,6 +39,7 @@ typedef struct FlowWorker
 	XLogRecPtr	processed_lsn;	/* decoded up to here */
 	XLogRecPtr	confirmed_lsn;	/* confirmed on the slot */
 	TimestampTz last_checkpoint;
+	TimestampTz ckpt_started;	/* start of the checkpoint being taken */
 	TimestampTz last_confirm;
 
 	uint64		reload_seen;	/* ctl->reload_requested handled */

@@ -35,9 +35,10 @@ sub new_node
 # Wait for a stream with flowpg.wait, retrying while the server restarts.
 sub wait_stream
 {
-	my ($node, $stream, $timeout) = @_;
+	my ($node, $stream, $timeout, $db) = @_;
 	$timeout //= '120 s';
-	$node->poll_query_until('postgres',
+	$db //= 'postgres';
+	$node->poll_query_until($db,
 		"SELECT true FROM (SELECT flowpg.wait('$stream', '$timeout')) w")
 	  or die "stream $stream did not catch up";
 	return;
@@ -45,20 +46,22 @@ sub wait_stream
 
 # The oracle: after flowpg.wait, the result table equals the stream's
 # query run as a batch over the source table (EXCEPT ALL, both ways).
+# In database postgres unless $db is given.
 sub oracle_ok
 {
-	my ($node, $stream, $query, $label) = @_;
-	wait_stream($node, $stream);
-	my $missing = $node->safe_psql('postgres',
+	my ($node, $stream, $query, $label, $db) = @_;
+	$db //= 'postgres';
+	wait_stream($node, $stream, undef, $db);
+	my $missing = $node->safe_psql($db,
 		"SELECT count(*) FROM (($query) EXCEPT ALL TABLE $stream) d");
-	my $extra = $node->safe_psql('postgres',
+	my $extra = $node->safe_psql($db,
 		"SELECT count(*) FROM (TABLE $stream EXCEPT ALL ($query)) d");
-	my $rows = $node->safe_psql('postgres', "SELECT count(*) FROM $stream");
+	my $rows = $node->safe_psql($db, "SELECT count(*) FROM $stream");
 	ok($missing == 0 && $extra == 0,
 		"$label: $stream equals its batch query ($rows rows; $missing missing, $extra extra)");
 	if ($missing != 0 || $extra != 0)
 	{
-		diag $node->safe_psql('postgres',
+		diag $node->safe_psql($db,
 			"SELECT 'batch' AS side, * FROM (($query) EXCEPT ALL TABLE $stream) d "
 			  . "UNION ALL SELECT 'stream', * FROM (TABLE $stream EXCEPT ALL ($query)) e");
 	}

@@ -43,6 +43,22 @@ INSERT INTO clicks (campaign, cost) VALUES (:c, :c % 7);
 SELECT g % 30, g % 5 FROM generate_series(1, 50) g;
 });
 
+# 0. Checkpoints are incremental: with 1,000,000 keys in state, one after
+#    100 changed keys writes 100 keys, and flowpg.checkpoints says so.
+$node->safe_psql('postgres', q{
+	CREATE TABLE wide (k int);
+	SELECT flowpg.create_stream('wide_n', 'SELECT k, count(*) AS n FROM wide GROUP BY k', '1 hour');
+});
+sql("INSERT INTO wide SELECT g FROM generate_series(1, 1000000) g");
+wait_stream($node, 'wide_n');
+sql("INSERT INTO wide SELECT g * 9973 FROM generate_series(1, 100) g");
+my $ckpt = sql("SELECT flowpg.checkpoint('wide_n')");
+is(sql("SELECT keys || ' of ' || (SELECT keys FROM flowpg.streams WHERE name = 'public.wide_n') "
+	  . "FROM flowpg.checkpoints WHERE id = $ckpt"),
+	'100 of 1000000', 'a checkpoint after 100 changed keys among 1,000,000 writes 100 keys');
+oracle_ok($node, 'wide_n', 'SELECT k, count(*) AS n FROM wide GROUP BY k', 'incremental checkpoints');
+sql("SELECT flowpg.drop_stream('wide_n')");
+
 # 1. Savepoints taken under load; restore after the result table was
 #    damaged by hand: the stream re-processes everything since.
 my $load = start_load($node, 8, 2, @scripts);
@@ -119,22 +135,27 @@ oracle_all('after pg_ctl restart -m immediate under load');
 
 # 5. flowpg.max_retained_wal: a paused stream keeps its WAL; past the
 #    limit it fails for good, with its results kept and marked stale.
+#    The limit is set 2 MB above what the paused stream keeps already.
 sql("SELECT flowpg.drop_stream('total')");
 delete $streams{total};
-sql("ALTER SYSTEM SET flowpg.max_retained_wal = '2MB'");
-$node->reload;
+sql("SELECT flowpg.drop_savepoint('spend', 'later')");
+sql("SELECT flowpg.savepoint('spend', 'last')");
 sql("SELECT flowpg.pause_stream('spend')");
 $node->poll_query_until('postgres',
 	"SELECT status = 'paused' FROM flowpg.streams WHERE name = 'public.spend'")
   or die 'spend did not pause';
+my $limit = 2 + int(sql("SELECT retained_wal FROM flowpg.streams WHERE name = 'public.spend'")
+	  / (1024 * 1024) + 1);
+sql("ALTER SYSTEM SET flowpg.max_retained_wal = '${limit}MB'");
+$node->reload;
 my $before = sql("SELECT sum(clicks) FROM spend");
 my $offset = -s $node->logfile;
-sql("INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g");
+sql("INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 30000) g");
 $node->poll_query_until('postgres',
 	"SELECT status = 'failed' AND stale FROM flowpg.streams WHERE name = 'public.spend'")
   or die 'spend did not fail past flowpg.max_retained_wal';
 like(sql("SELECT last_error FROM flowpg.streams WHERE name = 'public.spend'"),
-	qr/retained \d+ MB of WAL, more than flowpg.max_retained_wal \(2 MB\)/,
+	qr/retained \d+ MB of WAL, more than flowpg.max_retained_wal \($limit MB\)/,
 	'the failure says why');
 ok($node->log_contains('WARNING:  flowpg: stream "public.spend" retained', $offset),
 	'and the server log says it loudly');
@@ -143,7 +164,7 @@ is(sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%'
 is(sql("SELECT sum(clicks) FROM spend"), $before, 'its results stay as they were');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.wait('spend')");
 like($err, qr/stream "public.spend" has failed for good/, 'flowpg.wait refuses a stale stream');
-($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.restore('spend', 'later')");
+($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.restore('spend', 'last')");
 like($err, qr/can no longer be restored/, 'restore refuses: the WAL is gone');
 $node->restart;
 is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.spend'"),

@@ -1,0 +1,381 @@
+/*-------------------------------------------------------------------------
+ *
+ * adopt.c
+ *	  Streams that come back from pg_dump: the flowpg.stream trigger that
+ *	  notices them, and the process that rebuilds each one.
+ *
+ * pg_dump dumps flowpg.stream (a configuration table of the extension),
+ * the source tables and the result tables.  What cannot travel in a dump
+ * is a stream's replication slot, its position in the old server's WAL
+ * and the object ids in its stored plan.  So a restored stream is rebuilt
+ * the way a logical replication subscriber starts on a table with rows:
+ *
+ *	1. A flowpg.stream row that flowpg itself did not insert (pg_restore's
+ *	   COPY, or an INSERT by hand) is marked `restored` by the trigger,
+ *	   and when its transaction commits a "flowpg adopt" background worker
+ *	   starts for it, connected as the stream's owner.
+ *	2. The adopter waits until the result table has its unique index:
+ *	   pg_restore creates indexes after it has loaded the tables' data, so
+ *	   from then on nothing else writes the result table.
+ *	3. In one REPEATABLE READ transaction it creates the stream's slot and
+ *	   takes the slot's initial snapshot (which sees exactly the
+ *	   transactions committed before the slot's start), compiles the
+ *	   stream's schema-qualified definition, scans the source table in
+ *	   that snapshot through the stream's operators, and writes a
+ *	   "rewrite" checkpoint at the slot's start: the whole result table,
+ *	   the whole state.  The slot becomes persistent as it commits.
+ *	4. The launcher then finds the slot and starts the stream's worker,
+ *	   which decodes what was committed after the snapshot.
+ *
+ * So each source row is counted once, whether pg_restore loaded it
+ * before or after the adopter's snapshot, and a restored stream's results
+ * are its query over every row of its source table.  Its dumped
+ * checkpoints and savepoints do not come back (they belong to the old
+ * server's WAL).
+ *
+ * If the server restarts before an adopter finished, flowpg.wait on the
+ * stream starts a new one (ApiAwaitControl).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowpg.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/pg_index.h"
+#include "commands/extension.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "replication/origin.h"
+#include "replication/slot.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+#include "adopt.h"
+#include "checkpoint.h"
+#include "compile.h"
+#include "decode.h"
+#include "worker.h"
+
+PG_FUNCTION_INFO_V1(flowpg_stream_restored);
+
+/* Source rows scanned between two merges into the shared state. */
+#define ADOPT_MERGE_ROWS	100000
+
+/*
+ * flowpg.stream_restored(): BEFORE INSERT trigger on flowpg.stream.  A row
+ * flowpg did not insert itself comes from a dump: mark it restored (its
+ * plan names objects of another database) and rebuild the stream when the
+ * transaction commits.
+ */
+Datum
+flowpg_stream_restored(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	int			cols[2];
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	bool		isnull;
+	int32		id;
+	Oid			owner;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		elog(ERROR, "flowpg.stream_restored must be a BEFORE INSERT row trigger");
+	tuple = trigdata->tg_trigtuple;
+	if (CatalogInserting())
+		return PointerGetDatum(tuple);
+
+	desc = RelationGetDescr(trigdata->tg_relation);
+	cols[0] = SPI_fnumber(desc, "plan");
+	cols[1] = SPI_fnumber(desc, "restored");
+	if (cols[0] <= 0 || cols[1] <= 0)
+		elog(ERROR, "flowpg.stream lacks its plan or restored column");
+	values[0] = CStringGetTextDatum("");
+	values[1] = BoolGetDatum(true);
+	id = DatumGetInt32(heap_getattr(tuple, SPI_fnumber(desc, "id"), desc, &isnull));
+	owner = DatumGetObjectId(heap_getattr(tuple, SPI_fnumber(desc, "owner"), desc, &isnull));
+	if (flowpg_preloaded)
+		CatalogPendingAdopt(id, owner);
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 2, cols, values, nulls));
+}
+
+/* Start the adopter of a restored stream. */
+void
+AdoptStart(StreamIdentity *ident)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "flowpg");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "FlowAdoptMain");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg adopt for stream %d", ident->stream_id);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "flowpg adopt");
+	memcpy(bgw.bgw_extra, ident, sizeof(StreamIdentity));
+	if (!RegisterDynamicBackgroundWorker(&bgw, NULL))
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("flowpg could not start rebuilding restored stream %d: no free background worker slot",
+						ident->stream_id),
+				 errhint("Raise max_worker_processes; flowpg.wait on the stream tries again.")));
+}
+
+typedef enum AdoptCheck
+{
+	ADOPT_GONE,					/* nothing to do */
+	ADOPT_WAIT,					/* the result table is not complete yet */
+	ADOPT_READY
+} AdoptCheck;
+
+/* Does the table have a valid index (pg_restore built it after the data)? */
+static bool
+has_valid_index(Oid relid)
+{
+	Relation	rel = try_relation_open(relid, AccessShareLock);
+	List	   *indexes;
+	ListCell   *lc;
+	bool		found = false;
+
+	if (rel == NULL)
+		return false;
+	indexes = RelationGetIndexList(rel);
+	foreach(lc, indexes)
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+
+		if (HeapTupleIsValid(tup))
+		{
+			Form_pg_index index = (Form_pg_index) GETSTRUCT(tup);
+
+			found |= index->indisunique && index->indisvalid && index->indisready;
+			ReleaseSysCache(tup);
+		}
+	}
+	relation_close(rel, AccessShareLock);
+	return found;
+}
+
+static AdoptCheck
+adopt_check(StreamIdentity *ident)
+{
+	StreamDef  *def = NULL;
+	AdoptCheck	result;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (OidIsValid(get_extension_oid("flowpg", true)))
+		def = CatalogReadStream(ident->stream_id);
+	if (def == NULL || !def->restored || def->owner != ident->owner)
+		result = ADOPT_GONE;
+	else
+		result = has_valid_index(def->result) ? ADOPT_READY : ADOPT_WAIT;
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return result;
+}
+
+/* Feed every row of the source table, in the active snapshot, to the state. */
+static void
+scan_source(FlowWorker *w)
+{
+	Relation	rel = table_open(w->fq->source, AccessShareLock);
+	TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
+	HeapTuple	tuple;
+	uint64		rows = 0;
+
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		BatchAdd(w->batch, tuple);
+		w->events++;
+		if (++rows % ADOPT_MERGE_ROWS == 0)
+		{
+			LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
+			BatchMerge(w->batch, w->state);
+			LWLockRelease(&w->ctl->state_lock);
+			BatchReset(w->batch);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
+	BatchMerge(w->batch, w->state);
+	LWLockRelease(&w->ctl->state_lock);
+	BatchReset(w->batch);
+}
+
+/* Steps 3 and 4 of the banner, in one transaction. */
+static void
+adopt(FlowWorker *w, StreamIdentity *ident)
+{
+	MemoryContext oldcxt;
+	Snapshot	snapshot;
+	Relation	source;
+	int64		id;
+
+	StartTransactionCommand();
+	XactIsoLevel = XACT_REPEATABLE_READ;
+	FlowpgLockStream(ident->stream_id, AccessExclusiveLock);
+	DecodeCreateSlot(w->slot_name, &snapshot);
+	CatalogPendingCreate();
+	RestoreTransactionSnapshot(snapshot, MyProc);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+
+	oldcxt = MemoryContextSwitchTo(w->cxt);
+	w->def = CatalogReadStream(ident->stream_id);
+	if (w->def == NULL || !w->def->restored)
+		elog(ERROR, "stream %d is no longer waiting to be rebuilt", ident->stream_id);
+	w->fq = CompileDefinition(w->def->definition);
+	if (w->fq->source != w->def->source)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("restored stream \"%s\" does not read its source table \"%s\"",
+						w->def->name, get_rel_name(w->def->source)),
+				 errdetail("Its definition is: %s", w->def->definition)));
+	CompileCheckPermissions(w->fq);
+	source = table_open(w->fq->source, AccessShareLock);
+	w->plan = PlanBuild(w->fq, RelationGetDescr(source));
+	table_close(source, AccessShareLock);
+	w->batch = BatchCreate(w->plan);
+	w->def->plan = nodeToString(w->fq->query);
+	MemoryContextSwitchTo(oldcxt);
+	CheckpointPrepare(w);
+
+	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
+	pgstat_report_activity(STATE_RUNNING, "rebuilding a restored stream");
+	ereport(LOG,
+			(errmsg("flowpg: rebuilding restored stream \"%s\" from its source table",
+					w->def->name)));
+
+	ControlApplyStateLimit();
+	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
+	oldcxt = MemoryContextSwitchTo(w->cxt);
+	w->state = StateCreate(w->ctl);
+	MemoryContextSwitchTo(oldcxt);
+	LWLockRelease(&w->ctl->state_lock);
+	scan_source(w);
+
+	w->processed_lsn = MyReplicationSlot->data.confirmed_flush;
+	CatalogAdoptStream(w->def);
+	if (replorigin_by_name(w->slot_name, true) == InvalidRepOriginId)
+		replorigin_create(w->slot_name);
+	CompileRecordDependencies(w->fq, w->def->result);
+	id = CheckpointStore(w, "rewrite");
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	ereport(LOG,
+			(errmsg("flowpg: restored stream \"%s\" rebuilt from " UINT64_FORMAT " source rows into " UINT64_FORMAT " keys (checkpoint " INT64_FORMAT " at %X/%X)",
+					w->def->name, w->events, StateKeys(w->state), id,
+					LSN_FORMAT_ARGS(w->processed_lsn))));
+}
+
+/* On exit: the state goes (the stream's worker restores it), the launcher may start the worker. */
+static void
+adopt_on_exit(int code, Datum arg)
+{
+	StreamCtl  *ctl = (StreamCtl *) DatumGetPointer(arg);
+
+	LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);
+	StateDestroy(ctl);
+	LWLockRelease(&ctl->state_lock);
+	SpinLockAcquire(&ctl->mutex);
+	if (ctl->pid == MyProcPid)
+		ctl->pid = 0;
+	ctl->restart_at = 0;
+	SpinLockRelease(&ctl->mutex);
+	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+	ctl->dropping = false;
+	LWLockRelease(&FlowCtl->lock);
+	ControlWakeLauncher();
+}
+
+void
+FlowAdoptMain(Datum main_arg)
+{
+	StreamIdentity ident;
+	StreamCtl  *ctl;
+	FlowWorker *w;
+	bool		said = false;
+	bool		busy;
+
+	memcpy(&ident, MyBgworkerEntry->bgw_extra, sizeof(ident));
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* one process per stream: the adopter holds the stream's entry */
+	ctl = ControlAcquire(ident.dboid, ident.stream_id);
+	if (ctl == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("flowpg cannot rebuild restored stream %d: flowpg.max_streams entries are in use",
+						ident.stream_id),
+				 errhint("Raise flowpg.max_streams and restart the server.")));
+	SpinLockAcquire(&ctl->mutex);
+	busy = ctl->pid != 0;
+	if (!busy)
+	{
+		ctl->pid = MyProcPid;
+		ctl->status = STREAM_STARTING;
+	}
+	SpinLockRelease(&ctl->mutex);
+	if (busy)
+		proc_exit(0);
+	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+	ctl->dropping = true;		/* no worker until the slot is there */
+	LWLockRelease(&FlowCtl->lock);
+	/* before the dsa segments are detached: it frees the state */
+	before_shmem_exit(adopt_on_exit, PointerGetDatum(ctl));
+
+	BackgroundWorkerInitializeConnectionByOid(ident.dboid, ident.owner, 0);
+	flowpg_decoding_allowed = true;
+
+	for (;;)
+	{
+		AdoptCheck	check = adopt_check(&ident);
+
+		if (check == ADOPT_GONE)
+			proc_exit(0);
+		if (check == ADOPT_READY)
+			break;
+		if (!said)
+			ereport(LOG,
+					(errmsg("flowpg: restored stream %d waits for its result table's unique index (pg_restore creates it after the data)",
+							ident.stream_id)));
+		said = true;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	w = MemoryContextAllocZero(TopMemoryContext, sizeof(FlowWorker));
+	w->cxt = AllocSetContextCreate(TopMemoryContext, "flowpg adopt",
+								   ALLOCSET_DEFAULT_SIZES);
+	w->ctl = ctl;
+	FlowpgSlotName(w->slot_name, ident.dboid, ident.stream_id, ident.owner);
+	adopt(w, &ident);
+	proc_exit(0);
+}

@@ -1,0 +1,18 @@
+/*-------------------------------------------------------------------------
+ *
+ * adopt.h
+ *	  Rebuilding streams restored from a dump.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FLOWPG_ADOPT_H
+#define FLOWPG_ADOPT_H
+
+#include "flowpg.h"
+
+#include "control.h"
+
+extern void AdoptStart(StreamIdentity *ident);
+extern PGDLLEXPORT void FlowAdoptMain(Datum main_arg);
+
+#endif							/* FLOWPG_ADOPT_H */
