@@ -47,17 +47,20 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "checkpoint.h"
 #include "compile.h"
@@ -157,6 +160,70 @@ is_key_column(FlowWorker *w, int outcol)
 	return false;
 }
 
+/* OPERATOR(schema.name) for an operator, whatever the search_path. */
+static char *
+qualified_operator(Oid opno)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	Form_pg_operator op;
+	char	   *result;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", opno);
+	op = (Form_pg_operator) GETSTRUCT(tup);
+	result = psprintf("OPERATOR(%s.%s)",
+					  quote_identifier(get_namespace_name(op->oprnamespace)),
+					  NameStr(op->oprname));
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/*
+ * The update of result rows by their last known TIDs: no index lookup,
+ * no tuple lock, just the row (checking that it still holds its key: the
+ * table may have been rewritten, or the row changed by hand).  Rows it
+ * does not find go through the upsert.  The ordinality says which rows
+ * it found, and RETURNING where they went.
+ */
+static void
+prepare_tid_update(FlowWorker *w, const char *table)
+{
+	Oid			argtypes[2] = {get_array_type(TIDOID), get_array_type(w->result_rowtype)};
+	StringInfoData sql;
+	int			ncols = w->plan->outslot->tts_tupleDescriptor->natts;
+	int			col;
+	int			k;
+	bool		first = true;
+	ListCell   *lc;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "UPDATE %s r SET ", table);
+	for (col = 1; col <= ncols; col++)
+	{
+		if (is_key_column(w, col))
+			continue;
+		appendStringInfo(&sql, "%s%s = u.c%d", first ? "" : ", ",
+						 result_column(w, col), col);
+		first = false;
+	}
+	appendStringInfoString(&sql, " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) WITH ORDINALITY u(t");
+	for (col = 1; col <= ncols; col++)
+		appendStringInfo(&sql, ", c%d", col);
+	appendStringInfoString(&sql, ", o) WHERE r.ctid OPERATOR(pg_catalog.=) u.t");
+	k = 0;
+	foreach(lc, w->plan->fq->key_eqops)
+	{
+		Oid			eqop = lfirst_oid(lc);
+		int			outcol = w->plan->fq->key_outcol[k++];
+		const char *name = result_column(w, outcol);
+
+		appendStringInfo(&sql, " AND (r.%s %s u.c%d OR (r.%s IS NULL AND u.c%d IS NULL))",
+						 name, qualified_operator(eqop), outcol, name, outcol);
+	}
+	appendStringInfoString(&sql, " RETURNING u.o, r.ctid");
+	w->result_tid_update = prepare_kept(sql.data, 2, argtypes);
+}
+
 static void
 prepare_result_upsert(FlowWorker *w, const char *table)
 {
@@ -194,6 +261,12 @@ prepare_result_upsert(FlowWorker *w, const char *table)
 	}
 	if (first)
 		appendStringInfoString(&sql, "NOTHING");
+	else
+	{
+		/* one row back per row in, in order: where each key's row is now */
+		appendStringInfoString(&sql, " RETURNING ctid");
+		prepare_tid_update(w, table);
+	}
 	w->result_upsert = prepare_kept(sql.data, 1, &argtype);
 }
 
@@ -309,30 +382,140 @@ sort_dirty(FlowState *st)
 	pfree(keys);
 }
 
-/* Write the result rows of dirty keys [from, to). */
-static void
-write_rows(FlowWorker *w, int from, int to)
+/* An array of n datums of the result table's row type. */
+static Datum
+row_array(FlowWorker *w, Datum *rows, int n)
 {
-	FlowState  *st = w->state;
-	int			n = to - from;
-	Datum	   *rows = palloc(sizeof(Datum) * n);
-	Datum	   *values = palloc(sizeof(Datum) * (w->resultdesc->natts + 1));
-	bool	   *nulls = palloc(sizeof(bool) * (w->resultdesc->natts + 1));
 	int16		typlen;
 	bool		typbyval;
 	char		typalign;
+
+	get_typlenbyvalalign(w->result_rowtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_array(rows, n, w->result_rowtype,
+										   typlen, typbyval, typalign));
+}
+
+/*
+ * Update the rows of the chunks listed in `which` (indexes into `chunks`)
+ * by TID; mark those it found in `found`, and keep their new TIDs.
+ */
+static void
+update_by_tid(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
+			  int n, bool *found)
+{
+	Datum	   *tids = palloc(sizeof(Datum) * n);
+	Datum	   *sub = palloc(sizeof(Datum) * n);
+	Datum		args[2];
+	int			nest;
+	int			rc;
+	uint64		i;
+
+	for (i = 0; i < n; i++)
+	{
+		tids[i] = PointerGetDatum(&chunks[which[i]]->tid);
+		sub[i] = rows[which[i]];
+	}
+	args[0] = PointerGetDatum(construct_array(tids, n, TIDOID,
+											  sizeof(ItemPointerData), false, TYPALIGN_SHORT));
+	args[1] = row_array(w, sub, n);
+
+	/* the join must be by TID, whatever the planner thinks of n */
+	nest = NewGUCNestLevel();
+	(void) set_config_option("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	rc = SPI_execute_plan(w->result_tid_update, args, NULL, false, 0);
+	AtEOXact_GUC(true, nest);
+	if (rc != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "checkpoint statement failed: %s", SPI_result_code_string(rc));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int64		ord = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+		ItemPointer tid = (ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[i],
+																	  SPI_tuptable->tupdesc, 2, &isnull));
+
+		if (ord < 1 || ord > n)
+			elog(ERROR, "unexpected row number " INT64_FORMAT " from the result update", ord);
+		found[which[ord - 1]] = true;
+		chunks[which[ord - 1]]->tid = *tid;
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Upsert the rows of the chunks listed in `which`, keeping their TIDs when
+ * the statement returns them (one per row, in order).
+ */
+static void
+upsert(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which, int n)
+{
+	Datum	   *sub = palloc(sizeof(Datum) * n);
 	Datum		arg;
+	int			rc;
+	uint64		i;
+
+	for (i = 0; i < n; i++)
+		sub[i] = rows[which[i]];
+	arg = row_array(w, sub, n);
+	rc = SPI_execute_plan(w->result_upsert, &arg, NULL, false, 0);
+	if (rc != SPI_OK_INSERT && rc != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "checkpoint statement failed: %s", SPI_result_code_string(rc));
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		if (rc == SPI_OK_INSERT_RETURNING && SPI_processed == n)
+			chunks[which[i]]->tid =
+				*(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[i],
+															 SPI_tuptable->tupdesc, 1, &isnull));
+		else
+			ItemPointerSetInvalid(&chunks[which[i]]->tid);
+	}
+	if (SPI_tuptable != NULL)
+		SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Write the result rows of dirty keys [from, to): by TID those whose row
+ * is known (unless the table was just emptied), the others, and those the
+ * TID did not find, through the upsert.
+ */
+static void
+write_rows(FlowWorker *w, int from, int to, bool rewrite)
+{
+	FlowState  *st = w->state;
+	int			n = to - from;
+	StateChunk **chunks = palloc(sizeof(StateChunk *) * n);
+	Datum	   *rows = palloc(sizeof(Datum) * n);
+	Datum	   *values = palloc(sizeof(Datum) * (w->resultdesc->natts + 1));
+	bool	   *nulls = palloc(sizeof(bool) * (w->resultdesc->natts + 1));
+	bool	   *found = palloc0(sizeof(bool) * n);
+	int		   *which = palloc(sizeof(int) * n);
+	int			nwhich = 0;
 	int			i;
 
 	for (i = 0; i < n; i++)
-		rows[i] = result_row(w, StateGetChunk(st, st->dirty[from + i]),
-							 values, nulls);
-	get_typlenbyvalalign(w->result_rowtype, &typlen, &typbyval, &typalign);
-	arg = PointerGetDatum(construct_array(rows, n, w->result_rowtype,
-										  typlen, typbyval, typalign));
+	{
+		chunks[i] = StateGetChunk(st, st->dirty[from + i]);
+		rows[i] = result_row(w, chunks[i], values, nulls);
+		if (rewrite)
+			ItemPointerSetInvalid(&chunks[i]->tid);
+		else if (w->result_tid_update != NULL && ItemPointerIsValid(&chunks[i]->tid))
+			which[nwhich++] = i;
+	}
 	if (w->plan->nkeys == 0)
 		execute(w->result_delete, NULL, SPI_OK_DELETE);
-	execute(w->result_upsert, &arg, SPI_OK_INSERT);
+	if (nwhich > 0)
+		update_by_tid(w, chunks, rows, which, nwhich, found);
+	nwhich = 0;
+	for (i = 0; i < n; i++)
+		if (!found[i])
+			which[nwhich++] = i;
+	if (nwhich > 0)
+		upsert(w, chunks, rows, which, nwhich);
 }
 
 /*
@@ -570,7 +753,7 @@ CheckpointStore(FlowWorker *w, const char *kind)
 	for (from = 0; from < nkeys; from += CHECKPOINT_CHUNK)
 	{
 		oldcxt = MemoryContextSwitchTo(cxt);
-		write_rows(w, from, Min(nkeys, from + CHECKPOINT_CHUNK));
+		write_rows(w, from, Min(nkeys, from + CHECKPOINT_CHUNK), rewrite);
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(cxt);
 	}

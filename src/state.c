@@ -213,6 +213,7 @@ StateAddKey(FlowState *st, int64 key_id, MinimalTuple key, const char *image,
 	chunk->key_len = key->t_len;
 	chunk->state_len = len;
 	chunk->dirty_index = -1;
+	ItemPointerSetInvalid(&chunk->tid);
 	memcpy(chunk->data, key, key->t_len);
 	memcpy(StateChunkState(chunk), image, len);
 	directory_add(st, p);
@@ -250,6 +251,7 @@ StateSetImage(FlowState *st, dsa_pointer chunkp, const char *image, Size len)
 	moved->key_len = chunk->key_len;
 	moved->state_len = len;
 	moved->dirty_index = chunk->dirty_index;
+	moved->tid = chunk->tid;
 	memcpy(moved->data, chunk->data, chunk->key_len);
 	memcpy(StateChunkState(moved), image, len);
 

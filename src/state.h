@@ -11,6 +11,7 @@
 #include "flowpg.h"
 
 #include "access/htup_details.h"
+#include "storage/itemptr.h"
 #include "control.h"
 
 /*
@@ -26,7 +27,10 @@ typedef struct StateChunk
 	uint32		state_len;
 	uint32		capacity;
 	int32		dirty_index;	/* index in the worker's dirty list or -1 */
-	int32		unused;			/* keeps data MAXALIGNed (asserted in state.c) */
+	ItemPointerData tid;		/* the key's row in the result table, as
+								 * last written; invalid if unknown */
+	uint16		unused16;		/* keep data MAXALIGNed (asserted in */
+	uint32		unused32;		/* state.c) */
 	char		data[FLEXIBLE_ARRAY_MEMBER];
 } StateChunk;
 

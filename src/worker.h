@@ -62,6 +62,7 @@ typedef struct FlowWorker
 	Oid			result_rowtype;
 	SPIPlanPtr	result_delete;	/* empties the result table */
 	SPIPlanPtr	result_upsert;
+	SPIPlanPtr	result_tid_update;	/* NULL unless keyed with other columns */
 	SPIPlanPtr	state_append;
 	SPIPlanPtr	state_compact;
 	SPIPlanPtr	checkpoint_next;
