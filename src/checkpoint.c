@@ -16,7 +16,12 @@
  *	   lookups); when the log holds more than twice the keys in state, the
  *	   checkpoint writes every key instead and deletes the older segments.
  *	   The transaction carries the worker's replication origin, so the
- *	   decoder skips it.
+ *	   decoder skips it.  A key's result row is updated where the previous
+ *	   checkpoint wrote it (its TID, kept in the key's chunk), if the row
+ *	   there still holds the key; rows not found that way, and new keys, go
+ *	   through INSERT ... ON CONFLICT, which returns where they are now.
+ *	   (The TIDs are a cache: lost on restart, wrong after VACUUM FULL or
+ *	   CLUSTER of the result table, and then the key check catches it.)
  *	3. Confirm.  Only after that commit is flushed is processed_lsn
  *	   confirmed on the slot, which lets the slot release older WAL.
  *	4. Clean up.  Older flowpg.checkpoint rows beyond

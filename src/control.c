@@ -315,15 +315,17 @@ ControlListSlots(Oid dboid)
 }
 
 /*
- * The oldest restart_lsn of a stream's slots, its own and its
- * savepoints': the WAL they keep from being removed.  Invalid if none.
+ * The slots of a stream: its savepoints' (and its own too, with `own`).
+ * Returns their names (palloc'd NameData); sets *oldest to the oldest
+ * restart_lsn among them, the WAL they keep (invalid if none).
  */
-XLogRecPtr
-ControlOldestRestartLsn(Oid dboid, int32 stream_id)
+static List *
+stream_slots(Oid dboid, int32 stream_id, bool own, XLogRecPtr *oldest)
 {
-	XLogRecPtr	oldest = InvalidXLogRecPtr;
+	List	   *names = NIL;
 	int			i;
 
+	*oldest = InvalidXLogRecPtr;
 	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
 	for (i = 0; i < max_replication_slots; i++)
 	{
@@ -334,20 +336,38 @@ ControlOldestRestartLsn(Oid dboid, int32 stream_id)
 		int64		spid;
 		bool		ours;
 		XLogRecPtr	restart;
+		NameData	name;
 
 		if (!s->in_use)
 			continue;
 		SpinLockAcquire(&s->mutex);
-		ours = (FlowpgParseSlotName(NameStr(s->data.name), &db, &id, &owner) ||
-				FlowpgParseSavepointSlotName(NameStr(s->data.name), &db, &id, &spid)) &&
-			db == dboid && id == stream_id;
+		name = s->data.name;
 		restart = s->data.restart_lsn;
 		SpinLockRelease(&s->mutex);
-		if (ours && !XLogRecPtrIsInvalid(restart) &&
-			(XLogRecPtrIsInvalid(oldest) || restart < oldest))
-			oldest = restart;
+		ours = ((own && FlowpgParseSlotName(NameStr(name), &db, &id, &owner)) ||
+				FlowpgParseSavepointSlotName(NameStr(name), &db, &id, &spid)) &&
+			db == dboid && id == stream_id;
+		if (!ours)
+			continue;
+		names = lappend(names, memcpy(palloc(sizeof(NameData)), &name, sizeof(NameData)));
+		if (!XLogRecPtrIsInvalid(restart) &&
+			(XLogRecPtrIsInvalid(*oldest) || restart < *oldest))
+			*oldest = restart;
 	}
 	LWLockRelease(ReplicationSlotControlLock);
+	return names;
+}
+
+/*
+ * The oldest restart_lsn of a stream's slots, its own and its
+ * savepoints': the WAL they keep from being removed.  Invalid if none.
+ */
+XLogRecPtr
+ControlOldestRestartLsn(Oid dboid, int32 stream_id)
+{
+	XLogRecPtr	oldest;
+
+	list_free_deep(stream_slots(dboid, stream_id, true, &oldest));
 	return oldest;
 }
 
@@ -355,34 +375,9 @@ ControlOldestRestartLsn(Oid dboid, int32 stream_id)
 List *
 ControlListSavepointSlots(Oid dboid, int32 stream_id)
 {
-	List	   *names = NIL;
-	int			i;
+	XLogRecPtr	oldest;
 
-	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
-	for (i = 0; i < max_replication_slots; i++)
-	{
-		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
-		Oid			db;
-		int32		id;
-		int64		spid;
-		bool		ours;
-
-		if (!s->in_use)
-			continue;
-		SpinLockAcquire(&s->mutex);
-		ours = FlowpgParseSavepointSlotName(NameStr(s->data.name), &db, &id, &spid) &&
-			db == dboid && id == stream_id;
-		SpinLockRelease(&s->mutex);
-		if (ours)
-		{
-			NameData   *name = palloc(sizeof(NameData));
-
-			namestrcpy(name, NameStr(s->data.name));
-			names = lappend(names, name);
-		}
-	}
-	LWLockRelease(ReplicationSlotControlLock);
-	return names;
+	return stream_slots(dboid, stream_id, false, &oldest);
 }
 
 /* Drop every savepoint slot of a stream. */
