@@ -258,6 +258,15 @@ flowpg_restore(PG_FUNCTION_ARGS)
 	name = savepoint_arg(fcinfo);
 	if (!savepoint_find(def, name, &sp))
 		savepoint_missing(def, name);
+	if (GetTopTransactionIdIfAny() != InvalidTransactionId)
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("flowpg.restore must run before any other write in its transaction"),
+				 errdetail("Restoring a savepoint creates a logical replication slot, which PostgreSQL only allows in a transaction that has not written anything yet."),
+				 errhint("Call flowpg.restore in its own transaction.")));
+
+	/* the worker stops first: it may be dropping the slots right now */
+	StreamHold(MyDatabaseId, def->id);
 	FlowpgSavepointSlotName(sp_slot, MyDatabaseId, def->id, sp.id);
 	if (def->failure != NULL || !savepoint_restorable(sp_slot))
 		ereport(ERROR,
@@ -269,14 +278,6 @@ flowpg_restore(PG_FUNCTION_ARGS)
 				 def->failure != NULL ?
 				 errhint("The stream failed for good: drop it and create it again.") :
 				 errhint("Drop the savepoint; take savepoints again from now on.")));
-	if (GetTopTransactionIdIfAny() != InvalidTransactionId)
-		ereport(ERROR,
-				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-				 errmsg("flowpg.restore must run before any other write in its transaction"),
-				 errdetail("Restoring a savepoint creates a logical replication slot, which PostgreSQL only allows in a transaction that has not written anything yet."),
-				 errhint("Call flowpg.restore in its own transaction.")));
-
-	StreamHold(MyDatabaseId, def->id);
 	FlowpgSlotName(slot_name, MyDatabaseId, def->id, def->owner);
 	DecodeDropSlot(slot_name);
 	DecodeCopySlot(sp_slot, slot_name);
