@@ -150,6 +150,12 @@ reconcile(void)
 	TimestampTz now = GetCurrentTimestamp();
 	int			i;
 
+	/*
+	 * Map the state area now: freeing a gone stream's state below happens
+	 * under FlowCtl->lock, which mapping it for the first time takes.
+	 */
+	(void) ControlArea();
+
 	foreach(lc, slots)
 	{
 		StreamIdentity *ident = lfirst(lc);

@@ -101,5 +101,38 @@ crash_restart($node);
 oracle_ok($node, $_, $streams{$_}, 'loaded with psql, then kill -9', 'fromsql')
   for sort keys %streams;
 
+# DROP DATABASE is refused while the database has running streams (their
+# slots are active).  When a worker is down at that moment (here, stopped
+# by pg_terminate_backend and not restarted yet), DROP DATABASE ... WITH
+# (FORCE) goes through and drops the slots: flowpg forgets those streams
+# and the others go on.
+my ($drc, $dout, $derr) = $node->psql('postgres', 'DROP DATABASE fromsql');
+like($derr, qr/is used by an active logical replication slot/,
+	'DROP DATABASE is refused while streams run in it');
+my $dropped = 0;
+for (1 .. 20)
+{
+	my ($rc) = $node->psql('postgres', q{
+		SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		 WHERE backend_type = 'flowpg worker' AND datname = 'fromsql';
+		SELECT pg_sleep(0.2);
+		DROP DATABASE fromsql WITH (FORCE);});
+	if ($rc == 0) { $dropped = 1; last; }
+	sleep 1;
+}
+ok($dropped, 'DROP DATABASE WITH (FORCE) while its workers are down');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots
+	WHERE slot_name LIKE 'flowpg%' AND database IS DISTINCT FROM 'postgres'
+	  AND database IS DISTINCT FROM 'restored'}), 0, 'its slots are gone');
+$node->safe_psql('restored', q{INSERT INTO app.clicks (campaign, cost)
+	SELECT g % 7, 1 FROM generate_series(1, 500) g});
+oracle_ok($node, $_, $streams{$_}, 'after another database was dropped', 'restored')
+  for sort keys %streams;
+$node->safe_psql('postgres', q{SELECT flowpg.create_stream('after_drop',
+	'SELECT campaign, count(*) AS n FROM app.clicks GROUP BY campaign')});
+$node->safe_psql('postgres', 'INSERT INTO app.clicks (campaign, cost) VALUES (1, 1)');
+wait_stream($node, 'after_drop');
+pass('a new stream starts after another database was dropped');
+
 $node->stop;
 done_testing();
