@@ -209,19 +209,13 @@ scan_source(FlowWorker *w)
 		w->events++;
 		if (++rows % ADOPT_MERGE_ROWS == 0)
 		{
-			LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
-			BatchMerge(w->batch, w->state);
-			LWLockRelease(&w->ctl->state_lock);
-			BatchReset(w->batch);
+			WorkerMergeBatch(w);
 			CHECK_FOR_INTERRUPTS();
 		}
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
-	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
-	BatchMerge(w->batch, w->state);
-	LWLockRelease(&w->ctl->state_lock);
-	BatchReset(w->batch);
+	WorkerMergeBatch(w);
 }
 
 /* Steps 3 and 4 of the banner, in one transaction. */

@@ -333,8 +333,8 @@ CatalogUpdateStream(StreamDef *def)
 }
 
 /* Run one catalog statement as the extension owner; returns SPI_processed. */
-static uint64
-catalog_exec(const char *sql, int nargs, Oid *types, Datum *values, int expected)
+uint64
+CatalogExec(const char *sql, int nargs, Oid *types, Datum *values, int expected)
 {
 	CatalogPrivilege priv;
 	uint64		processed;
@@ -356,7 +356,7 @@ CatalogSavepointExists(int64 id)
 	Oid			type = INT8OID;
 	Datum		value = Int64GetDatum(id);
 
-	return catalog_exec("SELECT 1 FROM flowpg.savepoint WHERE id OPERATOR(pg_catalog.=) $1",
+	return CatalogExec("SELECT 1 FROM flowpg.savepoint WHERE id OPERATOR(pg_catalog.=) $1",
 						1, &type, &value, SPI_OK_SELECT) > 0;
 }
 
@@ -374,7 +374,7 @@ CatalogAdoptStream(StreamDef *def)
 	Oid			types[2] = {INT4OID, TEXTOID};
 	Datum		values[2] = {Int32GetDatum(def->id), CStringGetTextDatum(def->plan)};
 
-	catalog_exec("UPDATE flowpg.stream SET plan = $2, restored = false, rewrite = false, "
+	CatalogExec("UPDATE flowpg.stream SET plan = $2, restored = false, rewrite = false, "
 				 "failure = NULL, failed_at = NULL WHERE id OPERATOR(pg_catalog.=) $1",
 				 2, types, values, SPI_OK_UPDATE);
 }
@@ -386,7 +386,7 @@ CatalogMarkFailed(int32 id, const char *message)
 	Oid			types[2] = {INT4OID, TEXTOID};
 	Datum		values[2] = {Int32GetDatum(id), CStringGetTextDatum(message)};
 
-	catalog_exec("UPDATE flowpg.stream SET failure = $2, failed_at = pg_catalog.now() "
+	CatalogExec("UPDATE flowpg.stream SET failure = $2, failed_at = pg_catalog.now() "
 				 "WHERE id OPERATOR(pg_catalog.=) $1",
 				 2, types, values, SPI_OK_UPDATE);
 }
@@ -408,7 +408,7 @@ catalog_delete(int32 id)
 	int			i;
 
 	for (i = 0; i < lengthof(sql); i++)
-		catalog_exec(sql[i], 1, &type, &value, SPI_OK_DELETE);
+		CatalogExec(sql[i], 1, &type, &value, SPI_OK_DELETE);
 }
 
 /* Raise an error unless the current user may manage the stream. */
@@ -445,6 +445,32 @@ CatalogPendingCreate(void)
 }
 
 /*
+ * Keep the launcher from starting a worker for the stream until the
+ * transaction ends (its entry goes on `list`, which the end of the
+ * transaction walks), and signal the worker it has now, if any.  Returns
+ * that worker's pid, or 0.
+ */
+static pid_t
+stop_worker(StreamCtl *ctl, List **list)
+{
+	MemoryContext oldcxt;
+	pid_t		pid;
+
+	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+	ctl->dropping = true;
+	LWLockRelease(&FlowCtl->lock);
+	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	*list = lappend(*list, ctl);
+	MemoryContextSwitchTo(oldcxt);
+	SpinLockAcquire(&ctl->mutex);
+	pid = ctl->pid;
+	SpinLockRelease(&ctl->mutex);
+	if (pid != 0)
+		kill(pid, SIGTERM);
+	return pid;
+}
+
+/*
  * Stop a stream's worker and drop its slot and origin: the non
  * transactional part of dropping a stream.  Runs at PRE_COMMIT.
  */
@@ -453,27 +479,12 @@ StreamStopAndDrop(Oid dboid, int32 stream_id, Oid owner)
 {
 	char		slot_name[NAMEDATALEN];
 	StreamCtl  *ctl = ControlAcquire(dboid, stream_id);
-	MemoryContext oldcxt;
 
 	FlowpgSlotName(slot_name, dboid, stream_id, owner);
 	if (ctl != NULL)
-	{
-		pid_t		pid;
-
-		LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
-		ctl->dropping = true;
-		LWLockRelease(&FlowCtl->lock);
-		SpinLockAcquire(&ctl->mutex);
-		pid = ctl->pid;
-		SpinLockRelease(&ctl->mutex);
-		if (pid != 0)
-			kill(pid, SIGTERM);
-		oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-		pending.stopped = lappend(pending.stopped, ctl);
-		MemoryContextSwitchTo(oldcxt);
-	}
+		stop_worker(ctl, &pending.stopped);
 	DecodeDropSlot(slot_name);
-	ControlDropSavepointSlots(dboid, stream_id);
+	DecodeDropSavepointSlots(dboid, stream_id);
 	replorigin_drop_by_name(slot_name, true, false);
 
 	/* the worker has let go of its slot: it is gone, free its state */
@@ -531,33 +542,26 @@ void
 StreamHold(Oid dboid, int32 stream_id)
 {
 	StreamCtl  *ctl = ControlAcquire(dboid, stream_id);
-	MemoryContext oldcxt;
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60000);
+	pid_t		pid;
 
 	if (ctl == NULL)
 		return;
-	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
-	ctl->dropping = true;
-	LWLockRelease(&FlowCtl->lock);
-	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-	pending.held = lappend(pending.held, ctl);
-	MemoryContextSwitchTo(oldcxt);
-	for (;;)
+	pid = stop_worker(ctl, &pending.held);
+	while (pid != 0)
 	{
-		pid_t		pid;
-
-		SpinLockAcquire(&ctl->mutex);
-		pid = ctl->pid;
-		SpinLockRelease(&ctl->mutex);
-		if (pid == 0)
-			break;
-		kill(pid, SIGTERM);
 		if (GetCurrentTimestamp() > deadline)
 			ereport(ERROR,
 					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 					 errmsg("timed out waiting for the worker of stream %d to stop", stream_id)));
 		ConditionVariableTimedSleep(&ctl->cv, 100, PG_WAIT_EXTENSION);
 		CHECK_FOR_INTERRUPTS();
+		/* a worker that got past its start check meanwhile is signalled too */
+		SpinLockAcquire(&ctl->mutex);
+		pid = ctl->pid;
+		SpinLockRelease(&ctl->mutex);
+		if (pid != 0)
+			kill(pid, SIGTERM);
 	}
 	ConditionVariableCancelSleep();
 }

@@ -48,6 +48,8 @@ extern void CatalogInsertStream(StreamDef *def);
 extern void CatalogUpdateStream(StreamDef *def);
 extern void CatalogCheckOwner(StreamDef *def);
 extern int	CatalogIntervalMs(StreamDef *def);
+extern uint64 CatalogExec(const char *sql, int nargs, Oid *types, Datum *values,
+						  int expected);
 extern bool CatalogSavepointExists(int64 id);
 extern void CatalogMarkFailed(int32 id, const char *message);
 extern void CatalogAdoptStream(StreamDef *def);

@@ -326,12 +326,15 @@ CheckpointPrepare(FlowWorker *w)
 								   1, rewrite_types);
 }
 
-/* The result table row of a dirty key, as a composite datum. */
+/*
+ * The result table row of a key and its state image (NULL for the
+ * aggregates' initial values), as a composite datum.
+ */
 static Datum
-result_row(FlowWorker *w, StateChunk *chunk, Datum *values, bool *nulls)
+result_row(FlowWorker *w, MinimalTuple key, const char *image, Size len,
+		   Datum *values, bool *nulls)
 {
-	TupleTableSlot *out = PlanFinalize(w->plan, StateChunkKey(chunk),
-									   StateChunkState(chunk), chunk->state_len);
+	TupleTableSlot *out = PlanFinalize(w->plan, key, image, len);
 
 	PlanOutputToTable(out, w->resultdesc, values, nulls);
 	return HeapTupleGetDatum(heap_form_tuple(w->resultdesc, values, nulls));
@@ -505,7 +508,8 @@ write_rows(FlowWorker *w, int from, int to, bool rewrite)
 	for (i = 0; i < n; i++)
 	{
 		chunks[i] = StateGetChunk(st, st->dirty[from + i]);
-		rows[i] = result_row(w, chunks[i], values, nulls);
+		rows[i] = result_row(w, StateChunkKey(chunks[i]), StateChunkState(chunks[i]),
+							 chunks[i]->state_len, values, nulls);
 		if (rewrite)
 			ItemPointerSetInvalid(&chunks[i]->tid);
 		else if (w->result_tid_update != NULL && ItemPointerIsValid(&chunks[i]->tid))
@@ -532,18 +536,9 @@ write_initial_row(FlowWorker *w)
 {
 	Datum	   *values = palloc(sizeof(Datum) * (w->resultdesc->natts + 1));
 	bool	   *nulls = palloc(sizeof(bool) * (w->resultdesc->natts + 1));
-	TupleTableSlot *out = PlanFinalize(w->plan, PlanEmptyKey(w->plan), NULL, 0);
-	Datum		row;
-	Datum		arg;
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
+	Datum		row = result_row(w, PlanEmptyKey(w->plan), NULL, 0, values, nulls);
+	Datum		arg = row_array(w, &row, 1);
 
-	PlanOutputToTable(out, w->resultdesc, values, nulls);
-	row = HeapTupleGetDatum(heap_form_tuple(w->resultdesc, values, nulls));
-	get_typlenbyvalalign(w->result_rowtype, &typlen, &typbyval, &typalign);
-	arg = PointerGetDatum(construct_array(&row, 1, w->result_rowtype,
-										  typlen, typbyval, typalign));
 	execute(w->result_upsert, &arg, SPI_OK_INSERT);
 }
 
@@ -784,8 +779,7 @@ CheckpointDone(FlowWorker *w, int64 id)
 	/* the commit must be durable before the slot lets go of the WAL */
 	XLogFlush(XactLastCommitEnd);
 	StateClearDirty(w->state);
-	if (w->decoding != NULL)
-		DecodeConfirm(w, lsn);
+	DecodeConfirm(w, lsn);
 	w->last_checkpoint = GetCurrentTimestamp();
 
 	SpinLockAcquire(&ctl->mutex);
@@ -824,7 +818,7 @@ CheckpointWrite(FlowWorker *w, const char *kind)
  * slot (which keeps the WAL from the checkpoint's position on), then a
  * full copy of the state under the savepoint's row.  The savepoint's id is
  * its checkpoint's.  A crash before the last step leaves a slot without a
- * savepoint row; the next worker drops it (DropOrphanSavepointSlots).
+ * savepoint row; the next worker drops it (worker.c).
  */
 int64
 CheckpointSavepoint(FlowWorker *w, const char *name)

@@ -26,6 +26,8 @@
  */
 #include "flowpg.h"
 
+#include "access/xlog.h"
+#include "access/xlogrecovery.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "replication/slot.h"
@@ -359,16 +361,21 @@ stream_slots(Oid dboid, int32 stream_id, bool own, XLogRecPtr *oldest)
 }
 
 /*
- * The oldest restart_lsn of a stream's slots, its own and its
- * savepoints': the WAL they keep from being removed.  Invalid if none.
+ * Bytes of WAL a stream's slots, its own and its savepoints', keep from
+ * being removed (from the oldest restart_lsn among them to the current WAL
+ * position); -1 if the stream has no slot.
  */
-XLogRecPtr
-ControlOldestRestartLsn(Oid dboid, int32 stream_id)
+int64
+ControlRetainedWal(Oid dboid, int32 stream_id)
 {
 	XLogRecPtr	oldest;
+	XLogRecPtr	now;
 
 	list_free_deep(stream_slots(dboid, stream_id, true, &oldest));
-	return oldest;
+	if (XLogRecPtrIsInvalid(oldest))
+		return -1;
+	now = RecoveryInProgress() ? GetXLogReplayRecPtr(NULL) : GetXLogInsertRecPtr();
+	return now > oldest ? (int64) (now - oldest) : 0;
 }
 
 /* Names of the savepoint slots of a stream (palloc'd NameData). */
@@ -378,19 +385,4 @@ ControlListSavepointSlots(Oid dboid, int32 stream_id)
 	XLogRecPtr	oldest;
 
 	return stream_slots(dboid, stream_id, false, &oldest);
-}
-
-/* Drop every savepoint slot of a stream. */
-void
-ControlDropSavepointSlots(Oid dboid, int32 stream_id)
-{
-	ListCell   *lc;
-
-	foreach(lc, ControlListSavepointSlots(dboid, stream_id))
-	{
-		NameData   *name = lfirst(lc);
-
-		if (SearchNamedReplicationSlot(NameStr(*name), true) != NULL)
-			ReplicationSlotDrop(NameStr(*name), false);
-	}
 }

@@ -123,8 +123,7 @@ extern void ControlApplyStateLimit(void);
 extern const char *ControlStatusName(StreamStatus status);
 extern List *ControlListSlots(Oid dboid);
 extern void ControlSetError(StreamCtl *ctl, const char *message);
-extern XLogRecPtr ControlOldestRestartLsn(Oid dboid, int32 stream_id);
+extern int64 ControlRetainedWal(Oid dboid, int32 stream_id);
 extern List *ControlListSavepointSlots(Oid dboid, int32 stream_id);
-extern void ControlDropSavepointSlots(Oid dboid, int32 stream_id);
 
 #endif							/* FLOWPG_CONTROL_H */

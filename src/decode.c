@@ -306,6 +306,16 @@ DecodeDropSlot(const char *slot_name)
 		ReplicationSlotDrop(slot_name, false);
 }
 
+/* Drop every savepoint slot of a stream. */
+void
+DecodeDropSavepointSlots(Oid dboid, int32 stream_id)
+{
+	ListCell   *lc;
+
+	foreach(lc, ControlListSavepointSlots(dboid, stream_id))
+		DecodeDropSlot(NameStr(*(NameData *) lfirst(lc)));
+}
+
 /*
  * Acquire the stream's slot and create the decoding context, in the
  * worker's long-lived memory.  Call inside a transaction (see the banner).

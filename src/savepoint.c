@@ -33,7 +33,6 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
-#include "access/xlogrecovery.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -300,7 +299,6 @@ flowpg_drop_savepoint(PG_FUNCTION_ARGS)
 	Savepoint	sp;
 	Oid			type = INT8OID;
 	Datum		value;
-	CatalogPrivilege priv;
 
 	FlowpgCheckLoaded();
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
@@ -311,17 +309,10 @@ flowpg_drop_savepoint(PG_FUNCTION_ARGS)
 		savepoint_missing(def, name);
 
 	value = Int64GetDatum(sp.id);
-	SPI_connect();
-	CatalogBecomeOwner(&priv);
-	if (SPI_execute_with_args("DELETE FROM flowpg.savepoint_state "
-							  "WHERE savepoint_id OPERATOR(pg_catalog.=) $1",
-							  1, &type, &value, NULL, false, 0) != SPI_OK_DELETE ||
-		SPI_execute_with_args("DELETE FROM flowpg.savepoint "
-							  "WHERE id OPERATOR(pg_catalog.=) $1",
-							  1, &type, &value, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "could not delete savepoint %lld", (long long) sp.id);
-	CatalogRestoreUser(&priv);
-	SPI_finish();
+	CatalogExec("DELETE FROM flowpg.savepoint_state WHERE savepoint_id OPERATOR(pg_catalog.=) $1",
+				1, &type, &value, SPI_OK_DELETE);
+	CatalogExec("DELETE FROM flowpg.savepoint WHERE id OPERATOR(pg_catalog.=) $1",
+				1, &type, &value, SPI_OK_DELETE);
 	CatalogPendingSlotDrop(MyDatabaseId, def->id, sp.id);
 	PG_RETURN_VOID();
 }
@@ -333,13 +324,11 @@ flowpg_drop_savepoint(PG_FUNCTION_ARGS)
 Datum
 flowpg_retained_wal(PG_FUNCTION_ARGS)
 {
-	XLogRecPtr	oldest;
-	XLogRecPtr	now;
+	int64		retained;
 
 	FlowpgCheckLoaded();
-	oldest = ControlOldestRestartLsn(MyDatabaseId, PG_GETARG_INT32(0));
-	if (XLogRecPtrIsInvalid(oldest))
+	retained = ControlRetainedWal(MyDatabaseId, PG_GETARG_INT32(0));
+	if (retained < 0)
 		PG_RETURN_NULL();
-	now = RecoveryInProgress() ? GetXLogReplayRecPtr(NULL) : GetXLogInsertRecPtr();
-	PG_RETURN_INT64(now > oldest ? (int64) (now - oldest) : 0);
+	PG_RETURN_INT64(retained);
 }

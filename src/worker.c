@@ -35,7 +35,6 @@
 
 #include "access/table.h"
 #include "access/xact.h"
-#include "access/xlog.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -116,7 +115,7 @@ release_slots(FlowWorker *w, bool held)
 		ReplicationSlotRelease();
 	StartTransactionCommand();
 	DecodeDropSlot(w->slot_name);
-	ControlDropSavepointSlots(MyDatabaseId, w->def->id);
+	DecodeDropSavepointSlots(MyDatabaseId, w->def->id);
 	CommitTransactionCommand();
 	ereport(LOG,
 			(errmsg("flowpg: dropped the replication slots of failed stream \"%s\"",
@@ -265,9 +264,9 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	return true;
 }
 
-/* Merge the batch into the shared state. */
-static void
-merge_batch(FlowWorker *w)
+/* Merge the batch into the shared state, and publish it to readers. */
+void
+WorkerMergeBatch(FlowWorker *w)
 {
 	if (BatchGroups(w->batch) == 0)
 		return;
@@ -440,24 +439,18 @@ static void
 check_retained_wal(FlowWorker *w)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	XLogRecPtr	oldest;
-	uint64		retained;
-	uint64		limit;
+	int64		retained;
 	char	   *message;
 
 	if (flowpg_max_retained_wal < 0 ||
 		!TimestampDifferenceExceeds(w->wal_checked_at, now, 1000))
 		return;
 	w->wal_checked_at = now;
-	oldest = ControlOldestRestartLsn(MyDatabaseId, w->def->id);
-	if (XLogRecPtrIsInvalid(oldest) || GetXLogInsertRecPtr() <= oldest)
-		return;
-	retained = GetXLogInsertRecPtr() - oldest;
-	limit = (uint64) flowpg_max_retained_wal * 1024 * 1024;
-	if (retained <= limit)
+	retained = ControlRetainedWal(MyDatabaseId, w->def->id);
+	if (retained <= (int64) flowpg_max_retained_wal * 1024 * 1024)
 		return;
 
-	message = psprintf("stream \"%s\" retained " UINT64_FORMAT " MB of WAL, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
+	message = psprintf("stream \"%s\" retained " INT64_FORMAT " MB of WAL, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
 					   w->def->name, retained / (1024 * 1024), flowpg_max_retained_wal);
 	ereport(WARNING,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -528,7 +521,7 @@ worker_loop(FlowWorker *w)
 		}
 
 		caught_up = DecodeRead(w, WORKER_READ_RECORDS);
-		merge_batch(w);
+		WorkerMergeBatch(w);
 		publish_progress(w, caught_up);
 		maybe_checkpoint(w);
 		check_retained_wal(w);

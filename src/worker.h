@@ -75,5 +75,6 @@ typedef struct FlowWorker
 } FlowWorker;
 
 extern PGDLLEXPORT void FlowWorkerMain(Datum main_arg);
+extern void WorkerMergeBatch(FlowWorker *w);
 
 #endif							/* FLOWPG_WORKER_H */
