@@ -49,14 +49,17 @@
  */
 #include "flowpg.h"
 
+#include "access/heapam.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -403,6 +406,55 @@ row_array(FlowWorker *w, Datum *rows, int n)
 										   typlen, typbyval, typalign));
 }
 
+static int
+block_cmp(const void *a, const void *b)
+{
+	BlockNumber x = *(const BlockNumber *) a;
+	BlockNumber y = *(const BlockNumber *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Prune the result table's pages that hold the rows about to be updated by
+ * TID.  An update through an index or a sequential scan prunes the pages it
+ * reads (heap_page_prune_opt); a TID scan does not, so without this the
+ * dead versions left by the previous checkpoints would fill the pages, and
+ * every update would leave its page (not HOT): an index entry, a tuple lock
+ * and a second record in the WAL for each key, and a growing index.
+ */
+static void
+prune_result_pages(FlowWorker *w, StateChunk **chunks, int *which, int n)
+{
+	Relation	rel = table_open(w->def->result, RowExclusiveLock);
+	BlockNumber nblocks;
+	BlockNumber *blocks;
+	int			i;
+
+	if (rel->rd_rel->relam != HEAP_TABLE_AM_OID)
+	{
+		table_close(rel, NoLock);
+		return;
+	}
+	nblocks = RelationGetNumberOfBlocks(rel);
+	blocks = palloc(sizeof(BlockNumber) * n);
+	for (i = 0; i < n; i++)
+		blocks[i] = ItemPointerGetBlockNumber(&chunks[which[i]]->tid);
+	qsort(blocks, n, sizeof(BlockNumber), block_cmp);
+	for (i = 0; i < n; i++)
+	{
+		Buffer		buffer;
+
+		if (blocks[i] >= nblocks || (i > 0 && blocks[i] == blocks[i - 1]))
+			continue;
+		buffer = ReadBuffer(rel, blocks[i]);
+		heap_page_prune_opt(rel, buffer);
+		ReleaseBuffer(buffer);
+	}
+	pfree(blocks);
+	table_close(rel, NoLock);
+}
+
 /*
  * Update the rows of the chunks listed in `which` (indexes into `chunks`)
  * by TID; mark those it found in `found`, and keep their new TIDs.
@@ -418,6 +470,7 @@ update_by_tid(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
 	int			rc;
 	uint64		i;
 
+	prune_result_pages(w, chunks, which, n);
 	for (i = 0; i < n; i++)
 	{
 		tids[i] = PointerGetDatum(&chunks[which[i]]->tid);

@@ -80,6 +80,7 @@ ControlShmemStartup(void)
 			SpinLockInit(&ctl->mutex);
 			LWLockInitialize(&ctl->state_lock, FlowCtl->tranche_id);
 			ConditionVariableInit(&ctl->cv);
+			pg_atomic_init_u32(&ctl->sleeping, 0);
 			ctl->state_handle = InvalidDsaPointer;
 		}
 	}
@@ -188,10 +189,13 @@ ControlWakeLauncher(void)
 }
 
 /*
- * Wake every worker of a database: called after each commit that wrote
- * WAL, so that workers decode it at once instead of at their next timeout.
- * Reads the latch pointers without a lock; a stale one costs a spurious
- * wakeup of some other process, nothing more.
+ * Wake the sleeping workers of a database: called after each commit that
+ * wrote WAL, so that a worker asleep decodes it at once instead of at its
+ * next timeout.  A worker that is running or polling (ctl->sleeping clear)
+ * is not signalled: it reads the new WAL within a poll interval anyway, and
+ * a signal per commit costs the committing backends far more (see
+ * wait_for_wal in worker.c).  Reads the latch pointers without a lock; a
+ * stale one costs a spurious wakeup of some other process, nothing more.
  */
 void
 ControlWakeDatabase(Oid dboid)
@@ -200,13 +204,15 @@ ControlWakeDatabase(Oid dboid)
 
 	if (FlowCtl == NULL)
 		return;
+	/* our commit is flushed; now read the flags (pairs with wait_for_wal) */
+	pg_memory_barrier();
 	for (i = 0; i < FlowCtl->max_streams; i++)
 	{
 		StreamCtl  *ctl = &FlowCtl->streams[i];
 		Latch	   *latch = ctl->latch;
 
 		if (ctl->in_use && ctl->dboid == dboid && latch != NULL &&
-			latch != MyLatch)
+			latch != MyLatch && pg_atomic_read_u32(&ctl->sleeping) != 0)
 			SetLatch(latch);
 	}
 }

@@ -93,6 +93,13 @@ typedef struct StreamCtl
 	LWLock		state_lock;
 	dsa_pointer state_handle;
 
+	/*
+	 * Set by the worker while it sleeps until a commit wakes it; clear while
+	 * it runs or polls the WAL on its own (see wait_for_wal in worker.c).
+	 * A committing backend sets the worker's latch only when this is set.
+	 */
+	pg_atomic_uint32 sleeping;
+
 	/* Broadcast whenever result_lsn, ckpt_done or status changes. */
 	ConditionVariable cv;
 } StreamCtl;

@@ -41,6 +41,7 @@ typedef struct FlowWorker
 	TimestampTz last_checkpoint;
 	TimestampTz ckpt_started;	/* start of the checkpoint being taken */
 	TimestampTz last_confirm;
+	TimestampTz active_at;		/* last round that decoded new WAL */
 
 	uint64		reload_seen;	/* ctl->reload_requested handled */
 	uint64		sp_seen;		/* ctl->sp_requested handled */
