@@ -148,3 +148,7 @@ SELECT * FROM leftovers;
 SELECT count(*) AS slots FROM pg_replication_slots;
 DROP VIEW leftovers;
 DROP EXTENSION file_fdw CASCADE;
+-- settings: shown, and only changed in the configuration (reload)
+SHOW flowpg.poll_interval;
+SHOW flowpg.checkpoint_interval;
+SET flowpg.poll_interval = '1ms';

@@ -27,3 +27,27 @@ SELECT oracle('rts');
 SELECT count(*) AS rows, count(DISTINCT k) AS keys FROM rts;
 SELECT flowpg.drop_stream('rts');
 DROP TABLE rt;
+-- A checkpoint prunes the pages of the rows it updates by TID, as an
+-- update through an index would: the versions earlier checkpoints left
+-- behind make room, each update stays on its page (HOT), and the table
+-- keeps its size however often its keys change (autovacuum is off here,
+-- so nothing else cleans it).
+CREATE TABLE hs (k int, v int);
+SELECT flowpg.create_stream('hot', 'SELECT k, count(*) AS n FROM hs GROUP BY k');
+ALTER TABLE hot SET (autovacuum_enabled = false);
+CREATE PROCEDURE hot_rounds(n int) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..n LOOP
+        INSERT INTO hs SELECT g, i FROM generate_series(1, 300) g;
+        COMMIT;
+        PERFORM flowpg.checkpoint('hot');
+        COMMIT;
+    END LOOP;
+END $$;
+CALL hot_rounds(30);
+SELECT oracle('hot');
+SELECT count(*) AS rows, pg_relation_size('hot') <= 6 * 8192 AS kept_its_size
+  FROM hot;
+SELECT flowpg.drop_stream('hot');
+DROP PROCEDURE hot_rounds;
+DROP TABLE hs;

@@ -35,6 +35,7 @@ PG_MODULE_MAGIC;
 void		_PG_init(void);
 
 int			flowpg_checkpoint_interval = 1000;
+int			flowpg_poll_interval = 5;
 int			flowpg_state_memory = 1024;
 int			flowpg_max_streams = 16;
 int			flowpg_checkpoints_retained = 10;
@@ -83,6 +84,13 @@ define_gucs(void)
 							"A stream's own checkpoint_interval, if set, overrides this.",
 							&flowpg_checkpoint_interval,
 							1000, 10, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("flowpg.poll_interval",
+							"How often a stream's worker looks for new WAL while writes keep coming.",
+							"A worker that found no new WAL for a while sleeps until a commit wakes it instead. Shorter intervals make results fresher and cost the writing sessions more.",
+							&flowpg_poll_interval,
+							5, 1, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("flowpg.state_memory",

@@ -40,6 +40,7 @@
 
 /* GUC variables (flowpg.c) */
 extern int	flowpg_checkpoint_interval;	/* ms */
+extern int	flowpg_poll_interval;	/* ms */
 extern int	flowpg_state_memory;	/* MB */
 extern int	flowpg_max_streams;
 extern int	flowpg_checkpoints_retained;

@@ -489,17 +489,18 @@ paused_round(FlowWorker *w)
 /*
  * Between rounds, once caught up.  While WAL keeps coming (some round in
  * the last WORKER_BUSY_MS decoded new WAL) the worker polls: it sleeps
- * WORKER_POLL_MS and reads whatever was flushed meanwhile, without being
- * signalled.  Otherwise it sets ctl->sleeping and sleeps until a commit
- * sets its latch or a checkpoint is due.
+ * flowpg.poll_interval and reads whatever was flushed meanwhile, without
+ * being signalled.  Otherwise it sets ctl->sleeping and sleeps until a
+ * commit sets its latch or a checkpoint is due.
  *
  * Why not a signal per commit: at a few thousand commits a second the
- * committing backends' kill() calls and the worker's wakeups cost them up
- * to a third of their throughput on a two-core machine (test/bench/run),
- * while polling every 2 ms adds at most 2 ms to the time a commit takes to
- * reach flowpg.live.
+ * committing backends' kill() calls and the worker's wakeups cost them a
+ * quarter of their throughput on a two-core machine, and each wakeup of
+ * the worker, signalled or not, costs them more than its share of CPU
+ * (test/bench/run and the README: 2 ms polls cost two 100-row writers
+ * about 25%, 5 ms about 17%, 10 ms about 11%), while polling adds at most
+ * an interval to the time a commit takes to reach flowpg.live.
  */
-#define WORKER_POLL_MS 2
 #define WORKER_BUSY_MS 100
 
 static void
@@ -511,7 +512,7 @@ wait_for_wal(FlowWorker *w, bool advanced)
 	if (advanced)
 		w->active_at = now;
 	if (!TimestampDifferenceExceeds(w->active_at, now, WORKER_BUSY_MS))
-		timeout = Min(timeout, WORKER_POLL_MS);
+		timeout = Min(timeout, flowpg_poll_interval);
 	else
 	{
 		pg_atomic_write_u32(&w->ctl->sleeping, 1);
