@@ -495,11 +495,10 @@ paused_round(FlowWorker *w)
  *
  * Why not a signal per commit: at a few thousand commits a second the
  * committing backends' kill() calls and the worker's wakeups cost them a
- * quarter of their throughput on a two-core machine, and each wakeup of
- * the worker, signalled or not, costs them more than its share of CPU
- * (test/bench/run and the README: 2 ms polls cost two 100-row writers
- * about 25%, 5 ms about 17%, 10 ms about 11%), while polling adds at most
- * an interval to the time a commit takes to reach flowpg.live.
+ * quarter of their throughput on a two-core machine, while polling adds
+ * at most an interval to the time a commit takes to reach flowpg.live.
+ * Fewer, larger rounds also decode and merge for less per row (the README
+ * has the figures, under Performance).
  */
 #define WORKER_BUSY_MS 100
 
