@@ -35,6 +35,8 @@
 
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -519,6 +521,15 @@ wait_for_wal(FlowWorker *w, bool advanced)
 		pg_memory_barrier();
 		if (GetFlushRecPtr(NULL) > w->decoding->reader->EndRecPtr)
 			timeout = 0;
+
+		/*
+		 * WAL inserted but not flushed yet, such as an asynchronous
+		 * commit's: its backend signalled before the flush, and nobody will
+		 * when the WAL writer flushes it, so keep polling.  (An idle
+		 * server's insert position can be a page header past the flush.)
+		 */
+		else if (GetXLogInsertRecPtr() > GetFlushRecPtr(NULL) + SizeOfXLogLongPHD)
+			timeout = Min(timeout, flowpg_poll_interval);
 	}
 	if (timeout > 0)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
