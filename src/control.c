@@ -204,7 +204,7 @@ ControlWakeDatabase(Oid dboid)
 
 	if (FlowCtl == NULL)
 		return;
-	/* our commit is flushed; now read the flags (pairs with wait_for_wal) */
+	/* our commit is in the WAL; now read the flags (pairs with wait_for_wal) */
 	pg_memory_barrier();
 	for (i = 0; i < FlowCtl->max_streams; i++)
 	{

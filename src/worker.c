@@ -383,7 +383,7 @@ publish_progress(FlowWorker *w, bool caught_up)
 
 /* How long to sleep: until the next checkpoint is due, or a second. */
 static long
-sleep_ms(FlowWorker *w)
+sleep_ms(FlowWorker *w, TimestampTz now)
 {
 	long		secs;
 	int			usecs;
@@ -391,7 +391,7 @@ sleep_ms(FlowWorker *w)
 
 	if (w->state->ndirty == 0)
 		return 1000;
-	TimestampDifference(GetCurrentTimestamp(),
+	TimestampDifference(now,
 						TimestampTzPlusMilliseconds(w->last_checkpoint,
 													CatalogIntervalMs(w->def)),
 						&secs, &usecs);
@@ -508,18 +508,21 @@ static void
 wait_for_wal(FlowWorker *w, bool advanced)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	long		timeout = sleep_ms(w);
+	long		timeout = sleep_ms(w, now);
+	bool		poll;
 
 	if (advanced)
 		w->active_at = now;
-	if (!TimestampDifferenceExceeds(w->active_at, now, WORKER_BUSY_MS))
-		timeout = Min(timeout, flowpg_poll_interval);
-	else
+	poll = !TimestampDifferenceExceeds(w->active_at, now, WORKER_BUSY_MS);
+	if (!poll)
 	{
+		XLogRecPtr	flush;
+
 		pg_atomic_write_u32(&w->ctl->sleeping, 1);
 		/* publish the flag, then look at the WAL (pairs with ControlWakeDatabase) */
 		pg_memory_barrier();
-		if (GetFlushRecPtr(NULL) > w->decoding->reader->EndRecPtr)
+		flush = GetFlushRecPtr(NULL);
+		if (flush > w->decoding->reader->EndRecPtr)
 			timeout = 0;
 
 		/*
@@ -528,9 +531,11 @@ wait_for_wal(FlowWorker *w, bool advanced)
 		 * when the WAL writer flushes it, so keep polling.  (An idle
 		 * server's insert position can be a page header past the flush.)
 		 */
-		else if (GetXLogInsertRecPtr() > GetFlushRecPtr(NULL) + SizeOfXLogLongPHD)
-			timeout = Min(timeout, flowpg_poll_interval);
+		else
+			poll = GetXLogInsertRecPtr() > flush + SizeOfXLogLongPHD;
 	}
+	if (poll)
+		timeout = Min(timeout, flowpg_poll_interval);
 	if (timeout > 0)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
