@@ -66,6 +66,22 @@ INSERT INTO clicks (campaign, cost) VALUES (2, 100);
 COMMIT;
 SELECT oracle('spend');
 
+-- two-phase commit: a prepared transaction counts when COMMIT PREPARED
+-- commits it, never when ROLLBACK PREPARED ends it
+BEGIN;
+INSERT INTO clicks (campaign, cost) VALUES (3, 30);
+PREPARE TRANSACTION 'flowpg_p1';
+BEGIN;
+INSERT INTO clicks (campaign, cost) VALUES (3, 3000);
+PREPARE TRANSACTION 'flowpg_p2';
+INSERT INTO clicks (campaign, cost) VALUES (3, 1);
+SELECT flowpg.wait('spend');
+SELECT clicks, spend FROM spend WHERE campaign = 3;
+COMMIT PREPARED 'flowpg_p1';
+ROLLBACK PREPARED 'flowpg_p2';
+SELECT oracle('spend');
+SELECT clicks, spend FROM spend WHERE campaign = 3;
+
 -- renaming the result table renames the stream
 ALTER TABLE spend RENAME TO spend_renamed;
 SELECT name FROM flowpg.streams;
