@@ -51,15 +51,20 @@
 
 #include "access/heapam.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "pgstat.h"
 #include "storage/bufmgr.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -430,20 +435,15 @@ block_cmp(const void *a, const void *b)
 #define PRUNE_MIN_ROWS 4
 
 static void
-prune_result_pages(FlowWorker *w, StateChunk **chunks, int *which, int n)
+prune_result_pages(Relation rel, StateChunk **chunks, int *which, int n,
+				   BlockNumber nblocks)
 {
-	Relation	rel = table_open(w->def->result, RowExclusiveLock);
-	BlockNumber nblocks;
 	BlockNumber *blocks;
 	int			i;
 	int			run;
 
 	if (rel->rd_rel->relam != HEAP_TABLE_AM_OID)
-	{
-		table_close(rel, NoLock);
 		return;
-	}
-	nblocks = RelationGetNumberOfBlocks(rel);
 	blocks = palloc(sizeof(BlockNumber) * n);
 	for (i = 0; i < n; i++)
 		blocks[i] = ItemPointerGetBlockNumber(&chunks[which[i]]->tid);
@@ -461,7 +461,170 @@ prune_result_pages(FlowWorker *w, StateChunk **chunks, int *which, int n)
 		ReleaseBuffer(buffer);
 	}
 	pfree(blocks);
-	table_close(rel, NoLock);
+}
+
+/* Index in the result table's descriptor of output column outcol (1-based). */
+static int
+result_attindex(FlowWorker *w, int outcol)
+{
+	int			i;
+
+	for (i = 0; i < w->resultdesc->natts; i++)
+		if (!TupleDescAttr(w->resultdesc, i)->attisdropped && --outcol == 0)
+			return i;
+	elog(ERROR, "result column not found");
+	return -1;
+}
+
+/*
+ * May update_in_place write this result table?  Only a plain heap table
+ * that nothing else hooks into, with the columns the worker knows, and
+ * on which the owner holds UPDATE and SELECT: what the statement would
+ * check or fire otherwise (triggers, row-level security, constraints,
+ * partitions, generated columns, column privileges) stays the
+ * statement's job.  A
+ * global aggregate's one row is deleted and written again instead.
+ */
+static bool
+in_place_allowed(FlowWorker *w, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleConstr *constr = desc->constr;
+	int			i;
+
+	if (w->plan->nkeys == 0 ||
+		rel->rd_rel->relkind != RELKIND_RELATION ||
+		rel->rd_rel->relispartition ||
+		rel->rd_rel->relam != HEAP_TABLE_AM_OID ||
+		rel->trigdesc != NULL ||
+		rel->rd_rel->relrowsecurity ||
+		(constr != NULL && (constr->num_check > 0 || constr->has_not_null ||
+							constr->has_generated_stored)) ||
+		desc->natts != w->resultdesc->natts)
+		return false;
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(desc, i);
+		Form_pg_attribute b = TupleDescAttr(w->resultdesc, i);
+
+		if (a->attisdropped != b->attisdropped || a->atttypid != b->atttypid)
+			return false;
+	}
+	return pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_UPDATE) == ACLCHECK_OK &&
+		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_SELECT) == ACLCHECK_OK;
+}
+
+/*
+ * The update of result_tid_update without the statement: for each row,
+ * fetch the row version at its TID, check that it still holds its key
+ * (keeping the key's stored bytes, as the statement does), update it
+ * through the table AM and, when the update is not HOT, insert its index
+ * entries, as the executor's UPDATE does.  Planning and running the join
+ * of the statement (a TID scan restarted for every row) took two thirds
+ * of a checkpoint's time.  A row changed or deleted meanwhile counts as
+ * not found and goes through the upsert.  The caller has checked
+ * in_place_allowed.
+ */
+static void
+update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
+				int *which, int n, bool *found, BlockNumber nblocks)
+{
+	FlowPlan   *plan = w->plan;
+	TupleDesc	desc = RelationGetDescr(rel);
+	int		   *keyatt = palloc(sizeof(int) * (plan->nkeys + 1));
+	EState	   *estate;
+	RangeTblEntry *rte;
+	ResultRelInfo *rri;
+	TupleTableSlot *oldslot;
+	TupleTableSlot *newslot;
+	Snapshot	snapshot;
+	CommandId	cid;
+	int			i;
+	int			k;
+
+	for (k = 0; k < plan->nkeys; k++)
+		keyatt[k] = result_attindex(w, plan->fq->key_outcol[k]);
+	CheckCmdReplicaIdentity(rel, CMD_UPDATE);
+
+	/* see what the statements before saw, as the next statement would */
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	snapshot = GetActiveSnapshot();
+	cid = GetCurrentCommandId(true);
+
+	estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	estate->es_output_cid = cid;
+	oldslot = table_slot_create(rel, &estate->es_tupleTable);
+	newslot = table_slot_create(rel, &estate->es_tupleTable);
+
+	for (i = 0; i < n; i++)
+	{
+		StateChunk *chunk = chunks[which[i]];
+		ItemPointerData tid = chunk->tid;
+		HeapTupleHeader row = DatumGetHeapTupleHeader(rows[which[i]]);
+		HeapTupleData tuple;
+		TM_FailureData tmfd;
+		LockTupleMode lockmode;
+		bool		update_indexes;
+		TM_Result	result;
+
+		ResetPerTupleExprContext(estate);
+		if (ItemPointerGetBlockNumber(&tid) >= nblocks ||
+			!table_tuple_fetch_row_version(rel, &tid, snapshot, oldslot))
+			continue;
+		slot_getallattrs(oldslot);
+
+		tuple.t_len = HeapTupleHeaderGetDatumLength(row);
+		tuple.t_data = row;
+		ItemPointerSetInvalid(&tuple.t_self);
+		tuple.t_tableOid = InvalidOid;
+		ExecClearTuple(newslot);
+		heap_deform_tuple(&tuple, desc, newslot->tts_values, newslot->tts_isnull);
+		for (k = 0; k < plan->nkeys; k++)
+		{
+			int			a = keyatt[k];
+
+			if (oldslot->tts_isnull[a] != newslot->tts_isnull[a] ||
+				(!oldslot->tts_isnull[a] &&
+				 !DatumGetBool(FunctionCall2Coll(&plan->key_eq[k], plan->key_coll[k],
+												 oldslot->tts_values[a],
+												 newslot->tts_values[a]))))
+				break;
+			newslot->tts_values[a] = oldslot->tts_values[a];
+		}
+		if (k < plan->nkeys)
+			continue;			/* the row no longer holds this key */
+		ExecStoreVirtualTuple(newslot);
+
+		result = table_tuple_update(rel, &tid, newslot, cid, snapshot,
+									InvalidSnapshot, true, &tmfd, &lockmode,
+									&update_indexes);
+		if (result == TM_Updated || result == TM_Deleted)
+			continue;			/* changed meanwhile: the upsert writes it */
+		if (result != TM_Ok)
+			elog(ERROR, "unexpected result %d updating a row of result table \"%s\"",
+				 (int) result, RelationGetRelationName(rel));
+		if (update_indexes && rri->ri_NumIndices > 0)
+			(void) ExecInsertIndexTuples(rri, newslot, estate, true, false,
+										 NULL, NIL);
+		chunk->tid = newslot->tts_tid;
+		found[which[i]] = true;
+	}
+
+	ExecCloseIndices(rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	PopActiveSnapshot();
+	CommandCounterIncrement();
 }
 
 /*
@@ -472,14 +635,25 @@ static void
 update_by_tid(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
 			  int n, bool *found)
 {
-	Datum	   *tids = palloc(sizeof(Datum) * n);
-	Datum	   *sub = palloc(sizeof(Datum) * n);
+	Datum	   *tids;
+	Datum	   *sub;
 	Datum		args[2];
 	int			nest;
 	int			rc;
 	uint64		i;
+	Relation	rel = table_open(w->def->result, RowExclusiveLock);
+	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
+	bool		in_place = in_place_allowed(w, rel);
 
-	prune_result_pages(w, chunks, which, n);
+	prune_result_pages(rel, chunks, which, n, nblocks);
+	if (in_place)
+		update_in_place(w, rel, chunks, rows, which, n, found, nblocks);
+	table_close(rel, NoLock);
+	if (in_place)
+		return;
+
+	tids = palloc(sizeof(Datum) * n);
+	sub = palloc(sizeof(Datum) * n);
 	for (i = 0; i < n; i++)
 	{
 		tids[i] = PointerGetDatum(&chunks[which[i]]->tid);
@@ -842,6 +1016,13 @@ CheckpointDone(FlowWorker *w, int64 id)
 	XLogFlush(XactLastCommitEnd);
 	StateClearDirty(w->state);
 	DecodeConfirm(w, lsn);
+
+	/*
+	 * Report the rows written to the statistics (at most once a second), as
+	 * a backend does between statements: autovacuum decides from them when
+	 * the result table and flowpg's own tables need vacuuming.
+	 */
+	pgstat_report_stat(false);
 	w->last_checkpoint = GetCurrentTimestamp();
 
 	SpinLockAcquire(&ctl->mutex);

@@ -536,6 +536,15 @@ wait_for_wal(FlowWorker *w, bool advanced)
 	}
 	if (poll)
 		timeout = Min(timeout, flowpg_poll_interval);
+	else
+	{
+		/*
+		 * About to sleep: flush the statistics the last checkpoints kept back
+		 * (pgstat_report_stat(false) flushes at most once a second), as an
+		 * idle backend does.
+		 */
+		pgstat_report_stat(true);
+	}
 	if (timeout > 0)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
