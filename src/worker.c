@@ -483,6 +483,7 @@ paused_round(FlowWorker *w)
 	publish_progress(w, false);
 	check_retained_wal(w);
 	set_status(w, STREAM_PAUSED);
+	pgstat_report_stat(true);
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					 1000, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
