@@ -144,21 +144,27 @@ check_result_table(FlowWorker *w)
 	return name;
 }
 
+/* Index in the result table's descriptor of output column outcol (1-based). */
+static int
+result_attindex(FlowWorker *w, int outcol)
+{
+	int			n = outcol;
+	int			i;
+
+	for (i = 0; i < w->resultdesc->natts; i++)
+		if (!TupleDescAttr(w->resultdesc, i)->attisdropped && --n == 0)
+			return i;
+	elog(ERROR, "result column %d not found", outcol);
+	return -1;
+}
+
 /* Table column name of output column `outcol` (1-based). */
 static const char *
 result_column(FlowWorker *w, int outcol)
 {
-	int			i;
+	int			i = result_attindex(w, outcol);
 
-	for (i = 0; i < w->resultdesc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(w->resultdesc, i);
-
-		if (!att->attisdropped && --outcol == 0)
-			return quote_identifier(NameStr(att->attname));
-	}
-	elog(ERROR, "result column %d not found", outcol);
-	return NULL;
+	return quote_identifier(NameStr(TupleDescAttr(w->resultdesc, i)->attname));
 }
 
 /* Is output column outcol (1-based) a key? */
@@ -463,27 +469,14 @@ prune_result_pages(Relation rel, StateChunk **chunks, int *which, int n,
 	pfree(blocks);
 }
 
-/* Index in the result table's descriptor of output column outcol (1-based). */
-static int
-result_attindex(FlowWorker *w, int outcol)
-{
-	int			i;
-
-	for (i = 0; i < w->resultdesc->natts; i++)
-		if (!TupleDescAttr(w->resultdesc, i)->attisdropped && --outcol == 0)
-			return i;
-	elog(ERROR, "result column not found");
-	return -1;
-}
-
 /*
  * May update_in_place write this result table?  Only a plain heap table
  * that nothing else hooks into, with the columns the worker knows, and
  * on which the owner holds UPDATE and SELECT: what the statement would
  * check or fire otherwise (triggers, row-level security, constraints,
  * partitions, generated columns, column privileges) stays the
- * statement's job.  A
- * global aggregate's one row is deleted and written again instead.
+ * statement's job.  A global aggregate's one row is deleted and written
+ * again instead.
  */
 static bool
 in_place_allowed(FlowWorker *w, Relation rel)
@@ -532,6 +525,10 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 	FlowPlan   *plan = w->plan;
 	TupleDesc	desc = RelationGetDescr(rel);
 	int		   *keyatt = palloc(sizeof(int) * (plan->nkeys + 1));
+	Datum	   *oldkey = palloc(sizeof(Datum) * (plan->nkeys + 1));
+	bool	   *oldnull = palloc(sizeof(bool) * (plan->nkeys + 1));
+	Datum	   *newkey = palloc(sizeof(Datum) * (plan->nkeys + 1));
+	bool	   *newnull = palloc(sizeof(bool) * (plan->nkeys + 1));
 	EState	   *estate;
 	RangeTblEntry *rte;
 	ResultRelInfo *rri;
@@ -591,18 +588,15 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 		heap_deform_tuple(&tuple, desc, newslot->tts_values, newslot->tts_isnull);
 		for (k = 0; k < plan->nkeys; k++)
 		{
-			int			a = keyatt[k];
-
-			if (oldslot->tts_isnull[a] != newslot->tts_isnull[a] ||
-				(!oldslot->tts_isnull[a] &&
-				 !DatumGetBool(FunctionCall2Coll(&plan->key_eq[k], plan->key_coll[k],
-												 oldslot->tts_values[a],
-												 newslot->tts_values[a]))))
-				break;
-			newslot->tts_values[a] = oldslot->tts_values[a];
+			oldkey[k] = oldslot->tts_values[keyatt[k]];
+			oldnull[k] = oldslot->tts_isnull[keyatt[k]];
+			newkey[k] = newslot->tts_values[keyatt[k]];
+			newnull[k] = newslot->tts_isnull[keyatt[k]];
 		}
-		if (k < plan->nkeys)
+		if (!PlanKeysEqual(plan, oldkey, oldnull, newkey, newnull))
 			continue;			/* the row no longer holds this key */
+		for (k = 0; k < plan->nkeys; k++)
+			newslot->tts_values[keyatt[k]] = oldkey[k];
 		ExecStoreVirtualTuple(newslot);
 
 		result = table_tuple_update(rel, &tid, newslot, cid, snapshot,
@@ -627,33 +621,18 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 	CommandCounterIncrement();
 }
 
-/*
- * Update the rows of the chunks listed in `which` (indexes into `chunks`)
- * by TID; mark those it found in `found`, and keep their new TIDs.
- */
+/* The same update through result_tid_update, for any result table. */
 static void
-update_by_tid(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
-			  int n, bool *found)
+update_by_statement(FlowWorker *w, StateChunk **chunks, Datum *rows,
+					int *which, int n, bool *found)
 {
-	Datum	   *tids;
-	Datum	   *sub;
+	Datum	   *tids = palloc(sizeof(Datum) * n);
+	Datum	   *sub = palloc(sizeof(Datum) * n);
 	Datum		args[2];
 	int			nest;
 	int			rc;
 	uint64		i;
-	Relation	rel = table_open(w->def->result, RowExclusiveLock);
-	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
-	bool		in_place = in_place_allowed(w, rel);
 
-	prune_result_pages(rel, chunks, which, n, nblocks);
-	if (in_place)
-		update_in_place(w, rel, chunks, rows, which, n, found, nblocks);
-	table_close(rel, NoLock);
-	if (in_place)
-		return;
-
-	tids = palloc(sizeof(Datum) * n);
-	sub = palloc(sizeof(Datum) * n);
 	for (i = 0; i < n; i++)
 	{
 		tids[i] = PointerGetDatum(&chunks[which[i]]->tid);
@@ -687,6 +666,25 @@ update_by_tid(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
 		chunks[which[ord - 1]]->tid = *tid;
 	}
 	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Update the rows of the chunks listed in `which` (indexes into `chunks`)
+ * by TID; mark those it found in `found`, and keep their new TIDs.
+ */
+static void
+update_by_tid(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
+			  int n, bool *found)
+{
+	Relation	rel = table_open(w->def->result, RowExclusiveLock);
+	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
+
+	prune_result_pages(rel, chunks, which, n, nblocks);
+	if (in_place_allowed(w, rel))
+		update_in_place(w, rel, chunks, rows, which, n, found, nblocks);
+	else
+		update_by_statement(w, chunks, rows, which, n, found);
+	table_close(rel, NoLock);
 }
 
 /*

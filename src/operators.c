@@ -380,8 +380,8 @@ PlanKeyHash(FlowPlan *plan, Datum *values, bool *isnull)
 }
 
 /* Are two keys equal for GROUP BY?  NULLs group together. */
-static bool
-keys_equal(FlowPlan *plan, Datum *v1, bool *n1, Datum *v2, bool *n2)
+bool
+PlanKeysEqual(FlowPlan *plan, Datum *v1, bool *n1, Datum *v2, bool *n2)
 {
 	int			i;
 
@@ -401,7 +401,7 @@ keys_equal(FlowPlan *plan, Datum *v1, bool *n1, Datum *v2, bool *n2)
 static bool
 batch_group_equal(FlowPlan *plan, BatchGroup *a, BatchGroup *b)
 {
-	return keys_equal(plan, a->keys, a->nulls, b->keys, b->nulls);
+	return PlanKeysEqual(plan, a->keys, a->nulls, b->keys, b->nulls);
 }
 
 /* Deform a stored key; the values point into the key. */
@@ -880,7 +880,7 @@ index_equal(IndexProbe *probe, dsa_pointer stored, dsa_pointer lookup)
 	chunk = StateGetChunk(probe->st, stored);
 	key_deform(probe->plan, StateChunkKey(chunk), probe->scratch,
 			   probe->scratch_nulls);
-	return keys_equal(probe->plan, probe->scratch, probe->scratch_nulls,
+	return PlanKeysEqual(probe->plan, probe->scratch, probe->scratch_nulls,
 					  probe->vals, probe->nulls);
 }
 

@@ -99,6 +99,8 @@ extern FlowPlan *PlanBuild(FlowQuery *fq, TupleDesc srcdesc);
 extern TupleTableSlot *PlanFinalize(FlowPlan *plan, MinimalTuple key,
 									const char *image, Size len);
 extern uint32 PlanKeyHash(FlowPlan *plan, Datum *values, bool *isnull);
+extern bool PlanKeysEqual(FlowPlan *plan, Datum *v1, bool *n1, Datum *v2,
+						  bool *n2);
 extern uint32 PlanStoredKeyHash(FlowPlan *plan, MinimalTuple key);
 extern MinimalTuple PlanEmptyKey(FlowPlan *plan);
 extern void PlanOutputToTable(TupleTableSlot *out, TupleDesc table,
