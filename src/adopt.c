@@ -205,7 +205,7 @@ scan_source(FlowWorker *w)
 
 	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
-		BatchAdd(w->batch, tuple);
+		BatchAdd(w->batch, w->state, tuple);
 		w->events++;
 		if (++rows % ADOPT_MERGE_ROWS == 0)
 		{

@@ -122,7 +122,7 @@ flowpg_change_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	{
 		case REORDER_BUFFER_CHANGE_INSERT:
 			w->events++;
-			BatchAdd(w->batch, &change->data.tp.newtuple->tuple);
+			BatchAdd(w->batch, w->state, &change->data.tp.newtuple->tuple);
 			break;
 		case REORDER_BUFFER_CHANGE_UPDATE:
 			w->ignored_updates++;

@@ -6,12 +6,26 @@
  * Every expression runs in PostgreSQL's executor (ExecInitExpr and
  * friends) and every aggregate through its own support functions, called
  * the way nodeAgg.c calls them: transition functions while a worker
- * pre-aggregates a batch of source rows in local memory, combine functions
+ * aggregates a batch of source rows in local memory, combine functions
  * when the batch is merged into the shared state, serialization functions
  * to store a transition value as flat bytes (the only thing shared memory
  * and the checkpoint tables can hold), and final functions to produce the
  * output row.  The support functions see a minimal AggState as their
  * context, which is all AggCheckCallContext() needs.
+ *
+ * A batch meets each key once through the worker's index of its keys
+ * (one probe per row finds the key's chunk and its group in the batch).
+ * When no aggregate has an internal state (a "direct" plan: count, sum,
+ * avg, min, max of the usual types, ...), a key's group starts from the
+ * key's stored transition values, the batch's rows advance them, and the
+ * merge stores them back: no partial state, no combine call, and the rows
+ * are aggregated in the order a batch query over the table would see them.
+ * A deserialized internal state is only promised to combine and final
+ * functions, not to the transition function (numeric_deserialize made
+ * states that no longer added up squares, until a PostgreSQL minor
+ * release fixed it), so a plan with such an aggregate aggregates a batch
+ * into partial states from the initial values and combines them into the
+ * stored states at the merge.
  *
  * A state image is the concatenation of each aggregate's transition value
  * in datumSerialize() format, internal states through their serialization
@@ -19,8 +33,10 @@
  *
  * Memory: a FlowPlan lives in its own context.  Per-row work happens in
  * the plan's per-tuple context, reset for every row; a batch's groups and
- * transition values live in the batch's context, reset after every merge;
- * merging and finalizing use contexts reset for every key.
+ * transition values live in the batch's context, reset after every merge
+ * (its first megabyte is kept, not returned to the system each time);
+ * merging and finalizing use contexts reset every few hundred keys and for
+ * every key.  The key index lives as long as the plan.
  *
  *-------------------------------------------------------------------------
  */
@@ -46,46 +62,51 @@
 
 #include "operators.h"
 
-/* One key of a batch and its transition values. */
+/*
+ * A key the current batch has met, and its transition values.  They start
+ * from the key's state as stored in its chunk when the plan is direct (the
+ * rows advance the key's own transition values, as a batch query would),
+ * or from the aggregates' initial values otherwise (a partial state,
+ * combined into the stored one when the batch is merged), and from the
+ * initial values for a key new to the state.  Only a new key keeps its
+ * values here: an old one has them in its chunk.
+ */
 typedef struct BatchGroup
 {
 	uint32		hash;
-	Datum	   *keys;
+	dsa_pointer chunk;			/* InvalidDsaPointer for a new key */
+	Datum	   *keys;			/* a new key's values, else NULL */
 	bool	   *nulls;
 	AggValue	vals[FLEXIBLE_ARRAY_MEMBER];
 } BatchGroup;
 
-typedef struct BatchEntry
-{
-	BatchGroup *group;
-	uint32		hash;
-	char		status;
-} BatchEntry;
-
-static bool batch_group_equal(FlowPlan *plan, BatchGroup *a, BatchGroup *b);
-
-#define SH_PREFIX batchhash
-#define SH_ELEMENT_TYPE BatchEntry
-#define SH_KEY_TYPE BatchGroup *
-#define SH_KEY group
-#define SH_HASH_KEY(tb, key) ((key)->hash)
-#define SH_EQUAL(tb, a, b) batch_group_equal((FlowPlan *) (tb)->private_data, a, b)
-#define SH_STORE_HASH
-#define SH_GET_HASH(tb, a) ((a)->hash)
-#define SH_SCOPE static inline
-#define SH_DECLARE
-#define SH_DEFINE
-#include "lib/simplehash.h"
-
 /*
  * The worker's index of its keys: from a key to its chunk in the shared
- * state.  Keys are compared with the plan's equality functions against the
- * key being looked up (IndexProbe), which stands for itself as
- * InvalidDsaPointer.
+ * state and, once the current batch has met the key, to its group.  One
+ * probe per source row finds both.
+ *
+ * An entry's group is an index into the batch's array of groups, valid
+ * only while the batch lasts: it is the entry's if it is below the
+ * batch's count and that group has the entry's chunk (chunks do not move
+ * while a batch lasts, so no other key's group has it).  A key new in
+ * this batch has no chunk until the batch is merged; its group, always
+ * valid, holds its values meanwhile.
+ *
+ * The key a probe looks up (a KeyRef) says how to compare: a valid chunk
+ * finds the entry of that chunk, a group the entry of that new key, and
+ * neither the key whose values are in the IndexProbe.
  */
-typedef struct IndexEntry
+#define NO_GROUP	PG_UINT32_MAX
+
+typedef struct KeyRef
 {
 	dsa_pointer chunk;
+	uint32		group;
+} KeyRef;
+
+typedef struct IndexEntry
+{
+	KeyRef		ref;
 	uint32		hash;
 	char		status;
 } IndexEntry;
@@ -94,6 +115,7 @@ typedef struct IndexProbe
 {
 	FlowPlan   *plan;
 	FlowState  *st;
+	FlowBatch  *batch;
 	uint32		hash;
 	Datum	   *vals;			/* the key looked up */
 	bool	   *nulls;
@@ -101,12 +123,12 @@ typedef struct IndexProbe
 	bool	   *scratch_nulls;
 } IndexProbe;
 
-static bool index_equal(IndexProbe *probe, dsa_pointer stored, dsa_pointer lookup);
+static bool index_equal(IndexProbe *probe, KeyRef stored, KeyRef lookup);
 
 #define SH_PREFIX keyindex
 #define SH_ELEMENT_TYPE IndexEntry
-#define SH_KEY_TYPE dsa_pointer
-#define SH_KEY chunk
+#define SH_KEY_TYPE KeyRef
+#define SH_KEY ref
 #define SH_HASH_KEY(tb, key) (((IndexProbe *) (tb)->private_data)->hash)
 #define SH_EQUAL(tb, a, b) index_equal((IndexProbe *) (tb)->private_data, a, b)
 #define SH_STORE_HASH
@@ -119,19 +141,20 @@ static bool index_equal(IndexProbe *probe, dsa_pointer stored, dsa_pointer looku
 struct FlowBatch
 {
 	FlowPlan   *plan;
-	MemoryContext cxt;			/* groups and transition values */
+	MemoryContext cxt;			/* the groups and their values */
 	MemoryContext mergecxt;		/* reset every MERGE_RESET_KEYS keys merged */
-	batchhash_hash *hash;
-	BatchGroup *probe;
 
 	/* the index of the keys in the shared state; lives with the plan */
 	keyindex_hash *index;
-	IndexProbe *probe_key;
+	IndexProbe *probe;
+
+	/* the current batch's groups, in the order it met them */
+	BatchGroup **groups;
+	int			ngroups;
+	int			maxgroups;
 
 	/* scratch space of merge_group, allocated once */
 	AggValue   *vals;
-	Datum	   *keys;
-	bool	   *nulls;
 	StringInfoData image;
 	int			merged;
 };
@@ -340,8 +363,14 @@ PlanBuild(FlowQuery *fq, TupleDesc srcdesc)
 
 	build_keys(plan);
 	plan->aggs = palloc0(sizeof(FlowAgg) * (plan->naggs + 1));
+	plan->direct = true;
 	foreach(lc, fq->aggs)
-		build_agg(plan, &plan->aggs[i++], lfirst(lc));
+	{
+		build_agg(plan, &plan->aggs[i], lfirst(lc));
+		if (plan->aggs[i].transtype == INTERNALOID)
+			plan->direct = false;
+		i++;
+	}
 
 	finaldesc = build_final_desc(plan);
 	plan->finalslot = MakeSingleTupleTableSlot(finaldesc, &TTSOpsVirtual);
@@ -396,12 +425,6 @@ PlanKeysEqual(FlowPlan *plan, Datum *v1, bool *n1, Datum *v2, bool *n2)
 			return false;
 	}
 	return true;
-}
-
-static bool
-batch_group_equal(FlowPlan *plan, BatchGroup *a, BatchGroup *b)
-{
-	return PlanKeysEqual(plan, a->keys, a->nulls, b->keys, b->nulls);
 }
 
 /* Deform a stored key; the values point into the key. */
@@ -748,48 +771,96 @@ BatchCreate(FlowPlan *plan)
 	FlowBatch  *batch = MemoryContextAllocZero(plan->cxt, sizeof(FlowBatch));
 
 	batch->plan = plan;
+
+	/*
+	 * A batch's groups take a few hundred kB on a busy stream; a first block
+	 * that holds them is kept across resets, rather than given back to the
+	 * system and faulted in again at every batch.
+	 */
 	batch->cxt = AllocSetContextCreate(plan->cxt, "flowpg batch",
-									   ALLOCSET_DEFAULT_SIZES);
+									   1024 * 1024, 1024 * 1024,
+									   ALLOCSET_DEFAULT_MAXSIZE);
 	batch->mergecxt = AllocSetContextCreate(plan->cxt, "flowpg merge",
 											ALLOCSET_DEFAULT_SIZES);
-	batch->probe = MemoryContextAllocZero(plan->cxt, sizeof(BatchGroup));
-	batch->hash = batchhash_create(batch->cxt, 256, plan);
 	batch->vals = MemoryContextAlloc(plan->cxt, sizeof(AggValue) * (plan->naggs + 1));
-	batch->keys = MemoryContextAlloc(plan->cxt, sizeof(Datum) * (plan->nkeys + 1));
-	batch->nulls = MemoryContextAlloc(plan->cxt, sizeof(bool) * (plan->nkeys + 1));
-	batch->probe_key = MemoryContextAllocZero(plan->cxt, sizeof(IndexProbe));
-	batch->probe_key->plan = plan;
-	batch->probe_key->scratch = MemoryContextAlloc(plan->cxt, sizeof(Datum) * (plan->nkeys + 1));
-	batch->probe_key->scratch_nulls = MemoryContextAlloc(plan->cxt, sizeof(bool) * (plan->nkeys + 1));
-	batch->index = keyindex_create(plan->cxt, 1024, batch->probe_key);
+	batch->probe = MemoryContextAllocZero(plan->cxt, sizeof(IndexProbe));
+	batch->probe->plan = plan;
+	batch->probe->batch = batch;
+	batch->probe->scratch = MemoryContextAlloc(plan->cxt, sizeof(Datum) * (plan->nkeys + 1));
+	batch->probe->scratch_nulls = MemoryContextAlloc(plan->cxt, sizeof(bool) * (plan->nkeys + 1));
+	batch->index = keyindex_create(plan->cxt, 1024, batch->probe);
+	batch->maxgroups = 1024;
+	batch->groups = MemoryContextAlloc(plan->cxt, sizeof(BatchGroup *) * batch->maxgroups);
 	batch->image.data = MemoryContextAlloc(plan->cxt, 1024);
 	batch->image.maxlen = 1024;
 	resetStringInfo(&batch->image);
 	return batch;
 }
 
-/* Find or create the batch group of the key in plan->keyvals/keynulls. */
-static BatchGroup *
-batch_group(FlowBatch *batch, uint32 hash)
+/* Compare a stored key with the key being looked up (see KeyRef). */
+static bool
+index_equal(IndexProbe *probe, KeyRef stored, KeyRef lookup)
 {
-	FlowPlan   *plan = batch->plan;
-	BatchGroup *probe = batch->probe;
-	BatchEntry *entry;
+	FlowPlan   *plan = probe->plan;
 	BatchGroup *group;
-	MemoryContext oldcxt;
-	bool		found;
+
+	if (DsaPointerIsValid(lookup.chunk))
+		return stored.chunk == lookup.chunk;
+	if (lookup.group != NO_GROUP)
+		return !DsaPointerIsValid(stored.chunk) && stored.group == lookup.group;
+	if (!DsaPointerIsValid(stored.chunk))
+	{
+		group = probe->batch->groups[stored.group];
+		return PlanKeysEqual(plan, group->keys, group->nulls,
+							 probe->vals, probe->nulls);
+	}
+	key_deform(plan, StateChunkKey(StateGetChunk(probe->st, stored.chunk)),
+			   probe->scratch, probe->scratch_nulls);
+	return PlanKeysEqual(plan, probe->scratch, probe->scratch_nulls,
+						 probe->vals, probe->nulls);
+}
+
+/* The index entry of a key, by its values; created empty if new. */
+static IndexEntry *
+index_entry(FlowBatch *batch, FlowState *st, uint32 hash, Datum *vals,
+			bool *nulls, bool *found)
+{
+	IndexProbe *probe = batch->probe;
+	KeyRef		lookup = {InvalidDsaPointer, NO_GROUP};
+
+	probe->st = st;
+	probe->hash = hash;
+	probe->vals = vals;
+	probe->nulls = nulls;
+	return keyindex_insert_hash(batch->index, lookup, hash, found);
+}
+
+/*
+ * The index entry of the batch's group i: by its chunk for an old key, by
+ * the group for a new one.  It must be there.
+ */
+static IndexEntry *
+index_entry_of(FlowBatch *batch, int i)
+{
+	BatchGroup *group = batch->groups[i];
+	KeyRef		lookup = {group->chunk, NO_GROUP};
+	IndexEntry *entry;
+
+	if (!DsaPointerIsValid(group->chunk))
+		lookup.group = i;
+	batch->probe->hash = group->hash;
+	entry = keyindex_lookup_hash(batch->index, lookup, group->hash);
+	if (entry == NULL)
+		elog(ERROR, "flowpg: a key of the batch is missing from the index");
+	return entry;
+}
+
+/* A copy of the key in plan->keyvals/keynulls, in the current context. */
+static void
+copy_key(FlowPlan *plan, BatchGroup *group)
+{
 	int			i;
 
-	probe->hash = hash;
-	probe->keys = plan->keyvals;
-	probe->nulls = plan->keynulls;
-	entry = batchhash_insert(batch->hash, probe, &found);
-	if (found)
-		return entry->group;
-
-	oldcxt = MemoryContextSwitchTo(batch->cxt);
-	group = palloc(offsetof(BatchGroup, vals) + sizeof(AggValue) * plan->naggs);
-	group->hash = hash;
 	group->keys = palloc(sizeof(Datum) * (plan->nkeys + 1));
 	group->nulls = palloc(sizeof(bool) * (plan->nkeys + 1));
 	for (i = 0; i < plan->nkeys; i++)
@@ -805,18 +876,64 @@ batch_group(FlowBatch *batch, uint32 hash)
 			group->keys[i] = datumCopy(plan->keyvals[i], att->attbyval,
 									   att->attlen);
 	}
-	init_values(plan, group->vals, batch->cxt);
+}
+
+/*
+ * The batch group of the key in plan->keyvals/keynulls: the one the batch
+ * already has, or a new one, starting from the key's stored state (direct
+ * plans) or from the initial values.
+ */
+static BatchGroup *
+batch_group(FlowBatch *batch, FlowState *st, uint32 hash)
+{
+	FlowPlan   *plan = batch->plan;
+	MemoryContext oldcxt;
+	IndexEntry *entry;
+	BatchGroup *group;
+	bool		found;
+
+	entry = index_entry(batch, st, hash, plan->keyvals, plan->keynulls, &found);
+	if (found && entry->ref.group < batch->ngroups)
+	{
+		group = batch->groups[entry->ref.group];
+		if (!DsaPointerIsValid(entry->ref.chunk) || group->chunk == entry->ref.chunk)
+			return group;
+	}
+	Assert(!found || DsaPointerIsValid(entry->ref.chunk));
+
+	oldcxt = MemoryContextSwitchTo(batch->cxt);
+	group = palloc(offsetof(BatchGroup, vals) + sizeof(AggValue) * plan->naggs);
+	group->hash = hash;
+	group->chunk = found ? entry->ref.chunk : InvalidDsaPointer;
+	group->keys = NULL;
+	group->nulls = NULL;
+	if (!found)
+		copy_key(plan, group);
+	if (found && plan->direct)
+		image_read(plan, StateChunkState(StateGetChunk(st, group->chunk)),
+				   group->vals);
+	else
+		init_values(plan, group->vals, batch->cxt);
 	MemoryContextSwitchTo(oldcxt);
-	entry->group = group;
+
+	if (batch->ngroups == batch->maxgroups)
+	{
+		batch->maxgroups *= 2;
+		batch->groups = repalloc_huge(batch->groups,
+									  sizeof(BatchGroup *) * batch->maxgroups);
+	}
+	entry->ref.group = batch->ngroups;
+	batch->groups[batch->ngroups++] = group;
 	return group;
 }
 
 /*
  * Run one source row through the operators into the batch: filter, key,
- * then each aggregate's FILTER, arguments and transition function.
+ * then each aggregate's FILTER, arguments and transition function.  st is
+ * the stream's state, which only its worker changes.
  */
 void
-BatchAdd(FlowBatch *batch, HeapTuple tuple)
+BatchAdd(FlowBatch *batch, FlowState *st, HeapTuple tuple)
 {
 	FlowPlan   *plan = batch->plan;
 	ExprContext *econtext = plan->econtext;
@@ -838,7 +955,8 @@ BatchAdd(FlowBatch *batch, HeapTuple tuple)
 	for (i = 0; i < plan->nkeys; i++)
 		plan->keyvals[i] = ExecEvalExpr(plan->keys[i], econtext,
 										&plan->keynulls[i]);
-	group = batch_group(batch, PlanKeyHash(plan, plan->keyvals, plan->keynulls));
+	group = batch_group(batch, st,
+						PlanKeyHash(plan, plan->keyvals, plan->keynulls));
 
 	for (i = 0; i < plan->naggs; i++)
 	{
@@ -866,72 +984,51 @@ BatchAdd(FlowBatch *batch, HeapTuple tuple)
 int
 BatchGroups(FlowBatch *batch)
 {
-	return batch->hash->members;
+	return batch->ngroups;
 }
 
-/* Compare a stored key with the key being looked up. */
-static bool
-index_equal(IndexProbe *probe, dsa_pointer stored, dsa_pointer lookup)
-{
-	StateChunk *chunk;
-
-	if (DsaPointerIsValid(lookup))
-		return stored == lookup;
-	chunk = StateGetChunk(probe->st, stored);
-	key_deform(probe->plan, StateChunkKey(chunk), probe->scratch,
-			   probe->scratch_nulls);
-	return PlanKeysEqual(probe->plan, probe->scratch, probe->scratch_nulls,
-					  probe->vals, probe->nulls);
-}
-
-/* The index entry of a key, created empty (chunk invalid) if new. */
-static IndexEntry *
-index_entry(FlowBatch *batch, FlowState *st, uint32 hash, Datum *vals,
-			bool *nulls, bool *found)
-{
-	IndexProbe *probe = batch->probe_key;
-
-	probe->st = st;
-	probe->hash = hash;
-	probe->vals = vals;
-	probe->nulls = nulls;
-	return keyindex_insert_hash(batch->index, InvalidDsaPointer, hash, found);
-}
-
-/* Merge one batch group into its key's state: combine, then store. */
+/*
+ * Store one batch group as its key's state: its values as they are, or,
+ * for a partial state of an old key, combined into the stored one.
+ */
 static void
-merge_group(FlowBatch *batch, FlowState *st, BatchGroup *group)
+merge_group(FlowBatch *batch, FlowState *st, int i)
 {
+	BatchGroup *group = batch->groups[i];
 	FlowPlan   *plan = batch->plan;
 	MemoryContext cxt = batch->mergecxt;
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-	AggValue   *vals = batch->vals;
-	bool		found;
-	IndexEntry *entry = index_entry(batch, st, group->hash, group->keys,
-									group->nulls, &found);
-	int			i;
+	AggValue   *vals = group->vals;
+	dsa_pointer chunk;
+	int			j;
 
-	if (found)
-		image_read(plan, StateChunkState(StateGetChunk(st, entry->chunk)), vals);
-	else
-		init_values(plan, vals, cxt);
-	for (i = 0; i < plan->naggs; i++)
-		agg_combine(plan, &plan->aggs[i], &vals[i], &group->vals[i], cxt);
-
+	if (DsaPointerIsValid(group->chunk) && !plan->direct)
+	{
+		vals = batch->vals;
+		image_read(plan, StateChunkState(StateGetChunk(st, group->chunk)), vals);
+		for (j = 0; j < plan->naggs; j++)
+			agg_combine(plan, &plan->aggs[j], &vals[j], &group->vals[j], cxt);
+	}
 	resetStringInfo(&batch->image);	/* its buffer lives in the plan's context */
 	image_build(plan, vals, &batch->image);
-	if (found)
-		entry->chunk = StateSetImage(st, entry->chunk, batch->image.data,
-									 batch->image.len);
+
+	if (DsaPointerIsValid(group->chunk))
+	{
+		chunk = StateSetImage(st, group->chunk, batch->image.data,
+							  batch->image.len);
+		if (chunk != group->chunk)
+			index_entry_of(batch, i)->ref.chunk = chunk;
+	}
 	else
 	{
 		MinimalTuple key = heap_form_minimal_tuple(plan->keydesc,
 												   group->keys, group->nulls);
 
-		entry->chunk = StateAddKey(st, st->next_key_id, key,
-								   batch->image.data, batch->image.len);
+		chunk = StateAddKey(st, st->next_key_id, key, batch->image.data,
+							batch->image.len);
+		index_entry_of(batch, i)->ref.chunk = chunk;
 	}
-	StateMarkDirty(st, entry->chunk);
+	StateMarkDirty(st, chunk);
 
 	MemoryContextSwitchTo(oldcxt);
 	if (++batch->merged % MERGE_RESET_KEYS == 0)
@@ -954,36 +1051,37 @@ BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 									plan->keynulls, &found);
 
 	if (!found)
-		entry->chunk = StateAddKey(st, key_id, key, image, len);
-	else if (StateGetChunk(st, entry->chunk)->key_id == key_id)
-		entry->chunk = StateSetImage(st, entry->chunk, image, len);
+	{
+		entry->ref.chunk = StateAddKey(st, key_id, key, image, len);
+		entry->ref.group = NO_GROUP;
+	}
+	else if (StateGetChunk(st, entry->ref.chunk)->key_id == key_id)
+		entry->ref.chunk = StateSetImage(st, entry->ref.chunk, image, len);
 	else
 		elog(ERROR, "key ids %lld and %lld name the same key",
-			 (long long) StateGetChunk(st, entry->chunk)->key_id,
+			 (long long) StateGetChunk(st, entry->ref.chunk)->key_id,
 			 (long long) key_id);
 }
 
 /*
- * Merge every group of the batch into the stream's state with the
- * aggregates' combine functions.  The caller holds the stream's
- * state_lock exclusively.
+ * Merge every group of the batch into the stream's state.  The caller
+ * holds the stream's state_lock exclusively.
  */
 void
 BatchMerge(FlowBatch *batch, FlowState *st)
 {
-	batchhash_iterator iter;
-	BatchEntry *entry;
+	int			i;
 
-	batchhash_start_iterate(batch->hash, &iter);
-	while ((entry = batchhash_iterate(batch->hash, &iter)) != NULL)
-		merge_group(batch, st, entry->group);
+	batch->probe->st = st;
+	for (i = 0; i < batch->ngroups; i++)
+		merge_group(batch, st, i);
 	MemoryContextReset(batch->mergecxt);
 }
 
-/* Forget the batch's groups. */
+/* Forget the batch's groups (the index's entries no longer reach them). */
 void
 BatchReset(FlowBatch *batch)
 {
 	MemoryContextReset(batch->cxt);
-	batch->hash = batchhash_create(batch->cxt, 256, batch->plan);
+	batch->ngroups = 0;
 }

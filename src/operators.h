@@ -63,6 +63,8 @@ typedef struct FlowPlan
 	int			nkeys;
 	int			naggs;
 	FlowAgg    *aggs;
+	bool		direct;			/* no aggregate has an internal state: a
+								 * batch advances the stored states */
 
 	/* per source row */
 	TupleTableSlot *srcslot;
@@ -107,7 +109,7 @@ extern void PlanOutputToTable(TupleTableSlot *out, TupleDesc table,
 							  Datum *values, bool *nulls);
 
 extern FlowBatch *BatchCreate(FlowPlan *plan);
-extern void BatchAdd(FlowBatch *batch, HeapTuple tuple);
+extern void BatchAdd(FlowBatch *batch, FlowState *st, HeapTuple tuple);
 extern int	BatchGroups(FlowBatch *batch);
 extern void BatchMerge(FlowBatch *batch, FlowState *st);
 extern void BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
