@@ -18,8 +18,11 @@
  *	   The transaction carries the worker's replication origin, so the
  *	   decoder skips it.  A key's result row is updated where the previous
  *	   checkpoint wrote it (its TID, kept in the key's chunk), if the row
- *	   there still holds the key; rows not found that way, and new keys, go
- *	   through INSERT ... ON CONFLICT, which returns where they are now.
+ *	   there still holds the key.  Rows not found that way, and new keys,
+ *	   are inserted (through the table AM, in a subtransaction); if one of
+ *	   them has a row after all, the insert fails on the unique index, is
+ *	   taken back, and they go through INSERT ... ON CONFLICT instead.
+ *	   Either way the worker keeps where each row is now.
  *	   (The TIDs are a cache: lost on restart, wrong after VACUUM FULL or
  *	   CLUSTER of the result table, and then the key check catches it.)
  *	3. Confirm.  Only after that commit is flushed is processed_lsn
@@ -508,6 +511,69 @@ in_place_allowed(FlowWorker *w, Relation rel)
 }
 
 /*
+ * What update_in_place and insert_in_place share: an executor state over
+ * the result table with its indexes open, a slot of its row type, and the
+ * command id and snapshot of a new statement.
+ */
+typedef struct InPlace
+{
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+	Snapshot	snapshot;
+	CommandId	cid;
+} InPlace;
+
+static void
+in_place_begin(Relation rel, InPlace *ip)
+{
+	RangeTblEntry *rte;
+
+	/* see what the statements before saw, as the next statement would */
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	ip->snapshot = GetActiveSnapshot();
+	ip->cid = GetCurrentCommandId(true);
+
+	ip->estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(ip->estate, list_make1(rte));
+	ip->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(ip->rri, rel, 1, NULL, 0);
+	ExecOpenIndices(ip->rri, false);
+	ip->estate->es_output_cid = ip->cid;
+	ip->slot = table_slot_create(rel, &ip->estate->es_tupleTable);
+}
+
+static void
+in_place_end(InPlace *ip)
+{
+	ExecCloseIndices(ip->rri);
+	ExecResetTupleTable(ip->estate->es_tupleTable, false);
+	FreeExecutorState(ip->estate);
+	PopActiveSnapshot();
+	CommandCounterIncrement();
+}
+
+/* Put a result row (a composite datum of the table's type) in a slot. */
+static void
+row_to_slot(Datum row, TupleDesc desc, TupleTableSlot *slot)
+{
+	HeapTupleData tuple;
+
+	tuple.t_data = DatumGetHeapTupleHeader(row);
+	tuple.t_len = HeapTupleHeaderGetDatumLength(tuple.t_data);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	ExecClearTuple(slot);
+	heap_deform_tuple(&tuple, desc, slot->tts_values, slot->tts_isnull);
+}
+
+/*
  * The update of result_tid_update without the statement: for each row,
  * fetch the row version at its TID, check that it still holds its key
  * (keeping the key's stored bytes, as the statement does), update it
@@ -529,13 +595,9 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 	bool	   *oldnull = palloc(sizeof(bool) * (plan->nkeys + 1));
 	Datum	   *newkey = palloc(sizeof(Datum) * (plan->nkeys + 1));
 	bool	   *newnull = palloc(sizeof(bool) * (plan->nkeys + 1));
-	EState	   *estate;
-	RangeTblEntry *rte;
-	ResultRelInfo *rri;
+	InPlace		ip;
 	TupleTableSlot *oldslot;
 	TupleTableSlot *newslot;
-	Snapshot	snapshot;
-	CommandId	cid;
 	int			i;
 	int			k;
 
@@ -543,49 +605,26 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 		keyatt[k] = result_attindex(w, plan->fq->key_outcol[k]);
 	CheckCmdReplicaIdentity(rel, CMD_UPDATE);
 
-	/* see what the statements before saw, as the next statement would */
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	snapshot = GetActiveSnapshot();
-	cid = GetCurrentCommandId(true);
-
-	estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
-	rte->rtekind = RTE_RELATION;
-	rte->relid = RelationGetRelid(rel);
-	rte->relkind = rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(estate, list_make1(rte));
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, rel, 1, NULL, 0);
-	ExecOpenIndices(rri, false);
-	estate->es_output_cid = cid;
-	oldslot = table_slot_create(rel, &estate->es_tupleTable);
-	newslot = table_slot_create(rel, &estate->es_tupleTable);
+	in_place_begin(rel, &ip);
+	newslot = ip.slot;
+	oldslot = table_slot_create(rel, &ip.estate->es_tupleTable);
 
 	for (i = 0; i < n; i++)
 	{
 		StateChunk *chunk = chunks[which[i]];
 		ItemPointerData tid = chunk->tid;
-		HeapTupleHeader row = DatumGetHeapTupleHeader(rows[which[i]]);
-		HeapTupleData tuple;
 		TM_FailureData tmfd;
 		LockTupleMode lockmode;
 		bool		update_indexes;
 		TM_Result	result;
 
-		ResetPerTupleExprContext(estate);
+		ResetPerTupleExprContext(ip.estate);
 		if (ItemPointerGetBlockNumber(&tid) >= nblocks ||
-			!table_tuple_fetch_row_version(rel, &tid, snapshot, oldslot))
+			!table_tuple_fetch_row_version(rel, &tid, ip.snapshot, oldslot))
 			continue;
 		slot_getallattrs(oldslot);
 
-		tuple.t_len = HeapTupleHeaderGetDatumLength(row);
-		tuple.t_data = row;
-		ItemPointerSetInvalid(&tuple.t_self);
-		tuple.t_tableOid = InvalidOid;
-		ExecClearTuple(newslot);
-		heap_deform_tuple(&tuple, desc, newslot->tts_values, newslot->tts_isnull);
+		row_to_slot(rows[which[i]], desc, newslot);
 		for (k = 0; k < plan->nkeys; k++)
 		{
 			oldkey[k] = oldslot->tts_values[keyatt[k]];
@@ -599,7 +638,7 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 			newslot->tts_values[keyatt[k]] = oldkey[k];
 		ExecStoreVirtualTuple(newslot);
 
-		result = table_tuple_update(rel, &tid, newslot, cid, snapshot,
+		result = table_tuple_update(rel, &tid, newslot, ip.cid, ip.snapshot,
 									InvalidSnapshot, true, &tmfd, &lockmode,
 									&update_indexes);
 		if (result == TM_Updated || result == TM_Deleted)
@@ -607,18 +646,77 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 		if (result != TM_Ok)
 			elog(ERROR, "unexpected result %d updating a row of result table \"%s\"",
 				 (int) result, RelationGetRelationName(rel));
-		if (update_indexes && rri->ri_NumIndices > 0)
-			(void) ExecInsertIndexTuples(rri, newslot, estate, true, false,
+		if (update_indexes && ip.rri->ri_NumIndices > 0)
+			(void) ExecInsertIndexTuples(ip.rri, newslot, ip.estate, true, false,
 										 NULL, NIL);
 		chunk->tid = newslot->tts_tid;
 		found[which[i]] = true;
 	}
+	in_place_end(&ip);
+}
 
-	ExecCloseIndices(rri);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	FreeExecutorState(estate);
-	PopActiveSnapshot();
-	CommandCounterIncrement();
+/*
+ * Insert the rows listed in `which` through the table AM, as the
+ * executor's INSERT does (heap, then index entries, unique ones checked),
+ * in a subtransaction, and keep their TIDs.  These are the rows of keys
+ * with no known row: almost always keys new since the last checkpoint,
+ * which have none, so the upsert's speculative insertion (an index probe
+ * and a lock before each row, then its confirmation: about half of the
+ * cost of a new key's checkpoint) buys nothing.  When a key does have a
+ * row (the TIDs are lost on restart; someone inserted one by hand), the
+ * insert fails on the unique index, the subtransaction rolls back, and the
+ * caller upserts the lot.  Returns whether the rows are in.  The caller has
+ * checked in_place_allowed and the owner's INSERT privilege.
+ */
+static bool
+insert_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
+				int *which, int n)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ItemPointerData *tids = palloc(sizeof(ItemPointerData) * n);
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool		inserted = true;
+	int			i;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		InPlace		ip;
+
+		in_place_begin(rel, &ip);
+		for (i = 0; i < n; i++)
+		{
+			ResetPerTupleExprContext(ip.estate);
+			row_to_slot(rows[which[i]], desc, ip.slot);
+			ExecStoreVirtualTuple(ip.slot);
+			table_tuple_insert(rel, ip.slot, ip.cid, 0, NULL);
+			if (ip.rri->ri_NumIndices > 0)
+				(void) ExecInsertIndexTuples(ip.rri, ip.slot, ip.estate, false,
+											 false, NULL, NIL);
+			tids[i] = ip.slot->tts_tid;
+		}
+		in_place_end(&ip);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		if (geterrcode() != ERRCODE_UNIQUE_VIOLATION)
+			PG_RE_THROW();
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		inserted = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+
+	if (inserted)
+		for (i = 0; i < n; i++)
+			chunks[which[i]]->tid = tids[i];
+	return inserted;
 }
 
 /* The same update through result_tid_update, for any result table. */
@@ -721,6 +819,25 @@ upsert(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which, int n)
 }
 
 /*
+ * Insert the rows of the chunks listed in `which` through insert_in_place,
+ * if the result table allows it; returns whether they are in (if not, the
+ * caller upserts them).
+ */
+static bool
+insert_new_rows(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
+				int n)
+{
+	Relation	rel = table_open(w->def->result, RowExclusiveLock);
+	bool		inserted = false;
+
+	if (in_place_allowed(w, rel) &&
+		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_INSERT) == ACLCHECK_OK)
+		inserted = insert_in_place(w, rel, chunks, rows, which, n);
+	table_close(rel, NoLock);
+	return inserted;
+}
+
+/*
  * Write the result rows of dirty keys [from, to): by TID those whose row
  * is known (unless the table was just emptied), the others, and those the
  * TID did not find, through the upsert.
@@ -757,7 +874,7 @@ write_rows(FlowWorker *w, int from, int to, bool rewrite)
 	for (i = 0; i < n; i++)
 		if (!found[i])
 			which[nwhich++] = i;
-	if (nwhich > 0)
+	if (nwhich > 0 && !insert_new_rows(w, chunks, rows, which, nwhich))
 		upsert(w, chunks, rows, which, nwhich);
 }
 
