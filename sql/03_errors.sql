@@ -109,6 +109,11 @@ SELECT try_create('bad', 'SELECT json_agg(k) FROM src');
 SELECT try_create('bad', 'SELECT count(*) FROM src WHERE random() > 0.5');
 SELECT try_create('bad', 'SELECT clock_timestamp() > now() AS late, count(*) FROM src GROUP BY 1');
 SELECT try_create('bad', 'SELECT sum(nextval(''seq'')) FROM src');
+-- system columns and whole rows: decoded rows have neither
+SELECT try_create('bad', 'SELECT xmin::text AS x, count(*) FROM src GROUP BY 1');
+SELECT try_create('bad', 'SELECT count(*) FROM src WHERE tableoid > 0');
+SELECT try_create('bad', 'SELECT k, count(s) FROM src s GROUP BY k');
+SELECT try_create('bad', 'SELECT k, max(src::text) FROM src GROUP BY k');
 -- keys and output columns
 SELECT try_create('bad', 'SELECT count(*) FROM src GROUP BY k');
 SELECT try_create('bad', 'SELECT k + 1 AS k1, count(*) FROM src GROUP BY k');

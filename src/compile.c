@@ -23,6 +23,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/dependency.h"
+#include "catalog/heap.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "utils/guc.h"
@@ -239,6 +240,51 @@ check_volatility(Query *query)
 						format_procedure(func_id)),
 				 errdetail("A stream evaluates its expressions again when it recovers from a failure, and must get the same result."),
 				 errhint("Use immutable or stable expressions, or compute the value when the row is inserted.")));
+}
+
+static bool
+find_row_var_walker(Node *node, Var **found)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Var) && ((Var *) node)->varlevelsup == 0 &&
+		((Var *) node)->varattno <= 0)
+	{
+		*found = (Var *) node;
+		return true;
+	}
+	if (IsA(node, Query))
+		return query_tree_walker((Query *) node, find_row_var_walker, found, 0);
+	return expression_tree_walker(node, find_row_var_walker, found);
+}
+
+/*
+ * Refuse system columns and whole-row references.  Decoded rows carry no
+ * system columns (xmin, ctid, tableoid would all read as 0), and a whole
+ * row changes with the table's columns, which a stream's results cannot
+ * follow back in time.
+ */
+static void
+check_row_vars(Query *query, RangeTblEntry *rte)
+{
+	Var		   *var = NULL;
+
+	if (!query_tree_walker(query, find_row_var_walker, &var, 0))
+		return;
+	if (var->varattno == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a stream cannot read whole rows of its source \"%s\"",
+						get_rel_name(rte->relid)),
+				 errdetail("A whole row changes with the columns of the table, and the stream's results could not follow."),
+				 errhint("Name the columns the stream reads, such as count(*) for count(%s).",
+						 rte->eref->aliasname)));
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("system column \"%s\" is not available to a stream",
+					NameStr(SystemAttributeDefinition(var->varattno)->attname)),
+			 errdetail("A stream reads rows as logical decoding delivers them, without system columns."),
+			 errhint("Store the value in a column of the source table.")));
 }
 
 static bool
@@ -506,6 +552,7 @@ CompileQueryTree(Query *query)
 	rte = linitial_node(RangeTblEntry, query->rtable);
 	check_source(rte);
 	check_volatility(query);
+	check_row_vars(query, rte);
 	if (find_grouping_walker((Node *) query->targetList, NULL))
 		not_supported("GROUPING() functions", NULL);
 	check_output_names(query);

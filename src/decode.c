@@ -34,6 +34,7 @@
 #include "flowpg.h"
 
 #include "access/xlog.h"
+#include "access/xact.h"
 #include "access/xlogutils.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
@@ -47,7 +48,9 @@
 #include "replication/slot.h"
 #include "replication/snapbuild.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 
 #include "decode.h"
 
@@ -55,6 +58,44 @@ extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks *cb);
 
 /* The worker whose operators the callbacks feed; NULL elsewhere. */
 static FlowWorker *decode_worker = NULL;
+
+/*
+ * Whether the operators read source rows with the source's descriptor as
+ * of the change being decoded (see PlanSetSourceDesc).  Cleared at the
+ * start and whenever decoding invalidates the source's relcache entry,
+ * which it does as it passes a transaction that changed the table.
+ */
+static bool source_desc_current = false;
+
+static void
+source_relcache_cb(Datum arg, Oid relid)
+{
+	if (decode_worker != NULL &&
+		(relid == InvalidOid || relid == decode_worker->plan->fq->source))
+		source_desc_current = false;
+}
+
+/*
+ * The worker's catalog caches serve two masters: its own transactions
+ * (checkpoints, at start the compilation of the stream), which see the
+ * catalog as it is, and decoding, which sees it as it was when the source
+ * row was written.  pg_logical_slot_get_changes invalidates every cache
+ * around each call; a worker decodes every few milliseconds, so it drops
+ * only what decoding must not take from its own transactions: the source
+ * table's relcache entry, whose descriptor lays out the decoded rows.  The
+ * worker's transactions do not read anything that decoding builds for
+ * them, and what decoding builds follows the invalidations of the
+ * transactions it decodes.
+ */
+static bool decoding_now = false;
+static bool own_xact_since_decoding = true;
+
+static void
+decode_xact_cb(XactEvent event, void *arg)
+{
+	if (!decoding_now)
+		own_xact_since_decoding = true;
+}
 
 static void
 check_allowed(void)
@@ -121,6 +162,11 @@ flowpg_change_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	switch (change->action)
 	{
 		case REORDER_BUFFER_CHANGE_INSERT:
+			if (!source_desc_current)
+			{
+				PlanSetSourceDesc(w->plan, RelationGetDescr(relation));
+				source_desc_current = true;
+			}
 			w->events++;
 			BatchAdd(w->batch, w->state, &change->data.tp.newtuple->tuple);
 			break;
@@ -335,6 +381,9 @@ DecodeStart(FlowWorker *w)
 
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	decode_worker = w;
+	source_desc_current = false;
+	CacheRegisterRelcacheCallback(source_relcache_cb, (Datum) 0);
+	RegisterXactCallback(decode_xact_cb, NULL);
 	w->decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
 										XL_ROUTINE(.page_read = read_flushed_page,
 												   .segment_open = wal_segment_open,
@@ -358,6 +407,13 @@ DecodeRead(FlowWorker *w, int max_records)
 	XLogRecPtr	flush = GetFlushRecPtr(NULL);
 	int			n = 0;
 
+	if (own_xact_since_decoding && reader->EndRecPtr < flush)
+	{
+		RelationCacheInvalidateEntry(w->plan->fq->source);
+		source_desc_current = false;
+		own_xact_since_decoding = false;
+	}
+	decoding_now = true;
 	while (reader->EndRecPtr < flush)
 	{
 		char	   *errm = NULL;
@@ -374,6 +430,7 @@ DecodeRead(FlowWorker *w, int max_records)
 		if (++n >= max_records)
 			break;
 	}
+	decoding_now = false;
 	if (reader->EndRecPtr > w->processed_lsn)
 		w->processed_lsn = reader->EndRecPtr;
 	return reader->EndRecPtr >= flush;

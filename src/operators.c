@@ -50,6 +50,7 @@
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/nodeFuncs.h"
+#include "optimizer/optimizer.h"
 #include "parser/parse_agg.h"
 #include "port/pg_bitutils.h"
 #include "utils/acl.h"
@@ -348,8 +349,11 @@ PlanBuild(FlowQuery *fq, TupleDesc srcdesc)
 	plan->nkeys = list_length(fq->keys);
 	plan->naggs = list_length(fq->aggs);
 
-	plan->srcslot = MakeSingleTupleTableSlot(CreateTupleDescCopyConstr(srcdesc),
-											 &TTSOpsHeapTuple);
+	plan->basedesc = CreateTupleDescCopyConstr(srcdesc);
+	plan->srcslot = MakeSingleTupleTableSlot(plan->basedesc, &TTSOpsHeapTuple);
+	pull_varattnos((Node *) fq->where, 1, &plan->srccols);
+	pull_varattnos((Node *) fq->keys, 1, &plan->srccols);
+	pull_varattnos((Node *) fq->aggs, 1, &plan->srccols);
 	plan->econtext = CreateStandaloneExprContext();
 	plan->econtext->ecxt_scantuple = plan->srcslot;
 	plan->where = ExecInitQual(fq->where, NULL);
@@ -383,6 +387,56 @@ PlanBuild(FlowQuery *fq, TupleDesc srcdesc)
 
 	MemoryContextSwitchTo(oldcxt);
 	return plan;
+}
+
+/*
+ * Read source rows as desc lays them out.  The caller passes the source's
+ * descriptor as of the row being decoded (the historic catalog), which is
+ * not always the one the plan was built with: ALTER TABLE ... ALTER COLUMN
+ * ... TYPE of a column the stream does not use rewrites the table with a
+ * new layout, and a worker built after it still decodes rows written
+ * before it.  The columns the plan reads must keep their types (flowpg
+ * refuses to change them); anything else may change.
+ */
+void
+PlanSetSourceDesc(FlowPlan *plan, TupleDesc desc)
+{
+	TupleDesc	cur = plan->srcslot->tts_tupleDescriptor;
+	MemoryContext oldcxt;
+	int			col = -1;
+
+	if (equalTupleDescs(desc, cur))
+		return;
+	while ((col = bms_next_member(plan->srccols, col)) >= 0)
+	{
+		AttrNumber	attno = col + FirstLowInvalidHeapAttributeNumber;
+		Form_pg_attribute base;
+
+		if (attno <= 0)
+			elog(ERROR, "stream reads source attribute %d", attno);	/* refused by compile.c */
+		base = TupleDescAttr(plan->basedesc, attno - 1);
+		if (attno > desc->natts ||
+			TupleDescAttr(desc, attno - 1)->attisdropped ||
+			TupleDescAttr(desc, attno - 1)->atttypid != base->atttypid)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("column \"%s\" of source \"%s\" changed under its stream",
+							NameStr(base->attname), get_rel_name(plan->fq->source)),
+					 errdetail("The stream reads the column as type %s.",
+							   format_type_be(base->atttypid)),
+					 errhint("Drop the stream and create it again.")));
+	}
+
+	oldcxt = MemoryContextSwitchTo(plan->cxt);
+	ExecDropSingleTupleTableSlot(plan->srcslot);
+	if (cur != plan->basedesc)
+		FreeTupleDesc(cur);
+	plan->srcslot = MakeSingleTupleTableSlot(equalTupleDescs(desc, plan->basedesc) ?
+											 plan->basedesc :
+											 CreateTupleDescCopyConstr(desc),
+											 &TTSOpsHeapTuple);
+	plan->econtext->ecxt_scantuple = plan->srcslot;
+	MemoryContextSwitchTo(oldcxt);
 }
 
 /* ---------------------------------------------------------------------

@@ -67,7 +67,9 @@ typedef struct FlowPlan
 								 * batch advances the stored states */
 
 	/* per source row */
-	TupleTableSlot *srcslot;
+	TupleTableSlot *srcslot;	/* laid out as the rows being read */
+	TupleDesc	basedesc;		/* the source as the plan was built */
+	Bitmapset  *srccols;		/* source columns the plan reads */
 	ExprContext *econtext;
 	ExprState  *where;
 	ExprState **keys;
@@ -98,6 +100,7 @@ typedef struct FlowPlan
 typedef struct FlowBatch FlowBatch;
 
 extern FlowPlan *PlanBuild(FlowQuery *fq, TupleDesc srcdesc);
+extern void PlanSetSourceDesc(FlowPlan *plan, TupleDesc desc);
 extern TupleTableSlot *PlanFinalize(FlowPlan *plan, MinimalTuple key,
 									const char *image, Size len);
 extern uint32 PlanKeyHash(FlowPlan *plan, Datum *values, bool *isnull);
