@@ -104,6 +104,51 @@ SELECT length(tag), n, len FROM by_tag ORDER BY 1;
 SELECT flowpg.drop_stream('by_tag');
 DROP TABLE docs;
 
+-- functions written in SQL and PL/pgSQL: in WHERE and GROUP BY, and as
+-- the transition, combine and final functions of user-defined aggregates,
+-- in a plan with internal states (sum of numeric: the batch is combined
+-- into the state) and in one without
+CREATE FUNCTION twice(int) RETURNS int IMMUTABLE LANGUAGE plpgsql
+    AS 'BEGIN RETURN $1 * 2; END';
+CREATE FUNCTION add_sql(int, int) RETURNS int IMMUTABLE LANGUAGE sql
+    AS 'SELECT $1 + $2';
+CREATE FUNCTION add_pl(numeric, numeric) RETURNS numeric IMMUTABLE LANGUAGE plpgsql
+    AS 'BEGIN RETURN coalesce($1, 0) + coalesce($2, 0); END';
+CREATE FUNCTION half_pl(numeric) RETURNS numeric IMMUTABLE LANGUAGE plpgsql
+    AS 'BEGIN RETURN $1 / 2; END';
+CREATE AGGREGATE sql_sum (int) (
+    sfunc = add_sql, stype = int, combinefunc = add_sql, initcond = '0'
+);
+CREATE AGGREGATE pl_half_sum (numeric) (
+    sfunc = add_pl, stype = numeric, combinefunc = add_pl, finalfunc = half_pl
+);
+CREATE FUNCTION positive_pl(int) RETURNS bool IMMUTABLE LANGUAGE plpgsql
+    AS 'BEGIN RETURN (SELECT $1 > 0); END';
+CREATE DOMAIN positive AS int CHECK (positive_pl(VALUE));
+CREATE TABLE pm (k text, i int, n numeric);
+SELECT flowpg.create_stream('pl_domain', $$
+    SELECT k, sum(i::positive) AS s FROM pm WHERE i > 0 GROUP BY k $$);
+SELECT flowpg.create_stream('pl_internal', $$
+    SELECT twice(i % 4) AS t, sql_sum(i) AS ss, pl_half_sum(n) AS phs, sum(n) AS sn
+      FROM pm WHERE twice(i) > 0 GROUP BY twice(i % 4) $$);
+SELECT flowpg.create_stream('pl_direct', $$
+    SELECT k || '!' AS k, sql_sum(i) AS ss, pl_half_sum(n) AS phs FROM pm GROUP BY k || '!' $$);
+INSERT INTO pm SELECT 'pl' || g % 3, g, g / 3.0 FROM generate_series(1, 300) g;
+INSERT INTO pm SELECT 'pl', g, NULL FROM generate_series(-5, 10) g;
+SELECT oracle('pl_internal');
+SELECT oracle('pl_direct');
+SELECT oracle('pl_domain');
+SELECT * FROM pl_internal ORDER BY t;
+SELECT flowpg.drop_stream('pl_internal');
+SELECT flowpg.drop_stream('pl_direct');
+SELECT flowpg.drop_stream('pl_domain');
+DROP TABLE pm;
+DROP DOMAIN positive;
+DROP FUNCTION positive_pl(int);
+DROP AGGREGATE sql_sum(int);
+DROP AGGREGATE pl_half_sum(numeric);
+DROP FUNCTION twice(int), add_sql(int, int), add_pl(numeric, numeric), half_pl(numeric);
+
 SELECT flowpg.drop_stream(name) FROM flowpg.streams WHERE source = 'm'::regclass;
 DROP TABLE m;
 DROP AGGREGATE my_sum(int);

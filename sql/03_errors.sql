@@ -109,6 +109,27 @@ SELECT try_create('bad', 'SELECT json_agg(k) FROM src');
 SELECT try_create('bad', 'SELECT count(*) FROM src WHERE random() > 0.5');
 SELECT try_create('bad', 'SELECT clock_timestamp() > now() AS late, count(*) FROM src GROUP BY 1');
 SELECT try_create('bad', 'SELECT sum(nextval(''seq'')) FROM src');
+-- functions whose value is the evaluating transaction's or session's
+SELECT try_create('bad', 'SELECT count(*) FROM src WHERE now() > ''2026-01-01''');
+SELECT try_create('bad', 'SELECT k, max(CURRENT_TIMESTAMP) FROM src GROUP BY k');
+SELECT try_create('bad', 'SELECT k, count(*) FROM src WHERE k > pg_backend_pid() GROUP BY k');
+SELECT try_create('bad', 'SELECT k, sum(txid_current()) FROM src GROUP BY k');
+-- stable functions in SQL or a PL may read tables; immutable ones may run
+CREATE TABLE lookup (k int);
+CREATE FUNCTION in_lookup(int) RETURNS bool STABLE LANGUAGE sql
+    AS 'SELECT EXISTS (SELECT 1 FROM lookup WHERE k = $1)';
+CREATE FUNCTION stable_pl(int, int) RETURNS int STABLE LANGUAGE plpgsql
+    AS 'BEGIN RETURN $1 + $2; END';
+CREATE FUNCTION volatile_sql(int, int) RETURNS int VOLATILE LANGUAGE sql
+    AS 'SELECT $1 + $2';
+CREATE AGGREGATE stable_sum (int) (sfunc = stable_pl, stype = int, combinefunc = int4pl);
+CREATE AGGREGATE volatile_sum (int) (sfunc = int4pl, stype = int, combinefunc = volatile_sql);
+SELECT try_create('bad', 'SELECT k, count(*) FROM src WHERE in_lookup(k) GROUP BY k');
+SELECT try_create('bad', 'SELECT k, stable_sum(k) FROM src GROUP BY k');
+SELECT try_create('bad', 'SELECT k, volatile_sum(k) FROM src GROUP BY k');
+DROP AGGREGATE stable_sum(int), volatile_sum(int);
+DROP FUNCTION in_lookup(int), stable_pl(int, int), volatile_sql(int, int);
+DROP TABLE lookup;
 -- system columns and whole rows: decoded rows have neither
 SELECT try_create('bad', 'SELECT xmin::text AS x, count(*) FROM src GROUP BY 1');
 SELECT try_create('bad', 'SELECT count(*) FROM src WHERE tableoid > 0');

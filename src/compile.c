@@ -31,6 +31,7 @@
 #include "catalog/pg_aggregate.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
+#include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
@@ -200,46 +201,184 @@ check_source(RangeTblEntry *rte)
 				 errdetail("A stream sees every inserted row, so it cannot apply row security policies.")));
 }
 
-static bool
-volatile_function_checker(Oid func_id, void *context)
+/*
+ * Functions a stream cannot call.  A stream evaluates its expressions when
+ * its worker processes a row, and again after a failure, so each must give
+ * the same result every time for the same row: volatile functions cannot;
+ * nor can the stable functions whose result is the evaluating transaction's
+ * or session's (its time, its xid, its process), listed here; nor stable
+ * functions in SQL or a procedural language, which may read tables (a
+ * worker would read them as they are when it runs, not as they were when
+ * the row was inserted).  Stable built-in functions otherwise depend only
+ * on their arguments, the catalog and the worker's settings (those in SQL
+ * read only the catalog, which decoding shows as it was).
+ */
+typedef struct BadFunction
 {
-	if (func_volatile(func_id) != PROVOLATILE_VOLATILE)
+	Oid			func;			/* the function, or InvalidOid */
+	const char *what;			/* or the SQL construct */
+	char		why;			/* 'v' volatile, 'c' context, 's' stable PL */
+} BadFunction;
+
+static const Oid context_functions[] = {
+	F_NOW, F_TRANSACTION_TIMESTAMP, F_STATEMENT_TIMESTAMP,
+	F_TXID_CURRENT, F_TXID_CURRENT_IF_ASSIGNED, F_TXID_CURRENT_SNAPSHOT,
+	F_PG_CURRENT_XACT_ID, F_PG_CURRENT_XACT_ID_IF_ASSIGNED,
+	F_PG_CURRENT_SNAPSHOT, F_PG_BACKEND_PID, F_PG_POSTMASTER_START_TIME,
+	F_PG_CONF_LOAD_TIME, F_PG_TRIGGER_DEPTH, F_INET_CLIENT_ADDR,
+	F_INET_CLIENT_PORT, F_INET_SERVER_ADDR, F_INET_SERVER_PORT
+};
+
+static Oid
+func_language(Oid func)
+{
+	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(func));
+	Oid			lang;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for function %u", func);
+	lang = ((Form_pg_proc) GETSTRUCT(tuple))->prolang;
+	ReleaseSysCache(tuple);
+	return lang;
+}
+
+/* Is the function written in C (or built in), rather than SQL or a PL? */
+bool
+CompileFunctionIsC(Oid func)
+{
+	Oid			lang = func_language(func);
+
+	return lang == INTERNALlanguageId || lang == ClanguageId;
+}
+
+static bool
+bad_function_checker(Oid func, void *context)
+{
+	BadFunction *bad = context;
+	char		volatility = func_volatile(func);
+	int			i;
+
+	bad->func = func;
+	if (volatility == PROVOLATILE_VOLATILE)
+		bad->why = 'v';
+	else if (volatility == PROVOLATILE_STABLE && func >= FirstNormalObjectId &&
+			 !CompileFunctionIsC(func))
+		bad->why = 's';
+	else
+	{
+		for (i = 0; i < lengthof(context_functions); i++)
+			if (context_functions[i] == func)
+			{
+				bad->why = 'c';
+				return true;
+			}
 		return false;
-	*(Oid *) context = func_id;
+	}
 	return true;
 }
 
+/* CURRENT_TIMESTAMP and its kin: the evaluating transaction's time */
+static const char *
+time_value_name(SQLValueFunction *svf)
+{
+	switch (svf->op)
+	{
+		case SVFOP_CURRENT_DATE:
+			return "CURRENT_DATE";
+		case SVFOP_CURRENT_TIME:
+		case SVFOP_CURRENT_TIME_N:
+			return "CURRENT_TIME";
+		case SVFOP_CURRENT_TIMESTAMP:
+		case SVFOP_CURRENT_TIMESTAMP_N:
+			return "CURRENT_TIMESTAMP";
+		case SVFOP_LOCALTIME:
+		case SVFOP_LOCALTIME_N:
+			return "LOCALTIME";
+		case SVFOP_LOCALTIMESTAMP:
+		case SVFOP_LOCALTIMESTAMP_N:
+			return "LOCALTIMESTAMP";
+		default:
+			return NULL;		/* CURRENT_USER and the like: the owner's */
+	}
+}
+
 static bool
-find_volatile_walker(Node *node, Oid *func_id)
+find_bad_function_walker(Node *node, BadFunction *bad)
 {
 	if (node == NULL)
 		return false;
-	if (check_functions_in_node(node, volatile_function_checker, func_id))
+	if (check_functions_in_node(node, bad_function_checker, bad))
 		return true;
 	if (IsA(node, NextValueExpr))
 	{
-		*func_id = F_NEXTVAL;
+		bad->func = F_NEXTVAL;
+		bad->why = 'v';
+		return true;
+	}
+	if (IsA(node, SQLValueFunction) &&
+		(bad->what = time_value_name((SQLValueFunction *) node)) != NULL)
+	{
+		bad->func = InvalidOid;
+		bad->why = 'c';
 		return true;
 	}
 	if (IsA(node, Query))
-		return query_tree_walker((Query *) node, find_volatile_walker,
-								 func_id, 0);
-	return expression_tree_walker(node, find_volatile_walker, func_id);
+		return query_tree_walker((Query *) node, find_bad_function_walker,
+								 bad, 0);
+	return expression_tree_walker(node, find_bad_function_walker, bad);
 }
 
-/* Refuse volatile functions: recovery replays the source and must agree. */
 static void
-check_volatility(Query *query)
+report_bad_function(BadFunction *bad, const char *role)
 {
-	Oid			func_id = InvalidOid;
+	const char *name = OidIsValid(bad->func) ? format_procedure(bad->func) : bad->what;
 
-	if (find_volatile_walker((Node *) query, &func_id))
+	if (bad->why == 'v')
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("volatile function %s is not supported in a stream",
-						format_procedure(func_id)),
+				 errmsg("volatile function %s is not supported in a stream%s",
+						name, role),
 				 errdetail("A stream evaluates its expressions again when it recovers from a failure, and must get the same result."),
 				 errhint("Use immutable or stable expressions, or compute the value when the row is inserted.")));
+	if (bad->why == 's')
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("stable function %s is not supported in a stream%s",
+						name, role),
+				 errdetail("It is written in %s and may read tables, which a stream would read as they are when its worker runs, not as they were when the row was inserted.",
+						   get_language_name(func_language(bad->func), false)),
+				 errhint("Declare the function IMMUTABLE if its result depends only on its arguments.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("%s is not supported in a stream%s", name, role),
+			 errdetail("Its result depends on the transaction or session that evaluates it, and a stream evaluates it when its worker processes the row, and again after a failure."),
+			 errhint("Store the value in a column of the source table when the row is inserted, for example with DEFAULT now().")));
+}
+
+/*
+ * Refuse functions a stream cannot call (see BadFunction), anywhere in its
+ * planned expressions: SQL functions have been inlined where they can be.
+ */
+static void
+check_functions(FlowQuery *fq)
+{
+	BadFunction bad = {InvalidOid, NULL, 0};
+
+	if (find_bad_function_walker((Node *) fq->where, &bad) ||
+		find_bad_function_walker((Node *) fq->keys, &bad) ||
+		find_bad_function_walker((Node *) fq->aggs, &bad) ||
+		find_bad_function_walker((Node *) fq->output, &bad))
+		report_bad_function(&bad, "");
+}
+
+/* The same for an aggregate's support functions. */
+static void
+check_support_function(Oid func, const char *agg)
+{
+	BadFunction bad = {InvalidOid, NULL, 0};
+
+	if (OidIsValid(func) && bad_function_checker(func, &bad))
+		report_bad_function(&bad, psprintf(" (it is a support function of aggregate %s)", agg));
 }
 
 static bool
@@ -306,6 +445,8 @@ check_aggregate(Aggref *aggref)
 	Form_pg_aggregate form;
 	bool		combine,
 				serialize;
+	Oid			support[5];
+	int			i;
 
 	if (aggref->aggkind != AGGKIND_NORMAL)
 		ereport(ERROR,
@@ -328,7 +469,14 @@ check_aggregate(Aggref *aggref)
 	combine = OidIsValid(form->aggcombinefn);
 	serialize = form->aggtranstype != INTERNALOID ||
 		(OidIsValid(form->aggserialfn) && OidIsValid(form->aggdeserialfn));
+	support[0] = form->aggtransfn;
+	support[1] = form->aggcombinefn;
+	support[2] = form->aggserialfn;
+	support[3] = form->aggdeserialfn;
+	support[4] = form->aggfinalfn;
 	ReleaseSysCache(tuple);
+	for (i = 0; i < lengthof(support); i++)
+		check_support_function(support[i], name);
 
 	if (!combine || !serialize)
 		ereport(ERROR,
@@ -551,7 +699,6 @@ CompileQueryTree(Query *query)
 	check_query_shape(query);
 	rte = linitial_node(RangeTblEntry, query->rtable);
 	check_source(rte);
-	check_volatility(query);
 	check_row_vars(query, rte);
 	if (find_grouping_walker((Node *) query->targetList, NULL))
 		not_supported("GROUPING() functions", NULL);
@@ -563,6 +710,7 @@ CompileQueryTree(Query *query)
 	compile_keys(fq, query);
 	compile_output(fq, query);
 	plan_expressions(fq, query);
+	check_functions(fq);
 	return fq;
 }
 

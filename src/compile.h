@@ -39,6 +39,7 @@ typedef struct FlowQuery
 extern FlowQuery *CompileQueryText(const char *sql);
 extern FlowQuery *CompileQueryTree(Query *query);
 extern void CompileCheckPermissions(FlowQuery *fq);
+extern bool CompileFunctionIsC(Oid func);
 extern char *CompileDeparse(FlowQuery *fq);
 extern FlowQuery *CompileDefinition(const char *definition);
 extern void CompileRecordDependencies(FlowQuery *fq, Oid result);

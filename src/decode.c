@@ -87,14 +87,24 @@ source_relcache_cb(Datum arg, Oid relid)
  * them, and what decoding builds follows the invalidations of the
  * transactions it decodes.
  */
-static bool decoding_now = false;
+static bool xacts_ignored = false;
 static bool own_xact_since_decoding = true;
 
 static void
 decode_xact_cb(XactEvent event, void *arg)
 {
-	if (!decoding_now)
+	if (!xacts_ignored)
 		own_xact_since_decoding = true;
+}
+
+/*
+ * Decoding's own transactions, and the worker's merges (which call only
+ * aggregate support functions), leave the caches as decoding needs them.
+ */
+void
+DecodeIgnoreXacts(bool ignore)
+{
+	xacts_ignored = ignore;
 }
 
 static void
@@ -413,7 +423,7 @@ DecodeRead(FlowWorker *w, int max_records)
 		source_desc_current = false;
 		own_xact_since_decoding = false;
 	}
-	decoding_now = true;
+	xacts_ignored = true;
 	while (reader->EndRecPtr < flush)
 	{
 		char	   *errm = NULL;
@@ -430,7 +440,7 @@ DecodeRead(FlowWorker *w, int max_records)
 		if (++n >= max_records)
 			break;
 	}
-	decoding_now = false;
+	xacts_ignored = false;
 	if (reader->EndRecPtr > w->processed_lsn)
 		w->processed_lsn = reader->EndRecPtr;
 	return reader->EndRecPtr >= flush;

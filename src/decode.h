@@ -23,5 +23,6 @@ extern void DecodeCopyOwnSlot(FlowWorker *w, const char *dst);
 extern void DecodeStart(FlowWorker *w);
 extern bool DecodeRead(FlowWorker *w, int max_records);
 extern void DecodeConfirm(FlowWorker *w, XLogRecPtr lsn);
+extern void DecodeIgnoreXacts(bool ignore);
 
 #endif							/* FLOWPG_DECODE_H */

@@ -59,6 +59,7 @@
 #include "utils/expandeddatum.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "operators.h"
@@ -328,6 +329,27 @@ build_final_desc(FlowPlan *plan)
 	return desc;
 }
 
+static bool
+non_c_checker(Oid func, void *context)
+{
+	return !CompileFunctionIsC(func);
+}
+
+/*
+ * Does the expression call a function written in SQL or a PL?  A domain's
+ * constraints may, unseen in the expression.
+ */
+static bool
+calls_non_c_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, CoerceToDomain) ||
+		check_functions_in_node(node, non_c_checker, context))
+		return true;
+	return expression_tree_walker(node, calls_non_c_walker, context);
+}
+
 /*
  * Compile a stream's operators for this process, in a new memory context
  * under the current one.  srcdesc is the source table's descriptor.
@@ -375,6 +397,17 @@ PlanBuild(FlowQuery *fq, TupleDesc srcdesc)
 			plan->direct = false;
 		i++;
 	}
+
+	plan->row_snapshot = calls_non_c_walker((Node *) fq->where, NULL) ||
+		calls_non_c_walker((Node *) fq->keys, NULL) ||
+		calls_non_c_walker((Node *) fq->aggs, NULL);
+	for (i = 0; i < plan->naggs; i++)
+		if (!CompileFunctionIsC(plan->aggs[i].transfn.fn_oid))
+			plan->row_snapshot = true;
+	for (i = 0; i < plan->nkeys; i++)
+		if (!CompileFunctionIsC(plan->key_eq[i].fn_oid) ||
+			!CompileFunctionIsC(plan->key_hash[i].fn_oid))
+			plan->row_snapshot = true;
 
 	finaldesc = build_final_desc(plan);
 	plan->finalslot = MakeSingleTupleTableSlot(finaldesc, &TTSOpsVirtual);
@@ -986,8 +1019,8 @@ batch_group(FlowBatch *batch, FlowState *st, uint32 hash)
  * then each aggregate's FILTER, arguments and transition function.  st is
  * the stream's state, which only its worker changes.
  */
-void
-BatchAdd(FlowBatch *batch, FlowState *st, HeapTuple tuple)
+static void
+batch_add_row(FlowBatch *batch, FlowState *st, HeapTuple tuple)
 {
 	FlowPlan   *plan = batch->plan;
 	ExprContext *econtext = plan->econtext;
@@ -1033,6 +1066,25 @@ BatchAdd(FlowBatch *batch, FlowState *st, HeapTuple tuple)
 	}
 	MemoryContextSwitchTo(oldcxt);
 	ExecClearTuple(plan->srcslot);
+}
+
+/* BatchAdd's work, with an active snapshot when the operators need one. */
+void
+BatchAdd(FlowBatch *batch, FlowState *st, HeapTuple tuple)
+{
+	bool		snapshot = batch->plan->row_snapshot && !ActiveSnapshotSet();
+
+	/*
+	 * Functions in SQL or a PL run queries, which need an active snapshot;
+	 * decoding has none set.  Theirs is decoding's own (historic) snapshot,
+	 * which is enough: such functions are immutable (compile.c refuses
+	 * stable ones).
+	 */
+	if (snapshot)
+		PushActiveSnapshot(GetTransactionSnapshot());
+	batch_add_row(batch, st, tuple);
+	if (snapshot)
+		PopActiveSnapshot();
 }
 
 int

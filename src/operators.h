@@ -65,6 +65,8 @@ typedef struct FlowPlan
 	FlowAgg    *aggs;
 	bool		direct;			/* no aggregate has an internal state: a
 								 * batch advances the stored states */
+	bool		row_snapshot;	/* a row's operators call functions in SQL
+								 * or a PL, which need an active snapshot */
 
 	/* per source row */
 	TupleTableSlot *srcslot;	/* laid out as the rows being read */

@@ -266,15 +266,37 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	return true;
 }
 
-/* Merge the batch into the shared state, and publish it to readers. */
+/*
+ * Merge the batch into the shared state, and publish it to readers.
+ *
+ * A plan with internal states calls the aggregates' combine and
+ * serialization functions here, which may look up the catalog or, written
+ * in SQL or a PL, run queries: outside a transaction (the worker's main
+ * loop) the merge gets one, with a snapshot.  Direct plans call no
+ * function here.
+ */
 void
 WorkerMergeBatch(FlowWorker *w)
 {
+	bool		xact = !w->plan->direct && !IsTransactionState();
+
 	if (BatchGroups(w->batch) == 0)
 		return;
+	if (xact)
+	{
+		DecodeIgnoreXacts(true);
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+	}
 	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
 	BatchMerge(w->batch, w->state);
 	LWLockRelease(&w->ctl->state_lock);
+	if (xact)
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		DecodeIgnoreXacts(false);
+	}
 	BatchReset(w->batch);
 	StatePublish(w->state);
 }
