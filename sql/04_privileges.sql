@@ -77,6 +77,30 @@ INSERT INTO events VALUES ('y', 10);
 SELECT flowpg.wait('alice_view');
 TABLE alice_view ORDER BY who;
 
+-- ... and one whose row security comes to apply to its owner, until it
+-- no longer does
+ALTER TABLE events ENABLE ROW LEVEL SECURITY;
+INSERT INTO events VALUES ('y', 1000);
+DO $$
+BEGIN
+    FOR i IN 1 .. 300 LOOP
+        EXIT WHEN (SELECT last_error LIKE '%row-level security%' FROM flowpg.streams
+                    WHERE name = 'public.alice_view');
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view';
+ALTER TABLE events DISABLE ROW LEVEL SECURITY;
+DO $$
+BEGIN
+    FOR i IN 1 .. 600 LOOP
+        EXIT WHEN (SELECT status FROM flowpg.streams WHERE name = 'public.alice_view') = 'running';
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT flowpg.wait('alice_view');
+TABLE alice_view ORDER BY who;
+
 -- identifiers are quoted wherever flowpg writes SQL
 SELECT flowpg.create_stream('public."x""; DROP TABLE events; --"',
     'SELECT who AS "we""ird", count(*) AS "n; DROP TABLE events" FROM events GROUP BY who');

@@ -28,6 +28,16 @@ DROP TABLE readings;
 ALTER TABLE readings ALTER COLUMN temp SET NOT NULL;
 ALTER TABLE readings ALTER COLUMN temp DROP NOT NULL;
 
+-- a source cannot stop writing WAL, nor get inheritance children (whose
+-- rows the query reads); a result table cannot become unlogged (crash
+-- recovery would empty it)
+ALTER TABLE readings SET UNLOGGED;
+ALTER TABLE temps SET UNLOGGED;
+CREATE TABLE readings_child () INHERITS (readings);
+CREATE TABLE readings_other (device int, temp numeric, unit text);
+ALTER TABLE readings_other INHERIT readings;
+DROP TABLE readings_other;
+
 -- the stream keeps working when the source is renamed and when columns it
 -- does not use change or go
 ALTER TABLE readings ALTER COLUMN unit TYPE varchar(3);

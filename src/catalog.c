@@ -40,6 +40,7 @@
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/objectaccess.h"
 #include "catalog/indexing.h"
@@ -754,32 +755,69 @@ flowpg_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 }
 
 /*
- * A table other than relid that depends on column attnum of relid: the
- * result table of a stream that uses the column (generated columns depend
- * on their own table's columns; indexes and sequences are not tables).
+ * Is relid a stream's result table?  Each depends on the flowpg extension
+ * (CompileRecordDependencies), without being a member of it.
+ */
+static bool
+is_result_table(Oid relid, Oid extension)
+{
+	Relation	depend = table_open(DependRelationId, AccessShareLock);
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	bool		found = false;
+
+	ScanKeyInit(&key[0], Anum_pg_depend_classid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(RelationRelationId));
+	ScanKeyInit(&key[1], Anum_pg_depend_objid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = systable_beginscan(depend, DependDependerIndexId, true, NULL, 2, key);
+	while (!found && HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		Form_pg_depend dep = (Form_pg_depend) GETSTRUCT(tuple);
+
+		found = dep->refclassid == ExtensionRelationId &&
+			dep->refobjid == extension && dep->deptype == DEPENDENCY_AUTO;
+	}
+	systable_endscan(scan);
+	table_close(depend, AccessShareLock);
+	return found;
+}
+
+/*
+ * The result table of a stream that uses column attnum of relid, or, for
+ * attnum 0, of a stream that reads relid at all (a result table depends
+ * on the source's columns it uses, or on the whole table if none), if
+ * there is one.
  */
 static Oid
 column_user(Oid relid, AttrNumber attnum)
 {
-	Relation	depend = table_open(DependRelationId, AccessShareLock);
+	Oid			extension = get_extension_oid("flowpg", true);
+	Relation	depend;
 	ScanKeyData key[3];
 	SysScanDesc scan;
 	HeapTuple	tuple;
 	Oid			user = InvalidOid;
 
+	if (!OidIsValid(extension))
+		return InvalidOid;
+	depend = table_open(DependRelationId, AccessShareLock);
 	ScanKeyInit(&key[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber,
 				F_OIDEQ, ObjectIdGetDatum(RelationRelationId));
 	ScanKeyInit(&key[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber,
 				F_OIDEQ, ObjectIdGetDatum(relid));
 	ScanKeyInit(&key[2], Anum_pg_depend_refobjsubid, BTEqualStrategyNumber,
 				F_INT4EQ, Int32GetDatum(attnum));
-	scan = systable_beginscan(depend, DependReferenceIndexId, true, NULL, 3, key);
+	scan = systable_beginscan(depend, DependReferenceIndexId, true, NULL,
+							  attnum == 0 ? 2 : 3, key);
 	while (!OidIsValid(user) && HeapTupleIsValid(tuple = systable_getnext(scan)))
 	{
 		Form_pg_depend dep = (Form_pg_depend) GETSTRUCT(tuple);
 
 		if (dep->classid == RelationRelationId && dep->objid != relid &&
-			get_rel_relkind(dep->objid) == RELKIND_RELATION)
+			get_rel_relkind(dep->objid) == RELKIND_RELATION &&
+			is_result_table(dep->objid, extension))
 			user = dep->objid;
 	}
 	systable_endscan(scan);
@@ -788,12 +826,58 @@ column_user(Oid relid, AttrNumber attnum)
 }
 
 /*
- * ALTER TABLE ... ALTER COLUMN ... TYPE of a column a stream uses: refuse
- * it clearly (PostgreSQL itself would fail with an internal error on the
- * dependency of the result table).
+ * Refuse what would make a source deliver rows its stream cannot see, or
+ * a result table lose rows at a crash: an unlogged source writes no WAL
+ * to decode, an unlogged result table is emptied by crash recovery, and a
+ * source's inheritance children hold rows the stream's query reads.
  */
 static void
-check_alter_column_type(AlterTableStmt *stmt)
+check_source_change(Oid relid, bool unlogged)
+{
+	Oid			user = column_user(relid, 0);
+	Oid			extension;
+
+	if (OidIsValid(user))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 unlogged ?
+				 errmsg("cannot make table \"%s\" unlogged", get_rel_name(relid)) :
+				 errmsg("cannot inherit from table \"%s\"", get_rel_name(relid)),
+				 errdetail("It is the source of the stream whose result table is \"%s\".",
+						   get_rel_name(user)),
+				 errhint("Drop the stream first.")));
+	extension = get_extension_oid("flowpg", true);
+	if (unlogged && OidIsValid(extension) && is_result_table(relid, extension))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot make table \"%s\" unlogged", get_rel_name(relid)),
+				 errdetail("It is the result table of a stream, whose rows must survive a crash."),
+				 errhint("Drop the stream first.")));
+}
+
+/* CREATE TABLE ... INHERITS (a source) */
+static void
+check_create_table(CreateStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->inhRelations)
+	{
+		Oid			parent = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
+
+		if (OidIsValid(parent))
+			check_source_change(parent, false);
+	}
+}
+
+/*
+ * ALTER TABLE: refuse SET UNLOGGED and INHERIT of the kinds above, and
+ * ALTER COLUMN ... TYPE of a column a stream uses, clearly (PostgreSQL
+ * itself would fail with an internal error on the dependency of the result
+ * table).
+ */
+static void
+check_alter_table(AlterTableStmt *stmt)
 {
 	Oid			relid;
 	List	   *rels;
@@ -810,6 +894,15 @@ check_alter_column_type(AlterTableStmt *stmt)
 		AlterTableCmd *cmd = lfirst(lc);
 		ListCell   *lc2;
 
+		if (cmd->subtype == AT_SetUnLogged)
+			check_source_change(relid, true);
+		if (cmd->subtype == AT_AddInherit)
+		{
+			Oid			parent = RangeVarGetRelid((RangeVar *) cmd->def, NoLock, true);
+
+			if (OidIsValid(parent))
+				check_source_change(parent, false);
+		}
 		if (cmd->subtype != AT_AlterColumnType)
 			continue;
 		foreach(lc2, rels)
@@ -840,7 +933,9 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   DestReceiver *dest, QueryCompletion *qc)
 {
 	if (IsA(pstmt->utilityStmt, AlterTableStmt))
-		check_alter_column_type((AlterTableStmt *) pstmt->utilityStmt);
+		check_alter_table((AlterTableStmt *) pstmt->utilityStmt);
+	else if (IsA(pstmt->utilityStmt, CreateStmt))
+		check_create_table((CreateStmt *) pstmt->utilityStmt);
 	if (prev_process_utility_hook)
 		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
 								  params, queryEnv, dest, qc);

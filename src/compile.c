@@ -119,6 +119,22 @@ check_query_shape(Query *query)
 				 errhint("Add aggregate functions, a GROUP BY clause, or both.")));
 }
 
+/*
+ * Refuse a source whose row security policies apply to the current user:
+ * a stream sees every inserted row.  Checked again at every checkpoint
+ * (policies may be enabled later).
+ */
+static void
+check_row_security(Oid relid)
+{
+	if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" has row-level security enabled",
+						get_rel_name(relid)),
+				 errdetail("A stream sees every inserted row, so it cannot apply row security policies.")));
+}
+
 /* Refuse sources whose inserted rows logical decoding cannot deliver. */
 static void
 check_source(RangeTblEntry *rte)
@@ -194,11 +210,7 @@ check_source(RangeTblEntry *rte)
 				 errmsg("source \"%s\" has inheritance children", relname),
 				 errhint("Use FROM ONLY %s, or create one stream per child table.",
 						 quote_identifier(relname))));
-	if (check_enable_rls(rte->relid, InvalidOid, true) == RLS_ENABLED)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("source \"%s\" has row-level security enabled", relname),
-				 errdetail("A stream sees every inserted row, so it cannot apply row security policies.")));
+	check_row_security(rte->relid);
 }
 
 /*
@@ -741,12 +753,14 @@ CompileQueryText(const char *sql)
 
 /*
  * Check that the current user may read what the stream reads: SELECT on
- * the source table (or its columns).  Raises the usual permission error.
+ * the source table (or its columns), with no row security policies that
+ * apply to it.  Raises the usual permission error.
  */
 void
 CompileCheckPermissions(FlowQuery *fq)
 {
 	ExecCheckRTPerms(fq->query->rtable, true);
+	check_row_security(fq->source);
 }
 
 /*
