@@ -55,6 +55,13 @@ RESET ROLE;
 
 -- privileges are checked again while the stream runs: a running stream
 -- stops reading a source its owner may no longer read
+CREATE FUNCTION await_running(stream text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. 600 LOOP
+        EXIT WHEN (SELECT status FROM flowpg.streams WHERE name = stream) = 'running';
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
 REVOKE SELECT ON events FROM flowpg_alice;
 INSERT INTO events VALUES ('y', 100);
 DO $$
@@ -66,13 +73,7 @@ BEGIN
 END $$;
 SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view';
 GRANT SELECT ON events TO flowpg_alice;
-DO $$
-BEGIN
-    FOR i IN 1 .. 600 LOOP
-        EXIT WHEN (SELECT status FROM flowpg.streams WHERE name = 'public.alice_view') = 'running';
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END $$;
+SELECT FROM await_running('public.alice_view');
 INSERT INTO events VALUES ('y', 10);
 SELECT flowpg.wait('alice_view');
 TABLE alice_view ORDER BY who;
@@ -91,13 +92,7 @@ BEGIN
 END $$;
 SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view';
 ALTER TABLE events DISABLE ROW LEVEL SECURITY;
-DO $$
-BEGIN
-    FOR i IN 1 .. 600 LOOP
-        EXIT WHEN (SELECT status FROM flowpg.streams WHERE name = 'public.alice_view') = 'running';
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END $$;
+SELECT FROM await_running('public.alice_view');
 SELECT flowpg.wait('alice_view');
 TABLE alice_view ORDER BY who;
 
@@ -114,3 +109,4 @@ SELECT flowpg.drop_stream('alice_view');
 DROP TABLE events;
 REVOKE CREATE ON SCHEMA public FROM flowpg_alice, flowpg_bob, flowpg_group;
 DROP ROLE flowpg_alice, flowpg_bob, flowpg_group;
+DROP FUNCTION await_running(text);
