@@ -104,6 +104,33 @@ SELECT length(tag), n, len FROM by_tag ORDER BY 1;
 SELECT flowpg.drop_stream('by_tag');
 DROP TABLE docs;
 
+-- one by-value key, compared and hashed by its bits: smallint, bigint,
+-- date and boolean keys, negative ones, NULL, and an int key made by a
+-- function whose result is not sign-extended (hashtext), met again after
+-- its state was stored
+CREATE TABLE bv (t text, s smallint, b bigint, d date, ok bool, v int);
+SELECT flowpg.create_stream('by_hash', 'SELECT hashtext(t) AS h, count(*) AS n, sum(v) AS sv FROM bv GROUP BY hashtext(t)');
+SELECT flowpg.create_stream('by_small', 'SELECT s, count(*) AS n, sum(v) AS sv FROM bv GROUP BY s');
+SELECT flowpg.create_stream('by_big', 'SELECT b, count(*) AS n, sum(v) AS sv FROM bv GROUP BY b');
+SELECT flowpg.create_stream('by_day', 'SELECT d, count(*) AS n FROM bv GROUP BY d');
+SELECT flowpg.create_stream('by_ok', 'SELECT ok, count(*) AS n FROM bv GROUP BY ok');
+INSERT INTO bv SELECT 'k' || g % 50, (g % 7 - 3)::smallint, (g % 9 - 4) * 4000000000,
+                      '2026-01-01'::date + (g % 5 - 2), NULLIF(g % 3, 2) = 1, g
+  FROM generate_series(1, 500) g;
+INSERT INTO bv (t, v) VALUES (NULL, 1);
+SELECT flowpg.wait(name) FROM flowpg.streams WHERE source = 'bv'::regclass;
+INSERT INTO bv SELECT 'k' || g % 50, (g % 7 - 3)::smallint, (g % 9 - 4) * 4000000000,
+                      '2026-01-01'::date + (g % 5 - 2), NULLIF(g % 3, 2) = 1, g
+  FROM generate_series(1, 500) g;
+SELECT oracle('by_hash');
+SELECT count(*) FILTER (WHERE h < 0) > 0 AS negative_keys FROM by_hash;
+SELECT oracle('by_small');
+SELECT oracle('by_big');
+SELECT oracle('by_day');
+SELECT oracle('by_ok');
+SELECT flowpg.drop_stream(name) FROM flowpg.streams WHERE source = 'bv'::regclass;
+DROP TABLE bv;
+
 -- functions written in SQL and PL/pgSQL: in WHERE and GROUP BY, and as
 -- the transition, combine and final functions of user-defined aggregates,
 -- in a plan with internal states (sum of numeric: the batch is combined

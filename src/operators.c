@@ -31,6 +31,15 @@
  * in datumSerialize() format, internal states through their serialization
  * function.  A key is a MinimalTuple of the GROUP BY values.
  *
+ * The per-row path is what a busy stream's worker spends most of its own
+ * time on (test/bench/profile counts it), so the common cases skip steps:
+ * keys and arguments that are plain columns are read from the deformed row
+ * rather than through the expression evaluator; a single by-value key
+ * whose equality is bitwise (integers, dates, ...: the btree "equalimage"
+ * test) is hashed and compared as a Datum; a direct plan's group copies the
+ * stored image's values into its own allocation; and a merged image is
+ * written where the old one was when it fits, which is nearly always.
+ *
  * Memory: a FlowPlan lives in its own context.  Per-row work happens in
  * the plan's per-tuple context, reset for every row; a batch's groups and
  * transition values live in the batch's context, reset after every merge
@@ -44,6 +53,7 @@
 
 #include "access/detoast.h"
 #include "access/heaptoast.h"
+#include "access/nbtree.h"
 #include "catalog/pg_aggregate.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
@@ -140,6 +150,15 @@ static bool index_equal(IndexProbe *probe, KeyRef stored, KeyRef lookup);
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
+/* One transition value as an image stores it: internal states serialized. */
+typedef struct ImageValue
+{
+	Datum		value;
+	bool		isnull;
+	bool		byval;
+	int16		typlen;
+} ImageValue;
+
 struct FlowBatch
 {
 	FlowPlan   *plan;
@@ -157,6 +176,7 @@ struct FlowBatch
 
 	/* scratch space of merge_group, allocated once */
 	AggValue   *vals;
+	ImageValue *ivals;
 	StringInfoData image;
 	int			merged;
 };
@@ -192,6 +212,23 @@ init_support_fn(FlowPlan *plan, FmgrInfo *flinfo, Oid fn, Expr *expr,
 	InitFunctionCallInfoData(*fcinfo, flinfo, nargs, collation,
 							 (Node *) plan->aggstate, NULL);
 	return fcinfo;
+}
+
+/*
+ * The source column an expression is, if it is just one (the usual key or
+ * aggregate argument): read straight from the row, not through the
+ * expression evaluator.  Notes the last such column in the plan.
+ */
+static AttrNumber
+column_of(FlowPlan *plan, Expr *expr)
+{
+	AttrNumber	attno;
+
+	if (!IsA(expr, Var) || ((Var *) expr)->varattno <= 0)
+		return 0;
+	attno = ((Var *) expr)->varattno;
+	plan->fetch_attno = Max(plan->fetch_attno, attno);
+	return attno;
 }
 
 static void
@@ -269,8 +306,43 @@ build_agg(FlowPlan *plan, FlowAgg *agg, Aggref *aggref)
 	if (aggref->aggfilter != NULL)
 		agg->filter = ExecInitExpr(aggref->aggfilter, NULL);
 	agg->args = palloc0(sizeof(ExprState *) * (nargs + 1));
+	agg->arg_attno = palloc0(sizeof(AttrNumber) * (nargs + 1));
 	foreach(lc, aggref->args)
-		agg->args[i++] = ExecInitExpr(lfirst_node(TargetEntry, lc)->expr, NULL);
+	{
+		Expr	   *arg = lfirst_node(TargetEntry, lc)->expr;
+
+		agg->arg_attno[i] = column_of(plan, arg);
+		agg->args[i++] = ExecInitExpr(arg, NULL);
+	}
+}
+
+/*
+ * Is equality under eqop the same as equality of the values' bits?  The btree "equalimage" support function says so (as it does for
+ * B-tree deduplication): true for integers, dates, timestamps, enums, ...;
+ * false for numeric (1.0 = 1.00), floats (0 = -0) and types without one.
+ */
+static bool
+equality_is_image(Oid eqop, Oid collation)
+{
+	List	   *interps = get_op_btree_interpretation(eqop);
+	ListCell   *lc;
+
+	foreach(lc, interps)
+	{
+		OpBtreeInterpretation *interp = lfirst(lc);
+		Oid			proc;
+
+		if (interp->strategy != BTEqualStrategyNumber ||
+			interp->oplefttype != interp->oprighttype)
+			continue;
+		proc = get_opfamily_proc(interp->opfamily_id, interp->oplefttype,
+								 interp->oprighttype, BTEQUALIMAGE_PROC);
+		if (OidIsValid(proc) &&
+			DatumGetBool(OidFunctionCall1Coll(proc, collation,
+											  ObjectIdGetDatum(interp->oplefttype))))
+			return true;
+	}
+	return false;
 }
 
 static void
@@ -282,6 +354,7 @@ build_keys(FlowPlan *plan)
 	int			i = 0;
 
 	plan->keys = palloc0(sizeof(ExprState *) * (plan->nkeys + 1));
+	plan->key_attno = palloc0(sizeof(AttrNumber) * (plan->nkeys + 1));
 	plan->key_eq = palloc0(sizeof(FmgrInfo) * (plan->nkeys + 1));
 	plan->key_hash = palloc0(sizeof(FmgrInfo) * (plan->nkeys + 1));
 	plan->key_coll = palloc0(sizeof(Oid) * (plan->nkeys + 1));
@@ -300,12 +373,16 @@ build_keys(FlowPlan *plan)
 		fmgr_info(get_opcode(eqop), &plan->key_eq[i]);
 		fmgr_info(hash_fn, &plan->key_hash[i]);
 		plan->key_coll[i] = exprCollation((Node *) expr);
+		plan->key_attno[i] = column_of(plan, expr);
 		plan->keys[i] = ExecInitExpr(expr, NULL);
 		TupleDescInitEntry(plan->keydesc, i + 1, NULL, exprType((Node *) expr),
 						   exprTypmod((Node *) expr), 0);
 		TupleDescInitEntryCollation(plan->keydesc, i + 1, plan->key_coll[i]);
 		i++;
 	}
+	plan->key_byval = plan->nkeys == 1 &&
+		TupleDescAttr(plan->keydesc, 0)->attbyval &&
+		equality_is_image(linitial_oid(fq->key_eqops), plan->key_coll[0]);
 }
 
 /* The final row's descriptor: the keys, then each aggregate's result. */
@@ -477,13 +554,43 @@ PlanSetSourceDesc(FlowPlan *plan, TupleDesc desc)
  * ---------------------------------------------------------------------
  */
 
-/* Hash a key with its types' hash functions, as execGrouping.c does. */
+/*
+ * The bits of a by-value key: only its type's length of them, as a Datum
+ * of a shorter type may come sign-extended or not, depending on the
+ * function that made it.
+ */
+static inline uint64
+key_bits(FlowPlan *plan, Datum value)
+{
+	switch (TupleDescAttr(plan->keydesc, 0)->attlen)
+	{
+		case 1:
+			return (uint8) value;
+		case 2:
+			return (uint16) value;
+		case 4:
+			return (uint32) value;
+		default:
+			return (uint64) value;
+	}
+}
+
+/*
+ * Hash a key with its types' hash functions, as execGrouping.c does, or a
+ * by-value key by its bits.  The hashes never leave the worker's index.
+ */
 uint32
 PlanKeyHash(FlowPlan *plan, Datum *values, bool *isnull)
 {
 	uint32		hash = 0;
 	int			i;
 
+	if (plan->key_byval)
+	{
+		uint64		bits = isnull[0] ? 0 : key_bits(plan, values[0]);
+
+		return murmurhash32((uint32) bits ^ (uint32) (bits >> 32));
+	}
 	for (i = 0; i < plan->nkeys; i++)
 	{
 		hash = pg_rotate_left32(hash, 1);
@@ -501,6 +608,9 @@ PlanKeysEqual(FlowPlan *plan, Datum *v1, bool *n1, Datum *v2, bool *n2)
 {
 	int			i;
 
+	if (plan->key_byval)
+		return n1[0] == n2[0] &&
+			(n1[0] || key_bits(plan, v1[0]) == key_bits(plan, v2[0]));
 	for (i = 0; i < plan->nkeys; i++)
 	{
 		if (n1[i] != n2[i])
@@ -559,6 +669,7 @@ init_values(FlowPlan *plan, AggValue *vals, MemoryContext cxt)
 
 		vals[i].isnull = agg->initValueIsNull;
 		vals[i].noTransValue = agg->initValueIsNull;
+		vals[i].borrowed = false;
 		vals[i].value = agg->initValueIsNull ? (Datum) 0 :
 			datumCopy(agg->initValue, agg->transtypeByVal, agg->transtypeLen);
 	}
@@ -571,7 +682,7 @@ init_values(FlowPlan *plan, AggValue *vals, MemoryContext cxt)
  */
 static Datum
 keep_trans_value(FlowAgg *agg, Datum newval, bool newnull,
-				 Datum oldval, bool oldnull, MemoryContext cxt)
+				 Datum oldval, bool oldnull, bool borrowed, MemoryContext cxt)
 {
 	if (!newnull)
 	{
@@ -582,7 +693,7 @@ keep_trans_value(FlowAgg *agg, Datum newval, bool newnull,
 			newval = datumCopy(newval, agg->transtypeByVal, agg->transtypeLen);
 		MemoryContextSwitchTo(oldcxt);
 	}
-	if (!oldnull)
+	if (!oldnull && !borrowed)
 	{
 		if (DatumIsReadWriteExpandedObject(oldval, false, agg->transtypeLen))
 			DeleteExpandedObject(oldval);
@@ -617,6 +728,7 @@ agg_advance(FlowPlan *plan, FlowAgg *agg, AggValue *tv, MemoryContext cxt)
 								  agg->transtypeLen);
 			tv->isnull = false;
 			tv->noTransValue = false;
+			tv->borrowed = false;
 			MemoryContextSwitchTo(oldcxt);
 			return;
 		}
@@ -631,8 +743,11 @@ agg_advance(FlowPlan *plan, FlowAgg *agg, AggValue *tv, MemoryContext cxt)
 	newval = FunctionCallInvoke(fcinfo);
 	if (!agg->transtypeByVal &&
 		DatumGetPointer(newval) != DatumGetPointer(tv->value))
+	{
 		newval = keep_trans_value(agg, newval, fcinfo->isnull,
-								  tv->value, tv->isnull, cxt);
+								  tv->value, tv->isnull, tv->borrowed, cxt);
+		tv->borrowed = false;
+	}
 	tv->value = newval;
 	tv->isnull = fcinfo->isnull;
 	tv->noTransValue = false;
@@ -715,44 +830,55 @@ agg_finalize(FlowPlan *plan, FlowAgg *agg, AggValue *tv,
  * ---------------------------------------------------------------------
  */
 
-/* Append the serialized transition values to buf (current context). */
-static void
-image_build(FlowPlan *plan, AggValue *vals, StringInfo buf)
+/*
+ * Serialize what needs it and return the image's size; the values are in
+ * out[0 .. naggs - 1], anything made in the current context.
+ */
+static Size
+image_prepare(FlowPlan *plan, AggValue *vals, ImageValue *out)
 {
+	Size		size = 0;
 	int			i;
 
 	for (i = 0; i < plan->naggs; i++)
 	{
 		FlowAgg    *agg = &plan->aggs[i];
-		Datum		value = vals[i].value;
-		bool		isnull = vals[i].isnull;
-		bool		byval = agg->transtypeByVal;
-		int			typlen = agg->transtypeLen;
-		Size		size;
-		char	   *start;
+		ImageValue *iv = &out[i];
 
+		iv->value = vals[i].value;
+		iv->isnull = vals[i].isnull;
+		iv->byval = agg->transtypeByVal;
+		iv->typlen = agg->transtypeLen;
 		if (agg->transtype == INTERNALOID)
 		{
-			if (!isnull)
+			if (!iv->isnull)
 			{
 				FunctionCallInfo fcinfo = agg->serialfcinfo;
 
 				plan->aggecontext->ecxt_per_tuple_memory = CurrentMemoryContext;
-				fcinfo->args[0].value = value;
+				fcinfo->args[0].value = iv->value;
 				fcinfo->args[0].isnull = false;
 				fcinfo->isnull = false;
-				value = FunctionCallInvoke(fcinfo);
-				isnull = fcinfo->isnull;
+				iv->value = FunctionCallInvoke(fcinfo);
+				iv->isnull = fcinfo->isnull;
 			}
-			byval = false;
-			typlen = -1;
+			iv->byval = false;
+			iv->typlen = -1;
 		}
-		size = datumEstimateSpace(value, isnull, byval, typlen);
-		enlargeStringInfo(buf, size);
-		start = buf->data + buf->len;
-		datumSerialize(value, isnull, byval, typlen, &start);
-		buf->len += size;
+		size += datumEstimateSpace(iv->value, iv->isnull, iv->byval, iv->typlen);
 	}
+	return size;
+}
+
+/* Write prepared values as an image at dest, which has room for them. */
+static void
+image_write(FlowPlan *plan, ImageValue *values, char *dest)
+{
+	int			i;
+
+	for (i = 0; i < plan->naggs; i++)
+		datumSerialize(values[i].value, values[i].isnull, values[i].byval,
+					   values[i].typlen, &dest);
 }
 
 /* Read transition values from an image into the current context. */
@@ -785,7 +911,52 @@ image_read(FlowPlan *plan, const char *image, AggValue *vals)
 		vals[i].isnull = isnull;
 		/* a NULL state of an aggregate without initial value has none yet */
 		vals[i].noTransValue = isnull && agg->initValueIsNull;
+		vals[i].borrowed = false;
 	}
+}
+
+/*
+ * The stored transition values of a key of a direct plan (no internal
+ * states) as a new batch group's, in one allocation with the group: its
+ * by-reference values are copies in the group's own memory.  What
+ * datumRestore does, without a palloc and a call per value.
+ */
+static BatchGroup *
+group_from_image(FlowPlan *plan, const char *image, Size len)
+{
+	Size		head = MAXALIGN(offsetof(BatchGroup, vals) + sizeof(AggValue) * plan->naggs);
+	BatchGroup *group = palloc(head + len + MAXIMUM_ALIGNOF * plan->naggs);
+	char	   *copy = (char *) group + head;
+	const char *p = image;
+	int			i;
+
+	for (i = 0; i < plan->naggs; i++)
+	{
+		AggValue   *v = &group->vals[i];
+		int			header;
+
+		memcpy(&header, p, sizeof(int));
+		p += sizeof(int);
+		v->isnull = header == -2;
+		v->noTransValue = v->isnull && plan->aggs[i].initValueIsNull;
+		v->borrowed = header > 0;
+		if (header == -1)
+		{
+			memcpy(&v->value, p, sizeof(Datum));
+			p += sizeof(Datum);
+		}
+		else if (header > 0)
+		{
+			memcpy(copy, p, header);
+			v->value = PointerGetDatum(copy);
+			copy += MAXALIGN(header);
+			p += header;
+		}
+		else
+			v->value = (Datum) 0;
+	}
+	Assert(p == image + len);
+	return group;
 }
 
 /*
@@ -870,6 +1041,7 @@ BatchCreate(FlowPlan *plan)
 	batch->mergecxt = AllocSetContextCreate(plan->cxt, "flowpg merge",
 											ALLOCSET_DEFAULT_SIZES);
 	batch->vals = MemoryContextAlloc(plan->cxt, sizeof(AggValue) * (plan->naggs + 1));
+	batch->ivals = MemoryContextAlloc(plan->cxt, sizeof(ImageValue) * (plan->naggs + 1));
 	batch->probe = MemoryContextAllocZero(plan->cxt, sizeof(IndexProbe));
 	batch->probe->plan = plan;
 	batch->probe->batch = batch;
@@ -900,6 +1072,17 @@ index_equal(IndexProbe *probe, KeyRef stored, KeyRef lookup)
 		group = probe->batch->groups[stored.group];
 		return PlanKeysEqual(plan, group->keys, group->nulls,
 							 probe->vals, probe->nulls);
+	}
+	if (plan->key_byval)
+	{
+		MinimalTuple key = StateChunkKey(StateGetChunk(probe->st, stored.chunk));
+		bool		isnull = (key->t_infomask & HEAP_HASNULL) && att_isnull(0, key->t_bits);
+
+		if (isnull || probe->nulls[0])
+			return isnull && probe->nulls[0];
+		return key_bits(plan, fetch_att((char *) key - MINIMAL_TUPLE_OFFSET + key->t_hoff,
+										true, TupleDescAttr(plan->keydesc, 0)->attlen)) ==
+			key_bits(plan, probe->vals[0]);
 	}
 	key_deform(plan, StateChunkKey(StateGetChunk(probe->st, stored.chunk)),
 			   probe->scratch, probe->scratch_nulls);
@@ -989,18 +1172,23 @@ batch_group(FlowBatch *batch, FlowState *st, uint32 hash)
 	Assert(!found || DsaPointerIsValid(entry->ref.chunk));
 
 	oldcxt = MemoryContextSwitchTo(batch->cxt);
-	group = palloc(offsetof(BatchGroup, vals) + sizeof(AggValue) * plan->naggs);
+	if (found && plan->direct)
+	{
+		StateChunk *chunk = StateGetChunk(st, entry->ref.chunk);
+
+		group = group_from_image(plan, StateChunkState(chunk), chunk->state_len);
+	}
+	else
+	{
+		group = palloc(offsetof(BatchGroup, vals) + sizeof(AggValue) * plan->naggs);
+		init_values(plan, group->vals, batch->cxt);
+	}
 	group->hash = hash;
 	group->chunk = found ? entry->ref.chunk : InvalidDsaPointer;
 	group->keys = NULL;
 	group->nulls = NULL;
 	if (!found)
 		copy_key(plan, group);
-	if (found && plan->direct)
-		image_read(plan, StateChunkState(StateGetChunk(st, group->chunk)),
-				   group->vals);
-	else
-		init_values(plan, group->vals, batch->cxt);
 	MemoryContextSwitchTo(oldcxt);
 
 	if (batch->ngroups == batch->maxgroups)
@@ -1012,6 +1200,18 @@ batch_group(FlowBatch *batch, FlowState *st, uint32 hash)
 	entry->ref.group = batch->ngroups;
 	batch->groups[batch->ngroups++] = group;
 	return group;
+}
+
+/* A key or an argument: a column of the row, or an expression over it. */
+static inline Datum
+row_value(FlowPlan *plan, ExprState *expr, AttrNumber attno, bool *isnull)
+{
+	if (attno > 0)
+	{
+		*isnull = plan->srcslot->tts_isnull[attno - 1];
+		return plan->srcslot->tts_values[attno - 1];
+	}
+	return ExecEvalExpr(expr, plan->econtext, isnull);
 }
 
 /*
@@ -1039,9 +1239,11 @@ batch_add_row(FlowBatch *batch, FlowState *st, HeapTuple tuple)
 		MemoryContextSwitchTo(oldcxt);
 		return;
 	}
+	if (plan->fetch_attno > 0)
+		slot_getsomeattrs(plan->srcslot, plan->fetch_attno);
 	for (i = 0; i < plan->nkeys; i++)
-		plan->keyvals[i] = ExecEvalExpr(plan->keys[i], econtext,
-										&plan->keynulls[i]);
+		plan->keyvals[i] = row_value(plan, plan->keys[i], plan->key_attno[i],
+									 &plan->keynulls[i]);
 	group = batch_group(batch, st,
 						PlanKeyHash(plan, plan->keyvals, plan->keynulls));
 
@@ -1060,8 +1262,9 @@ batch_add_row(FlowBatch *batch, FlowState *st, HeapTuple tuple)
 				continue;
 		}
 		for (j = 0; j < agg->numInputs; j++)
-			fcinfo->args[j + 1].value = ExecEvalExpr(agg->args[j], econtext,
-													 &fcinfo->args[j + 1].isnull);
+			fcinfo->args[j + 1].value = row_value(plan, agg->args[j],
+												  agg->arg_attno[j],
+												  &fcinfo->args[j + 1].isnull);
 		agg_advance(plan, agg, &group->vals[i], batch->cxt);
 	}
 	MemoryContextSwitchTo(oldcxt);
@@ -1105,34 +1308,40 @@ merge_group(FlowBatch *batch, FlowState *st, int i)
 	MemoryContext cxt = batch->mergecxt;
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 	AggValue   *vals = group->vals;
-	dsa_pointer chunk;
+	dsa_pointer chunk = group->chunk;
+	char	   *dest;
+	Size		size;
 	int			j;
 
-	if (DsaPointerIsValid(group->chunk) && !plan->direct)
+	if (DsaPointerIsValid(chunk) && !plan->direct)
 	{
 		vals = batch->vals;
-		image_read(plan, StateChunkState(StateGetChunk(st, group->chunk)), vals);
+		image_read(plan, StateChunkState(StateGetChunk(st, chunk)), vals);
 		for (j = 0; j < plan->naggs; j++)
 			agg_combine(plan, &plan->aggs[j], &vals[j], &group->vals[j], cxt);
 	}
-	resetStringInfo(&batch->image);	/* its buffer lives in the plan's context */
-	image_build(plan, vals, &batch->image);
+	size = image_prepare(plan, vals, batch->ivals);
 
-	if (DsaPointerIsValid(group->chunk))
-	{
-		chunk = StateSetImage(st, group->chunk, batch->image.data,
-							  batch->image.len);
-		if (chunk != group->chunk)
-			index_entry_of(batch, i)->ref.chunk = chunk;
-	}
+	/* usually the new image fits where the old one was */
+	if (DsaPointerIsValid(chunk) && (dest = StateImageInPlace(st, chunk, size)) != NULL)
+		image_write(plan, batch->ivals, dest);
 	else
 	{
-		MinimalTuple key = heap_form_minimal_tuple(plan->keydesc,
-												   group->keys, group->nulls);
+		resetStringInfo(&batch->image); /* its buffer lives in the plan's context */
+		enlargeStringInfo(&batch->image, size);
+		image_write(plan, batch->ivals, batch->image.data);
+		batch->image.len = size;
+		if (DsaPointerIsValid(chunk))
+			chunk = StateSetImage(st, chunk, batch->image.data, size);
+		else
+		{
+			MinimalTuple key = heap_form_minimal_tuple(plan->keydesc,
+													   group->keys, group->nulls);
 
-		chunk = StateAddKey(st, st->next_key_id, key, batch->image.data,
-							batch->image.len);
-		index_entry_of(batch, i)->ref.chunk = chunk;
+			chunk = StateAddKey(st, st->next_key_id, key, batch->image.data, size);
+		}
+		if (chunk != group->chunk)
+			index_entry_of(batch, i)->ref.chunk = chunk;
 	}
 	StateMarkDirty(st, chunk);
 

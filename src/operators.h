@@ -27,6 +27,8 @@ typedef struct AggValue
 	Datum		value;
 	bool		isnull;
 	bool		noTransValue;
+	bool		borrowed;		/* by reference, in memory that is not its
+								 * own allocation: never pfree'd */
 } AggValue;
 
 /* Everything needed to run one aggregate. */
@@ -53,6 +55,8 @@ typedef struct FlowAgg
 	FunctionCallInfo deserialfcinfo;
 	ExprState  *filter;
 	ExprState **args;
+	AttrNumber *arg_attno;		/* per argument: its source column if it is
+								 * just that, else 0 */
 } FlowAgg;
 
 /* A stream's compiled operators, for one process. */
@@ -75,8 +79,14 @@ typedef struct FlowPlan
 	ExprContext *econtext;
 	ExprState  *where;
 	ExprState **keys;
+	AttrNumber *key_attno;		/* per key: its source column if it is just
+								 * that, else 0 */
+	AttrNumber	fetch_attno;	/* the last of those columns */
 
 	/* keys */
+	bool		key_byval;		/* one key, by value, equal only to itself
+								 * bit for bit: compared and hashed as a
+								 * Datum, no function calls */
 	TupleDesc	keydesc;
 	FmgrInfo   *key_eq;
 	FmgrInfo   *key_hash;

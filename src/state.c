@@ -225,6 +225,22 @@ StateAddKey(FlowState *st, int64 key_id, MinimalTuple key, const char *image,
 }
 
 /*
+ * Where to write a new state image of `len` bytes for a key, in its chunk,
+ * or NULL when it does not fit there (StateSetImage then moves the key).
+ * The caller writes the whole image before anyone reads the chunk.
+ */
+char *
+StateImageInPlace(FlowState *st, dsa_pointer chunkp, Size len)
+{
+	StateChunk *chunk = dsa_get_address(st->area, chunkp);
+
+	if (MAXALIGN(chunk->key_len) + len > chunk->capacity)
+		return NULL;
+	chunk->state_len = len;
+	return StateChunkState(chunk);
+}
+
+/*
  * Replace the state image of a key.  Returns the key's chunk, which moves
  * when the image no longer fits.
  */

@@ -73,6 +73,7 @@ extern dsa_pointer StateAddKey(FlowState *st, int64 key_id, MinimalTuple key,
 							   const char *image, Size len);
 extern dsa_pointer StateSetImage(FlowState *st, dsa_pointer chunkp,
 								 const char *image, Size len);
+extern char *StateImageInPlace(FlowState *st, dsa_pointer chunkp, Size len);
 extern void StateMarkDirty(FlowState *st, dsa_pointer chunkp);
 extern void StateClearDirty(FlowState *st);
 extern void StateMarkAllDirty(FlowState *st);
