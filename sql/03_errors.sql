@@ -60,6 +60,7 @@ SELECT try_create('', 'SELECT count(*) FROM src');
 SELECT try_create('bad', '   ');
 SELECT try_create('bad', 'SELECT count(*) FROM src', '0 s');
 SELECT try_create('bad', 'SELECT count(*) FROM src', '-1 s');
+SELECT try_create('bad', 'SELECT count(*) FROM src', '100 years');
 SELECT try_create(repeat('x', 70), 'SELECT count(*) FROM src');
 SELECT try_create('"bad', 'SELECT count(*) FROM src');
 SELECT try_create('taken', 'SELECT count(*) FROM src');

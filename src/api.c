@@ -94,7 +94,10 @@ ApiTextArg(FunctionCallInfo fcinfo, int n, const char *what)
 	return str;
 }
 
-/* A positive interval argument in milliseconds; -1 if NULL and allowed. */
+/*
+ * A positive interval argument in milliseconds; -1 if NULL and allowed.  A
+ * timeout longer than INT_MAX milliseconds waits that long.
+ */
 static int
 interval_arg(FunctionCallInfo fcinfo, int n, const char *what, bool null_ok)
 {
@@ -115,6 +118,15 @@ interval_arg(FunctionCallInfo fcinfo, int n, const char *what, bool null_ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be at least 1 millisecond", what),
+				 errdetail("The value given was %s.",
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(iv))))));
+	/* a checkpoint interval is kept in milliseconds; a timeout may be longer */
+	if (usecs / 1000 > INT_MAX && strcmp(what, "timeout") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at most %d milliseconds (about 24 days)",
+						what, INT_MAX),
 				 errdetail("The value given was %s.",
 						   DatumGetCString(DirectFunctionCall1(interval_out,
 															   IntervalPGetDatum(iv))))));
