@@ -27,6 +27,12 @@
  *	  exits when the postmaster dies.
  *	- The worker's own transactions carry its replication origin and are
  *	  filtered out before they reach the reorder buffer.
+ *	- A decoded row is read with the source's columns as they were when it
+ *	  was written (the relation decoding passes, from the historic
+ *	  catalog), never with the worker's own idea of them: a table rewrite
+ *	  can change the row layout.  So the relcache entry of the source that
+ *	  the worker's own transactions may have built is dropped before
+ *	  decoding resumes (see own_xact_since_decoding).
  *	- No stream_* callbacks and no two-phase: only committed transactions.
  *
  *-------------------------------------------------------------------------
