@@ -95,11 +95,13 @@ ApiTextArg(FunctionCallInfo fcinfo, int n, const char *what)
 }
 
 /*
- * A positive interval argument in milliseconds; -1 if NULL and allowed.  A
- * timeout longer than INT_MAX milliseconds waits that long.
+ * A positive interval argument in milliseconds; -1 if NULL and allowed.
+ * Longer than INT_MAX milliseconds is an error if bounded (a checkpoint
+ * interval is kept in milliseconds), else INT_MAX (a timeout: that long).
  */
 static int
-interval_arg(FunctionCallInfo fcinfo, int n, const char *what, bool null_ok)
+interval_arg(FunctionCallInfo fcinfo, int n, const char *what, bool null_ok,
+			 bool bounded)
 {
 	Interval   *iv;
 	int64		usecs;
@@ -121,8 +123,7 @@ interval_arg(FunctionCallInfo fcinfo, int n, const char *what, bool null_ok)
 				 errdetail("The value given was %s.",
 						   DatumGetCString(DirectFunctionCall1(interval_out,
 															   IntervalPGetDatum(iv))))));
-	/* a checkpoint interval is kept in milliseconds; a timeout may be longer */
-	if (usecs / 1000 > INT_MAX && strcmp(what, "timeout") != 0)
+	if (bounded && usecs / 1000 > INT_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be at most %d milliseconds (about 24 days)",
@@ -363,7 +364,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	FlowpgCheckPrerequisites();
 	name = ApiTextArg(fcinfo, 0, "stream name");
 	query = ApiTextArg(fcinfo, 1, "stream query");
-	interval = interval_arg(fcinfo, 2, "checkpoint_interval", true);
+	interval = interval_arg(fcinfo, 2, "checkpoint_interval", true, true);
 	rv = result_rangevar(PG_GETARG_TEXT_PP(0));
 
 	fq = CompileQueryText(query);
@@ -536,7 +537,7 @@ flowpg_set_checkpoint_interval(PG_FUNCTION_ARGS)
 {
 	StreamDef  *def = ApiStreamToChange(fcinfo);
 
-	def->checkpoint_interval = interval_arg(fcinfo, 1, "checkpoint_interval", true);
+	def->checkpoint_interval = interval_arg(fcinfo, 1, "checkpoint_interval", true, true);
 	update_stream(def);
 	PG_RETURN_VOID();
 }
@@ -698,7 +699,7 @@ flowpg_wait(PG_FUNCTION_ARGS)
 
 	FlowpgCheckLoaded();
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
-	timeout = interval_arg(fcinfo, 1, "timeout", false);
+	timeout = interval_arg(fcinfo, 1, "timeout", false, false);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout);
 	ApiCheckNotFailed(def);
 	if (def->paused)

@@ -855,6 +855,16 @@ check_source_change(Oid relid, bool unlogged)
 				 errhint("Drop the stream first.")));
 }
 
+/* A table that is to inherit from parent (which may not exist). */
+static void
+check_new_parent(RangeVar *parent)
+{
+	Oid			relid = RangeVarGetRelid(parent, NoLock, true);
+
+	if (OidIsValid(relid))
+		check_source_change(relid, false);
+}
+
 /* CREATE TABLE ... INHERITS (a source) */
 static void
 check_create_table(CreateStmt *stmt)
@@ -862,12 +872,7 @@ check_create_table(CreateStmt *stmt)
 	ListCell   *lc;
 
 	foreach(lc, stmt->inhRelations)
-	{
-		Oid			parent = RangeVarGetRelid(lfirst_node(RangeVar, lc), NoLock, true);
-
-		if (OidIsValid(parent))
-			check_source_change(parent, false);
-	}
+		check_new_parent(lfirst_node(RangeVar, lc));
 }
 
 /*
@@ -897,12 +902,7 @@ check_alter_table(AlterTableStmt *stmt)
 		if (cmd->subtype == AT_SetUnLogged)
 			check_source_change(relid, true);
 		if (cmd->subtype == AT_AddInherit)
-		{
-			Oid			parent = RangeVarGetRelid((RangeVar *) cmd->def, NoLock, true);
-
-			if (OidIsValid(parent))
-				check_source_change(parent, false);
-		}
+			check_new_parent(castNode(RangeVar, cmd->def));
 		if (cmd->subtype != AT_AlterColumnType)
 			continue;
 		foreach(lc2, rels)

@@ -317,8 +317,9 @@ build_agg(FlowPlan *plan, FlowAgg *agg, Aggref *aggref)
 }
 
 /*
- * Is equality under eqop the same as equality of the values' bits?  The btree "equalimage" support function says so (as it does for
- * B-tree deduplication): true for integers, dates, timestamps, enums, ...;
+ * Is equality under eqop the same as equality of the values' bits?  The
+ * btree "equalimage" support function says so (as it does for B-tree
+ * deduplication): true for integers, dates, timestamps, enums, ...;
  * false for numeric (1.0 = 1.00), floats (0 = -0) and types without one.
  */
 static bool
@@ -383,6 +384,10 @@ build_keys(FlowPlan *plan)
 	plan->key_byval = plan->nkeys == 1 &&
 		TupleDescAttr(plan->keydesc, 0)->attbyval &&
 		equality_is_image(linitial_oid(fq->key_eqops), plan->key_coll[0]);
+	if (plan->key_byval && TupleDescAttr(plan->keydesc, 0)->attlen < (int) sizeof(Datum))
+		plan->key_mask = (UINT64CONST(1) << (8 * TupleDescAttr(plan->keydesc, 0)->attlen)) - 1;
+	else
+		plan->key_mask = ~UINT64CONST(0);
 }
 
 /* The final row's descriptor: the keys, then each aggregate's result. */
@@ -555,24 +560,14 @@ PlanSetSourceDesc(FlowPlan *plan, TupleDesc desc)
  */
 
 /*
- * The bits of a by-value key: only its type's length of them, as a Datum
- * of a shorter type may come sign-extended or not, depending on the
- * function that made it.
+ * The bits of a by-value key: only its type's length of them
+ * (plan->key_mask), as a Datum of a shorter type may come sign-extended or
+ * not, depending on the function that made it.
  */
 static inline uint64
 key_bits(FlowPlan *plan, Datum value)
 {
-	switch (TupleDescAttr(plan->keydesc, 0)->attlen)
-	{
-		case 1:
-			return (uint8) value;
-		case 2:
-			return (uint16) value;
-		case 4:
-			return (uint32) value;
-		default:
-			return (uint64) value;
-	}
+	return (uint64) value & plan->key_mask;
 }
 
 /*

@@ -87,6 +87,7 @@ typedef struct FlowPlan
 	bool		key_byval;		/* one key, by value, equal only to itself
 								 * bit for bit: compared and hashed as a
 								 * Datum, no function calls */
+	uint64		key_mask;		/* the bits of its Datum that are its value */
 	TupleDesc	keydesc;
 	FmgrInfo   *key_eq;
 	FmgrInfo   *key_hash;
