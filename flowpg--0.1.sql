@@ -26,7 +26,7 @@ CREATE TABLE flowpg.stream (
 );
 COMMENT ON TABLE flowpg.stream IS 'flowpg streams: definition, owner, result and source tables; name is the result table''s name at creation';
 COMMENT ON COLUMN flowpg.stream.rewrite IS 'the worker rewrites the whole result table from its state at its next start (after flowpg.restore)';
-COMMENT ON COLUMN flowpg.stream.definition IS 'the query with every name schema-qualified, compiled again when a dump is restored';
+COMMENT ON COLUMN flowpg.stream.definition IS 'the query with every name schema-qualified, as the objects are named now (renames are followed); compiled again when a dump is restored';
 COMMENT ON COLUMN flowpg.stream.plan IS 'the analyzed query (object ids: valid in this database only)';
 COMMENT ON COLUMN flowpg.stream.restored IS 'loaded from a dump: not running until flowpg rebuilds it from its source table';
 COMMENT ON COLUMN flowpg.stream.failure IS 'why the stream stopped for good (its slot is gone); its results are stale';
@@ -237,9 +237,10 @@ COMMENT ON FUNCTION flowpg.retained_wal(integer) IS
 CREATE VIEW flowpg.streams AS
 SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END AS name,
        s.query,
+       s.definition,
        s.owner,
        CASE WHEN s.failure IS NOT NULL THEN 'failed'
-            WHEN s.restored THEN 'starting'
+            WHEN s.restored AND st.status IS DISTINCT FROM 'failed' THEN 'starting'
             WHEN s.paused AND st.status IS DISTINCT FROM 'failed' THEN 'paused'
             ELSE COALESCE(st.status, 'starting') END AS status,
        s.failure IS NOT NULL AS stale,

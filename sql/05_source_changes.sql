@@ -48,8 +48,48 @@ INSERT INTO sensor_readings VALUES (5, 9), (6, 1);
 SELECT flowpg.wait('temps');
 TABLE temps ORDER BY device;
 SELECT name, source, status FROM flowpg.streams WHERE name = 'public.temps';
+-- the definition (what pg_dump carries, and a restore compiles) follows
+-- the renames; the query stays as it was written
+SELECT query, definition FROM flowpg.streams WHERE name = 'public.temps';
 ALTER TABLE sensor_readings RENAME COLUMN sensor TO device;
 ALTER TABLE sensor_readings RENAME TO readings;
+SELECT definition FROM flowpg.streams WHERE name = 'public.temps';
+
+-- so does it when what the query calls is renamed or moves: a function, a
+-- type and one of its enum values, the source's schema
+CREATE SCHEMA metrics;
+CREATE TYPE metrics.level AS ENUM ('low', 'high');
+CREATE FUNCTION metrics.grade(v numeric) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$ BEGIN RETURN CASE WHEN v > 10 THEN 'above' ELSE 'below' END; END $$;
+CREATE TABLE metrics.obs (k int, v numeric, lvl metrics.level);
+SELECT flowpg.create_stream('graded', $$
+    SELECT metrics.grade(v) AS grade, count(*) AS n,
+           count(*) FILTER (WHERE lvl = 'high') AS flagged
+      FROM metrics.obs GROUP BY 1 $$);
+INSERT INTO metrics.obs
+    SELECT g, g, CASE WHEN g % 3 = 0 THEN 'high' ELSE 'low' END::metrics.level
+      FROM generate_series(1, 20) g;
+ALTER FUNCTION metrics.grade(numeric) RENAME TO classify;
+ALTER TYPE metrics.level RENAME VALUE 'high' TO 'hot';
+ALTER TYPE metrics.level RENAME TO heat;
+ALTER TABLE metrics.obs RENAME COLUMN lvl TO reading;
+ALTER SCHEMA metrics RENAME TO telemetry;
+CREATE SCHEMA archive;
+ALTER TABLE telemetry.obs SET SCHEMA archive;
+INSERT INTO archive.obs
+    SELECT g, g, CASE WHEN g % 4 = 0 THEN 'hot' ELSE 'low' END::telemetry.heat
+      FROM generate_series(21, 40) g;
+SELECT definition FROM flowpg.streams WHERE name = 'public.graded';
+SELECT oracle('graded', false);
+TABLE graded ORDER BY grade;
+-- a rename that rolls back leaves the definition as it was
+BEGIN;
+ALTER TABLE archive.obs RENAME TO gone;
+ROLLBACK;
+SELECT definition LIKE '%archive.obs%' AS unchanged FROM flowpg.streams WHERE name = 'public.graded';
+SELECT flowpg.drop_stream('graded');
+DROP SCHEMA archive, telemetry CASCADE;
 
 -- changing the type of a column the stream does not use rewrites the table
 -- with another layout: each row is read as it was written, on both sides

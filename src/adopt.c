@@ -12,8 +12,9 @@
  *
  *	1. A flowpg.stream row that flowpg itself did not insert (pg_restore's
  *	   COPY, or an INSERT by hand) is marked `restored` by the trigger,
- *	   and when its transaction commits a "flowpg adopt" background worker
- *	   starts for it, connected as the stream's owner.
+ *	   and when its transaction commits the launcher is asked
+ *	   (AdoptRequest) to start a "flowpg adopt" background worker for it,
+ *	   connected as the stream's owner.
  *	2. The adopter waits until the result table has its unique index:
  *	   pg_restore creates indexes after it has loaded the tables' data, so
  *	   from then on nothing else writes the result table.
@@ -33,8 +34,18 @@
  * checkpoints and savepoints do not come back (they belong to the old
  * server's WAL).
  *
- * If the server restarts before an adopter finished, flowpg.wait on the
- * stream starts a new one (ApiAwaitControl).
+ * An adopter that fails (the owner may not read the source yet: pg_restore
+ * grants privileges after it creates indexes; something the definition
+ * names is missing) records its error in the stream's StreamCtl, where
+ * flowpg.streams and flowpg.wait show it, and exits.  The launcher keeps
+ * the entry of a stream being rebuilt (adopt_owner is set) and starts the
+ * next adopter after the same back-off as a worker's; flowpg.wait starts
+ * one at once.  Dropping the stream, its database or flowpg ends that.
+ *
+ * Crash story: the StreamCtl entry is in shared memory, so after a server
+ * restart nothing rebuilds a stream still marked restored until
+ * flowpg.wait on it asks again (ApiAwaitControl).  A half-done rebuild
+ * leaves nothing: its slot is ephemeral until its transaction commits.
  *
  *-------------------------------------------------------------------------
  */
@@ -117,27 +128,37 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 2, cols, values, nulls));
 }
 
-/* Start the adopter of a restored stream. */
+/*
+ * Ask the launcher to rebuild a restored stream: it keeps the stream's
+ * entry and starts an adopter for it, again after each failure, until
+ * one succeeds or the stream is gone.  A request for a stream whose
+ * adopter has failed starts the next attempt at once.
+ */
 void
-AdoptStart(StreamIdentity *ident)
+AdoptRequest(StreamIdentity *ident)
 {
-	BackgroundWorker bgw;
+	StreamCtl  *ctl = ControlAcquire(ident->dboid, ident->stream_id);
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "flowpg");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "FlowAdoptMain");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg adopt for stream %d", ident->stream_id);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "flowpg adopt");
-	memcpy(bgw.bgw_extra, ident, sizeof(StreamIdentity));
-	if (!RegisterDynamicBackgroundWorker(&bgw, NULL))
+	if (ctl == NULL)
+	{
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("flowpg could not start rebuilding restored stream %d: no free background worker slot",
-						ident->stream_id),
-				 errhint("Raise max_worker_processes; flowpg.wait on the stream tries again.")));
+				 errmsg("flowpg cannot rebuild restored stream %d: flowpg.max_streams (%d) entries are in use",
+						ident->stream_id, flowpg_max_streams),
+				 errhint("Raise flowpg.max_streams and restart the server; flowpg.wait on the stream tries again.")));
+		return;
+	}
+	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+	ctl->adopt_owner = ident->owner;
+	LWLockRelease(&FlowCtl->lock);
+	SpinLockAcquire(&ctl->mutex);
+	if (ctl->pid == 0)
+	{
+		ctl->status = STREAM_STARTING;
+		ctl->restart_at = 0;
+	}
+	SpinLockRelease(&ctl->mutex);
+	ControlWakeLauncher();
 }
 
 typedef enum AdoptCheck
@@ -238,8 +259,15 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	w->def = CatalogReadStream(ident->stream_id);
-	if (w->def == NULL || !w->def->restored)
-		elog(ERROR, "stream %d is no longer waiting to be rebuilt", ident->stream_id);
+	if (w->def == NULL || !w->def->restored || w->def->owner != ident->owner)
+	{
+		/* dropped (or rebuilt) while we waited for its lock */
+		MemoryContextSwitchTo(oldcxt);
+		SPI_finish();
+		PopActiveSnapshot();
+		AbortCurrentTransaction();
+		return;
+	}
 	w->fq = CompileDefinition(w->def->definition);
 	if (w->fq->source != w->def->source)
 		ereport(ERROR,
@@ -286,7 +314,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 					LSN_FORMAT_ARGS(w->processed_lsn))));
 }
 
-/* On exit: the state goes (the stream's worker restores it), the launcher may start the worker. */
+/* On exit: the state goes (the stream's worker restores it). */
 static void
 adopt_on_exit(int code, Datum arg)
 {
@@ -298,78 +326,121 @@ adopt_on_exit(int code, Datum arg)
 	SpinLockAcquire(&ctl->mutex);
 	if (ctl->pid == MyProcPid)
 		ctl->pid = 0;
-	ctl->restart_at = 0;
 	SpinLockRelease(&ctl->mutex);
-	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
-	ctl->dropping = false;
-	LWLockRelease(&FlowCtl->lock);
+	ConditionVariableBroadcast(&ctl->cv);
 	ControlWakeLauncher();
 }
 
-void
-FlowAdoptMain(Datum main_arg)
+/*
+ * The stream is rebuilt, or gone: the launcher lets go of its entry, or
+ * starts its worker.
+ */
+static void
+adopt_finished(StreamCtl *ctl)
 {
-	StreamIdentity ident;
-	StreamCtl  *ctl;
-	FlowWorker *w;
-	bool		said = false;
-	bool		busy;
-
-	memcpy(&ident, MyBgworkerEntry->bgw_extra, sizeof(ident));
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-
-	/* one process per stream: the adopter holds the stream's entry */
-	ctl = ControlAcquire(ident.dboid, ident.stream_id);
-	if (ctl == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("flowpg cannot rebuild restored stream %d: flowpg.max_streams entries are in use",
-						ident.stream_id),
-				 errhint("Raise flowpg.max_streams and restart the server.")));
-	SpinLockAcquire(&ctl->mutex);
-	busy = ctl->pid != 0;
-	if (!busy)
-	{
-		ctl->pid = MyProcPid;
-		ctl->status = STREAM_STARTING;
-	}
-	SpinLockRelease(&ctl->mutex);
-	if (busy)
-		proc_exit(0);
 	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
-	ctl->dropping = true;		/* no worker until the slot is there */
+	ctl->adopt_owner = InvalidOid;
 	LWLockRelease(&FlowCtl->lock);
-	/* before the dsa segments are detached: it frees the state */
-	before_shmem_exit(adopt_on_exit, PointerGetDatum(ctl));
+	SpinLockAcquire(&ctl->mutex);
+	ctl->status = STREAM_STARTING;
+	ctl->failures = 0;
+	ctl->restart_at = 0;
+	SpinLockRelease(&ctl->mutex);
+}
 
-	BackgroundWorkerInitializeConnectionByOid(ident.dboid, ident.owner, 0);
-	flowpg_decoding_allowed = true;
+/*
+ * Rebuilding failed (the owner may not read the source yet, something the
+ * definition names is missing, ...): keep the error for flowpg.streams
+ * and flowpg.wait; the launcher tries again after a back-off.
+ */
+static void
+adopt_failed(StreamCtl *ctl)
+{
+	ControlFail(ctl);
+	ControlScheduleRestart(ctl);
+}
+
+/* Wait for the result table's index; false if the stream needs us no more. */
+static bool
+adopt_wait_ready(StreamIdentity *ident)
+{
+	bool		said = false;
 
 	for (;;)
 	{
-		AdoptCheck	check = adopt_check(&ident);
+		AdoptCheck	check = adopt_check(ident);
 
-		if (check == ADOPT_GONE)
-			proc_exit(0);
-		if (check == ADOPT_READY)
-			break;
+		if (check != ADOPT_WAIT)
+			return check == ADOPT_READY;
 		if (!said)
 			ereport(LOG,
 					(errmsg("flowpg: restored stream %d waits for its result table's unique index (pg_restore creates it after the data)",
-							ident.stream_id)));
+							ident->stream_id)));
 		said = true;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 1000, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+}
 
-	w = MemoryContextAllocZero(TopMemoryContext, sizeof(FlowWorker));
-	w->cxt = AllocSetContextCreate(TopMemoryContext, "flowpg adopt",
-								   ALLOCSET_DEFAULT_SIZES);
-	w->ctl = ctl;
-	FlowpgSlotName(w->slot_name, ident.dboid, ident.stream_id, ident.owner);
-	adopt(w, &ident);
+/*
+ * Main of an adopter, which the launcher starts for a StreamCtl entry it
+ * keeps for a restored stream (AdoptRequest).
+ */
+void
+FlowAdoptMain(Datum main_arg)
+{
+	StreamCtl  *ctl = &FlowCtl->streams[DatumGetInt32(main_arg)];
+	StreamIdentity ident;
+	FlowWorker *w;
+	bool		ours;
+
+	memcpy(&ident, MyBgworkerEntry->bgw_extra, sizeof(ident));
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* one process per stream: the adopter holds the stream's entry */
+	LWLockAcquire(&FlowCtl->lock, LW_SHARED);
+	ours = ctl->in_use && !ctl->dropping && ctl->dboid == ident.dboid &&
+		ctl->stream_id == ident.stream_id && ctl->adopt_owner == ident.owner;
+	LWLockRelease(&FlowCtl->lock);
+	if (!ours)
+		proc_exit(0);
+	SpinLockAcquire(&ctl->mutex);
+	ours = ctl->pid == 0;
+	if (ours)
+	{
+		ctl->pid = MyProcPid;
+		if (ctl->status != STREAM_FAILED)
+			ctl->status = STREAM_STARTING;
+	}
+	SpinLockRelease(&ctl->mutex);
+	if (!ours)
+		proc_exit(0);
+	/* before the dsa segments are detached: it frees the state */
+	before_shmem_exit(adopt_on_exit, PointerGetDatum(ctl));
+
+	PG_TRY();
+	{
+		BackgroundWorkerInitializeConnectionByOid(ident.dboid, ident.owner, 0);
+		flowpg_decoding_allowed = true;
+		if (adopt_wait_ready(&ident))
+		{
+			w = MemoryContextAllocZero(TopMemoryContext, sizeof(FlowWorker));
+			w->cxt = AllocSetContextCreate(TopMemoryContext, "flowpg adopt",
+										   ALLOCSET_DEFAULT_SIZES);
+			w->ctl = ctl;
+			FlowpgSlotName(w->slot_name, ident.dboid, ident.stream_id, ident.owner);
+			adopt(w, &ident);
+		}
+		adopt_finished(ctl);
+	}
+	PG_CATCH();
+	{
+		adopt_failed(ctl);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	proc_exit(0);
 }

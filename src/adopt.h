@@ -12,7 +12,7 @@
 
 #include "control.h"
 
-extern void AdoptStart(StreamIdentity *ident);
+extern void AdoptRequest(StreamIdentity *ident);
 extern PGDLLEXPORT void FlowAdoptMain(Datum main_arg);
 
 #endif							/* FLOWPG_ADOPT_H */

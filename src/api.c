@@ -410,7 +410,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	def->source = fq->source;
 	def->owner = GetUserId();
 	def->query = query;
-	def->definition = CompileDeparse(fq);
+	def->definition = CompileDeparse(fq->query);
 	def->plan = nodeToString(fq->query);
 	def->checkpoint_interval = interval;
 	CompileRecordDependencies(fq, def->result);
@@ -583,7 +583,7 @@ ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 		{
 			StreamIdentity ident = {MyDatabaseId, def->id, def->owner};
 
-			AdoptStart(&ident);
+			AdoptRequest(&ident);
 		}
 	}
 	for (;;)
@@ -615,6 +615,12 @@ ApiRaiseIfFailed(StreamDef *def, StreamCtl *ctl)
 	failed = ctl->status == STREAM_FAILED;
 	strlcpy(error, ctl->last_error, sizeof(error));
 	SpinLockRelease(&ctl->mutex);
+	if (failed && def->restored)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("restored stream \"%s\" could not be rebuilt", def->name),
+				 errdetail("Rebuilding it from its source table failed with: %s", error),
+				 errhint("flowpg tries again after a delay, and at once when flowpg.wait is called; fix the cause and check flowpg.streams.")));
 	if (failed)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -29,6 +29,11 @@
  *	  origin dropped and its catalog rows deleted.  The stream's lock (see
  *	  FlowpgLockStream) is held meanwhile so no worker can start.
  *
+ *	rename: a stream's definition (the text pg_dump carries) names the
+ *	  objects its query uses; after any statement that renames an object or
+ *	  moves it to another schema, the utility hook deparses every stream's
+ *	  stored plan again, in the same transaction (CatalogRefreshDefinitions).
+ *
  *-------------------------------------------------------------------------
  */
 #include "flowpg.h"
@@ -45,6 +50,7 @@
 #include "catalog/objectaccess.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_database.h"
 #include "catalog/pg_depend.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_extension.h"
@@ -53,6 +59,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "nodes/readfuncs.h"
 #include "pgstat.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
@@ -70,6 +77,7 @@
 
 #include "adopt.h"
 #include "catalog.h"
+#include "compile.h"
 #include "control.h"
 #include "decode.h"
 #include "state.h"
@@ -86,6 +94,7 @@ static struct
 	List	   *held;			/* StreamCtl entries held by a restore */
 	List	   *slots_to_drop;	/* savepoint slots (NameData) to drop */
 	List	   *adopt;			/* StreamIdentity of restored streams */
+	List	   *dropped_dbs;	/* databases dropped (Oid) */
 } pending;
 
 static XLogRecPtr last_woken_commit = InvalidXLogRecPtr;
@@ -380,6 +389,43 @@ CatalogAdoptStream(StreamDef *def)
 				 2, types, values, SPI_OK_UPDATE);
 }
 
+/*
+ * Something a stream's query names (its source table or a column of it, a
+ * function, a type, an operator, a schema, an enum value ...) was renamed
+ * or moved to another schema.  The streams themselves run on: their stored
+ * plans hold object ids.  But a stream's definition, the text pg_dump
+ * carries and a restore compiles, names things: deparse each stream's plan
+ * again so that it names them as they are now.  Runs in the transaction
+ * of the statement that renamed, after it; as the extension owner.
+ */
+void
+CatalogRefreshDefinitions(void)
+{
+	List	   *defs;
+	ListCell   *lc;
+
+	if (!OidIsValid(get_extension_oid("flowpg", true)))
+		return;
+	CommandCounterIncrement();	/* see the new names */
+	defs = catalog_query(STREAM_SELECT "WHERE s.restored OPERATOR(pg_catalog.=) $1",
+						 BOOLOID, BoolGetDatum(false));
+	foreach(lc, defs)
+	{
+		StreamDef  *def = lfirst(lc);
+		Oid			types[2] = {INT4OID, TEXTOID};
+		Datum		values[2];
+		char	   *definition = CompileDeparse(stringToNode(def->plan));
+
+		if (strcmp(definition, def->definition) == 0)
+			continue;
+		values[0] = Int32GetDatum(def->id);
+		values[1] = CStringGetTextDatum(definition);
+		CatalogExec("UPDATE flowpg.stream SET definition = $2 "
+					"WHERE id OPERATOR(pg_catalog.=) $1",
+					2, types, values, SPI_OK_UPDATE);
+	}
+}
+
 /* Record that a stream failed for good (its slots are about to go). */
 void
 CatalogMarkFailed(int32 id, const char *message)
@@ -497,6 +543,26 @@ StreamStopAndDrop(Oid dboid, int32 stream_id, Oid owner)
 	}
 }
 
+/*
+ * The restored streams of a database that is being dropped, or whose
+ * flowpg is: the launcher keeps rebuilding them until they are dropped, so
+ * stop that (their catalog rows go with the database or the extension).
+ */
+static void
+forget_adopting(Oid dboid)
+{
+	ListCell   *lc;
+
+	foreach(lc, ControlListAdopting(dboid))
+	{
+		StreamIdentity *ident = lfirst(lc);
+		StreamCtl  *ctl = ControlFind(ident->dboid, ident->stream_id);
+
+		if (ctl != NULL)
+			stop_worker(ctl, &pending.stopped);
+	}
+}
+
 /* PRE_COMMIT: finish dropping the streams whose result tables went away. */
 static void
 process_drops(void)
@@ -529,6 +595,7 @@ process_drops(void)
 			FlowpgLockStream(ident->stream_id, AccessExclusiveLock);
 			StreamStopAndDrop(ident->dboid, ident->stream_id, ident->owner);
 		}
+		forget_adopting(MyDatabaseId);
 	}
 }
 
@@ -605,6 +672,7 @@ reset_pending(void)
 	pending.held = NIL;
 	pending.slots_to_drop = NIL;
 	pending.adopt = NIL;
+	pending.dropped_dbs = NIL;
 }
 
 /* A stream row came from a dump: rebuild the stream once we commit. */
@@ -651,6 +719,8 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			foreach(lc, pending.slots_to_drop)
 				DecodeDropSlot(NameStr(*(NameData *) lfirst(lc)));
 			pending.slots_to_drop = NIL;
+			foreach(lc, pending.dropped_dbs)
+				forget_adopting(lfirst_oid(lc));
 			if (pending.dropped_relids != NIL || pending.extension_dropped)
 			{
 				/* the portal and its snapshot are gone by now */
@@ -683,7 +753,7 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			}
 			release_held(true);
 			foreach(lc, pending.adopt)
-				AdoptStart(lfirst(lc));
+				AdoptRequest(lfirst(lc));
 			if (XactLastCommitEnd != last_woken_commit && FlowCtl != NULL &&
 				OidIsValid(MyDatabaseId))
 			{
@@ -752,6 +822,13 @@ flowpg_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	else if (classId == ExtensionRelationId &&
 			 objectId == get_extension_oid("flowpg", true))
 		pending.extension_dropped = true;
+	else if (classId == DatabaseRelationId && FlowCtl != NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+
+		pending.dropped_dbs = lappend_oid(pending.dropped_dbs, objectId);
+		MemoryContextSwitchTo(oldcxt);
+	}
 }
 
 /*
@@ -926,6 +1003,16 @@ check_alter_table(AlterTableStmt *stmt)
 	}
 }
 
+/* Does the statement change the name or schema of an object? */
+static bool
+renames_objects(Node *stmt)
+{
+	if (IsA(stmt, RenameStmt) || IsA(stmt, AlterObjectSchemaStmt))
+		return true;
+	/* ALTER TYPE ... RENAME VALUE: a constant of the enum deparses anew */
+	return IsA(stmt, AlterEnumStmt) && ((AlterEnumStmt *) stmt)->oldVal != NULL;
+}
+
 static void
 flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   bool readOnlyTree, ProcessUtilityContext context,
@@ -942,6 +1029,8 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
+	if (renames_objects(pstmt->utilityStmt))
+		CatalogRefreshDefinitions();
 }
 
 /* Install the hooks; from _PG_init, in the postmaster. */

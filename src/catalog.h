@@ -53,6 +53,7 @@ extern uint64 CatalogExec(const char *sql, int nargs, Oid *types, Datum *values,
 extern bool CatalogSavepointExists(int64 id);
 extern void CatalogMarkFailed(int32 id, const char *message);
 extern void CatalogAdoptStream(StreamDef *def);
+extern void CatalogRefreshDefinitions(void);
 extern bool CatalogInserting(void);
 extern void CatalogPendingAdopt(int32 stream_id, Oid owner);
 

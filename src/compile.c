@@ -766,17 +766,19 @@ CompileCheckPermissions(FlowQuery *fq)
 /*
  * The query as text with every name it uses schema-qualified (deparsed
  * with an empty search_path, as pg_dump does): what a restored dump
- * compiles again, whatever the restoring session's search_path.
+ * compiles again, whatever the restoring session's search_path.  The
+ * names are looked up by the query's object ids, so they are the names as
+ * they are now (see CatalogRefreshDefinitions).
  */
 char *
-CompileDeparse(FlowQuery *fq)
+CompileDeparse(Query *query)
 {
 	int			nest = NewGUCNestLevel();
 	char	   *text;
 
 	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	text = pg_get_querydef(fq->query, false);
+	text = pg_get_querydef(query, false);
 	AtEOXact_GUC(true, nest);
 	return text;
 }

@@ -40,7 +40,7 @@ extern FlowQuery *CompileQueryText(const char *sql);
 extern FlowQuery *CompileQueryTree(Query *query);
 extern void CompileCheckPermissions(FlowQuery *fq);
 extern bool CompileFunctionIsC(Oid func);
-extern char *CompileDeparse(FlowQuery *fq);
+extern char *CompileDeparse(Query *query);
 extern FlowQuery *CompileDefinition(const char *definition);
 extern void CompileRecordDependencies(FlowQuery *fq, Oid result);
 

@@ -170,6 +170,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		SpinLockRelease(&free_ctl->mutex);
 		free_ctl->dboid = dboid;
 		free_ctl->stream_id = stream_id;
+		free_ctl->adopt_owner = InvalidOid;
 		free_ctl->dropping = false;
 		free_ctl->in_use = true;
 		ctl = free_ctl;
@@ -283,6 +284,75 @@ ControlSetError(StreamCtl *ctl, const char *message)
 	strlcpy(ctl->last_error, message, FLOWPG_ERROR_LEN);
 	ctl->last_error_at = GetCurrentTimestamp();
 	SpinLockRelease(&ctl->mutex);
+}
+
+/*
+ * The process of a stream (its worker or its adopter) is failing with the
+ * error being handled: keep its message for flowpg.streams and flowpg.wait,
+ * and say the stream failed.  Call from PG_CATCH.
+ */
+void
+ControlFail(StreamCtl *ctl)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	ControlSetError(ctl, edata->message);
+	SpinLockAcquire(&ctl->mutex);
+	ctl->status = STREAM_FAILED;
+	ctl->state_ready = false;
+	SpinLockRelease(&ctl->mutex);
+	ConditionVariableBroadcast(&ctl->cv);
+}
+
+/*
+ * The process of a stream (its worker or its adopter) stopped: start the
+ * next one after a back-off that doubles with each consecutive failure,
+ * from 1 s up to 60 s.  The status stays failed if the process said so.
+ */
+void
+ControlScheduleRestart(StreamCtl *ctl)
+{
+	int			failures;
+	long		delay_ms;
+
+	SpinLockAcquire(&ctl->mutex);
+	failures = ++ctl->failures;
+	delay_ms = FLOWPG_RESTART_MIN_MS;
+	while (--failures > 0 && delay_ms < FLOWPG_RESTART_MAX_MS)
+		delay_ms *= 2;
+	ctl->restart_at = GetCurrentTimestamp() +
+		Min(delay_ms, FLOWPG_RESTART_MAX_MS) * 1000L;
+	if (ctl->status != STREAM_FAILED)
+		ctl->status = STREAM_STARTING;
+	SpinLockRelease(&ctl->mutex);
+}
+
+/* The identities of the restored streams of a database being rebuilt. */
+List *
+ControlListAdopting(Oid dboid)
+{
+	List	   *adopting = NIL;
+	int			i;
+
+	LWLockAcquire(&FlowCtl->lock, LW_SHARED);
+	for (i = 0; i < FlowCtl->max_streams; i++)
+	{
+		StreamCtl  *ctl = &FlowCtl->streams[i];
+
+		if (ctl->in_use && ctl->dboid == dboid && OidIsValid(ctl->adopt_owner))
+		{
+			StreamIdentity *ident = palloc(sizeof(StreamIdentity));
+
+			ident->dboid = dboid;
+			ident->stream_id = ctl->stream_id;
+			ident->owner = ctl->adopt_owner;
+			adopting = lappend(adopting, ident);
+		}
+	}
+	LWLockRelease(&FlowCtl->lock);
+	return adopting;
 }
 
 /*

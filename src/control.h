@@ -20,6 +20,10 @@
 #include "utils/dsa.h"
 #include "utils/timestamp.h"
 
+/* Back-off between the starts of a stream's failing process. */
+#define FLOWPG_RESTART_MIN_MS	1000
+#define FLOWPG_RESTART_MAX_MS	60000
+
 typedef enum StreamStatus
 {
 	STREAM_STARTING = 0,		/* worker requested or restoring state */
@@ -43,6 +47,9 @@ typedef struct StreamCtl
 	bool		dropping;		/* being dropped: never start a worker */
 	Oid			dboid;
 	int32		stream_id;
+	Oid			adopt_owner;	/* a restored stream being rebuilt: its
+								 * owner, as whom the launcher (re)starts
+								 * its adopter (adopt.c); else InvalidOid */
 
 	/* Everything below is protected by mutex. */
 	slock_t		mutex;
@@ -130,6 +137,9 @@ extern void ControlApplyStateLimit(void);
 extern const char *ControlStatusName(StreamStatus status);
 extern List *ControlListSlots(Oid dboid);
 extern void ControlSetError(StreamCtl *ctl, const char *message);
+extern void ControlFail(StreamCtl *ctl);
+extern void ControlScheduleRestart(StreamCtl *ctl);
+extern List *ControlListAdopting(Oid dboid);
 extern int64 ControlRetainedWal(Oid dboid, int32 stream_id);
 extern List *ControlListSavepointSlots(Oid dboid, int32 stream_id);
 

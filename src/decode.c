@@ -241,11 +241,15 @@ _PG_output_plugin_init(OutputPluginCallbacks *cb)
 }
 
 /*
- * The WAL page reader of the worker's decoder: read_local_xlog_page, which
+ * The WAL page reader of flowpg's decoders: read_local_xlog_page, which
  * polls with no regard for the postmaster until the WAL it needs is
  * flushed.  A record can cross the flush position (a page of it flushed,
- * the rest not yet), so the worker does wait here at times; it waits on
- * its latch, exits if the postmaster dies, and answers interrupts.
+ * the rest not yet), so the worker does wait here at times, and creating a
+ * slot waits here for the running transactions to end; each waits on its
+ * latch, exits if the postmaster dies, and answers interrupts.  (Waiting
+ * in read_local_xlog_page itself, an adopter that was creating its slot
+ * when the postmaster was killed waited forever for WAL nobody would
+ * write, and kept the server from starting again.)
  */
 static int
 read_flushed_page(XLogReaderState *state, XLogRecPtr targetPagePtr,
@@ -289,7 +293,7 @@ DecodeCreateSlot(const char *slot_name, Snapshot *snapshot)
 	{
 		ctx = CreateInitDecodingContext("flowpg", NIL, snapshot != NULL,
 										InvalidXLogRecPtr,
-										XL_ROUTINE(.page_read = read_local_xlog_page,
+										XL_ROUTINE(.page_read = read_flushed_page,
 												   .segment_open = wal_segment_open,
 												   .segment_close = wal_segment_close),
 										NULL, NULL, NULL);

@@ -14,7 +14,9 @@
  * (it is their bgw_notify_pid), and once a second.  A worker that exits
  * while its stream still exists is started again after a back-off that
  * doubles with each consecutive failure, from 1 s up to 60 s; a successful
- * checkpoint resets it.
+ * checkpoint resets it.  A stream restored from a dump has no slot yet:
+ * for the entries marked adopt_owner (adopt.c) the launcher starts an
+ * adopter instead, again after each failure, with the same back-off.
  *
  * Crash story: after a crash the postmaster restarts the launcher, which
  * finds the slots again; the workers restore their state from checkpoints.
@@ -39,11 +41,10 @@
 #include "worker.h"
 
 #define LAUNCHER_NAPTIME_MS		1000
-#define RESTART_MIN_MS			1000
-#define RESTART_MAX_MS			60000
 
-/* Handles of the workers this launcher started, by StreamCtl index. */
+/* Handles of the workers and adopters this launcher started, by StreamCtl index. */
 static BackgroundWorkerHandle **handles;
+static BackgroundWorkerHandle **adopters;
 
 /* Register the launcher; from _PG_init. */
 void
@@ -84,10 +85,16 @@ find_slot(List *slots, StreamCtl *ctl)
 	return NULL;
 }
 
-static void
-start_worker(StreamCtl *ctl, int index, StreamIdentity *ident)
+/*
+ * Register a process for a stream: its worker, or for a restored stream
+ * being rebuilt, its adopter.  Returns its handle, or NULL (and the
+ * stream fails for now) when there is no free background worker slot.
+ */
+static BackgroundWorkerHandle *
+start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 {
 	BackgroundWorker bgw;
+	BackgroundWorkerHandle *handle;
 	MemoryContext oldcxt;
 	bool		registered;
 
@@ -96,49 +103,44 @@ start_worker(StreamCtl *ctl, int index, StreamIdentity *ident)
 	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "flowpg");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "FlowWorkerMain");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg worker for stream %d",
-			 ident->stream_id);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "flowpg worker");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN,
+			 adopter ? "FlowAdoptMain" : "FlowWorkerMain");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg %s for stream %d",
+			 adopter ? "adopt" : "worker", ident->stream_id);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, adopter ? "flowpg adopt" : "flowpg worker");
 	bgw.bgw_main_arg = Int32GetDatum(index);
 	memcpy(bgw.bgw_extra, ident, sizeof(StreamIdentity));
 	bgw.bgw_notify_pid = MyProcPid;
 
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-	registered = RegisterDynamicBackgroundWorker(&bgw, &handles[index]);
+	registered = RegisterDynamicBackgroundWorker(&bgw, &handle);
 	MemoryContextSwitchTo(oldcxt);
-	if (!registered)
-	{
-		handles[index] = NULL;
-		ControlSetError(ctl, "no free background worker slot: raise max_worker_processes");
-		SpinLockAcquire(&ctl->mutex);
-		ctl->status = STREAM_FAILED;
-		ctl->restart_at = GetCurrentTimestamp() + RESTART_MIN_MS * 1000L;
-		SpinLockRelease(&ctl->mutex);
-		ereport(WARNING,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("flowpg could not start the worker of stream %d: no free background worker slot",
-						ident->stream_id),
-				 errhint("Raise max_worker_processes.")));
-	}
+	if (registered)
+		return handle;
+	ControlSetError(ctl, "no free background worker slot: raise max_worker_processes");
+	SpinLockAcquire(&ctl->mutex);
+	ctl->status = STREAM_FAILED;
+	ctl->restart_at = GetCurrentTimestamp() + FLOWPG_RESTART_MIN_MS * 1000L;
+	SpinLockRelease(&ctl->mutex);
+	ereport(WARNING,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("flowpg could not start the %s of stream %d: no free background worker slot",
+					adopter ? "rebuild" : "worker", ident->stream_id),
+			 errhint("Raise max_worker_processes.")));
+	return NULL;
 }
 
-/* A worker exited: schedule its restart with back-off. */
-static void
-worker_exited(StreamCtl *ctl)
+/* Forget the handle of a process that stopped; true if there was one. */
+static bool
+forget_stopped(BackgroundWorkerHandle **handle)
 {
-	int			failures;
-	long		delay_ms;
+	pid_t		pid;
 
-	SpinLockAcquire(&ctl->mutex);
-	failures = ++ctl->failures;
-	delay_ms = RESTART_MIN_MS;
-	while (--failures > 0 && delay_ms < RESTART_MAX_MS)
-		delay_ms *= 2;
-	ctl->restart_at = GetCurrentTimestamp() + Min(delay_ms, RESTART_MAX_MS) * 1000L;
-	if (ctl->status != STREAM_FAILED)
-		ctl->status = STREAM_STARTING;
-	SpinLockRelease(&ctl->mutex);
+	if (*handle == NULL || GetBackgroundWorkerPid(*handle, &pid) != BGWH_STOPPED)
+		return false;
+	pfree(*handle);
+	*handle = NULL;
+	return true;
 }
 
 /* Make the set of entries and workers match the set of slots. */
@@ -172,8 +174,9 @@ reconcile(void)
 	{
 		StreamCtl  *ctl = &FlowCtl->streams[i];
 		StreamIdentity *ident;
-		pid_t		pid;
+		StreamIdentity adopt;
 		bool		dropping;
+		bool		running;
 
 		LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
 		if (!ctl->in_use)
@@ -182,16 +185,15 @@ reconcile(void)
 			continue;
 		}
 		dropping = ctl->dropping;
-		if (handles[i] != NULL &&
-			GetBackgroundWorkerPid(handles[i], &pid) == BGWH_STOPPED)
-		{
-			pfree(handles[i]);
-			handles[i] = NULL;
-			if (!dropping)
-				worker_exited(ctl);
-		}
+		if (forget_stopped(&handles[i]) && !dropping)
+			ControlScheduleRestart(ctl);
+		(void) forget_stopped(&adopters[i]);	/* it schedules its own */
 		ident = find_slot(slots, ctl);
-		if (ident == NULL && handles[i] == NULL && !dropping && ctl->pid == 0)
+		adopt.dboid = ctl->dboid;
+		adopt.stream_id = ctl->stream_id;
+		adopt.owner = ctl->adopt_owner;
+		running = handles[i] != NULL || adopters[i] != NULL || ctl->pid != 0;
+		if (ident == NULL && !running && !dropping && !OidIsValid(adopt.owner))
 		{
 			/* the stream is gone (its slot too): free what it left */
 			LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);
@@ -201,9 +203,12 @@ reconcile(void)
 		}
 		LWLockRelease(&FlowCtl->lock);
 
-		if (ident != NULL && handles[i] == NULL && !dropping &&
-			ctl->restart_at <= now)
-			start_worker(ctl, i, ident);
+		if (running || dropping || ctl->restart_at > now)
+			continue;
+		if (ident != NULL)
+			handles[i] = start_process(ctl, i, ident, false);
+		else if (OidIsValid(adopt.owner))
+			adopters[i] = start_process(ctl, i, &adopt, true);
 	}
 	list_free_deep(slots);
 }
@@ -219,6 +224,8 @@ FlowLauncherMain(Datum main_arg)
 
 	handles = MemoryContextAllocZero(TopMemoryContext,
 									 sizeof(BackgroundWorkerHandle *) * FlowCtl->max_streams);
+	adopters = MemoryContextAllocZero(TopMemoryContext,
+									  sizeof(BackgroundWorkerHandle *) * FlowCtl->max_streams);
 	FlowCtl->launcher_pid = MyProcPid;
 	FlowCtl->launcher_latch = MyLatch;
 	on_shmem_exit(launcher_on_exit, (Datum) 0);

@@ -629,16 +629,7 @@ worker_loop(FlowWorker *w)
 static void
 record_error(StreamCtl *ctl)
 {
-	ErrorData  *edata;
-
-	MemoryContextSwitchTo(TopMemoryContext);
-	edata = CopyErrorData();
-	ControlSetError(ctl, edata->message);
-	SpinLockAcquire(&ctl->mutex);
-	ctl->status = STREAM_FAILED;
-	ctl->state_ready = false;
-	SpinLockRelease(&ctl->mutex);
-	ConditionVariableBroadcast(&ctl->cv);
+	ControlFail(ctl);
 
 	if (!LWLockHeldByMe(&ctl->state_lock))
 		LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);

@@ -95,5 +95,40 @@ my $rolled_back = $node->safe_psql('postgres',
 	'SELECT count(*) FROM per_device WHERE high >= 1000');
 is($rolled_back, '0', 'no rolled-back row was counted');
 
+# kill -9 of the postmaster while create_stream builds its slot's starting
+# point: having waited for a running transaction to end (as creating any
+# logical replication slot does), it reads the WAL up to a record that the
+# WAL writer has not flushed yet (here it never will: it is stopped, then
+# killed with the postmaster; and the transaction writes nothing a stream
+# would checkpoint, which would flush it).  The creating backend exits too
+# (it used to poll forever for that WAL, and the server could not start
+# again), and nothing of the stream is left.
+my $holder = $node->background_psql('postgres', on_error_stop => 0);
+$holder->query_safe('BEGIN; SELECT pg_current_xact_id()');
+my $creator = $node->background_psql('postgres', on_error_stop => 0);
+$creator->query_until(qr/creating/, q{\echo creating
+SELECT flowpg.create_stream('late', 'SELECT count(*) AS n FROM readings');
+});
+my $creating = q{SELECT count(*) FROM pg_stat_activity
+	WHERE query LIKE '%create_stream(''late''%' AND state = 'active'};
+$node->poll_query_until('postgres', "$creating AND wait_event_type = 'Lock'", 1)
+  or die 'create_stream did not wait for the open transaction';
+my $walwriter = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'});
+kill 'STOP', $walwriter;
+$holder->query_safe('COMMIT');
+$node->poll_query_until('postgres', "$creating AND wait_event_type IS DISTINCT FROM 'Lock'", 1)
+  or die 'create_stream did not go on once the transaction ended';
+$node->kill9;
+kill 'KILL', $walwriter;
+crash_restart($node);
+pass('the server starts again after kill -9 during create_stream');
+$holder->{run}->kill_kill;
+$creator->{run}->kill_kill;
+is($node->safe_psql('postgres', q{SELECT count(*) FROM flowpg.streams WHERE name = 'public.late'}),
+	'0', 'the stream being created is not there');
+oracle_ok($node, $_, $streams{$_}, 'after kill -9 during create_stream')
+  for sort keys %streams;
+
 $node->stop;
 done_testing();

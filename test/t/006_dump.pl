@@ -134,5 +134,88 @@ $node->safe_psql('postgres', 'INSERT INTO app.clicks (campaign, cost) VALUES (1,
 wait_stream($node, 'after_drop');
 pass('a new stream starts after another database was dropped');
 
+# Renames: the source table, its schema, a column and a function the
+# query uses are renamed after the stream was created.  The stream runs on,
+# its definition (what the dump carries) names them as they are now, and
+# the restored stream is rebuilt from it.
+$node->safe_psql('postgres', q{
+	CREATE SCHEMA shop;
+	CREATE TABLE shop.orders (id bigserial, item int, qty int);
+	CREATE FUNCTION shop.weight(q int) RETURNS int LANGUAGE plpgsql IMMUTABLE
+	    AS $$ BEGIN RETURN q * 2; END $$;
+	SELECT flowpg.create_stream('public.order_totals',
+	    'SELECT item, count(*) AS n, sum(shop.weight(qty)) AS weight FROM shop.orders GROUP BY item');
+	INSERT INTO shop.orders (item, qty) SELECT g % 9, g FROM generate_series(1, 300) g;
+	ALTER TABLE shop.orders RENAME TO purchases;
+	ALTER TABLE shop.purchases RENAME COLUMN qty TO quantity;
+	ALTER FUNCTION shop.weight(int) RENAME TO heft;
+	ALTER SCHEMA shop RENAME TO store;
+	INSERT INTO store.purchases (item, quantity) SELECT g % 11, g FROM generate_series(1, 300) g;
+});
+my $renamed = q{SELECT item, count(*) AS n, sum(store.heft(quantity)) AS weight
+                  FROM store.purchases GROUP BY item};
+oracle_ok($node, 'order_totals', $renamed, 'after renames');
+like($node->safe_psql('postgres',
+	"SELECT definition FROM flowpg.streams WHERE name = 'public.order_totals'"),
+	qr/store\.heft\(quantity\).*FROM store\.purchases/s,
+	'the definition names the renamed objects');
+command_ok([ 'pg_dump', '-h', $node->host, '-p', $node->port, '-Fc',
+	'-f', "$dir/renamed.dump", 'postgres' ], 'pg_dump after renames');
+$node->safe_psql('postgres', 'CREATE DATABASE renamed');
+command_ok([ 'pg_restore', '-h', $node->host, '-p', $node->port,
+	'-d', 'renamed', "$dir/renamed.dump" ], 'pg_restore after renames');
+oracle_ok($node, 'order_totals', $renamed, 'restored after renames', 'renamed');
+$node->safe_psql('renamed', q{INSERT INTO store.purchases (item, quantity)
+	SELECT g % 5, g FROM generate_series(1, 100) g});
+oracle_ok($node, 'order_totals', $renamed, 'restored after renames, more rows', 'renamed');
+
+# A rebuild that fails says why, and is tried again: a stream row loaded by
+# hand (as a restore does) whose owner may not read the source yet.
+$node->safe_psql('postgres', q{
+	CREATE ROLE flowpg_erin LOGIN;
+	CREATE DATABASE byhand;
+	CREATE DATABASE dropped;
+});
+my $byhand = q{
+	CREATE EXTENSION flowpg;
+	CREATE TABLE src (k int);
+	INSERT INTO src SELECT g % 5 FROM generate_series(1, 100) g;
+	CREATE TABLE res (k int, n bigint);
+	CREATE UNIQUE INDEX ON res (k) NULLS NOT DISTINCT;
+	ALTER TABLE res OWNER TO flowpg_erin;
+	INSERT INTO flowpg.stream (id, name, result, source, owner, query, definition, plan)
+	VALUES (1, 'public.res', 'res', 'src', 'flowpg_erin',
+	        'SELECT k, count(*) AS n FROM src GROUP BY k',
+	        'SELECT k, count(*) AS n FROM public.src GROUP BY k', '');
+};
+$node->safe_psql($_, $byhand) for qw(byhand dropped);
+ok($node->poll_query_until('byhand', q{SELECT status = 'failed'
+	AND last_error = 'permission denied for table src' FROM flowpg.streams}),
+	'a rebuild that fails shows as failed, with its error');
+my ($wrc, $wout, $werr) = $node->psql('byhand', "SELECT flowpg.wait('res', '10 s')");
+like($werr, qr/restored stream "public.res" could not be rebuilt.*permission denied for table src/s,
+	'flowpg.wait says why the rebuild failed');
+$node->safe_psql('byhand', 'GRANT SELECT ON src TO flowpg_erin');
+ok($node->poll_query_until('byhand',
+	q{SELECT status = 'running' FROM flowpg.streams}),
+	'once the cause is fixed, the rebuild is tried again by itself');
+$node->safe_psql('byhand', 'INSERT INTO src VALUES (1), (8)');
+oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
+	'rebuilt after a failure', 'byhand');
+
+# A database dropped while one of its restored streams keeps failing: flowpg
+# stops trying to rebuild it (no process starts for it any more).
+$node->poll_query_until('dropped', q{SELECT status = 'failed' FROM flowpg.streams})
+  or die 'the rebuild in database dropped did not fail';
+$node->safe_psql('postgres', 'DROP DATABASE dropped WITH (FORCE)');
+my $offset = -s $node->logfile;
+sleep 5;
+my $after = slurp_file($node->logfile, $offset);
+unlike($after, qr/flowpg adopt|database \d+ does not exist/,
+	'no rebuild is tried for a dropped database');
+$node->safe_psql('byhand', 'INSERT INTO src VALUES (2)');
+oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
+	'after another database was dropped', 'byhand');
+
 $node->stop;
 done_testing();
