@@ -239,11 +239,11 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
        s.query,
        s.definition,
        s.owner,
-       CASE WHEN s.failure IS NOT NULL THEN 'failed'
+       CASE WHEN s.failure IS NOT NULL OR lost.slot IS NOT NULL THEN 'failed'
             WHEN s.restored AND st.status IS DISTINCT FROM 'failed' THEN 'starting'
             WHEN s.paused AND st.status IS DISTINCT FROM 'failed' THEN 'paused'
             ELSE COALESCE(st.status, 'starting') END AS status,
-       s.failure IS NOT NULL AS stale,
+       s.failure IS NOT NULL OR lost.slot IS NOT NULL AS stale,
        st.pid,
        COALESCE(s.checkpoint_interval,
                 pg_catalog.current_setting('flowpg.checkpoint_interval')::pg_catalog.interval)
@@ -261,7 +261,11 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
        COALESCE(st.keys, 0) AS keys,
        COALESCE(st.state_bytes, 0) AS state_bytes,
        COALESCE(st.restarts, 0) AS restarts,
-       COALESCE(s.failure, st.last_error) AS last_error,
+       COALESCE(s.failure,
+                CASE WHEN lost.slot IS NOT NULL THEN
+                    pg_catalog.format('replication slot "%s" was dropped or invalidated outside flowpg: the WAL the stream had not applied may be gone; its results are stale',
+                                      lost.slot) END,
+                st.last_error) AS last_error,
        CASE WHEN s.failure IS NOT NULL THEN s.failed_at ELSE st.last_error_at END AS last_error_at,
        COALESCE(st.ignored_updates, 0) AS ignored_updates,
        COALESCE(st.ignored_deletes, 0) AS ignored_deletes,
@@ -272,7 +276,16 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
   FROM flowpg.stream s
   LEFT JOIN pg_catalog.pg_class c ON c.oid = s.result
   LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  LEFT JOIN flowpg.stream_status() st ON st.stream_id = s.id;
+  LEFT JOIN flowpg.stream_status() st ON st.stream_id = s.id
+  -- the stream's slot went without flowpg (see ApiCheckNotFailed)
+  LEFT JOIN LATERAL (
+      SELECT pg_catalog.format('flowpg_%s_%s_%s', d.oid, s.id, s.owner::pg_catalog.oid) AS slot
+        FROM pg_catalog.pg_database d
+       WHERE d.datname = pg_catalog.current_database()
+         AND s.failure IS NULL AND NOT s.restored
+         AND NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots r
+                          WHERE r.slot_name = pg_catalog.format('flowpg_%s_%s_%s', d.oid, s.id, s.owner::pg_catalog.oid)
+                            AND r.wal_status IS DISTINCT FROM 'lost')) lost ON true;
 COMMENT ON VIEW flowpg.streams IS 'every stream of this database with its status and progress';
 
 CREATE VIEW flowpg.checkpoints AS

@@ -554,12 +554,34 @@ flowpg_set_checkpoint_interval(PG_FUNCTION_ARGS)
 void
 ApiCheckNotFailed(StreamDef *def)
 {
+	char		slot_name[NAMEDATALEN];
+
 	if (def->failure != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("stream \"%s\" has failed for good", def->name),
 				 errdetail("%s", def->failure),
 				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Drop the stream and create it again.")));
+	if (def->restored)
+		return;					/* its slot comes with its rebuild */
+
+	/*
+	 * Its slot went without flowpg (dropped by hand, invalidated by
+	 * max_slot_wal_keep_size, not carried by pg_upgrade): the WAL it had not
+	 * applied may be gone.  Look again once a drop or flowpg.restore that
+	 * replaces the slot, under the stream's lock, is over.
+	 */
+	FlowpgSlotName(slot_name, MyDatabaseId, def->id, def->owner);
+	if (ControlSlotUsable(slot_name))
+		return;
+	FlowpgLockStream(def->id, AccessShareLock);
+	if (!ControlSlotUsable(slot_name))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("stream \"%s\" has lost its replication slot", def->name),
+				 errdetail("Replication slot \"%s\" was dropped or invalidated (max_slot_wal_keep_size) outside flowpg, so the WAL the stream had not applied may be gone.",
+						   slot_name),
+				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Drop the stream and create it again, or rewind it to one of its savepoints with flowpg.restore.")));
 }
 
 /* The stream's StreamCtl, waiting until the launcher has made one. */

@@ -437,6 +437,29 @@ stream_slots(Oid dboid, int32 stream_id, bool own, XLogRecPtr *oldest)
 }
 
 /*
+ * Is the slot there, still keeping its WAL?  PostgreSQL invalidates a slot
+ * that keeps more than max_slot_wal_keep_size (its restart_lsn goes), and
+ * anyone with REPLICATION can drop a slot.
+ */
+bool
+ControlSlotUsable(const char *slot_name)
+{
+	ReplicationSlot *slot;
+	bool		usable = false;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	slot = SearchNamedReplicationSlot(slot_name, false);
+	if (slot != NULL)
+	{
+		SpinLockAcquire(&slot->mutex);
+		usable = !XLogRecPtrIsInvalid(slot->data.restart_lsn);
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return usable;
+}
+
+/*
  * Bytes of WAL a stream's slots, its own and its savepoints', keep from
  * being removed (from the oldest restart_lsn among them to the current WAL
  * position); -1 if the stream has no slot.

@@ -140,6 +140,7 @@ extern void ControlSetError(StreamCtl *ctl, const char *message);
 extern void ControlFail(StreamCtl *ctl);
 extern void ControlScheduleRestart(StreamCtl *ctl);
 extern List *ControlListAdopting(Oid dboid);
+extern bool ControlSlotUsable(const char *slot_name);
 extern int64 ControlRetainedWal(Oid dboid, int32 stream_id);
 extern List *ControlListSavepointSlots(Oid dboid, int32 stream_id);
 

@@ -385,8 +385,10 @@ DecodeDropSavepointSlots(Oid dboid, int32 stream_id)
 /*
  * Acquire the stream's slot and create the decoding context, in the
  * worker's long-lived memory.  Call inside a transaction (see the banner).
+ * Returns false, holding the slot, if PostgreSQL has invalidated it
+ * (max_slot_wal_keep_size): the WAL it kept is gone.
  */
-void
+bool
 DecodeStart(FlowWorker *w)
 {
 	MemoryContext oldcxt;
@@ -398,6 +400,8 @@ DecodeStart(FlowWorker *w)
 						w->slot_name, w->def->name),
 				 errhint("Drop the stream and create it again.")));
 	ReplicationSlotAcquire(w->slot_name, true);
+	if (XLogRecPtrIsInvalid(MyReplicationSlot->data.restart_lsn))
+		return false;
 
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	decode_worker = w;
@@ -413,6 +417,7 @@ DecodeStart(FlowWorker *w)
 	w->processed_lsn = MyReplicationSlot->data.confirmed_flush;
 	w->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
 	MemoryContextSwitchTo(oldcxt);
+	return true;
 }
 
 /*

@@ -20,7 +20,7 @@ extern void DecodeDropSlot(const char *slot_name);
 extern void DecodeDropSavepointSlots(Oid dboid, int32 stream_id);
 extern void DecodeCopySlot(const char *src, const char *dst);
 extern void DecodeCopyOwnSlot(FlowWorker *w, const char *dst);
-extern void DecodeStart(FlowWorker *w);
+extern bool DecodeStart(FlowWorker *w);
 extern bool DecodeRead(FlowWorker *w, int max_records);
 extern void DecodeConfirm(FlowWorker *w, XLogRecPtr lsn);
 extern void DecodeIgnoreXacts(bool ignore);

@@ -178,25 +178,6 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(id);
 }
 
-/* Is the savepoint's slot there, still keeping its WAL? */
-static bool
-savepoint_restorable(const char *slot_name)
-{
-	ReplicationSlot *slot;
-	bool		usable = false;
-
-	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
-	slot = SearchNamedReplicationSlot(slot_name, false);
-	if (slot != NULL)
-	{
-		SpinLockAcquire(&slot->mutex);
-		usable = !XLogRecPtrIsInvalid(slot->data.restart_lsn);
-		SpinLockRelease(&slot->mutex);
-	}
-	LWLockRelease(ReplicationSlotControlLock);
-	return usable;
-}
-
 /*
  * Replace the stream's state log with the savepoint's state, under a new
  * checkpoint row at the savepoint's position, and flag the result table
@@ -267,7 +248,7 @@ flowpg_restore(PG_FUNCTION_ARGS)
 	/* the worker stops first: it may be dropping the slots right now */
 	StreamHold(MyDatabaseId, def->id);
 	FlowpgSavepointSlotName(sp_slot, MyDatabaseId, def->id, sp.id);
-	if (def->failure != NULL || !savepoint_restorable(sp_slot))
+	if (def->failure != NULL || !ControlSlotUsable(sp_slot))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("savepoint \"%s\" of stream \"%s\" can no longer be restored",

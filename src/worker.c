@@ -125,6 +125,31 @@ release_slots(FlowWorker *w, bool held)
 }
 
 /*
+ * The stream cannot go on exactly: it fails for good.  Its failure is
+ * recorded in its catalog row first (its results stay, marked stale), then
+ * its slots (the worker holds its own) go, so that a crash in between drops
+ * them at the next start.  Raises the error.
+ */
+static void
+fail_for_good(FlowWorker *w, const char *message, const char *hint)
+{
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg_internal("flowpg: %s", message),
+			 errhint("%s", hint)));
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	CatalogMarkFailed(w->def->id, message);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	release_slots(w, true);
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg_internal("%s", message),
+			 errhint("Drop the stream and create it again.")));
+}
+
+/*
  * Drop the savepoint slots of this stream that have no savepoint row: a
  * savepoint interrupted between copying the slot and recording it, or a
  * savepoint dropped by a transaction that crashed before dropping its slot.
@@ -189,6 +214,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 {
 	MemoryContext oldcxt;
 	RepOriginId origin;
+	bool		usable;
 
 	StartTransactionCommand();
 	FlowpgLockStream(ident->stream_id, AccessShareLock);
@@ -235,8 +261,12 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	w->origin = origin;
 
 	StartTransactionCommand();
-	DecodeStart(w);
+	usable = DecodeStart(w);
 	CommitTransactionCommand();
+	if (!usable)
+		fail_for_good(w, psprintf("the replication slot \"%s\" of stream \"%s\" was invalidated: PostgreSQL removed WAL the stream had not applied (max_slot_wal_keep_size); it has stopped for good and its results are stale",
+								  w->slot_name, w->def->name),
+					  "Drop the stream and create it again; set max_slot_wal_keep_size to -1 (flowpg.max_retained_wal bounds the WAL streams keep), or above it, to avoid this.");
 	/* the slot may lie before the checkpoint: see checkpoint.c */
 	if (w->processed_lsn < w->restored_lsn)
 		w->processed_lsn = w->restored_lsn;
@@ -454,10 +484,8 @@ set_status(FlowWorker *w, StreamStatus status)
 
 /*
  * Never fill the disk: if the stream's slots keep more WAL than
- * flowpg.max_retained_wal, the stream fails for good.  Its failure is
- * recorded in its catalog row first (its results stay, marked stale),
- * then its slots go, so that a crash in between drops them at the next
- * start.  Checked about once a second.
+ * flowpg.max_retained_wal, the stream fails for good.  Checked about once
+ * a second.
  */
 static void
 check_retained_wal(FlowWorker *w)
@@ -476,21 +504,10 @@ check_retained_wal(FlowWorker *w)
 
 	message = psprintf("stream \"%s\" retained " INT64_FORMAT " MB of WAL, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
 					   w->def->name, retained / (1024 * 1024), flowpg_max_retained_wal);
-	ereport(WARNING,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg_internal("flowpg: %s", message),
-			 errhint("Drop the stream and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.")));
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	CatalogMarkFailed(w->def->id, message);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	release_slots(w, true);
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg_internal("%s", message),
-			 errhint("Drop the stream and create it again.")));
+	fail_for_good(w, message,
+				  "Drop the stream and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.");
 }
+
 
 /*
  * A paused stream: write what it has applied, then only serve

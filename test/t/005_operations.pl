@@ -1,7 +1,8 @@
 # Operating streams: savepoints and restore (under load, across a crash,
 # after the result table was damaged), dropped savepoints, pause and
-# resume across pg_ctl restart -m fast and -m immediate, and the
-# flowpg.max_retained_wal limit.  The oracle after every step: the result
+# resume across pg_ctl restart -m fast and -m immediate, the
+# flowpg.max_retained_wal limit, and slots dropped or invalidated outside
+# flowpg.  The oracle after every step: the result
 # table equals the stream's query run as a batch over the source table.
 use strict;
 use warnings;
@@ -171,6 +172,73 @@ is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.s
 	'failed true', 'still failed and stale after a restart');
 sql("SELECT flowpg.drop_stream('spend')");
 is(sql("SELECT count(*) FROM flowpg.stream"), 0, 'a failed stream can be dropped');
+
+# 6. A stream's slot that goes without flowpg: dropped by hand (the stream
+#    shows as failed and stale at once, and flowpg.wait says why), or
+#    invalidated by PostgreSQL's max_slot_wal_keep_size (the worker finds
+#    it so, fails the stream for good and drops its slots).  Either way the
+#    WAL it had not applied may be gone.
+sql("ALTER SYSTEM RESET flowpg.max_retained_wal");
+$node->reload;
+sql("CREATE TABLE taps (campaign int)");
+for my $name (qw(byhand keepsize))
+{
+	sql("SELECT flowpg.create_stream('$name', 'SELECT campaign, count(*) AS n FROM taps GROUP BY campaign')");
+}
+sql("INSERT INTO taps VALUES (1)");
+wait_stream($node, $_) for qw(byhand keepsize);
+sql("SELECT flowpg.savepoint('byhand', 'kept')");
+sql("INSERT INTO taps VALUES (2)");
+wait_stream($node, 'byhand');
+my $slot_of = q{SELECT format('flowpg_%s_%s_%s', d.oid, s.id, s.owner::oid)
+	FROM flowpg.streams s, pg_database d
+	WHERE s.name = 'public.byhand' AND d.datname = current_database()};
+my $dropped_slot = 0;
+for (1 .. 20)
+{
+	# the worker lets go of the slot when stopped (and its next start is 1 s away)
+	($rc) = $node->psql('postgres', qq{
+		SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.byhand';
+		SELECT pg_sleep(0.2);
+		SELECT pg_drop_replication_slot(($slot_of));});
+	if ($rc == 0) { $dropped_slot = 1; last; }
+}
+ok($dropped_slot, "a stream's slot dropped by hand");
+is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.byhand'"),
+	'failed true', 'the stream shows as failed and stale');
+like(sql("SELECT last_error FROM flowpg.streams WHERE name = 'public.byhand'"),
+	qr/replication slot "flowpg_\d+_\d+_\d+" was dropped or invalidated outside flowpg/,
+	'last_error names the slot');
+($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.wait('byhand')");
+like($err, qr/stream "public.byhand" has lost its replication slot/, 'flowpg.wait says why');
+is(sql("SELECT sum(n) FROM byhand"), 2, 'its results stay as they were');
+# a savepoint whose slot still keeps its WAL brings it back
+sql("INSERT INTO taps VALUES (3)");
+sql("SELECT flowpg.restore('byhand', 'kept')");
+oracle_ok($node, 'byhand', 'SELECT campaign, count(*) AS n FROM taps GROUP BY campaign',
+	'restored to a savepoint after its slot was dropped');
+sql("SELECT flowpg.drop_stream('byhand')");
+
+sql("ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'");
+$node->reload;
+sql("SELECT flowpg.pause_stream('keepsize')");
+$node->poll_query_until('postgres',
+	"SELECT status = 'paused' FROM flowpg.streams WHERE name = 'public.keepsize'")
+  or die 'keepsize did not pause';
+sql("INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 300000) g");
+sql("CHECKPOINT");
+$node->poll_query_until('postgres', q{SELECT status = 'failed' AND stale
+	AND last_error LIKE '%was invalidated: PostgreSQL removed WAL the stream had not applied%'
+	FROM flowpg.streams WHERE name = 'public.keepsize'})
+  or die 'keepsize did not fail after its slot was invalidated';
+pass('a stream whose slot PostgreSQL invalidated fails for good, saying why');
+is(sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%'"), 0,
+	'its slot is gone');
+sql("ALTER SYSTEM RESET max_slot_wal_keep_size");
+$node->restart;
+is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.keepsize'"),
+	'failed true', 'still failed and stale after a restart');
+sql("SELECT flowpg.drop_stream('keepsize')");
 
 $node->stop;
 done_testing();
