@@ -105,7 +105,18 @@ SELECT * FROM "x""; DROP TABLE events; --" ORDER BY 1;
 SELECT count(*) AS events_still_there FROM events;
 
 SELECT flowpg.drop_stream('public."x""; DROP TABLE events; --"');
-SELECT flowpg.drop_stream('alice_view');
+
+-- a stream cannot change hands (its worker connects as its owner), and its
+-- owner cannot be dropped while it owns streams; DROP OWNED drops them
+ALTER TABLE alice_view OWNER TO flowpg_bob;
+ALTER TABLE alice_view OWNER TO flowpg_alice;
+\set VERBOSITY default
+REASSIGN OWNED BY flowpg_alice TO flowpg_bob;
+DROP ROLE flowpg_alice;
+\set VERBOSITY terse
+SELECT name, owner, status FROM flowpg.streams;
+DROP OWNED BY flowpg_alice;
+SELECT count(*) AS streams FROM flowpg.streams;
 DROP TABLE events;
 REVOKE CREATE ON SCHEMA public FROM flowpg_alice, flowpg_bob, flowpg_group;
 DROP ROLE flowpg_alice, flowpg_bob, flowpg_group;

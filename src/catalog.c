@@ -55,6 +55,7 @@
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -903,6 +904,115 @@ column_user(Oid relid, AttrNumber attnum)
 }
 
 /*
+ * A stream runs as its owner, who owns its result table, and its slot's
+ * name carries that owner: the launcher connects the worker as the role
+ * before the worker can read any catalog.  So a stream cannot change
+ * hands, and its owner must stay.  Refuse what would give a result table
+ * another owner (ALTER TABLE ... OWNER TO, REASSIGN OWNED) or drop the role
+ * a worker connects as: the stream would fail at every start, for good.
+ */
+
+/* A stream of this database owned by the role, or NULL. */
+static StreamDef *
+stream_owned_by(Oid role)
+{
+	List	   *defs;
+
+	if (!OidIsValid(get_extension_oid("flowpg", true)))
+		return NULL;
+	defs = catalog_query(STREAM_SELECT "WHERE s.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1 "
+						 "ORDER BY s.id LIMIT 1",
+						 OIDOID, ObjectIdGetDatum(role));
+	return defs != NIL ? linitial(defs) : NULL;
+}
+
+/* ALTER TABLE result OWNER TO another role */
+static void
+check_result_owner(Oid relid, RoleSpec *newowner)
+{
+	Oid			extension = get_extension_oid("flowpg", true);
+	StreamDef  *def;
+
+	if (!OidIsValid(extension) || !is_result_table(relid, extension))
+		return;
+	def = CatalogFindByResult(relid);
+	if (def == NULL || def->owner == get_rolespec_oid(newowner, false))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot change the owner of table \"%s\"", get_rel_name(relid)),
+			 errdetail("It is the result table of stream \"%s\", which runs as its owner, role %s.",
+					   def->name, GetUserNameFromId(def->owner, false)),
+			 errhint("Drop the stream and create it again as the new owner.")));
+}
+
+static void
+check_reassign_owned(ReassignOwnedStmt *stmt)
+{
+	Oid			newrole = get_rolespec_oid(stmt->newrole, false);
+	ListCell   *lc;
+
+	foreach(lc, stmt->roles)
+	{
+		Oid			role = get_rolespec_oid(lfirst(lc), true);
+		StreamDef  *def;
+
+		if (!OidIsValid(role) || role == newrole || (def = stream_owned_by(role)) == NULL)
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot reassign the objects owned by role %s",
+						GetUserNameFromId(role, false)),
+				 errdetail("The role owns stream \"%s\", which runs as its owner.", def->name),
+				 errhint("Drop the role's streams first (DROP OWNED BY drops them with their result tables), and create them again as the new owner.")));
+	}
+}
+
+static void
+refuse_role_drop(const char *role, const char *detail)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+			 errmsg("role \"%s\" cannot be dropped because it owns a flowpg stream", role),
+			 errdetail_internal("%s", detail),
+			 errhint("Drop the role's streams first (DROP OWNED BY, in each database, drops them with their result tables).")));
+}
+
+static void
+check_drop_role(DropRoleStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->roles)
+	{
+		RoleSpec   *spec = lfirst(lc);
+		Oid			role;
+		StreamDef  *def;
+		ListCell   *lc2;
+
+		if (spec->roletype != ROLESPEC_CSTRING ||
+			!OidIsValid(role = get_role_oid(spec->rolename, true)))
+			continue;
+		/* this database's streams, restored ones too, by name */
+		if ((def = stream_owned_by(role)) != NULL)
+			refuse_role_drop(spec->rolename,
+							 psprintf("The role owns stream \"%s\"; streams run as their owner.",
+									  def->name));
+		/* the other databases' streams, by their slots */
+		foreach(lc2, FlowCtl != NULL ? ControlListSlots(InvalidOid) : NIL)
+		{
+			StreamIdentity *ident = lfirst(lc2);
+			char	   *db = get_database_name(ident->dboid);
+
+			if (ident->owner == role)
+				refuse_role_drop(spec->rolename,
+								 psprintf("The role owns stream %d in database \"%s\"; streams run as their owner.",
+										  ident->stream_id, db ? db : "?"));
+		}
+	}
+}
+
+/*
  * Refuse what would make a source deliver rows its stream cannot see, or
  * a result table lose rows at a crash: an unlogged source writes no WAL
  * to decode, an unlogged result table is emptied by crash recovery, and a
@@ -978,6 +1088,8 @@ check_alter_table(AlterTableStmt *stmt)
 
 		if (cmd->subtype == AT_SetUnLogged)
 			check_source_change(relid, true);
+		if (cmd->subtype == AT_ChangeOwner)
+			check_result_owner(relid, cmd->newowner);
 		if (cmd->subtype == AT_AddInherit)
 			check_new_parent(castNode(RangeVar, cmd->def));
 		if (cmd->subtype != AT_AlterColumnType)
@@ -1023,6 +1135,10 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		check_alter_table((AlterTableStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, CreateStmt))
 		check_create_table((CreateStmt *) pstmt->utilityStmt);
+	else if (IsA(pstmt->utilityStmt, ReassignOwnedStmt))
+		check_reassign_owned((ReassignOwnedStmt *) pstmt->utilityStmt);
+	else if (IsA(pstmt->utilityStmt, DropRoleStmt))
+		check_drop_role((DropRoleStmt *) pstmt->utilityStmt);
 	if (prev_process_utility_hook)
 		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
 								  params, queryEnv, dest, qc);

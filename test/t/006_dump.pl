@@ -203,6 +203,11 @@ $node->safe_psql('byhand', 'INSERT INTO src VALUES (1), (8)');
 oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
 	'rebuilt after a failure', 'byhand');
 
+# the owner of a stream in another database cannot be dropped
+my ($drop_rc, $drop_out, $drop_err) = $node->psql('postgres', 'DROP ROLE flowpg_erin');
+like($drop_err, qr/role "flowpg_erin" cannot be dropped because it owns a flowpg stream.*in database "byhand"/s,
+	'DROP ROLE of the owner of a stream in another database is refused');
+
 # A database dropped while one of its restored streams keeps failing: flowpg
 # stops trying to rebuild it (no process starts for it any more).
 $node->poll_query_until('dropped', q{SELECT status = 'failed' FROM flowpg.streams})
