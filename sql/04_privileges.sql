@@ -96,6 +96,24 @@ SELECT FROM await_running('public.alice_view');
 SELECT flowpg.wait('alice_view');
 TABLE alice_view ORDER BY who;
 
+-- ... and one whose owner may no longer log in, until it may again
+ALTER ROLE flowpg_alice NOLOGIN;
+SELECT pg_terminate_backend(pid) AS stopped FROM flowpg.streams WHERE name = 'public.alice_view';
+DO $$
+BEGIN
+    FOR i IN 1 .. 300 LOOP
+        EXIT WHEN (SELECT last_error LIKE '%not permitted to log in%' FROM flowpg.streams
+                    WHERE name = 'public.alice_view');
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT status, last_error FROM flowpg.streams WHERE name = 'public.alice_view';
+ALTER ROLE flowpg_alice LOGIN;
+SELECT FROM await_running('public.alice_view');
+INSERT INTO events VALUES ('x', 5);
+SELECT flowpg.wait('alice_view');
+TABLE alice_view ORDER BY who;
+
 -- identifiers are quoted wherever flowpg writes SQL
 SELECT flowpg.create_stream('public."x""; DROP TABLE events; --"',
     'SELECT who AS "we""ird", count(*) AS "n; DROP TABLE events" FROM events GROUP BY who');

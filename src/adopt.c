@@ -423,7 +423,7 @@ FlowAdoptMain(Datum main_arg)
 
 	PG_TRY();
 	{
-		BackgroundWorkerInitializeConnectionByOid(ident.dboid, ident.owner, 0);
+		ControlConnect(ctl, &ident);
 		flowpg_decoding_allowed = true;
 		if (adopt_wait_ready(&ident))
 		{

@@ -29,6 +29,7 @@
 #include "access/xlog.h"
 #include "access/xlogrecovery.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "replication/slot.h"
 #include "utils/builtins.h"
@@ -304,6 +305,41 @@ ControlFail(StreamCtl *ctl)
 	ctl->state_ready = false;
 	SpinLockRelease(&ctl->mutex);
 	ConditionVariableBroadcast(&ctl->cv);
+}
+
+/* The entry of the stream whose process is connecting, see ControlConnect. */
+static StreamCtl *connecting_ctl = NULL;
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+static void
+connect_log_hook(ErrorData *edata)
+{
+	if (connecting_ctl != NULL && edata->elevel >= FATAL)
+	{
+		ControlSetError(connecting_ctl, edata->message);
+		SpinLockAcquire(&connecting_ctl->mutex);
+		connecting_ctl->status = STREAM_FAILED;
+		SpinLockRelease(&connecting_ctl->mutex);
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+/*
+ * Connect a stream's process (worker or adopter) to its database as its
+ * owner.  That can fail only with FATAL (the role may no longer log in,
+ * the database may be gone), which exits without passing any PG_CATCH:
+ * keep its message for flowpg.streams all the same.
+ */
+void
+ControlConnect(StreamCtl *ctl, StreamIdentity *ident)
+{
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = connect_log_hook;
+	connecting_ctl = ctl;
+	BackgroundWorkerInitializeConnectionByOid(ident->dboid, ident->owner, 0);
+	connecting_ctl = NULL;
+	emit_log_hook = prev_emit_log_hook;
 }
 
 /*

@@ -138,6 +138,7 @@ extern const char *ControlStatusName(StreamStatus status);
 extern List *ControlListSlots(Oid dboid);
 extern void ControlSetError(StreamCtl *ctl, const char *message);
 extern void ControlFail(StreamCtl *ctl);
+extern void ControlConnect(StreamCtl *ctl, StreamIdentity *ident);
 extern void ControlScheduleRestart(StreamCtl *ctl);
 extern List *ControlListAdopting(Oid dboid);
 extern bool ControlSlotUsable(const char *slot_name);

@@ -187,7 +187,10 @@ reconcile(void)
 		dropping = ctl->dropping;
 		if (forget_stopped(&handles[i]) && !dropping)
 			ControlScheduleRestart(ctl);
-		(void) forget_stopped(&adopters[i]);	/* it schedules its own */
+		/* an adopter schedules its next try, unless it died of a FATAL */
+		if (forget_stopped(&adopters[i]) && OidIsValid(ctl->adopt_owner) &&
+			ctl->restart_at <= now)
+			ControlScheduleRestart(ctl);
 		ident = find_slot(slots, ctl);
 		adopt.dboid = ctl->dboid;
 		adopt.stream_id = ctl->stream_id;

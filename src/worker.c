@@ -685,7 +685,7 @@ FlowWorkerMain(Datum main_arg)
 	SpinLockRelease(&ctl->mutex);
 	on_shmem_exit(worker_on_exit, PointerGetDatum(ctl));
 
-	BackgroundWorkerInitializeConnectionByOid(ident.dboid, ident.owner, 0);
+	ControlConnect(ctl, &ident);
 	flowpg_decoding_allowed = true;
 
 	w = MemoryContextAllocZero(TopMemoryContext, sizeof(FlowWorker));
