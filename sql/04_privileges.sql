@@ -62,15 +62,16 @@ BEGIN
         PERFORM pg_sleep(0.1);
     END LOOP;
 END $$;
-REVOKE SELECT ON events FROM flowpg_alice;
-INSERT INTO events VALUES ('y', 100);
-DO $$
+CREATE FUNCTION await_error(stream text, pattern text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     FOR i IN 1 .. 300 LOOP
-        EXIT WHEN (SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view') IS NOT NULL;
+        EXIT WHEN (SELECT last_error LIKE pattern FROM flowpg.streams WHERE name = stream);
         PERFORM pg_sleep(0.1);
     END LOOP;
 END $$;
+REVOKE SELECT ON events FROM flowpg_alice;
+INSERT INTO events VALUES ('y', 100);
+SELECT FROM await_error('public.alice_view', '%');
 SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view';
 GRANT SELECT ON events TO flowpg_alice;
 SELECT FROM await_running('public.alice_view');
@@ -82,14 +83,7 @@ TABLE alice_view ORDER BY who;
 -- no longer does
 ALTER TABLE events ENABLE ROW LEVEL SECURITY;
 INSERT INTO events VALUES ('y', 1000);
-DO $$
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        EXIT WHEN (SELECT last_error LIKE '%row-level security%' FROM flowpg.streams
-                    WHERE name = 'public.alice_view');
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END $$;
+SELECT FROM await_error('public.alice_view', '%row-level security%');
 SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view';
 ALTER TABLE events DISABLE ROW LEVEL SECURITY;
 SELECT FROM await_running('public.alice_view');
@@ -99,14 +93,7 @@ TABLE alice_view ORDER BY who;
 -- ... and one whose owner may no longer log in, until it may again
 ALTER ROLE flowpg_alice NOLOGIN;
 SELECT pg_terminate_backend(pid) AS stopped FROM flowpg.streams WHERE name = 'public.alice_view';
-DO $$
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        EXIT WHEN (SELECT last_error LIKE '%not permitted to log in%' FROM flowpg.streams
-                    WHERE name = 'public.alice_view');
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END $$;
+SELECT FROM await_error('public.alice_view', '%not permitted to log in%');
 SELECT status, last_error FROM flowpg.streams WHERE name = 'public.alice_view';
 ALTER ROLE flowpg_alice LOGIN;
 SELECT FROM await_running('public.alice_view');
@@ -139,3 +126,4 @@ DROP TABLE events;
 REVOKE CREATE ON SCHEMA public FROM flowpg_alice, flowpg_bob, flowpg_group;
 DROP ROLE flowpg_alice, flowpg_bob, flowpg_group;
 DROP FUNCTION await_running(text);
+DROP FUNCTION await_error(text, text);
