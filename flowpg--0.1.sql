@@ -22,12 +22,14 @@ CREATE TABLE flowpg.stream (
     failure             text,
     failed_at           timestamptz,
     restored            boolean NOT NULL DEFAULT false,
-    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    settings            text[] NOT NULL DEFAULT '{}'
 );
 COMMENT ON TABLE flowpg.stream IS 'flowpg streams: definition, owner, result and source tables; name is the result table''s name at creation';
 COMMENT ON COLUMN flowpg.stream.rewrite IS 'the worker rewrites the whole result table from its state at its next start (after flowpg.restore)';
 COMMENT ON COLUMN flowpg.stream.definition IS 'the query with every name schema-qualified, as the objects are named now (renames are followed); compiled again when a dump is restored';
 COMMENT ON COLUMN flowpg.stream.plan IS 'the analyzed query (object ids: valid in this database only)';
+COMMENT ON COLUMN flowpg.stream.settings IS 'name=value: the settings (TimeZone, DateStyle, lc_time, search_path, ...) of the session that created the stream, with which it evaluates its query';
 COMMENT ON COLUMN flowpg.stream.restored IS 'loaded from a dump: not running until flowpg rebuilds it from its source table';
 COMMENT ON COLUMN flowpg.stream.failure IS 'why the stream stopped for good (its slot is gone); its results are stale';
 
@@ -238,6 +240,7 @@ CREATE VIEW flowpg.streams AS
 SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END AS name,
        s.query,
        s.definition,
+       s.settings,
        s.owner,
        CASE WHEN s.failure IS NOT NULL OR lost.slot IS NOT NULL THEN 'failed'
             WHEN s.restored AND st.status IS DISTINCT FROM 'failed' THEN 'starting'

@@ -268,6 +268,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 		AbortCurrentTransaction();
 		return;
 	}
+	CompileApplySettings(w->def->settings, GUC_ACTION_SET);
 	w->fq = CompileDefinition(w->def->definition);
 	if (w->fq->source != w->def->source)
 		ereport(ERROR,

@@ -413,6 +413,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	def->definition = CompileDeparse(fq->query);
 	def->plan = nodeToString(fq->query);
 	def->checkpoint_interval = interval;
+	def->settings = CompileCaptureSettings();
 	CompileRecordDependencies(fq, def->result);
 	CatalogInsertStream(def);
 	if (list_length(fq->keys) == 0)
@@ -873,6 +874,7 @@ flowpg_live(PG_FUNCTION_ARGS)
 	Datum	   *values;
 	bool	   *nulls;
 	AclResult	aclresult;
+	int			nest;
 
 	FlowpgCheckLoaded();
 	if (!OidIsValid(relid))
@@ -899,6 +901,9 @@ flowpg_live(PG_FUNCTION_ARGS)
 				 errdetail("Its worker has not started yet."),
 				 errhint("Read the result table, or try again once the stream is running.")));
 
+	/* final functions and output expressions, as the worker evaluates them */
+	nest = NewGUCNestLevel();
+	CompileApplySettings(def->settings, GUC_ACTION_SAVE);
 	fq = CompileQueryTree(stringToNode(def->plan));
 	source = table_open(fq->source, AccessShareLock);
 	plan = PlanBuild(fq, RelationGetDescr(source));
@@ -922,6 +927,7 @@ flowpg_live(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	MemoryContextDelete(plan->cxt);
+	AtEOXact_GUC(true, nest);
 	return (Datum) 0;
 }
 

@@ -66,6 +66,7 @@
 #include "replication/slot.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -106,13 +107,13 @@ static object_access_hook_type prev_object_access_hook = NULL;
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 #define STREAM_COLUMNS \
-	"id, name, result, source, owner, query, definition, plan, checkpoint_interval"
+	"id, name, result, source, owner, query, definition, plan, checkpoint_interval, settings"
 
 /* A stream's name is its result table's current name. */
 #define STREAM_SELECT \
 	"SELECT s.id, CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END, " \
 	"s.result, s.source, s.owner, s.query, s.plan, s.checkpoint_interval, s.paused, " \
-	"s.rewrite, s.failure, s.definition, s.restored " \
+	"s.rewrite, s.failure, s.definition, s.restored, s.settings " \
 	"FROM flowpg.stream s " \
 	"LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.result " \
 	"LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
@@ -172,6 +173,37 @@ interval_datum(int ms, char *null)
 	return IntervalPGetDatum(iv);
 }
 
+/* A text[] of settings as a List of strings. */
+static List *
+settings_from_array(Datum array)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+	List	   *settings = NIL;
+
+	deconstruct_array(DatumGetArrayTypeP(array), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	for (i = 0; i < n; i++)
+		if (!nulls[i])
+			settings = lappend(settings, TextDatumGetCString(elems[i]));
+	return settings;
+}
+
+/* A List of strings as a text[]. */
+static Datum
+settings_to_array(List *settings)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(list_length(settings), 1));
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, settings)
+		elems[n++] = CStringGetTextDatum(lfirst(lc));
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
 /* Copy a flowpg.stream row out of SPI into the current memory context. */
 static StreamDef *
 stream_from_tuple(HeapTuple tuple, TupleDesc desc)
@@ -195,6 +227,7 @@ stream_from_tuple(HeapTuple tuple, TupleDesc desc)
 	def->failure = isnull ? NULL : TextDatumGetCString(iv);
 	def->definition = TextDatumGetCString(SPI_getbinval(tuple, desc, 12, &isnull));
 	def->restored = DatumGetBool(SPI_getbinval(tuple, desc, 13, &isnull));
+	def->settings = settings_from_array(SPI_getbinval(tuple, desc, 14, &isnull));
 	return def;
 }
 
@@ -283,10 +316,10 @@ CatalogLookup(text *name)
 void
 CatalogInsertStream(StreamDef *def)
 {
-	Oid			types[9] = {INT4OID, TEXTOID, OIDOID, OIDOID, OIDOID, TEXTOID,
-	TEXTOID, TEXTOID, INTERVALOID};
-	Datum		values[9];
-	char		nulls[9] = "         ";
+	Oid			types[10] = {INT4OID, TEXTOID, OIDOID, OIDOID, OIDOID, TEXTOID,
+	TEXTOID, TEXTOID, INTERVALOID, TEXTARRAYOID};
+	Datum		values[10];
+	char		nulls[10] = "          ";
 	CatalogPrivilege priv;
 	int			rc;
 
@@ -299,6 +332,7 @@ CatalogInsertStream(StreamDef *def)
 	values[6] = CStringGetTextDatum(def->definition);
 	values[7] = CStringGetTextDatum(def->plan);
 	values[8] = interval_datum(def->checkpoint_interval, &nulls[8]);
+	values[9] = settings_to_array(def->settings);
 
 	SPI_connect();
 	CatalogBecomeOwner(&priv);
@@ -306,8 +340,8 @@ CatalogInsertStream(StreamDef *def)
 	PG_TRY();
 	{
 		rc = SPI_execute_with_args("INSERT INTO flowpg.stream (" STREAM_COLUMNS ") "
-								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-								   9, types, values, nulls, false, 0);
+								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+								   10, types, values, nulls, false, 0);
 	}
 	PG_FINALLY();
 	{

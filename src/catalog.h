@@ -29,6 +29,7 @@ typedef struct StreamDef
 	bool		rewrite;		/* rewrite the result table (after restore) */
 	char	   *failure;		/* why it failed for good, or NULL */
 	bool		restored;		/* loaded from a dump, not rebuilt yet */
+	List	   *settings;		/* "name=value": see CompileCaptureSettings */
 } StreamDef;
 
 /* Saved identity while running as the extension owner. */

@@ -799,6 +799,59 @@ CompileDefinition(const char *definition)
 	return fq;
 }
 
+/*
+ * Settings whose values change what PostgreSQL's stable built-in functions
+ * return: date_trunc('day', timestamptz) and casts between timestamptz and
+ * date or text depend on TimeZone, to_char on DateStyle and the lc_
+ * settings, float output on extra_float_digits, to_tsvector(text) on
+ * default_text_search_config, casts of text to regclass on search_path, ...
+ * A stream evaluates its query with the values the session that created it
+ * had, wherever and whenever its worker runs (the worker's own defaults
+ * come from the database and role, which can differ and change), so that
+ * its results equal its query run in that session.
+ */
+static const char *const stream_settings[] = {
+	"TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
+	"lc_monetary", "lc_numeric", "lc_time", "bytea_output",
+	"default_text_search_config", "xmlbinary", "xmloption", "search_path"
+};
+
+/* The current values of those settings: "name=value" strings. */
+List *
+CompileCaptureSettings(void)
+{
+	List	   *settings = NIL;
+	int			i;
+
+	for (i = 0; i < lengthof(stream_settings); i++)
+		settings = lappend(settings,
+						   psprintf("%s=%s", stream_settings[i],
+									GetConfigOptionByName(stream_settings[i], NULL, false)));
+	return settings;
+}
+
+/*
+ * Apply a stream's settings: for the session (GUC_ACTION_SET, in a worker)
+ * or until the caller's GUC nest level ends (GUC_ACTION_SAVE).
+ */
+void
+CompileApplySettings(List *settings, GucAction action)
+{
+	ListCell   *lc;
+
+	foreach(lc, settings)
+	{
+		char	   *name = pstrdup(lfirst(lc));
+		char	   *value = strchr(name, '=');
+
+		if (value == NULL)
+			elog(ERROR, "malformed stream setting \"%s\"", name);
+		*value++ = '\0';
+		(void) set_config_option(name, value, PGC_USERSET, PGC_S_SESSION,
+								 action, true, 0, false);
+	}
+}
+
 /* Make the result table depend on what the query uses and on flowpg. */
 void
 CompileRecordDependencies(FlowQuery *fq, Oid result)

@@ -12,6 +12,7 @@
 
 #include "access/tupdesc.h"
 #include "nodes/parsenodes.h"
+#include "utils/guc.h"
 
 /*
  * A validated stream query, split into what the operators evaluate.  All
@@ -43,5 +44,7 @@ extern bool CompileFunctionIsC(Oid func);
 extern char *CompileDeparse(Query *query);
 extern FlowQuery *CompileDefinition(const char *definition);
 extern void CompileRecordDependencies(FlowQuery *fq, Oid result);
+extern List *CompileCaptureSettings(void);
+extern void CompileApplySettings(List *settings, GucAction action);
 
 #endif							/* FLOWPG_COMPILE_H */

@@ -246,6 +246,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	}
 	drop_orphan_savepoint_slots(w);
 	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
+	CompileApplySettings(w->def->settings, GUC_ACTION_SET);
 	apply_settings();
 	pgstat_report_activity(STATE_RUNNING, w->def->query);
 

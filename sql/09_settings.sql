@@ -1,0 +1,59 @@
+-- A stream evaluates its query with the settings of the session that
+-- created it (TimeZone, DateStyle, extra_float_digits, lc_time,
+-- search_path, ...), whatever its worker's own defaults are: its results
+-- equal its query run in that session, also after a restart under other
+-- defaults.
+CREATE TABLE readings_tz (ts timestamptz, v float8);
+SET TimeZone = 'Asia/Kolkata';
+SET DateStyle = 'SQL, DMY';
+SET extra_float_digits = 0;
+SELECT flowpg.create_stream('daily', $$
+    SELECT date_trunc('day', ts) AS day, ts::date::text AS label, count(*) AS n,
+           max(v)::text AS top
+      FROM readings_tz GROUP BY 1, 2 $$);
+SELECT s FROM flowpg.streams, unnest(settings) s
+ WHERE name = 'public.daily' AND s ~ '^(TimeZone|DateStyle|extra_float_digits)=';
+RESET TimeZone;
+RESET DateStyle;
+RESET extra_float_digits;
+
+-- around midnight in Kolkata (18:30 UTC)
+INSERT INTO readings_tz
+    SELECT timestamptz '2026-01-01 18:00:00+00' + g * interval '10 min', g / 3.0
+      FROM generate_series(0, 11) g;
+SELECT flowpg.wait('daily');
+
+-- a worker that starts again under other defaults keeps the stream's
+ALTER ROLE CURRENT_USER SET TimeZone = 'America/Sao_Paulo';
+ALTER ROLE CURRENT_USER SET DateStyle = 'German';
+SELECT pg_terminate_backend(pid) AS restarted FROM flowpg.streams WHERE name = 'public.daily';
+INSERT INTO readings_tz
+    SELECT timestamptz '2026-01-02 18:00:00+00' + g * interval '10 min', g / 7.0
+      FROM generate_series(0, 11) g;
+SELECT flowpg.wait('daily');
+ALTER ROLE CURRENT_USER RESET TimeZone;
+ALTER ROLE CURRENT_USER RESET DateStyle;
+
+-- in the creating session's settings the query run as a batch equals the
+-- stream, and so does flowpg.live
+SET TimeZone = 'Asia/Kolkata';
+SET DateStyle = 'SQL, DMY';
+SET extra_float_digits = 0;
+SELECT oracle('daily');
+TABLE daily ORDER BY day;
+SELECT count(*) AS live_differs
+  FROM ((TABLE daily EXCEPT ALL SELECT * FROM flowpg.live(NULL::daily))
+        UNION ALL
+        (SELECT * FROM flowpg.live(NULL::daily) EXCEPT ALL TABLE daily)) d;
+RESET TimeZone;
+RESET DateStyle;
+RESET extra_float_digits;
+
+-- in this session's (PST8PDT, ISO) the same query gives other days
+SELECT count(*) > 0 AS differs
+  FROM ((SELECT date_trunc('day', ts) AS day, ts::date::text AS label, count(*) AS n,
+                max(v)::text AS top
+           FROM readings_tz GROUP BY 1, 2) EXCEPT ALL TABLE daily) d;
+
+SELECT flowpg.drop_stream('daily');
+DROP TABLE readings_tz;
