@@ -286,6 +286,7 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
         FROM pg_catalog.pg_database d
        WHERE d.datname = pg_catalog.current_database()
          AND s.failure IS NULL AND NOT s.restored
+         AND NOT pg_catalog.pg_is_in_recovery()   -- a standby has no slots
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots r
                           WHERE r.slot_name = pg_catalog.format('flowpg_%s_%s_%s', d.oid, s.id, s.owner::pg_catalog.oid)
                             AND r.wal_status IS DISTINCT FROM 'lost')) lost ON true;
