@@ -3,8 +3,10 @@
 -- committed since.  And what an operator reads: flowpg.checkpoints,
 -- flowpg.savepoints, the metrics of flowpg.streams.
 CREATE TABLE sv (k int, v int);
-SELECT flowpg.create_stream('svs', 'SELECT k, count(*) AS n, sum(v) AS s FROM sv GROUP BY k');
-SELECT flowpg.create_stream('svg', 'SELECT count(*) AS n, max(v) AS top FROM sv');
+-- no periodic checkpoints: each checkpoint below is one this test asks for
+-- (a savepoint writes the keys changed since the last checkpoint)
+SELECT flowpg.create_stream('svs', 'SELECT k, count(*) AS n, sum(v) AS s FROM sv GROUP BY k', '1 hour');
+SELECT flowpg.create_stream('svg', 'SELECT count(*) AS n, max(v) AS top FROM sv', '1 hour');
 SELECT flowpg.savepoint('svg', 'empty') > 0 AS savepoint_of_nothing;
 INSERT INTO sv SELECT g % 4, g FROM generate_series(1, 100) g;
 SELECT flowpg.savepoint('svs', 'first') AS first_id \gset

@@ -43,9 +43,10 @@
  * one at once.  Dropping the stream, its database or flowpg ends that.
  *
  * Crash story: the StreamCtl entry is in shared memory, so after a server
- * restart nothing rebuilds a stream still marked restored until
- * flowpg.wait on it asks again (ApiAwaitControl).  A half-done rebuild
- * leaves nothing: its slot is ephemeral until its transaction commits.
+ * restart the stream still marked restored is found again by its
+ * database's scan (AdoptScanMain), and flowpg.wait on it asks for its
+ * rebuild too (ApiAwaitControl).  A half-done rebuild leaves nothing: its
+ * slot is ephemeral until its transaction commits.
  *
  *-------------------------------------------------------------------------
  */
@@ -313,6 +314,32 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 			(errmsg("flowpg: restored stream \"%s\" rebuilt from " UINT64_FORMAT " source rows into " UINT64_FORMAT " keys (checkpoint " INT64_FORMAT " at %X/%X)",
 					w->def->name, w->events, StateKeys(w->state), id,
 					LSN_FORMAT_ARGS(w->processed_lsn))));
+}
+
+/*
+ * Main of a "flowpg scan" worker (see next_scan in launcher.c): ask for
+ * the rebuild of the restored streams of one database.  Connects as the
+ * bootstrap superuser, reads only flowpg's catalog, runs no stream.
+ */
+void
+AdoptScanMain(Datum main_arg)
+{
+	Oid			dboid;
+	ListCell   *lc;
+
+	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(dboid));
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (OidIsValid(get_extension_oid("flowpg", true)))
+		foreach(lc, CatalogListRestored())
+			AdoptRequest(lfirst(lc));
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	proc_exit(0);
 }
 
 /* On exit: the state goes (the stream's worker restores it). */

@@ -14,5 +14,6 @@
 
 extern void AdoptRequest(StreamIdentity *ident);
 extern PGDLLEXPORT void FlowAdoptMain(Datum main_arg);
+extern PGDLLEXPORT void AdoptScanMain(Datum main_arg);
 
 #endif							/* FLOWPG_ADOPT_H */

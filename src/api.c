@@ -219,18 +219,24 @@ check_worker_slots(void)
 	int			n = pgstat_fetch_stat_numbackends();
 	int			i;
 
+	bool		launcher_seen = false;
+
 	for (i = 1; i <= n; i++)
 	{
 		LocalPgBackendStatus *entry = pgstat_fetch_stat_local_beentry(i);
 
 		if (entry != NULL && entry->backendStatus.st_backendType == B_BG_WORKER)
+		{
 			running++;
+			launcher_seen |= entry->backendStatus.st_procpid == FlowCtl->launcher_pid;
+		}
 	}
 	for (i = 0; i < FlowCtl->max_streams; i++)
 		if (FlowCtl->streams[i].in_use && FlowCtl->streams[i].pid != 0)
 			waiting--;
-	/* the launcher, not connected to a database, is not in the count */
-	running++;
+	/* the launcher, before it has connected, is not in the count */
+	if (!launcher_seen)
+		running++;
 	if (running + Max(waiting, 0) + 1 > max_worker_processes)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),

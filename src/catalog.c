@@ -279,6 +279,27 @@ CatalogFindByResult(Oid result)
 	return defs != NIL ? linitial(defs) : NULL;
 }
 
+/* The identities of this database's streams restored from a dump and not rebuilt yet. */
+List *
+CatalogListRestored(void)
+{
+	List	   *idents = NIL;
+	ListCell   *lc;
+
+	foreach(lc, catalog_query(STREAM_SELECT "WHERE s.restored OPERATOR(pg_catalog.=) $1",
+							  BOOLOID, BoolGetDatum(true)))
+	{
+		StreamDef  *def = lfirst(lc);
+		StreamIdentity *ident = palloc(sizeof(StreamIdentity));
+
+		ident->dboid = MyDatabaseId;
+		ident->stream_id = def->id;
+		ident->owner = def->owner;
+		idents = lappend(idents, ident);
+	}
+	return idents;
+}
+
 /*
  * The stream of the given name, resolved like a table name with the
  * caller's search_path; raises an error if there is none.

@@ -55,6 +55,7 @@ extern bool CatalogSavepointExists(int64 id);
 extern void CatalogMarkFailed(int32 id, const char *message);
 extern void CatalogAdoptStream(StreamDef *def);
 extern void CatalogRefreshDefinitions(void);
+extern List *CatalogListRestored(void);
 extern bool CatalogInserting(void);
 extern void CatalogPendingAdopt(int32 stream_id, Oid owner);
 

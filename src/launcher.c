@@ -20,11 +20,18 @@
  *
  * Crash story: after a crash the postmaster restarts the launcher, which
  * finds the slots again; the workers restore their state from checkpoints.
+ * Streams restored from a dump and not rebuilt yet have no slot: the
+ * launcher has each database scanned for them when it starts (next_scan).
  *
  *-------------------------------------------------------------------------
  */
 #include "flowpg.h"
 
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -34,6 +41,7 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 #include "control.h"
 #include "launcher.h"
@@ -53,7 +61,7 @@ LauncherRegister(void)
 	BackgroundWorker bgw;
 
 	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	bgw.bgw_restart_time = 1;
 	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "flowpg");
@@ -141,6 +149,73 @@ forget_stopped(BackgroundWorkerHandle **handle)
 	pfree(*handle);
 	*handle = NULL;
 	return true;
+}
+
+/*
+ * Restored streams that were still being rebuilt when the server stopped
+ * have no slot and no StreamCtl entry now: nothing says they exist but
+ * their catalog rows, in their databases.  So when the launcher starts, a
+ * short-lived "flowpg scan" worker visits each database that allows
+ * connections, one after the other, and asks for their rebuild
+ * (AdoptScanMain).  The databases still to visit, and the scan running:
+ */
+static List *scan_queue = NIL;
+static BackgroundWorkerHandle *scan_handle = NULL;
+
+/* The databases to visit: from pg_database, a shared catalog. */
+static void
+queue_scans(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tuple);
+		MemoryContext oldcxt;
+
+		if (!db->datallowconn || db->datistemplate)
+			continue;
+		oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+		scan_queue = lappend_oid(scan_queue, db->oid);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+}
+
+/* Start the next database's scan once the last one is over. */
+static void
+next_scan(void)
+{
+	BackgroundWorker bgw;
+	Oid			dboid;
+
+	if (scan_handle != NULL && !forget_stopped(&scan_handle))
+		return;
+	if (scan_queue == NIL)
+		return;
+	dboid = linitial_oid(scan_queue);
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "flowpg");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "AdoptScanMain");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg scan of database %u", dboid);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "flowpg scan");
+	memcpy(bgw.bgw_extra, &dboid, sizeof(dboid));
+	bgw.bgw_notify_pid = MyProcPid;
+	if (RegisterDynamicBackgroundWorker(&bgw, &scan_handle))
+		scan_queue = list_delete_first(scan_queue);
+	else
+		scan_handle = NULL;		/* no free slot: try again next round */
 }
 
 /* Make the set of entries and workers match the set of slots. */
@@ -233,6 +308,10 @@ FlowLauncherMain(Datum main_arg)
 	FlowCtl->launcher_latch = MyLatch;
 	on_shmem_exit(launcher_on_exit, (Datum) 0);
 
+	/* no database: only the shared catalogs, to list the databases */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	queue_scans();
+
 	loopcxt = AllocSetContextCreate(TopMemoryContext, "flowpg launcher loop",
 									ALLOCSET_DEFAULT_SIZES);
 	ereport(LOG, (errmsg("flowpg launcher started")));
@@ -251,6 +330,7 @@ FlowLauncherMain(Datum main_arg)
 		oldcxt = MemoryContextSwitchTo(loopcxt);
 		reconcile();
 		MemoryContextSwitchTo(oldcxt);
+		next_scan();
 		MemoryContextReset(loopcxt);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

@@ -203,6 +203,21 @@ $node->safe_psql('byhand', 'INSERT INTO src VALUES (1), (8)');
 oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
 	'rebuilt after a failure', 'byhand');
 
+# A restored stream not rebuilt yet when the server stops is found again
+# when it starts (each database is scanned for such streams): nothing
+# needs to call flowpg.wait on it.
+$node->safe_psql('postgres', 'CREATE DATABASE aftercrash');
+$node->safe_psql('aftercrash', $byhand);
+$node->poll_query_until('aftercrash', q{SELECT status = 'failed' FROM flowpg.streams})
+  or die 'the rebuild in database aftercrash did not fail';
+crash_restart($node);
+$node->safe_psql('aftercrash', 'GRANT SELECT ON src TO flowpg_erin');
+ok($node->poll_query_until('aftercrash',
+	q{SELECT status = 'running' FROM flowpg.streams}),
+	'after kill -9, a restored stream not rebuilt yet is rebuilt by itself');
+oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
+	'rebuilt after a restart', 'aftercrash');
+
 # the owner of a stream in another database cannot be dropped
 my ($drop_rc, $drop_out, $drop_err) = $node->psql('postgres', 'DROP ROLE flowpg_erin');
 like($drop_err, qr/role "flowpg_erin" cannot be dropped because it owns a flowpg stream.*in database "byhand"/s,
