@@ -251,7 +251,6 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 
 	StartTransactionCommand();
 	XactIsoLevel = XACT_REPEATABLE_READ;
-	FlowpgLockStream(ident->stream_id, AccessExclusiveLock);
 	DecodeCreateSlot(w->slot_name, &snapshot);
 	CatalogPendingCreate();
 	RestoreTransactionSnapshot(snapshot, MyProc);
@@ -259,7 +258,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 	SPI_connect();
 
 	oldcxt = MemoryContextSwitchTo(w->cxt);
-	w->def = CatalogReadStream(ident->stream_id);
+	w->def = CatalogLockStream(ident->stream_id, AccessExclusiveLock);
 	if (w->def == NULL || !w->def->restored || w->def->owner != ident->owner)
 	{
 		/* dropped (or rebuilt) while we waited for its lock */

@@ -9,8 +9,10 @@
  * statement these functions generate quotes and qualifies its names.
  * Catalog rows are written through catalog.c, as the extension owner.
  *
- * Locking: create_stream and drop_stream take the stream's lock
- * (FlowpgLockStream) exclusively until their transaction ends; wait and
+ * Locking: create_stream takes the stream's lock (FlowpgLockStream)
+ * exclusively until its transaction ends, and so does drop_stream, once it
+ * has locked the result table and its transaction commits (tables before
+ * streams: see CatalogLockStream); wait and
  * checkpoint only read and bump counters in the stream's StreamCtl under
  * its spinlock and sleep on its condition variable; live holds the
  * stream's state_lock shared while it copies the state.
@@ -446,7 +448,7 @@ flowpg_drop_stream(PG_FUNCTION_ARGS)
 	FlowpgCheckLoaded();
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
-	FlowpgLockStream(def->id, AccessExclusiveLock);
+	/* the stream's lock comes after its table's, as it commits */
 	ObjectAddressSet(table, RelationRelationId, def->result);
 	performDeletion(&table, DROP_RESTRICT, 0);
 	PG_RETURN_VOID();

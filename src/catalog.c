@@ -27,7 +27,8 @@
  *	  access hook notes every dropped table; at PRE_COMMIT, for each one
  *	  that was a result table, the stream's worker is stopped, its slot and
  *	  origin dropped and its catalog rows deleted.  The stream's lock (see
- *	  FlowpgLockStream) is held meanwhile so no worker can start.
+ *	  FlowpgLockStream) is held meanwhile so no worker can start.  Lock
+ *	  order: tables first, then the stream (CatalogLockStream).
  *
  *	rename: a stream's definition (the text pg_dump carries) names the
  *	  objects its query uses; after any statement that renames an object or
@@ -64,6 +65,7 @@
 #include "pgstat.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
+#include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -267,6 +269,28 @@ CatalogReadStream(int32 id)
 									 INT4OID, Int32GetDatum(id));
 
 	return defs != NIL ? linitial(defs) : NULL;
+}
+
+/*
+ * Take a stream's lock in the order every path takes it: the stream's
+ * source and result tables first, then the stream.  DROP TABLE of a source
+ * (with CASCADE) or of a result table locks the table, and the stream only
+ * as it commits (process_drops); a worker that held the stream's lock
+ * while it waited for one of the tables deadlocked with it.  Returns the
+ * stream's catalog row as it is once locked, or NULL if it is gone.
+ */
+StreamDef *
+CatalogLockStream(int32 id, LOCKMODE mode)
+{
+	StreamDef  *def = CatalogReadStream(id);
+
+	if (def != NULL)
+	{
+		LockRelationOid(def->source, AccessShareLock);
+		LockRelationOid(def->result, AccessShareLock);
+	}
+	FlowpgLockStream(id, mode);
+	return CatalogReadStream(id);
 }
 
 /* The stream whose result table is `result`, or NULL. */

@@ -12,6 +12,7 @@
 #include "flowpg.h"
 
 #include "datatype/timestamp.h"
+#include "storage/lockdefs.h"
 
 /* One row of flowpg.stream. */
 typedef struct StreamDef
@@ -43,6 +44,7 @@ extern void CatalogBecomeOwner(CatalogPrivilege *priv);
 extern void CatalogRestoreUser(CatalogPrivilege *priv);
 
 extern StreamDef *CatalogReadStream(int32 id);
+extern StreamDef *CatalogLockStream(int32 id, LOCKMODE mode);
 extern StreamDef *CatalogFindByResult(Oid result);
 extern StreamDef *CatalogLookup(text *name);
 extern void CatalogInsertStream(StreamDef *def);

@@ -217,12 +217,11 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	bool		usable;
 
 	StartTransactionCommand();
-	FlowpgLockStream(ident->stream_id, AccessShareLock);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	if (OidIsValid(get_extension_oid("flowpg", true)))
-		w->def = CatalogReadStream(ident->stream_id);
+		w->def = CatalogLockStream(ident->stream_id, AccessShareLock);
 	MemoryContextSwitchTo(oldcxt);
 	if (w->def == NULL)
 	{
