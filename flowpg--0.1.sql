@@ -282,13 +282,14 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
   LEFT JOIN flowpg.stream_status() st ON st.stream_id = s.id
   -- the stream's slot went without flowpg (see ApiCheckNotFailed)
   LEFT JOIN LATERAL (
-      SELECT pg_catalog.format('flowpg_%s_%s_%s', d.oid, s.id, s.owner::pg_catalog.oid) AS slot
-        FROM pg_catalog.pg_database d
-       WHERE d.datname = pg_catalog.current_database()
-         AND s.failure IS NULL AND NOT s.restored
+      SELECT own.slot
+        FROM (SELECT pg_catalog.format('flowpg_%s_%s_%s', d.oid, s.id, s.owner::pg_catalog.oid) AS slot
+                FROM pg_catalog.pg_database d
+               WHERE d.datname = pg_catalog.current_database()) own
+       WHERE s.failure IS NULL AND NOT s.restored
          AND NOT pg_catalog.pg_is_in_recovery()   -- a standby has no slots
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots r
-                          WHERE r.slot_name = pg_catalog.format('flowpg_%s_%s_%s', d.oid, s.id, s.owner::pg_catalog.oid)
+                          WHERE r.slot_name = own.slot
                             AND r.wal_status IS DISTINCT FROM 'lost')) lost ON true;
 COMMENT ON VIEW flowpg.streams IS 'every stream of this database with its status and progress';
 

@@ -220,7 +220,6 @@ check_worker_slots(void)
 	int			waiting = list_length(ControlListSlots(InvalidOid));
 	int			n = pgstat_fetch_stat_numbackends();
 	int			i;
-
 	bool		launcher_seen = false;
 
 	for (i = 1; i <= n; i++)

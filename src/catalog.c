@@ -634,13 +634,7 @@ forget_adopting(Oid dboid)
 	ListCell   *lc;
 
 	foreach(lc, ControlListAdopting(dboid))
-	{
-		StreamIdentity *ident = lfirst(lc);
-		StreamCtl  *ctl = ControlFind(ident->dboid, ident->stream_id);
-
-		if (ctl != NULL)
-			stop_worker(ctl, &pending.stopped);
-	}
+		stop_worker(lfirst(lc), &pending.stopped);
 }
 
 /* PRE_COMMIT: finish dropping the streams whose result tables went away. */

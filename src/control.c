@@ -287,6 +287,18 @@ ControlSetError(StreamCtl *ctl, const char *message)
 	SpinLockRelease(&ctl->mutex);
 }
 
+/* Say the stream's process failed, with this message, to flowpg.streams and flowpg.wait. */
+static void
+mark_failed(StreamCtl *ctl, const char *message)
+{
+	ControlSetError(ctl, message);
+	SpinLockAcquire(&ctl->mutex);
+	ctl->status = STREAM_FAILED;
+	ctl->state_ready = false;
+	SpinLockRelease(&ctl->mutex);
+	ConditionVariableBroadcast(&ctl->cv);
+}
+
 /*
  * The process of a stream (its worker or its adopter) is failing with the
  * error being handled: keep its message for flowpg.streams and flowpg.wait,
@@ -295,16 +307,8 @@ ControlSetError(StreamCtl *ctl, const char *message)
 void
 ControlFail(StreamCtl *ctl)
 {
-	ErrorData  *edata;
-
 	MemoryContextSwitchTo(TopMemoryContext);
-	edata = CopyErrorData();
-	ControlSetError(ctl, edata->message);
-	SpinLockAcquire(&ctl->mutex);
-	ctl->status = STREAM_FAILED;
-	ctl->state_ready = false;
-	SpinLockRelease(&ctl->mutex);
-	ConditionVariableBroadcast(&ctl->cv);
+	mark_failed(ctl, CopyErrorData()->message);
 }
 
 /* The entry of the stream whose process is connecting, see ControlConnect. */
@@ -315,12 +319,7 @@ static void
 connect_log_hook(ErrorData *edata)
 {
 	if (connecting_ctl != NULL && edata->elevel >= FATAL)
-	{
-		ControlSetError(connecting_ctl, edata->message);
-		SpinLockAcquire(&connecting_ctl->mutex);
-		connecting_ctl->status = STREAM_FAILED;
-		SpinLockRelease(&connecting_ctl->mutex);
-	}
+		mark_failed(connecting_ctl, edata->message);
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }
@@ -365,7 +364,7 @@ ControlScheduleRestart(StreamCtl *ctl)
 	SpinLockRelease(&ctl->mutex);
 }
 
-/* The identities of the restored streams of a database being rebuilt. */
+/* The entries of the restored streams of a database being rebuilt. */
 List *
 ControlListAdopting(Oid dboid)
 {
@@ -378,14 +377,7 @@ ControlListAdopting(Oid dboid)
 		StreamCtl  *ctl = &FlowCtl->streams[i];
 
 		if (ctl->in_use && ctl->dboid == dboid && OidIsValid(ctl->adopt_owner))
-		{
-			StreamIdentity *ident = palloc(sizeof(StreamIdentity));
-
-			ident->dboid = dboid;
-			ident->stream_id = ctl->stream_id;
-			ident->owner = ctl->adopt_owner;
-			adopting = lappend(adopting, ident);
-		}
+			adopting = lappend(adopting, ctl);
 	}
 	LWLockRelease(&FlowCtl->lock);
 	return adopting;

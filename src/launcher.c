@@ -54,20 +54,32 @@
 static BackgroundWorkerHandle **handles;
 static BackgroundWorkerHandle **adopters;
 
+/*
+ * A background worker of flowpg's, connected (to a database or to none),
+ * started once recovery is over and never restarted by the postmaster;
+ * the caller names it and may change the rest.
+ */
+static void
+describe_worker(BackgroundWorker *bgw, const char *function, const char *type)
+{
+	memset(bgw, 0, sizeof(*bgw));
+	bgw->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw->bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw->bgw_library_name, BGW_MAXLEN, "flowpg");
+	snprintf(bgw->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(bgw->bgw_type, BGW_MAXLEN, "%s", type);
+	snprintf(bgw->bgw_name, BGW_MAXLEN, "%s", type);
+}
+
 /* Register the launcher; from _PG_init. */
 void
 LauncherRegister(void)
 {
 	BackgroundWorker bgw;
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	describe_worker(&bgw, "FlowLauncherMain", "flowpg launcher");
 	bgw.bgw_restart_time = 1;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "flowpg");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "FlowLauncherMain");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg launcher");
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "flowpg launcher");
 	RegisterBackgroundWorker(&bgw);
 }
 
@@ -106,16 +118,10 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	MemoryContext oldcxt;
 	bool		registered;
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "flowpg");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN,
-			 adopter ? "FlowAdoptMain" : "FlowWorkerMain");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg %s for stream %d",
-			 adopter ? "adopt" : "worker", ident->stream_id);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, adopter ? "flowpg adopt" : "flowpg worker");
+	describe_worker(&bgw, adopter ? "FlowAdoptMain" : "FlowWorkerMain",
+					adopter ? "flowpg adopt" : "flowpg worker");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s for stream %d",
+			 bgw.bgw_type, ident->stream_id);
 	bgw.bgw_main_arg = Int32GetDatum(index);
 	memcpy(bgw.bgw_extra, ident, sizeof(StreamIdentity));
 	bgw.bgw_notify_pid = MyProcPid;
@@ -202,14 +208,8 @@ next_scan(void)
 	if (scan_queue == NIL)
 		return;
 	dboid = linitial_oid(scan_queue);
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "flowpg");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "AdoptScanMain");
+	describe_worker(&bgw, "AdoptScanMain", "flowpg scan");
 	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg scan of database %u", dboid);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "flowpg scan");
 	memcpy(bgw.bgw_extra, &dboid, sizeof(dboid));
 	bgw.bgw_notify_pid = MyProcPid;
 	if (RegisterDynamicBackgroundWorker(&bgw, &scan_handle))

@@ -131,10 +131,10 @@ release_slots(FlowWorker *w, bool held)
  * them at the next start.  Raises the error.
  */
 static void
-fail_for_good(FlowWorker *w, const char *message, const char *hint)
+fail_for_good(FlowWorker *w, int sqlerrcode, const char *message, const char *hint)
 {
 	ereport(WARNING,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			(errcode(sqlerrcode),
 			 errmsg_internal("flowpg: %s", message),
 			 errhint("%s", hint)));
 	StartTransactionCommand();
@@ -144,7 +144,7 @@ fail_for_good(FlowWorker *w, const char *message, const char *hint)
 	CommitTransactionCommand();
 	release_slots(w, true);
 	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			(errcode(sqlerrcode),
 			 errmsg_internal("%s", message),
 			 errhint("Drop the stream and create it again.")));
 }
@@ -264,7 +264,8 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	usable = DecodeStart(w);
 	CommitTransactionCommand();
 	if (!usable)
-		fail_for_good(w, psprintf("the replication slot \"%s\" of stream \"%s\" was invalidated: PostgreSQL removed WAL the stream had not applied (max_slot_wal_keep_size); it has stopped for good and its results are stale",
+		fail_for_good(w, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+					  psprintf("the replication slot \"%s\" of stream \"%s\" was invalidated: PostgreSQL removed WAL the stream had not applied (max_slot_wal_keep_size); it has stopped for good and its results are stale",
 								  w->slot_name, w->def->name),
 					  "Drop the stream and create it again; set max_slot_wal_keep_size to -1 (flowpg.max_retained_wal bounds the WAL streams keep), or above it, to avoid this.");
 	/* the slot may lie before the checkpoint: see checkpoint.c */
@@ -504,10 +505,9 @@ check_retained_wal(FlowWorker *w)
 
 	message = psprintf("stream \"%s\" retained " INT64_FORMAT " MB of WAL, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
 					   w->def->name, retained / (1024 * 1024), flowpg_max_retained_wal);
-	fail_for_good(w, message,
+	fail_for_good(w, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, message,
 				  "Drop the stream and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.");
 }
-
 
 /*
  * A paused stream: write what it has applied, then only serve
