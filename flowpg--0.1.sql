@@ -228,6 +228,14 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION flowpg.stream_status() IS
     'run-time status of this database''s stream workers, from shared memory';
 
+CREATE FUNCTION flowpg.free_stream_entries()
+RETURNS integer
+AS 'MODULE_PATHNAME', 'flowpg_free_stream_entries'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION flowpg.free_stream_entries() IS
+    'flowpg.max_streams entries no stream of the server holds; when none is free, a stream without one does not run';
+
 CREATE FUNCTION flowpg.retained_wal(stream_id integer)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'flowpg_retained_wal'
@@ -243,6 +251,7 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
        s.settings,
        s.owner,
        CASE WHEN s.failure IS NOT NULL OR lost.slot IS NOT NULL THEN 'failed'
+            WHEN st.stream_id IS NULL AND e.none_free THEN 'failed'
             WHEN s.restored AND st.status IS DISTINCT FROM 'failed' THEN 'starting'
             WHEN s.paused AND st.status IS DISTINCT FROM 'failed' THEN 'paused'
             ELSE COALESCE(st.status, 'starting') END AS status,
@@ -268,7 +277,10 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
                 CASE WHEN lost.slot IS NOT NULL THEN
                     pg_catalog.format('replication slot "%s" was dropped or invalidated outside flowpg: the WAL the stream had not applied may be gone; its results are stale',
                                       lost.slot) END,
-                st.last_error) AS last_error,
+                st.last_error,
+                CASE WHEN st.stream_id IS NULL AND e.none_free THEN
+                    pg_catalog.format('all %s flowpg.max_streams entries are taken by other streams, so this one does not run (its slot keeps its WAL): raise flowpg.max_streams and restart the server',
+                                      pg_catalog.current_setting('flowpg.max_streams')) END) AS last_error,
        CASE WHEN s.failure IS NOT NULL THEN s.failed_at ELSE st.last_error_at END AS last_error_at,
        COALESCE(st.ignored_updates, 0) AS ignored_updates,
        COALESCE(st.ignored_deletes, 0) AS ignored_deletes,
@@ -280,6 +292,8 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
   LEFT JOIN pg_catalog.pg_class c ON c.oid = s.result
   LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN flowpg.stream_status() st ON st.stream_id = s.id
+  -- more streams than flowpg.max_streams: those without an entry do not run
+  CROSS JOIN (SELECT flowpg.free_stream_entries() = 0 AS none_free) e
   -- the stream's slot went without flowpg (see ApiCheckNotFailed)
   LEFT JOIN LATERAL (
       SELECT own.slot

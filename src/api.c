@@ -73,6 +73,7 @@ PG_FUNCTION_INFO_V1(flowpg_pause_stream);
 PG_FUNCTION_INFO_V1(flowpg_resume_stream);
 PG_FUNCTION_INFO_V1(flowpg_set_checkpoint_interval);
 PG_FUNCTION_INFO_V1(flowpg_stream_status);
+PG_FUNCTION_INFO_V1(flowpg_free_stream_entries);
 
 /* ---------------------------------------------------------------------
  * create_stream
@@ -596,6 +597,8 @@ ApiCheckNotFailed(StreamDef *def)
 StreamCtl *
 ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 {
+	TimestampTz full_since = 0;
+
 	ApiCheckNotFailed(def);
 	if (def->restored)
 	{
@@ -619,10 +622,27 @@ ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 	for (;;)
 	{
 		StreamCtl  *ctl = ControlFind(MyDatabaseId, def->id);
+		TimestampTz now = GetCurrentTimestamp();
 
 		if (ctl != NULL)
 			return ctl;
-		if (GetCurrentTimestamp() >= deadline)
+
+		/*
+		 * No entry free for a while (the launcher frees a dropped stream's
+		 * within a second): this stream is one too many.
+		 */
+		if (ControlFreeEntries() > 0)
+			full_since = 0;
+		else if (full_since == 0)
+			full_since = now;
+		else if (TimestampDifferenceExceeds(full_since, now, 2 * 1000))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("stream \"%s\" cannot run: all %d flowpg.max_streams entries are taken by other streams",
+							def->name, flowpg_max_streams),
+					 errdetail("The server has more streams than flowpg.max_streams allows (it was lowered after they were created, or a restore brought more); the streams without an entry do not run, and their slots keep their WAL."),
+					 errhint("Raise flowpg.max_streams and restart the server, or drop streams.")));
+		if (now >= deadline)
 			ereport(ERROR,
 					(errcode(ERRCODE_QUERY_CANCELED),
 					 errmsg("timed out waiting for the worker of stream \"%s\" to start",
@@ -1013,4 +1033,12 @@ flowpg_stream_status(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* flowpg.free_stream_entries(): see ControlFreeEntries. */
+Datum
+flowpg_free_stream_entries(PG_FUNCTION_ARGS)
+{
+	FlowpgCheckLoaded();
+	PG_RETURN_INT32(ControlFreeEntries());
 }

@@ -123,6 +123,25 @@ ControlFind(Oid dboid, int32 stream_id)
 }
 
 /*
+ * How many entries are free.  None is free, and a stream has none, only
+ * when the server has more streams than flowpg.max_streams allows: it was
+ * lowered after they were created, or a dump brought more.
+ */
+int
+ControlFreeEntries(void)
+{
+	int			free_entries = 0;
+	int			i;
+
+	LWLockAcquire(&FlowCtl->lock, LW_SHARED);
+	for (i = 0; i < FlowCtl->max_streams; i++)
+		if (!FlowCtl->streams[i].in_use)
+			free_entries++;
+	LWLockRelease(&FlowCtl->lock);
+	return free_entries;
+}
+
+/*
  * Find the entry of a stream, allocating a fresh one if it has none.
  * Returns NULL when all flowpg.max_streams entries are taken.
  */

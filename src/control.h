@@ -130,6 +130,7 @@ extern void ControlShmemStartup(void);
 extern StreamCtl *ControlFind(Oid dboid, int32 stream_id);
 extern StreamCtl *ControlFindLocked(Oid dboid, int32 stream_id);
 extern StreamCtl *ControlAcquire(Oid dboid, int32 stream_id);
+extern int	ControlFreeEntries(void);
 extern void ControlWakeLauncher(void);
 extern void ControlWakeDatabase(Oid dboid);
 extern dsa_area *ControlArea(void);

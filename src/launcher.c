@@ -54,6 +54,9 @@
 static BackgroundWorkerHandle **handles;
 static BackgroundWorkerHandle **adopters;
 
+/* Streams refused an entry (flowpg.max_streams), each warned of once. */
+static List *refused;
+
 /*
  * A background worker of flowpg's, connected (to a database or to none),
  * started once recovery is over and never restarted by the postmaster;
@@ -218,6 +221,29 @@ next_scan(void)
 		scan_handle = NULL;		/* no free slot: try again next round */
 }
 
+/* Has the launcher warned that this stream has no entry?  From now on it has. */
+static bool
+warned_of_refusal(StreamIdentity *ident)
+{
+	ListCell   *lc;
+	StreamIdentity *copy;
+	MemoryContext oldcxt;
+
+	foreach(lc, refused)
+	{
+		StreamIdentity *r = lfirst(lc);
+
+		if (r->dboid == ident->dboid && r->stream_id == ident->stream_id)
+			return true;
+	}
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	copy = palloc(sizeof(StreamIdentity));
+	*copy = *ident;
+	refused = lappend(refused, copy);
+	MemoryContextSwitchTo(oldcxt);
+	return false;
+}
+
 /* Make the set of entries and workers match the set of slots. */
 static void
 reconcile(void)
@@ -237,7 +263,8 @@ reconcile(void)
 	{
 		StreamIdentity *ident = lfirst(lc);
 
-		if (ControlAcquire(ident->dboid, ident->stream_id) == NULL)
+		if (ControlAcquire(ident->dboid, ident->stream_id) == NULL &&
+			!warned_of_refusal(ident))
 			ereport(WARNING,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 errmsg("flowpg cannot run stream %d: flowpg.max_streams (%d) entries are in use",

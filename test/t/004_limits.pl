@@ -78,6 +78,38 @@ like($err, qr/HINT:  .*raise flowpg.max_streams/, '... with a hint naming it');
 is($node->safe_psql('postgres',
 	"SELECT (SELECT count(*) FROM pg_replication_slots) || '/' || (SELECT count(*) FROM flowpg.streams) || '/' || (to_regclass('fourth') IS NULL)"),
 	'3/3/true', '... and nothing is left behind');
+
+# flowpg.max_streams lowered below the streams there are: the stream left
+# without an entry says so (in flowpg.streams, and flowpg.wait raises it at
+# once instead of timing out), the launcher warns once, and the stream,
+# whose slot kept its WAL, catches up exactly when the setting is raised.
+my $base = $node->safe_psql('postgres', 'SELECT count(*) FROM ev');  # before second and third
+$node->safe_psql('postgres', 'ALTER SYSTEM SET flowpg.max_streams = 2');
+$node->restart;
+$node->safe_psql('postgres', 'INSERT INTO ev SELECT g, g FROM generate_series(1, 500) g');
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM flowpg.streams WHERE status = 'failed' AND NOT stale
+	    AND last_error LIKE 'all 2 flowpg.max_streams entries are taken by other streams%'")
+  or die 'no stream says it has no entry';
+my $left_out = $node->safe_psql('postgres',
+	"SELECT name FROM flowpg.streams WHERE status = 'failed'");
+($rc, $out, $err) = $node->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT flowpg.wait('$left_out', '30 s')");
+like($err, qr/53400: stream "\Q$left_out\E" cannot run: all 2 flowpg.max_streams entries are taken/,
+	'wait on the stream without an entry raises why');
+like($err, qr/HINT:  Raise flowpg.max_streams and restart the server/, '... with a hint');
+$node->safe_psql('postgres', 'SELECT pg_sleep(2)');
+my $warnings = () = slurp_file($node->logfile) =~
+  /WARNING:  flowpg cannot run stream \d+: flowpg.max_streams \(2\)/g;
+is($warnings, 1, 'the launcher warns once, not at every round');
+$node->safe_psql('postgres', 'ALTER SYSTEM SET flowpg.max_streams = 3');
+$node->restart;
+$node->safe_psql('postgres', 'INSERT INTO ev SELECT g, g FROM generate_series(1, 500) g');
+oracle_ok($node, 'logged',
+	'SELECT k % 200 AS k200, count(*) AS n, sum(v) AS s FROM ev GROUP BY k % 200',
+	'logged, after flowpg.max_streams was raised again');
+oracle_ok($node, $_, "SELECT count(*) - $base AS n FROM ev",
+	"$_, after flowpg.max_streams was raised again") for ('second', 'third');
 $node->stop;
 
 # no free replication slot: PostgreSQL's error, and nothing left behind
