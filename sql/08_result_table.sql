@@ -116,3 +116,74 @@ DROP PROCEDURE cold_rounds;
 DROP FUNCTION cold_logged() CASCADE;
 DROP TABLE cs, cold_log;
 DROP EXTENSION amcheck;
+
+-- A result table keeps its stream's columns: adding one, dropping one or
+-- changing one's type is refused (the worker writes the query's columns,
+-- and would stop at its next checkpoint).  Renaming the table, its
+-- columns or its schema is fine, also when a trigger has checkpoints write
+-- it through statements that name them: the worker prepares them again.
+CREATE TABLE sales (region text, amount int);
+SELECT flowpg.create_stream('by_region',
+    'SELECT region, count(*) AS n, sum(amount) AS total FROM sales GROUP BY region');
+CREATE FUNCTION by_region_touch() RETURNS trigger LANGUAGE plpgsql
+    AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON by_region
+    FOR EACH ROW EXECUTE FUNCTION by_region_touch();
+INSERT INTO sales VALUES ('north', 1), ('south', 2), (NULL, 3);
+SELECT oracle('by_region');
+ALTER TABLE by_region ADD COLUMN note text;
+ALTER TABLE by_region DROP COLUMN total;
+ALTER TABLE by_region ALTER COLUMN total TYPE numeric;
+ALTER TABLE by_region RENAME COLUMN n TO sales_count;
+CREATE SCHEMA reports;
+ALTER TABLE by_region SET SCHEMA reports;
+ALTER TABLE reports.by_region RENAME TO regions;
+INSERT INTO sales VALUES ('north', 4), ('east', 5), (NULL, 6);
+SELECT oracle('reports.regions');
+SELECT name, status, restarts, last_error FROM flowpg.streams
+ WHERE name = 'reports.regions';
+-- the unique index on the keys cannot be dropped, unless a twin stays
+\d reports.regions
+DROP INDEX reports.by_region_region_idx;
+CREATE UNIQUE INDEX regions_twin ON reports.regions (region) NULLS NOT DISTINCT;
+DROP INDEX reports.by_region_region_idx;
+DROP INDEX reports.regions_twin;
+CREATE UNIQUE INDEX regions_plain ON reports.regions (region);
+DROP INDEX reports.regions_plain;
+INSERT INTO sales VALUES ('south', 7);
+SELECT pg_terminate_backend(pid) AS restarted
+  FROM flowpg.streams WHERE name = 'reports.regions';
+INSERT INTO sales VALUES ('south', 8), (NULL, 9);
+SELECT oracle('reports.regions');
+SELECT flowpg.drop_stream('reports.regions');
+DROP SCHEMA reports;
+DROP FUNCTION by_region_touch();
+
+-- A result table that lacks the unique index (restored without it, with
+-- another one): the stream does not write it (a key could get two rows),
+-- and says which index to create; once it exists, the stream goes on.
+CREATE TABLE by_hand (region text, n bigint);
+CREATE UNIQUE INDEX by_hand_plain ON by_hand (region);
+INSERT INTO flowpg.stream (id, name, result, source, owner, query, definition, plan)
+VALUES (1000, 'public.by_hand', 'by_hand', 'sales', current_user::regrole,
+        'SELECT region, count(*) AS n FROM sales GROUP BY region',
+        'SELECT region, count(*) AS n FROM public.sales GROUP BY region', '');
+CREATE FUNCTION await_status(stream_id int, wanted text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. 1200 LOOP
+        EXIT WHEN (SELECT status = wanted FROM flowpg.streams WHERE id = stream_id);
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT await_status(1000, 'failed');
+SELECT status, last_error FROM flowpg.streams WHERE id = 1000;
+SELECT flowpg.wait('by_hand', '10 s');
+CREATE UNIQUE INDEX ON by_hand (region) NULLS NOT DISTINCT;
+-- the next try (after 1 s, doubling) succeeds
+SELECT await_status(1000, 'running');
+INSERT INTO sales VALUES ('west', 10), (NULL, 11);
+SELECT oracle('by_hand');
+SELECT flowpg.drop_stream('by_hand');
+DROP TABLE sales;
+DROP FUNCTION await_status(int, text);

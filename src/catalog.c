@@ -54,7 +54,9 @@
 #include "catalog/pg_database.h"
 #include "catalog/pg_depend.h"
 #include "catalog/pg_inherits.h"
+#include "catalog/index.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -1136,8 +1138,44 @@ check_create_table(CreateStmt *stmt)
 }
 
 /*
- * ALTER TABLE: refuse SET UNLOGGED and INHERIT of the kinds above, and
- * ALTER COLUMN ... TYPE of a column a stream uses, clearly (PostgreSQL
+ * A result table's columns are its stream's output columns, in order and
+ * of the same types: the worker writes them as such.  A column added,
+ * dropped or changed in type would stop the stream at its next checkpoint
+ * (for a dropped column, for good), so refuse it up front.  Renaming a
+ * column is fine: the worker reads the names when it starts (see
+ * check_result_renames).
+ */
+static void
+check_result_columns(Oid relid, AlterTableCmd *cmd)
+{
+	Oid			extension = get_extension_oid("flowpg", true);
+	StreamDef  *def;
+	const char *what;
+
+	if (IsBinaryUpgrade || !OidIsValid(extension) ||
+		!is_result_table(relid, extension))
+		return;
+	def = CatalogFindByResult(relid);
+	if (cmd->subtype == AT_AddColumn)
+		what = psprintf("cannot add a column to table \"%s\"", get_rel_name(relid));
+	else if (cmd->subtype == AT_DropColumn)
+		what = psprintf("cannot drop column \"%s\" of table \"%s\"",
+						cmd->name, get_rel_name(relid));
+	else
+		what = psprintf("cannot alter type of column \"%s\" of table \"%s\"",
+						cmd->name, get_rel_name(relid));
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg_internal("%s", what),
+			 errdetail("It is the result table of stream \"%s\", whose columns are the stream's output columns.",
+					   def ? def->name : get_rel_name(relid)),
+			 errhint("Create a view over the table for other columns; to change the query, drop the stream and create it again.")));
+}
+
+/*
+ * ALTER TABLE: refuse SET UNLOGGED and INHERIT of the kinds above, column
+ * changes of result tables (also through a parent they were attached to),
+ * and ALTER COLUMN ... TYPE of a column a stream uses, clearly (PostgreSQL
  * itself would fail with an internal error on the dependency of the result
  * table).
  */
@@ -1165,6 +1203,10 @@ check_alter_table(AlterTableStmt *stmt)
 			check_result_owner(relid, cmd->newowner);
 		if (cmd->subtype == AT_AddInherit)
 			check_new_parent(castNode(RangeVar, cmd->def));
+		if (cmd->subtype == AT_AddColumn || cmd->subtype == AT_DropColumn ||
+			cmd->subtype == AT_AlterColumnType)
+			foreach(lc2, rels)
+				check_result_columns(lfirst_oid(lc2), cmd);
 		if (cmd->subtype != AT_AlterColumnType)
 			continue;
 		foreach(lc2, rels)
@@ -1185,6 +1227,126 @@ check_alter_table(AlterTableStmt *stmt)
 								   get_rel_name(user)),
 						 errhint("Drop the stream, alter the column, and create the stream again.")));
 		}
+	}
+}
+
+/* Do the two pg_index rows make the same unique index? */
+static bool
+same_unique_index(HeapTuple a, HeapTuple b)
+{
+	Form_pg_index fa = (Form_pg_index) GETSTRUCT(a);
+	Form_pg_index fb = (Form_pg_index) GETSTRUCT(b);
+	AttrNumber	cols[2] = {Anum_pg_index_indexprs, Anum_pg_index_indpred};
+	int			i;
+
+	if (!fa->indisunique || !fb->indisunique || !fb->indisvalid ||
+		fa->indimmediate != fb->indimmediate ||
+		fa->indnullsnotdistinct != fb->indnullsnotdistinct ||
+		fa->indnkeyatts != fb->indnkeyatts ||
+		memcmp(fa->indkey.values, fb->indkey.values,
+			   sizeof(int16) * fa->indnkeyatts) != 0)
+		return false;
+	for (i = 0; i < 2; i++)
+	{
+		bool		nulla;
+		bool		nullb;
+		Datum		da = SysCacheGetAttr(INDEXRELID, a, cols[i], &nulla);
+		Datum		db = SysCacheGetAttr(INDEXRELID, b, cols[i], &nullb);
+
+		if (nulla != nullb ||
+			(!nulla && strcmp(TextDatumGetCString(da), TextDatumGetCString(db)) != 0))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Has the index the shape of the one a stream needs (see is_key_index in
+ * checkpoint.c): unique, immediate, not partial, and with NULLs not
+ * distinct or on an expression (the constant of a global aggregate)?
+ */
+static bool
+could_be_key_index(HeapTuple tuple)
+{
+	Form_pg_index form = (Form_pg_index) GETSTRUCT(tuple);
+
+	return form->indisunique && form->indimmediate &&
+		heap_attisnull(tuple, Anum_pg_index_indpred, NULL) &&
+		(form->indnullsnotdistinct ||
+		 !heap_attisnull(tuple, Anum_pg_index_indexprs, NULL));
+}
+
+/*
+ * Does the result table keep another index that does what this unique
+ * one does?
+ */
+static bool
+has_twin_index(Oid table, Oid index, HeapTuple tuple)
+{
+	Relation	rel = table_open(table, AccessShareLock);
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	bool		found = false;
+
+	table_close(rel, AccessShareLock);
+	foreach(lc, indexes)
+	{
+		HeapTuple	other;
+
+		if (lfirst_oid(lc) == index)
+			continue;
+		other = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		if (!HeapTupleIsValid(other))
+			continue;
+		found = same_unique_index(tuple, other);
+		ReleaseSysCache(other);
+		if (found)
+			break;
+	}
+	return found;
+}
+
+/*
+ * DROP INDEX of a result table's unique index: a checkpoint relies on it
+ * to keep one row per key (see check_key_index in checkpoint.c), unless
+ * another index like it stays.
+ */
+static void
+check_drop_index(DropStmt *stmt)
+{
+	Oid			extension = get_extension_oid("flowpg", true);
+	ListCell   *lc;
+
+	if (stmt->removeType != OBJECT_INDEX || !OidIsValid(extension))
+		return;
+	foreach(lc, stmt->objects)
+	{
+		RangeVar   *rv = makeRangeVarFromNameList(lfirst(lc));
+		Oid			index = RangeVarGetRelid(rv, NoLock, true);
+		Oid			table;
+		HeapTuple	tuple;
+		bool		needed;
+		StreamDef  *def;
+
+		if (!OidIsValid(index) || get_rel_relkind(index) != RELKIND_INDEX)
+			continue;
+		table = IndexGetRelation(index, true);
+		if (!OidIsValid(table) || !is_result_table(table, extension))
+			continue;
+		tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(index));
+		if (!HeapTupleIsValid(tuple))
+			continue;
+		needed = could_be_key_index(tuple) && !has_twin_index(table, index, tuple);
+		ReleaseSysCache(tuple);
+		if (!needed)
+			continue;
+		def = CatalogFindByResult(table);
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot drop index %s", get_rel_name(index)),
+				 errdetail("It is the unique index of the result table of stream \"%s\", which keeps one row per key through it.",
+						   def ? def->name : get_rel_name(table)),
+				 errhint("Drop the stream to drop its result table with its indexes.")));
 	}
 }
 
@@ -1212,6 +1374,8 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		check_reassign_owned((ReassignOwnedStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, DropRoleStmt))
 		check_drop_role((DropRoleStmt *) pstmt->utilityStmt);
+	else if (IsA(pstmt->utilityStmt, DropStmt))
+		check_drop_index((DropStmt *) pstmt->utilityStmt);
 	if (prev_process_utility_hook)
 		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
 								  params, queryEnv, dest, qc);

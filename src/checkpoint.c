@@ -52,12 +52,14 @@
  */
 #include "flowpg.h"
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_am.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
@@ -67,13 +69,16 @@
 #include "nodes/makefuncs.h"
 #include "pgstat.h"
 #include "storage/bufmgr.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
+#include "utils/relcache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -139,6 +144,8 @@ check_result_table(FlowWorker *w)
 				 errhint("Drop the stream and create it again; do not alter its result table.")));
 
 	oldcxt = MemoryContextSwitchTo(w->cxt);
+	if (w->resultdesc != NULL)
+		FreeTupleDesc(w->resultdesc);
 	w->resultdesc = CreateTupleDescCopy(desc);
 	w->result_rowtype = rel->rd_rel->reltype;
 	name = pstrdup(name);
@@ -293,13 +300,135 @@ prepare_result_upsert(FlowWorker *w, const char *table)
 }
 
 /*
+ * The statements that write the result table name it and its columns, and
+ * PostgreSQL parses a kept statement again, from its text, when a table it
+ * uses changes: after the result table or one of its columns is renamed
+ * (or moved to another schema) they would fail.  So any invalidation of
+ * the result table's definition has the next checkpoint check the table
+ * and prepare them again (see prepare_result).
+ */
+static FlowWorker *invalidated_worker;
+
+static void
+result_invalidated(Datum arg, Oid relid)
+{
+	FlowWorker *w = invalidated_worker;
+
+	if (w != NULL && (relid == InvalidOid || relid == w->def->result))
+		w->result_changed = true;
+}
+
+/*
+ * Is index the unique index that makes a key's result row unique: valid,
+ * immediate, not partial, on exactly the key columns with NULLs not
+ * distinct (on the constant true for a global aggregate)?
+ */
+static bool
+is_key_index(FlowWorker *w, Relation index)
+{
+	Form_pg_index form = index->rd_index;
+	int			nkeys = w->plan->nkeys;
+	List	   *exprs;
+	int			k;
+
+	if (!form->indisunique || !form->indisvalid || !form->indimmediate ||
+		RelationGetIndexPredicate(index) != NIL)
+		return false;
+	if (nkeys == 0)
+	{
+		exprs = RelationGetIndexExpressions(index);
+		return form->indnkeyatts == 1 && form->indkey.values[0] == 0 &&
+			list_length(exprs) == 1 && IsA(linitial(exprs), Const);
+	}
+	if (form->indnkeyatts != nkeys || !form->indnullsnotdistinct)
+		return false;
+	for (k = 0; k < nkeys; k++)
+	{
+		AttrNumber	attnum = result_attindex(w, w->plan->fq->key_outcol[k]) + 1;
+		int			j;
+
+		for (j = 0; j < nkeys; j++)
+			if (form->indkey.values[j] == attnum)
+				break;
+		if (j == nkeys)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * A checkpoint inserts the rows of keys it knows no row of, and relies on
+ * the unique index on the key columns to turn an insert of a key that has
+ * a row after all into an update (see insert_in_place): without it, that
+ * key would have two rows.  flowpg refuses DROP INDEX of it (catalog.c),
+ * but a restored result table may lack it; refuse to write one then.
+ */
+static void
+check_key_index(FlowWorker *w, const char *table)
+{
+	Relation	rel = table_open(w->def->result, AccessShareLock);
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	bool		found = false;
+	StringInfoData cols;
+	int			k;
+
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
+
+		found = is_key_index(w, index);
+		index_close(index, AccessShareLock);
+		if (found)
+			break;
+	}
+	list_free(indexes);
+	table_close(rel, AccessShareLock);
+	if (found)
+		return;
+
+	initStringInfo(&cols);
+	for (k = 0; k < w->plan->nkeys; k++)
+		appendStringInfo(&cols, "%s%s", k > 0 ? ", " : "",
+						 result_column(w, w->plan->fq->key_outcol[k]));
+	if (w->plan->nkeys > 0)
+		appendStringInfoString(&cols, ") NULLS NOT DISTINCT");
+	else
+		appendStringInfoString(&cols, "(true))");
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("result table %s lacks the unique index (%s that stream \"%s\" needs",
+					table, cols.data, w->def->name),
+			 errdetail("The stream finds each key's row through that index; without it a key could get two rows."),
+			 errhint("Create it: CREATE UNIQUE INDEX ON %s (%s", table, cols.data)));
+}
+
+/* Check the result table again and prepare the statements that write it. */
+static void
+prepare_result(FlowWorker *w)
+{
+	char	   *table;
+
+	if (w->result_delete != NULL)
+		SPI_freeplan(w->result_delete);
+	if (w->result_upsert != NULL)
+		SPI_freeplan(w->result_upsert);
+	if (w->result_tid_update != NULL)
+		SPI_freeplan(w->result_tid_update);
+	w->result_delete = w->result_upsert = w->result_tid_update = NULL;
+	w->result_changed = false;
+	table = check_result_table(w);
+	check_key_index(w, table);
+	prepare_result_upsert(w, table);
+}
+
+/*
  * Prepare the checkpoint's statements.  Called by the worker once, inside
  * a transaction with SPI connected.
  */
 void
 CheckpointPrepare(FlowWorker *w)
 {
-	char	   *table = check_result_table(w);
 	Oid			state_types[5] = {INT4OID, INT8OID, INT4OID, INT4OID, BYTEAOID};
 	Oid			compact_types[2] = {INT4OID, INT8OID};
 	Oid			ckpt_types[7] = {INT4OID, PG_LSNOID, TIMESTAMPTZOID, INT8OID, TEXTOID, INT8OID, INT8OID};
@@ -308,7 +437,10 @@ CheckpointPrepare(FlowWorker *w)
 	Oid			rewrite_types[1] = {INT4OID};
 	Oid			trim_types[2] = {INT4OID, INT8OID};
 
-	prepare_result_upsert(w, table);
+	if (invalidated_worker == NULL)
+		CacheRegisterRelcacheCallback(result_invalidated, (Datum) 0);
+	invalidated_worker = w;
+	prepare_result(w);
 	w->state_append = prepare_kept(
 								   "INSERT INTO flowpg.state (stream_id, checkpoint_id, seq, keys, data) "
 								   "VALUES ($1, $2, $3, $4, $5)",
@@ -1162,6 +1294,10 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	/* the owner may have lost SELECT on the source: stop reading it then */
 	CompileCheckPermissions(w->fq);
 	SPI_connect();
+	/* the lock holds off renames, and brings in invalidations before it */
+	LockRelationOid(w->def->result, RowExclusiveLock);
+	if (w->result_changed)
+		prepare_result(w);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	id = CheckpointStore(w, kind);
 	PopActiveSnapshot();

@@ -59,6 +59,7 @@ typedef struct FlowWorker
 	uint64		ignored_truncates;
 
 	/* Checkpoint statements (checkpoint.c) */
+	bool		result_changed; /* result table's definition invalidated */
 	TupleDesc	resultdesc;
 	Oid			result_rowtype;
 	SPIPlanPtr	result_delete;	/* empties the result table */
