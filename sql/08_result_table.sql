@@ -122,6 +122,14 @@ DROP EXTENSION amcheck;
 -- and would stop at its next checkpoint).  Renaming the table, its
 -- columns or its schema is fine, also when a trigger has checkpoints write
 -- it through statements that name them: the worker prepares them again.
+CREATE FUNCTION await_status(stream_id int, wanted text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. 1200 LOOP
+        EXIT WHEN (SELECT status = wanted FROM flowpg.streams WHERE id = stream_id);
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
 CREATE TABLE sales (region text, amount int);
 SELECT flowpg.create_stream('by_region',
     'SELECT region, count(*) AS n, sum(amount) AS total FROM sales GROUP BY region');
@@ -142,17 +150,21 @@ INSERT INTO sales VALUES ('north', 4), ('east', 5), (NULL, 6);
 SELECT oracle('reports.regions');
 SELECT name, status, restarts, last_error FROM flowpg.streams
  WHERE name = 'reports.regions';
--- the unique index on the keys cannot be dropped, unless a twin stays
+-- Without its unique index on the keys (dropped, with a warning, unless a
+-- twin stays), the stream stops at its next checkpoint instead of writing
+-- a key twice (as a worker that restarted, knowing no row's place, did);
+-- it goes on once the index is back.
 \d reports.regions
-DROP INDEX reports.by_region_region_idx;
 CREATE UNIQUE INDEX regions_twin ON reports.regions (region) NULLS NOT DISTINCT;
 DROP INDEX reports.by_region_region_idx;
-DROP INDEX reports.regions_twin;
 CREATE UNIQUE INDEX regions_plain ON reports.regions (region);
 DROP INDEX reports.regions_plain;
+DROP INDEX reports.regions_twin;
 INSERT INTO sales VALUES ('south', 7);
-SELECT pg_terminate_backend(pid) AS restarted
-  FROM flowpg.streams WHERE name = 'reports.regions';
+SELECT await_status(id, 'failed') FROM flowpg.streams WHERE name = 'reports.regions';
+SELECT status, last_error FROM flowpg.streams WHERE name = 'reports.regions';
+CREATE UNIQUE INDEX ON reports.regions (region) NULLS NOT DISTINCT;
+SELECT await_status(id, 'running') FROM flowpg.streams WHERE name = 'reports.regions';
 INSERT INTO sales VALUES ('south', 8), (NULL, 9);
 SELECT oracle('reports.regions');
 SELECT flowpg.drop_stream('reports.regions');
@@ -168,14 +180,6 @@ INSERT INTO flowpg.stream (id, name, result, source, owner, query, definition, p
 VALUES (1000, 'public.by_hand', 'by_hand', 'sales', current_user::regrole,
         'SELECT region, count(*) AS n FROM sales GROUP BY region',
         'SELECT region, count(*) AS n FROM public.sales GROUP BY region', '');
-CREATE FUNCTION await_status(stream_id int, wanted text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    FOR i IN 1 .. 1200 LOOP
-        EXIT WHEN (SELECT status = wanted FROM flowpg.streams WHERE id = stream_id);
-        PERFORM pg_sleep(0.05);
-    END LOOP;
-END $$;
 SELECT await_status(1000, 'failed');
 SELECT status, last_error FROM flowpg.streams WHERE id = 1000;
 SELECT flowpg.wait('by_hand', '10 s');

@@ -76,6 +76,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/ruleutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -96,6 +97,7 @@ static struct
 	bool		created;		/* wake the launcher at COMMIT */
 	List	   *dropped_relids; /* tables dropped, maybe result tables */
 	bool		extension_dropped;
+	Oid			dropped_extension;	/* its oid */
 	List	   *stopped;		/* StreamCtl entries marked dropping */
 	List	   *held;			/* StreamCtl entries held by a restore */
 	List	   *slots_to_drop;	/* savepoint slots (NameData) to drop */
@@ -639,12 +641,30 @@ forget_adopting(Oid dboid)
 		stop_worker(lfirst(lc), &pending.stopped);
 }
 
-/* PRE_COMMIT: finish dropping the streams whose result tables went away. */
+/*
+ * PRE_COMMIT: finish dropping the streams whose result tables went away,
+ * or all of the database's if flowpg was dropped, even if it was created
+ * again since (pg_restore --clean --single-transaction does both; the
+ * streams it restores are rebuilt after the commit, under the same ids).
+ */
 static void
 process_drops(void)
 {
 	ListCell   *lc;
 
+	/* the extension has another oid, or none, unless the drop rolled back */
+	if (pending.extension_dropped &&
+		get_extension_oid("flowpg", true) != pending.dropped_extension)
+	{
+		foreach(lc, ControlListSlots(MyDatabaseId))
+		{
+			StreamIdentity *ident = lfirst(lc);
+
+			FlowpgLockStream(ident->stream_id, AccessExclusiveLock);
+			StreamStopAndDrop(ident->dboid, ident->stream_id, ident->owner);
+		}
+		forget_adopting(MyDatabaseId);
+	}
 	if (OidIsValid(get_extension_oid("flowpg", true)))
 	{
 		foreach(lc, pending.dropped_relids)
@@ -661,17 +681,6 @@ process_drops(void)
 			StreamStopAndDrop(MyDatabaseId, def->id, def->owner);
 			catalog_delete(def->id);
 		}
-	}
-	else if (pending.extension_dropped)
-	{
-		foreach(lc, ControlListSlots(MyDatabaseId))
-		{
-			StreamIdentity *ident = lfirst(lc);
-
-			FlowpgLockStream(ident->stream_id, AccessExclusiveLock);
-			StreamStopAndDrop(ident->dboid, ident->stream_id, ident->owner);
-		}
-		forget_adopting(MyDatabaseId);
 	}
 }
 
@@ -897,7 +906,10 @@ flowpg_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	}
 	else if (classId == ExtensionRelationId &&
 			 objectId == get_extension_oid("flowpg", true))
+	{
 		pending.extension_dropped = true;
+		pending.dropped_extension = objectId;
+	}
 	else if (classId == DatabaseRelationId && FlowCtl != NULL)
 	{
 		MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
@@ -1307,9 +1319,11 @@ has_twin_index(Oid table, Oid index, HeapTuple tuple)
 }
 
 /*
- * DROP INDEX of a result table's unique index: a checkpoint relies on it
- * to keep one row per key (see check_key_index in checkpoint.c), unless
- * another index like it stays.
+ * DROP INDEX of a result table's unique index, unless another index like
+ * it stays: a checkpoint relies on it to keep one row per key, so the
+ * worker stops until the index is back (see check_key_index in
+ * checkpoint.c).  Warn, but do not refuse: pg_restore --clean drops a
+ * table's indexes before the table.
  */
 static void
 check_drop_index(DropStmt *stmt)
@@ -1341,12 +1355,12 @@ check_drop_index(DropStmt *stmt)
 		if (!needed)
 			continue;
 		def = CatalogFindByResult(table);
-		ereport(ERROR,
+		ereport(WARNING,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("cannot drop index %s", get_rel_name(index)),
-				 errdetail("It is the unique index of the result table of stream \"%s\", which keeps one row per key through it.",
-						   def ? def->name : get_rel_name(table)),
-				 errhint("Drop the stream to drop its result table with its indexes.")));
+				 errmsg("index %s is the unique index of the result table of stream \"%s\"",
+						get_rel_name(index), def ? def->name : get_rel_name(table)),
+				 errdetail("The stream keeps one row per key through it: it stops at its next checkpoint, until the table has that index again."),
+				 errhint("Create it again: %s", pg_get_indexdef_string(index))));
 	}
 }
 

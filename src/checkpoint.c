@@ -397,8 +397,8 @@ check_key_index(FlowWorker *w, const char *table)
 		appendStringInfoString(&cols, "(true))");
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("result table %s lacks the unique index (%s that stream \"%s\" needs",
-					table, cols.data, w->def->name),
+			 errmsg("result table %s lacks the unique index (%s that its stream needs",
+					table, cols.data),
 			 errdetail("The stream finds each key's row through that index; without it a key could get two rows."),
 			 errhint("Create it: CREATE UNIQUE INDEX ON %s (%s", table, cols.data)));
 }

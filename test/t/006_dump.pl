@@ -89,6 +89,25 @@ oracle_ok($node, $_, $streams{$_}, 'restored streams after more rows', 'restored
 oracle_ok($node, $_, $streams{$_}, 'the original database meanwhile')
   for sort keys %streams;
 
+# pg_restore --clean --single-transaction over the database with running
+# streams: it drops flowpg (and with it the result tables) and creates it
+# again in one transaction.  The old streams' workers and slots must go
+# (they kept running on the dropped tables, and the restored streams were
+# never rebuilt), and the restored ones be rebuilt from the restored rows.
+my $before = $node->safe_psql('restored', q{SELECT string_agg(pid::text, ',')
+	FROM pg_stat_activity WHERE backend_type = 'flowpg worker' AND datname = 'restored'});
+command_ok([ 'pg_restore', '-h', $node->host, '-p', $node->port, '--clean',
+	'--if-exists', '--single-transaction', '-d', 'restored', $dump ],
+	'pg_restore --clean --single-transaction over running streams');
+oracle_ok($node, $_, $streams{$_}, 'restored again over itself', 'restored')
+  for sort keys %streams;
+is($node->safe_psql('restored', qq{
+	SELECT count(*) FILTER (WHERE pid <> ALL ('{$before}'::int[])) || '/' || count(*)
+	       || '/' || (SELECT count(*) FROM pg_replication_slots WHERE database = 'restored')
+	  FROM pg_stat_activity
+	 WHERE backend_type = 'flowpg worker' AND datname = 'restored'}),
+	'2/2/2', 'the old workers are gone: two new ones, two slots');
+
 # A plain SQL dump fed to psql, with a crash right after it: the streams
 # still come back (flowpg.wait starts their rebuild again if need be).
 my $plain = "$dir/db.sql";
