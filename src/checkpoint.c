@@ -61,6 +61,7 @@
 #include "catalog/pg_am.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_operator.h"
+#include "catalog/pg_publication.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "funcapi.h"
@@ -403,7 +404,47 @@ check_key_index(FlowWorker *w, const char *table)
 			 errhint("Create it: CREATE UNIQUE INDEX ON %s (%s", table, cols.data)));
 }
 
-/* Check the result table again and prepare the statements that write it. */
+/*
+ * A publication that publishes a table's updates or deletes needs the
+ * table to have a replica identity, or PostgreSQL refuses them: a
+ * publication FOR ALL TABLES (or FOR TABLES IN SCHEMA of the result's)
+ * would stop every checkpoint.  A result table has no primary key (its
+ * keys may be NULL), so give such a published table REPLICA IDENTITY FULL
+ * then, and say so.  One that has an identity, or was set to NOTHING by
+ * hand, is left alone.  Costs nothing to tables no publication publishes.
+ */
+static void
+publishable_identity(FlowWorker *w, const char *table)
+{
+	Relation	rel = table_open(w->def->result, AccessShareLock);
+	PublicationDesc pubdesc;
+	bool		needed = false;
+
+	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_DEFAULT &&
+		!OidIsValid(RelationGetReplicaIndex(rel)))
+	{
+		RelationBuildPublicationDesc(rel, &pubdesc);
+		needed = pubdesc.pubactions.pubupdate || pubdesc.pubactions.pubdelete;
+	}
+	table_close(rel, AccessShareLock);
+	if (!needed)
+		return;
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute(psprintf("ALTER TABLE %s REPLICA IDENTITY FULL", table),
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not set the replica identity of %s", table);
+	PopActiveSnapshot();
+	ereport(LOG,
+			(errmsg("flowpg: result table %s is published with its updates: set its REPLICA IDENTITY FULL",
+					table),
+			 errdetail("A publication publishes the table's updates or deletes, which PostgreSQL refuses for a table without a replica identity.")));
+}
+
+/*
+ * Check the result table again and prepare the statements that write it.
+ * The caller calls again while w->result_changed: setting the replica
+ * identity changes the table.
+ */
 static void
 prepare_result(FlowWorker *w)
 {
@@ -419,6 +460,7 @@ prepare_result(FlowWorker *w)
 	w->result_changed = false;
 	table = check_result_table(w);
 	check_key_index(w, table);
+	publishable_identity(w, table);
 	prepare_result_upsert(w, table);
 }
 
@@ -440,7 +482,9 @@ CheckpointPrepare(FlowWorker *w)
 	if (invalidated_worker == NULL)
 		CacheRegisterRelcacheCallback(result_invalidated, (Datum) 0);
 	invalidated_worker = w;
-	prepare_result(w);
+	w->result_changed = true;
+	while (w->result_changed)
+		prepare_result(w);
 	w->state_append = prepare_kept(
 								   "INSERT INTO flowpg.state (stream_id, checkpoint_id, seq, keys, data) "
 								   "VALUES ($1, $2, $3, $4, $5)",
@@ -1296,7 +1340,7 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	SPI_connect();
 	/* the lock holds off renames, and brings in invalidations before it */
 	LockRelationOid(w->def->result, RowExclusiveLock);
-	if (w->result_changed)
+	while (w->result_changed)
 		prepare_result(w);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	id = CheckpointStore(w, kind);
