@@ -73,6 +73,15 @@ REVOKE SELECT ON events FROM flowpg_alice;
 INSERT INTO events VALUES ('y', 100);
 SELECT FROM await_error('public.alice_view', '%');
 SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view';
+-- flowpg.wait starts a failed worker again at once (not after the
+-- launcher's back-off of 1, 2, 4 s ...), and raises its error if it fails
+-- again: three calls, two restarts at least
+SELECT restarts AS before FROM flowpg.streams WHERE name = 'public.alice_view' \gset
+SELECT flowpg.wait('alice_view', '10 s');
+SELECT flowpg.wait('alice_view', '10 s');
+SELECT flowpg.wait('alice_view', '10 s');
+SELECT restarts >= :before + 2 AS restarted_at_once
+  FROM flowpg.streams WHERE name = 'public.alice_view';
 GRANT SELECT ON events TO flowpg_alice;
 SELECT FROM await_running('public.alice_view');
 INSERT INTO events VALUES ('y', 10);

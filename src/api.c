@@ -625,7 +625,12 @@ ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 		TimestampTz now = GetCurrentTimestamp();
 
 		if (ctl != NULL)
+		{
+			/* a restored stream's rebuild was asked for above */
+			if (!def->restored)
+				ControlRetryNow(ctl);
 			return ctl;
+		}
 
 		/*
 		 * No entry free for a while (the launcher frees a dropped stream's

@@ -167,6 +167,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->restarts = -1;
 		free_ctl->failures = 0;
 		free_ctl->restart_at = 0;
+		free_ctl->retry_requested = false;
 		free_ctl->processed_lsn = InvalidXLogRecPtr;
 		free_ctl->checkpoint_lsn = InvalidXLogRecPtr;
 		free_ctl->result_lsn = InvalidXLogRecPtr;
@@ -378,9 +379,37 @@ ControlScheduleRestart(StreamCtl *ctl)
 		delay_ms *= 2;
 	ctl->restart_at = GetCurrentTimestamp() +
 		Min(delay_ms, FLOWPG_RESTART_MAX_MS) * 1000L;
+	if (ctl->retry_requested)
+		ctl->restart_at = 0;
 	if (ctl->status != STREAM_FAILED)
 		ctl->status = STREAM_STARTING;
 	SpinLockRelease(&ctl->mutex);
+}
+
+/*
+ * Someone waits for the stream (flowpg.wait, checkpoint, savepoint): if
+ * its process failed and waits out its back-off, start the next one now,
+ * so that the caller learns whether the cause is gone (it waits for that
+ * process, and gets its error if it fails too).  Also when the launcher
+ * has yet to see the failed process go: ControlScheduleRestart keeps the
+ * request until the launcher starts the next one.
+ */
+void
+ControlRetryNow(StreamCtl *ctl)
+{
+	bool		wake = false;
+
+	SpinLockAcquire(&ctl->mutex);
+	if (ctl->pid == 0 && ctl->status == STREAM_FAILED)
+	{
+		ctl->status = STREAM_STARTING;
+		ctl->restart_at = 0;
+		ctl->retry_requested = true;
+		wake = true;
+	}
+	SpinLockRelease(&ctl->mutex);
+	if (wake)
+		ControlWakeLauncher();
 }
 
 /* The entries of the restored streams of a database being rebuilt. */

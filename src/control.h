@@ -60,6 +60,7 @@ typedef struct StreamCtl
 	int32		restarts;		/* worker starts after the first */
 	int32		failures;		/* consecutive failed starts */
 	TimestampTz restart_at;		/* launcher starts the worker after this */
+	bool		retry_requested;	/* flowpg.wait: start it again at once */
 
 	XLogRecPtr	processed_lsn;	/* source WAL applied to state */
 	XLogRecPtr	checkpoint_lsn; /* source position of the last checkpoint */
@@ -141,6 +142,7 @@ extern void ControlSetError(StreamCtl *ctl, const char *message);
 extern void ControlFail(StreamCtl *ctl);
 extern void ControlConnect(StreamCtl *ctl, StreamIdentity *ident);
 extern void ControlScheduleRestart(StreamCtl *ctl);
+extern void ControlRetryNow(StreamCtl *ctl);
 extern List *ControlListAdopting(Oid dboid);
 extern bool ControlSlotUsable(const char *slot_name);
 extern int64 ControlRetainedWal(Oid dboid, int32 stream_id);

@@ -132,6 +132,9 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 	registered = RegisterDynamicBackgroundWorker(&bgw, &handle);
 	MemoryContextSwitchTo(oldcxt);
+	SpinLockAcquire(&ctl->mutex);
+	ctl->retry_requested = false;
+	SpinLockRelease(&ctl->mutex);
 	if (registered)
 		return handle;
 	ControlSetError(ctl, "no free background worker slot: raise max_worker_processes");
