@@ -1364,6 +1364,42 @@ check_drop_index(DropStmt *stmt)
 	}
 }
 
+/*
+ * ALTER DATABASE ... RENAME TO and ... SET TABLESPACE want the database to
+ * have no sessions, and the workers (and rebuilds) of its streams are
+ * sessions: PostgreSQL would wait 5 s for them, then fail.  Stop them
+ * until this transaction ends, as flowpg.restore does; the launcher then
+ * starts them again, and each resumes from its checkpoint (the database
+ * keeps its oid, which the streams' slots name).
+ */
+static void
+hold_database_streams(const char *dbname)
+{
+	Oid			dboid = get_database_oid(dbname, true);
+	ListCell   *lc;
+
+	/* only for its owner: PostgreSQL refuses anyone else */
+	if (!OidIsValid(dboid) || FlowCtl == NULL ||
+		!pg_database_ownercheck(dboid, GetUserId()))
+		return;
+	foreach(lc, ControlListSlots(dboid))
+		StreamHold(dboid, ((StreamIdentity *) lfirst(lc))->stream_id);
+	foreach(lc, ControlListAdopting(dboid))
+		StreamHold(dboid, ((StreamCtl *) lfirst(lc))->stream_id);
+}
+
+/* Does ALTER DATABASE move the database to another tablespace? */
+static bool
+moves_database(AlterDatabaseStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->options)
+		if (strcmp(lfirst_node(DefElem, lc)->defname, "tablespace") == 0)
+			return true;
+	return false;
+}
+
 /* Does the statement change the name or schema of an object? */
 static bool
 renames_objects(Node *stmt)
@@ -1390,6 +1426,12 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		check_drop_role((DropRoleStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, DropStmt))
 		check_drop_index((DropStmt *) pstmt->utilityStmt);
+	else if (IsA(pstmt->utilityStmt, RenameStmt) &&
+			 ((RenameStmt *) pstmt->utilityStmt)->renameType == OBJECT_DATABASE)
+		hold_database_streams(((RenameStmt *) pstmt->utilityStmt)->subname);
+	else if (IsA(pstmt->utilityStmt, AlterDatabaseStmt) &&
+			 moves_database((AlterDatabaseStmt *) pstmt->utilityStmt))
+		hold_database_streams(((AlterDatabaseStmt *) pstmt->utilityStmt)->dbname);
 	if (prev_process_utility_hook)
 		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
 								  params, queryEnv, dest, qc);

@@ -256,5 +256,25 @@ $node->safe_psql('byhand', 'INSERT INTO src VALUES (2)');
 oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
 	'after another database was dropped', 'byhand');
 
+# ALTER DATABASE ... RENAME TO and ... SET TABLESPACE need the database
+# to have no sessions: flowpg stops its streams' workers for them (they
+# made PostgreSQL wait 5 s and fail), and the streams go on afterwards,
+# exactly, under the new name and in the new place.
+my $ts = $node->basedir . '/ts';
+mkdir $ts or die "mkdir $ts: $!";
+$node->safe_psql('postgres', "CREATE TABLESPACE elsewhere LOCATION '$ts'");
+my ($arc, $aout, $aerr) = $node->psql('postgres',
+	'ALTER DATABASE byhand RENAME TO moved', timeout => 60);
+is($arc, 0, 'a database whose stream runs can be renamed') or diag $aerr;
+$node->safe_psql('moved', 'INSERT INTO src VALUES (3), (3)');
+oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
+	'after the rename of its database', 'moved');
+($arc, $aout, $aerr) = $node->psql('postgres',
+	'ALTER DATABASE moved SET TABLESPACE elsewhere', timeout => 60);
+is($arc, 0, '... and moved to another tablespace') or diag $aerr;
+$node->safe_psql('moved', 'INSERT INTO src VALUES (4)');
+oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
+	'after its database moved', 'moved');
+
 $node->stop;
 done_testing();
