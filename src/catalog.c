@@ -1154,8 +1154,8 @@ check_create_table(CreateStmt *stmt)
  * of the same types: the worker writes them as such.  A column added,
  * dropped or changed in type would stop the stream at its next checkpoint
  * (for a dropped column, for good), so refuse it up front.  Renaming a
- * column is fine: the worker reads the names when it starts (see
- * check_result_renames).
+ * column is fine: the worker prepares its statements again after any
+ * change of the table (prepare_result in checkpoint.c).
  */
 static void
 check_result_columns(Oid relid, AlterTableCmd *cmd)

@@ -149,7 +149,6 @@ check_result_table(FlowWorker *w)
 		FreeTupleDesc(w->resultdesc);
 	w->resultdesc = CreateTupleDescCopy(desc);
 	w->result_rowtype = rel->rd_rel->reltype;
-	name = pstrdup(name);
 	MemoryContextSwitchTo(oldcxt);
 	table_close(rel, AccessShareLock);
 	return name;
@@ -361,8 +360,8 @@ is_key_index(FlowWorker *w, Relation index)
  * A checkpoint inserts the rows of keys it knows no row of, and relies on
  * the unique index on the key columns to turn an insert of a key that has
  * a row after all into an update (see insert_in_place): without it, that
- * key would have two rows.  flowpg refuses DROP INDEX of it (catalog.c),
- * but a restored result table may lack it; refuse to write one then.
+ * key would have two rows.  DROP INDEX of it only warns (catalog.c), and
+ * a restored result table may lack it: refuse to write such a table.
  */
 static void
 check_key_index(FlowWorker *w, const char *table)
