@@ -362,6 +362,18 @@ ControlConnect(StreamCtl *ctl, StreamIdentity *ident)
 }
 
 /*
+ * When a process asked for by ControlRetryNow may start: a second after
+ * the last failure, so that callers of flowpg.wait in a loop start no more
+ * than one process a second (each reads the WAL since the checkpoint).
+ */
+static TimestampTz
+retry_at(StreamCtl *ctl)
+{
+	return ctl->last_error_at == 0 ? 0 :
+		ctl->last_error_at + FLOWPG_RESTART_MIN_MS * 1000L;
+}
+
+/*
  * The process of a stream (its worker or its adopter) stopped: start the
  * next one after a back-off that doubles with each consecutive failure,
  * from 1 s up to 60 s.  The status stays failed if the process said so.
@@ -380,7 +392,7 @@ ControlScheduleRestart(StreamCtl *ctl)
 	ctl->restart_at = GetCurrentTimestamp() +
 		Min(delay_ms, FLOWPG_RESTART_MAX_MS) * 1000L;
 	if (ctl->retry_requested)
-		ctl->restart_at = 0;
+		ctl->restart_at = retry_at(ctl);
 	if (ctl->status != STREAM_FAILED)
 		ctl->status = STREAM_STARTING;
 	SpinLockRelease(&ctl->mutex);
@@ -388,11 +400,12 @@ ControlScheduleRestart(StreamCtl *ctl)
 
 /*
  * Someone waits for the stream (flowpg.wait, checkpoint, savepoint): if
- * its process failed and waits out its back-off, start the next one now,
- * so that the caller learns whether the cause is gone (it waits for that
- * process, and gets its error if it fails too).  Also when the launcher
- * has yet to see the failed process go: ControlScheduleRestart keeps the
- * request until the launcher starts the next one.
+ * its process failed and waits out its back-off, start the next one now
+ * (or a second after the failure), so that the caller learns whether the
+ * cause is gone (it waits for that process, and gets its error if it
+ * fails too).  Also when the launcher has yet to see the failed process
+ * go: ControlScheduleRestart keeps the request until the launcher starts
+ * the next one.
  */
 void
 ControlRetryNow(StreamCtl *ctl)
@@ -403,7 +416,7 @@ ControlRetryNow(StreamCtl *ctl)
 	if (ctl->pid == 0 && ctl->status == STREAM_FAILED)
 	{
 		ctl->status = STREAM_STARTING;
-		ctl->restart_at = 0;
+		ctl->restart_at = retry_at(ctl);
 		ctl->retry_requested = true;
 		wake = true;
 	}
