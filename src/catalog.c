@@ -949,6 +949,15 @@ is_result_table(Oid relid, Oid extension)
 	return found;
 }
 
+/* Is relid a stream's result table, in a database that has flowpg? */
+static bool
+is_result_here(Oid relid)
+{
+	Oid			extension = get_extension_oid("flowpg", true);
+
+	return OidIsValid(extension) && is_result_table(relid, extension);
+}
+
 /*
  * The result table of a stream that uses column attnum of relid, or, for
  * attnum 0, of a stream that reads relid at all (a result table depends
@@ -1017,10 +1026,9 @@ stream_owned_by(Oid role)
 static void
 check_result_owner(Oid relid, RoleSpec *newowner)
 {
-	Oid			extension = get_extension_oid("flowpg", true);
 	StreamDef  *def;
 
-	if (!OidIsValid(extension) || !is_result_table(relid, extension))
+	if (!is_result_here(relid))
 		return;
 	def = CatalogFindByResult(relid);
 	if (def == NULL || def->owner == get_rolespec_oid(newowner, false))
@@ -1109,7 +1117,6 @@ static void
 check_source_change(Oid relid, bool unlogged)
 {
 	Oid			user = column_user(relid, 0);
-	Oid			extension;
 
 	if (OidIsValid(user))
 		ereport(ERROR,
@@ -1120,8 +1127,7 @@ check_source_change(Oid relid, bool unlogged)
 				 errdetail("It is the source of the stream whose result table is \"%s\".",
 						   get_rel_name(user)),
 				 errhint("Drop the stream first.")));
-	extension = get_extension_oid("flowpg", true);
-	if (unlogged && OidIsValid(extension) && is_result_table(relid, extension))
+	if (unlogged && is_result_here(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot make table \"%s\" unlogged", get_rel_name(relid)),
@@ -1160,12 +1166,10 @@ check_create_table(CreateStmt *stmt)
 static void
 check_result_columns(Oid relid, AlterTableCmd *cmd)
 {
-	Oid			extension = get_extension_oid("flowpg", true);
 	StreamDef  *def;
 	const char *what;
 
-	if (IsBinaryUpgrade || !OidIsValid(extension) ||
-		!is_result_table(relid, extension))
+	if (IsBinaryUpgrade || !is_result_here(relid))
 		return;
 	def = CatalogFindByResult(relid);
 	if (cmd->subtype == AT_AddColumn)

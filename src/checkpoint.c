@@ -114,9 +114,8 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
  * descriptor.  Returns the table's qualified name.
  */
 static char *
-check_result_table(FlowWorker *w)
+check_result_table(FlowWorker *w, Relation rel)
 {
-	Relation	rel = table_open(w->def->result, AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(rel);
 	TupleDesc	outdesc = w->plan->outslot->tts_tupleDescriptor;
 	char	   *name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
@@ -150,7 +149,6 @@ check_result_table(FlowWorker *w)
 	w->resultdesc = CreateTupleDescCopy(desc);
 	w->result_rowtype = rel->rd_rel->reltype;
 	MemoryContextSwitchTo(oldcxt);
-	table_close(rel, AccessShareLock);
 	return name;
 }
 
@@ -364,9 +362,8 @@ is_key_index(FlowWorker *w, Relation index)
  * a restored result table may lack it: refuse to write such a table.
  */
 static void
-check_key_index(FlowWorker *w, const char *table)
+check_key_index(FlowWorker *w, Relation rel, const char *table)
 {
-	Relation	rel = table_open(w->def->result, AccessShareLock);
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
 	bool		found = false;
@@ -383,7 +380,6 @@ check_key_index(FlowWorker *w, const char *table)
 			break;
 	}
 	list_free(indexes);
-	table_close(rel, AccessShareLock);
 	if (found)
 		return;
 
@@ -412,22 +408,21 @@ check_key_index(FlowWorker *w, const char *table)
  * then, and say so.  One that has an identity, or was set to NOTHING by
  * hand, is left alone.  Costs nothing to tables no publication publishes.
  */
-static void
-publishable_identity(FlowWorker *w, const char *table)
+static bool
+needs_replica_identity(Relation rel)
 {
-	Relation	rel = table_open(w->def->result, AccessShareLock);
 	PublicationDesc pubdesc;
-	bool		needed = false;
 
-	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_DEFAULT &&
-		!OidIsValid(RelationGetReplicaIndex(rel)))
-	{
-		RelationBuildPublicationDesc(rel, &pubdesc);
-		needed = pubdesc.pubactions.pubupdate || pubdesc.pubactions.pubdelete;
-	}
-	table_close(rel, AccessShareLock);
-	if (!needed)
-		return;
+	if (rel->rd_rel->relreplident != REPLICA_IDENTITY_DEFAULT ||
+		OidIsValid(RelationGetReplicaIndex(rel)))
+		return false;
+	RelationBuildPublicationDesc(rel, &pubdesc);
+	return pubdesc.pubactions.pubupdate || pubdesc.pubactions.pubdelete;
+}
+
+static void
+set_replica_identity_full(const char *table)
+{
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_execute(psprintf("ALTER TABLE %s REPLICA IDENTITY FULL", table),
 					false, 0) != SPI_OK_UTILITY)
@@ -447,7 +442,9 @@ publishable_identity(FlowWorker *w, const char *table)
 static void
 prepare_result(FlowWorker *w)
 {
+	Relation	rel;
 	char	   *table;
+	bool		needs_identity;
 
 	if (w->result_delete != NULL)
 		SPI_freeplan(w->result_delete);
@@ -457,9 +454,13 @@ prepare_result(FlowWorker *w)
 		SPI_freeplan(w->result_tid_update);
 	w->result_delete = w->result_upsert = w->result_tid_update = NULL;
 	w->result_changed = false;
-	table = check_result_table(w);
-	check_key_index(w, table);
-	publishable_identity(w, table);
+	rel = table_open(w->def->result, AccessShareLock);
+	table = check_result_table(w, rel);
+	check_key_index(w, rel, table);
+	needs_identity = needs_replica_identity(rel);
+	table_close(rel, AccessShareLock);
+	if (needs_identity)
+		set_replica_identity_full(table);
 	prepare_result_upsert(w, table);
 }
 
