@@ -23,7 +23,8 @@ CREATE TABLE flowpg.stream (
     failed_at           timestamptz,
     restored            boolean NOT NULL DEFAULT false,
     created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    settings            text[] NOT NULL DEFAULT '{}'
+    settings            text[] NOT NULL DEFAULT '{}',
+    slot_origin         text
 );
 COMMENT ON TABLE flowpg.stream IS 'flowpg streams: definition, owner, result and source tables; name is the result table''s name at creation';
 COMMENT ON COLUMN flowpg.stream.rewrite IS 'the worker rewrites the whole result table from its state at its next start (after flowpg.restore)';
@@ -31,6 +32,7 @@ COMMENT ON COLUMN flowpg.stream.definition IS 'the query with every name schema-
 COMMENT ON COLUMN flowpg.stream.plan IS 'the analyzed query (object ids: valid in this database only)';
 COMMENT ON COLUMN flowpg.stream.settings IS 'name=value: the settings (TimeZone, DateStyle, lc_time, search_path, ...) of the session that created the stream, with which it evaluates its query';
 COMMENT ON COLUMN flowpg.stream.restored IS 'loaded from a dump: not running until flowpg rebuilds it from its source table';
+COMMENT ON COLUMN flowpg.stream.slot_origin IS 'system identifier/timeline/database oid where the stream''s slot was made: a stream found without its slot in a copy (pg_upgrade, failover, a recovered base backup, CREATE DATABASE ... TEMPLATE) is rebuilt from its source table';
 COMMENT ON COLUMN flowpg.stream.failure IS 'why the stream stopped for good (its slot is gone); its results are stale';
 
 /*
@@ -193,6 +195,13 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION flowpg.restore(text, text) IS
     'rewind the stream to a savepoint: state, result table and position; it then re-processes everything committed since';
 
+CREATE FUNCTION flowpg.rebuild_stream(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'flowpg_rebuild_stream'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION flowpg.rebuild_stream(text) IS
+    'rebuild the stream from its source table, as a restored one: its results become its query over every row of the table; its savepoints go';
+
 CREATE FUNCTION flowpg.drop_savepoint(stream text, savepoint text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'flowpg_drop_savepoint'
@@ -236,6 +245,14 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION flowpg.free_stream_entries() IS
     'flowpg.max_streams entries no stream of the server holds; when none is free, a stream without one does not run';
 
+CREATE FUNCTION flowpg.slot_origin()
+RETURNS text
+AS 'MODULE_PATHNAME', 'flowpg_slot_origin'
+LANGUAGE C STABLE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION flowpg.slot_origin() IS
+    'system identifier/timeline/database oid of the slots made here now; a stream whose slot_origin differs and whose slot is missing is in a copy, and is rebuilt';
+
 CREATE FUNCTION flowpg.retained_wal(stream_id integer)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'flowpg_retained_wal'
@@ -275,7 +292,7 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
        COALESCE(st.restarts, 0) AS restarts,
        COALESCE(s.failure,
                 CASE WHEN lost.slot IS NOT NULL THEN
-                    pg_catalog.format('replication slot "%s" was dropped or invalidated outside flowpg: the WAL the stream had not applied may be gone; its results are stale',
+                    pg_catalog.format('replication slot "%s" was dropped or invalidated outside flowpg: the WAL the stream had not applied may be gone; its results are stale (flowpg.rebuild_stream rebuilds it from its source table)',
                                       lost.slot) END,
                 st.last_error,
                 CASE WHEN st.stream_id IS NULL AND e.none_free THEN
@@ -302,6 +319,8 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
                WHERE d.datname = pg_catalog.current_database()) own
        WHERE s.failure IS NULL AND NOT s.restored
          AND NOT pg_catalog.pg_is_in_recovery()   -- a standby has no slots
+         -- nor has a copy (pg_upgrade, failover, a database's copy): it rebuilds
+         AND s.slot_origin IS NOT DISTINCT FROM flowpg.slot_origin()
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots r
                           WHERE r.slot_name = own.slot
                             AND r.wal_status IS DISTINCT FROM 'lost')) lost ON true;

@@ -77,6 +77,43 @@ SELECT count(*) AS savepoints, (SELECT count(*) FROM pg_replication_slots
                                  WHERE slot_name LIKE 'flowpg\_sp\_%') AS slots
   FROM flowpg.savepoints WHERE stream = 'public.svs';
 
+-- flowpg.rebuild_stream: the stream is rebuilt from its source table, its
+-- savepoints go (with their slots); a rollback changes nothing
+DELETE FROM svg;
+BEGIN;
+SELECT flowpg.rebuild_stream('svg');
+ROLLBACK;
+SELECT name FROM flowpg.savepoints WHERE stream = 'public.svg';
+SELECT flowpg.rebuild_stream('svg');
+SELECT oracle('svg');
+SELECT name, status, stale FROM flowpg.streams WHERE name = 'public.svg';
+SELECT count(*) AS savepoints, (SELECT count(*) FROM pg_replication_slots
+                                 WHERE slot_name LIKE 'flowpg\_sp\_%') AS slots
+  FROM flowpg.savepoints WHERE stream = 'public.svg';
+SELECT kind FROM flowpg.checkpoints WHERE stream = 'public.svg' ORDER BY id DESC LIMIT 1;
+INSERT INTO sv VALUES (1, 1000);
+SELECT oracle('svg');
+-- a rebuilt stream counts the rows of its source table from before it was
+-- created, as a restored one does
+CREATE TABLE early (k int);
+INSERT INTO early VALUES (1), (1), (2);
+SELECT flowpg.create_stream('early_n', 'SELECT k, count(*) AS n FROM early GROUP BY k');
+INSERT INTO early VALUES (2);
+SELECT flowpg.wait('early_n');
+TABLE early_n ORDER BY k;
+SELECT flowpg.rebuild_stream('early_n');
+SELECT flowpg.wait('early_n');
+TABLE early_n ORDER BY k;
+SELECT flowpg.drop_stream('early_n');
+DROP TABLE early;
+SELECT try($$SELECT flowpg.rebuild_stream('nope')$$);
+SELECT try($$SELECT flowpg.rebuild_stream(NULL)$$);
+CREATE ROLE flowpg_carol LOGIN;
+SET ROLE flowpg_carol;
+SELECT try($$SELECT flowpg.rebuild_stream('svg')$$);
+RESET ROLE;
+DROP ROLE flowpg_carol;
+
 -- dropping a stream drops its savepoints and their slots
 SELECT flowpg.drop_stream('svg');
 SELECT count(*) AS savepoints, (SELECT count(*) FROM pg_replication_slots

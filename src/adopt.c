@@ -1,8 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * adopt.c
- *	  Streams that come back from pg_dump: the flowpg.stream trigger that
- *	  notices them, and the process that rebuilds each one.
+ *	  Streams rebuilt from their source tables: those that come back from
+ *	  pg_dump (the flowpg.stream trigger notices them), those of a copy of
+ *	  the cluster (pg_upgrade, a promoted standby: CatalogRebuildCopies),
+ *	  those rebuilt by flowpg.rebuild_stream; and the process that
+ *	  rebuilds each one.
  *
  * pg_dump dumps flowpg.stream (a configuration table of the extension),
  * the source tables and the result tables.  What cannot travel in a dump
@@ -33,6 +36,18 @@
  * are its query over every row of its source table.  Its dumped
  * checkpoints and savepoints do not come back (they belong to the old
  * server's WAL).
+ *
+ * The other two ways in mark the stream `restored` themselves, in a
+ * transaction that asks for the adopter when it commits
+ * (CatalogRebuildStream), and drop its savepoints.  The stream may still
+ * have its old slot then (flowpg.rebuild_stream on a running stream): the
+ * launcher starts the adopter, not a worker, for a stream it is asked to
+ * adopt, and the adopter drops the old slot in the transaction that makes
+ * the new one; a worker that starts on a stream marked restored (after a
+ * crash, before the launcher was asked again) asks for the adopter and
+ * exits.  A copy of the cluster is told from a slot dropped by hand by
+ * the stream's slot_origin: the system identifier and timeline its slot
+ * was made on.
  *
  * An adopter that fails (the owner may not read the source yet: pg_restore
  * grants privileges after it creates indexes; something the definition
@@ -78,12 +93,15 @@
 #include "utils/syscache.h"
 
 #include "adopt.h"
+#include "api.h"
+#include "catalog.h"
 #include "checkpoint.h"
 #include "compile.h"
 #include "decode.h"
 #include "worker.h"
 
 PG_FUNCTION_INFO_V1(flowpg_stream_restored);
+PG_FUNCTION_INFO_V1(flowpg_rebuild_stream);
 
 /* Source rows scanned between two merges into the shared state. */
 #define ADOPT_MERGE_ROWS	100000
@@ -127,6 +145,31 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 	if (flowpg_preloaded)
 		CatalogPendingAdopt(id, owner);
 	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 2, cols, values, nulls));
+}
+
+/*
+ * flowpg.rebuild_stream(name text): rebuild the stream from its source
+ * table, as a restored one, once this transaction commits.  Its results
+ * become its query over every row of the table (rows from before the
+ * stream was created too), exact from then on.  For a stream whose slot
+ * went (stale), one that failed on a row since deleted, or a result table
+ * damaged by hand.  Owner only.  Its worker stops until the transaction
+ * ends; its savepoints are dropped.
+ */
+Datum
+flowpg_rebuild_stream(PG_FUNCTION_ARGS)
+{
+	StreamDef  *def;
+
+	FlowpgCheckPrerequisites();
+	def = ApiStreamToChange(fcinfo);
+	/* a stream being rebuilt already is left to its adopter */
+	if (!def->restored)
+		StreamHold(MyDatabaseId, def->id);
+	CatalogRebuildStream(def->id, def->owner);
+	ereport(LOG,
+			(errmsg("flowpg: stream \"%s\" is to be rebuilt from its source table", def->name)));
+	PG_RETURN_VOID();
 }
 
 /*
@@ -251,6 +294,8 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 
 	StartTransactionCommand();
 	XactIsoLevel = XACT_REPEATABLE_READ;
+	/* a stream rebuilt on its server (flowpg.rebuild_stream) has one */
+	DecodeDropSlot(w->slot_name);
 	DecodeCreateSlot(w->slot_name, &snapshot);
 	CatalogPendingCreate();
 	RestoreTransactionSnapshot(snapshot, MyProc);
@@ -286,9 +331,9 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 	CheckpointPrepare(w);
 
 	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
-	pgstat_report_activity(STATE_RUNNING, "rebuilding a restored stream");
+	pgstat_report_activity(STATE_RUNNING, "rebuilding a stream from its source table");
 	ereport(LOG,
-			(errmsg("flowpg: rebuilding restored stream \"%s\" from its source table",
+			(errmsg("flowpg: rebuilding stream \"%s\" from its source table",
 					w->def->name)));
 
 	ControlApplyStateLimit();
@@ -310,7 +355,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	ereport(LOG,
-			(errmsg("flowpg: restored stream \"%s\" rebuilt from " UINT64_FORMAT " source rows into " UINT64_FORMAT " keys (checkpoint " INT64_FORMAT " at %X/%X)",
+			(errmsg("flowpg: stream \"%s\" rebuilt from " UINT64_FORMAT " source rows into " UINT64_FORMAT " keys (checkpoint " INT64_FORMAT " at %X/%X)",
 					w->def->name, w->events, StateKeys(w->state), id,
 					LSN_FORMAT_ARGS(w->processed_lsn))));
 }
@@ -334,8 +379,12 @@ AdoptScanMain(Datum main_arg)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (OidIsValid(get_extension_oid("flowpg", true)))
+	{
 		foreach(lc, CatalogListRestored())
 			AdoptRequest(lfirst(lc));
+		/* their rebuilds are asked for when this commits */
+		CatalogRebuildCopies();
+	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	proc_exit(0);

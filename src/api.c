@@ -74,6 +74,7 @@ PG_FUNCTION_INFO_V1(flowpg_resume_stream);
 PG_FUNCTION_INFO_V1(flowpg_set_checkpoint_interval);
 PG_FUNCTION_INFO_V1(flowpg_stream_status);
 PG_FUNCTION_INFO_V1(flowpg_free_stream_entries);
+PG_FUNCTION_INFO_V1(flowpg_slot_origin);
 
 /* ---------------------------------------------------------------------
  * create_stream
@@ -570,9 +571,15 @@ ApiCheckNotFailed(StreamDef *def)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("stream \"%s\" has failed for good", def->name),
 				 errdetail("%s", def->failure),
-				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Drop the stream and create it again.")));
+				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Rebuild the stream from its source table with flowpg.rebuild_stream, or drop it and create it again.")));
 	if (def->restored)
 		return;					/* its slot comes with its rebuild */
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("stream \"%s\" does not run on a standby", def->name),
+				 errdetail("Streams run on the primary: PostgreSQL 15 keeps no logical replication slot on a standby."),
+				 errhint("Query the stream on the primary.  If this standby is promoted, its streams are rebuilt from their source tables.")));
 
 	/*
 	 * Its slot went without flowpg (dropped by hand, invalidated by
@@ -583,6 +590,16 @@ ApiCheckNotFailed(StreamDef *def)
 	FlowpgSlotName(slot_name, MyDatabaseId, def->id, def->owner);
 	if (ControlSlotUsable(slot_name))
 		return;
+	if (def->slot_origin == NULL || strcmp(def->slot_origin, FlowpgSlotOrigin()) != 0)
+	{
+		/*
+		 * A copy (pg_upgrade, failover, CREATE DATABASE ... TEMPLATE): the
+		 * launcher's scan rebuilds it (CatalogRebuildCopies).  Ask for one,
+		 * in case none is on its way.
+		 */
+		ControlRequestRescan();
+		return;
+	}
 	FlowpgLockStream(def->id, AccessShareLock);
 	if (!ControlSlotUsable(slot_name))
 		ereport(ERROR,
@@ -590,7 +607,7 @@ ApiCheckNotFailed(StreamDef *def)
 				 errmsg("stream \"%s\" has lost its replication slot", def->name),
 				 errdetail("Replication slot \"%s\" was dropped or invalidated (max_slot_wal_keep_size) outside flowpg, so the WAL the stream had not applied may be gone.",
 						   slot_name),
-				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Drop the stream and create it again, or rewind it to one of its savepoints with flowpg.restore.")));
+				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Rebuild the stream from its source table with flowpg.rebuild_stream, rewind it to one of its savepoints with flowpg.restore, or drop it and create it again.")));
 }
 
 /* The stream's StreamCtl, waiting until the launcher has made one. */
@@ -673,7 +690,7 @@ ApiRaiseIfFailed(StreamDef *def, StreamCtl *ctl)
 	if (failed && def->restored)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("restored stream \"%s\" could not be rebuilt", def->name),
+				 errmsg("stream \"%s\" could not be rebuilt from its source table", def->name),
 				 errdetail("Rebuilding it from its source table failed with: %s", error),
 				 errhint("flowpg tries again after a delay, and at once when flowpg.wait is called; fix the cause and check flowpg.streams.")));
 	if (failed)
@@ -1046,4 +1063,16 @@ flowpg_free_stream_entries(PG_FUNCTION_ARGS)
 {
 	FlowpgCheckLoaded();
 	PG_RETURN_INT32(ControlFreeEntries());
+}
+
+/*
+ * flowpg.slot_origin(): where the slots this database makes now are (see
+ * FlowpgSlotOrigin); NULL on a standby, which makes none.
+ */
+Datum
+flowpg_slot_origin(PG_FUNCTION_ARGS)
+{
+	if (RecoveryInProgress())
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(FlowpgSlotOrigin()));
 }

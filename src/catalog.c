@@ -59,6 +59,7 @@
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
+#include "commands/defrem.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -103,6 +104,7 @@ static struct
 	List	   *slots_to_drop;	/* savepoint slots (NameData) to drop */
 	List	   *adopt;			/* StreamIdentity of restored streams */
 	List	   *dropped_dbs;	/* databases dropped (Oid) */
+	bool		copied_db;		/* a database with streams was copied */
 } pending;
 
 static XLogRecPtr last_woken_commit = InvalidXLogRecPtr;
@@ -113,13 +115,14 @@ static object_access_hook_type prev_object_access_hook = NULL;
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 #define STREAM_COLUMNS \
-	"id, name, result, source, owner, query, definition, plan, checkpoint_interval, settings"
+	"id, name, result, source, owner, query, definition, plan, checkpoint_interval, settings, " \
+	"slot_origin"
 
 /* A stream's name is its result table's current name. */
 #define STREAM_SELECT \
 	"SELECT s.id, CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END, " \
 	"s.result, s.source, s.owner, s.query, s.plan, s.checkpoint_interval, s.paused, " \
-	"s.rewrite, s.failure, s.definition, s.restored, s.settings " \
+	"s.rewrite, s.failure, s.definition, s.restored, s.settings, s.slot_origin " \
 	"FROM flowpg.stream s " \
 	"LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.result " \
 	"LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
@@ -234,6 +237,8 @@ stream_from_tuple(HeapTuple tuple, TupleDesc desc)
 	def->definition = TextDatumGetCString(SPI_getbinval(tuple, desc, 12, &isnull));
 	def->restored = DatumGetBool(SPI_getbinval(tuple, desc, 13, &isnull));
 	def->settings = settings_from_array(SPI_getbinval(tuple, desc, 14, &isnull));
+	iv = SPI_getbinval(tuple, desc, 15, &isnull);
+	def->slot_origin = isnull ? NULL : TextDatumGetCString(iv);
 	return def;
 }
 
@@ -365,10 +370,10 @@ CatalogLookup(text *name)
 void
 CatalogInsertStream(StreamDef *def)
 {
-	Oid			types[10] = {INT4OID, TEXTOID, OIDOID, OIDOID, OIDOID, TEXTOID,
-	TEXTOID, TEXTOID, INTERVALOID, TEXTARRAYOID};
-	Datum		values[10];
-	char		nulls[10] = "          ";
+	Oid			types[11] = {INT4OID, TEXTOID, OIDOID, OIDOID, OIDOID, TEXTOID,
+	TEXTOID, TEXTOID, INTERVALOID, TEXTARRAYOID, TEXTOID};
+	Datum		values[11];
+	char		nulls[11] = "           ";
 	CatalogPrivilege priv;
 	int			rc;
 
@@ -382,6 +387,7 @@ CatalogInsertStream(StreamDef *def)
 	values[7] = CStringGetTextDatum(def->plan);
 	values[8] = interval_datum(def->checkpoint_interval, &nulls[8]);
 	values[9] = settings_to_array(def->settings);
+	values[10] = CStringGetTextDatum(FlowpgSlotOrigin());
 
 	SPI_connect();
 	CatalogBecomeOwner(&priv);
@@ -389,8 +395,8 @@ CatalogInsertStream(StreamDef *def)
 	PG_TRY();
 	{
 		rc = SPI_execute_with_args("INSERT INTO flowpg.stream (" STREAM_COLUMNS ") "
-								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-								   10, types, values, nulls, false, 0);
+								   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+								   11, types, values, nulls, false, 0);
 	}
 	PG_FINALLY();
 	{
@@ -465,12 +471,88 @@ CatalogInserting(void)
 void
 CatalogAdoptStream(StreamDef *def)
 {
-	Oid			types[2] = {INT4OID, TEXTOID};
-	Datum		values[2] = {Int32GetDatum(def->id), CStringGetTextDatum(def->plan)};
+	Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
+	Datum		values[3] = {Int32GetDatum(def->id), CStringGetTextDatum(def->plan),
+	CStringGetTextDatum(FlowpgSlotOrigin())};
 
 	CatalogExec("UPDATE flowpg.stream SET plan = $2, restored = false, rewrite = false, "
-				 "failure = NULL, failed_at = NULL WHERE id OPERATOR(pg_catalog.=) $1",
-				 2, types, values, SPI_OK_UPDATE);
+				 "failure = NULL, failed_at = NULL, slot_origin = $3 "
+				 "WHERE id OPERATOR(pg_catalog.=) $1",
+				 3, types, values, SPI_OK_UPDATE);
+}
+
+/*
+ * Have a stream rebuilt from its source table, as a restored one, once
+ * this transaction commits (flowpg.rebuild_stream, or a stream found
+ * without its slot on another server): its stored plan goes (a restore
+ * compiles the definition), and so do its savepoints, which belong to the
+ * history the rebuild replaces.  The adopter drops the stream's slot, if
+ * it has one still, when it makes the new one.
+ */
+void
+CatalogRebuildStream(int32 id, Oid owner)
+{
+	static const char *const sql[] = {
+		"DELETE FROM flowpg.savepoint_state WHERE savepoint_id OPERATOR(pg_catalog.=) ANY "
+		"(SELECT id FROM flowpg.savepoint WHERE stream_id OPERATOR(pg_catalog.=) $1)",
+		"DELETE FROM flowpg.savepoint WHERE stream_id OPERATOR(pg_catalog.=) $1",
+		"UPDATE flowpg.stream SET plan = '', restored = true, rewrite = false, "
+		"failure = NULL, failed_at = NULL WHERE id OPERATOR(pg_catalog.=) $1",
+	};
+	static const int expected[] = {SPI_OK_DELETE, SPI_OK_DELETE, SPI_OK_UPDATE};
+	Oid			type = INT4OID;
+	Datum		value = Int32GetDatum(id);
+	MemoryContext oldcxt;
+	List	   *slots;
+	ListCell   *lc;
+	int			i;
+
+	for (i = 0; i < lengthof(sql); i++)
+		CatalogExec(sql[i], 1, &type, &value, expected[i]);
+	slots = ControlListSavepointSlots(MyDatabaseId, id);
+	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	foreach(lc, slots)
+	{
+		NameData   *name = palloc(sizeof(NameData));
+
+		*name = *(NameData *) lfirst(lc);
+		pending.slots_to_drop = lappend(pending.slots_to_drop, name);
+	}
+	MemoryContextSwitchTo(oldcxt);
+	CatalogPendingAdopt(id, owner);
+}
+
+/*
+ * The streams of this database whose slot was made on another server,
+ * timeline or database (slot_origin) and is not here: the database is a
+ * copy, made by pg_upgrade (a new system), a standby promoted or a base
+ * backup recovered (a new timeline), or CREATE DATABASE ... TEMPLATE (a new
+ * database), and PostgreSQL 15 copies no logical slot.
+ * They are marked to be rebuilt, as restored streams are, from the
+ * commit of this transaction on.  A slot
+ * dropped by hand on the same server is not this: that stream shows stale
+ * until flowpg.rebuild_stream.
+ */
+void
+CatalogRebuildCopies(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, catalog_query(STREAM_SELECT "WHERE NOT s.restored AND s.failure IS NULL "
+							  "AND s.slot_origin IS DISTINCT FROM $1",
+							  TEXTOID, CStringGetTextDatum(FlowpgSlotOrigin())))
+	{
+		StreamDef  *def = lfirst(lc);
+		char		slot_name[NAMEDATALEN];
+
+		FlowpgSlotName(slot_name, MyDatabaseId, def->id, def->owner);
+		if (SearchNamedReplicationSlot(slot_name, true) != NULL)
+			continue;
+		ereport(LOG,
+				(errmsg("flowpg: stream \"%s\" of database \"%s\" has no replication slot here, a copy of where its slot was made (pg_upgrade, a promoted standby, a recovered base backup or CREATE DATABASE ... TEMPLATE): rebuilding it from its source table",
+						def->name, get_database_name(MyDatabaseId))));
+		CatalogRebuildStream(def->id, def->owner);
+	}
 }
 
 /*
@@ -758,6 +840,7 @@ reset_pending(void)
 	pending.slots_to_drop = NIL;
 	pending.adopt = NIL;
 	pending.dropped_dbs = NIL;
+	pending.copied_db = false;
 }
 
 /* A stream row came from a dump: rebuild the stream once we commit. */
@@ -818,10 +901,10 @@ flowpg_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_PREPARE:
 			if (pending.create_active || pending.dropped_relids != NIL ||
 				pending.extension_dropped || pending.held != NIL ||
-				pending.slots_to_drop != NIL)
+				pending.slots_to_drop != NIL || pending.adopt != NIL)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot prepare a transaction that creates, drops or restores a flowpg stream or savepoint, or drops a table")));
+						 errmsg("cannot prepare a transaction that creates, drops, restores or rebuilds a flowpg stream or savepoint, or drops a table")));
 			break;
 
 		case XACT_EVENT_COMMIT:
@@ -836,9 +919,12 @@ flowpg_xact_callback(XactEvent event, void *arg)
 				ctl->dropping = false;
 				LWLockRelease(&FlowCtl->lock);
 			}
-			release_held(true);
+			/* before the held are let go: their launcher must adopt, not run them */
 			foreach(lc, pending.adopt)
 				AdoptRequest(lfirst(lc));
+			release_held(true);
+			if (pending.copied_db)
+				ControlRequestRescan();
 			if (XactLastCommitEnd != last_woken_commit && FlowCtl != NULL &&
 				OidIsValid(MyDatabaseId))
 			{
@@ -1374,22 +1460,53 @@ check_drop_index(DropStmt *stmt)
  * sessions: PostgreSQL would wait 5 s for them, then fail.  Stop them
  * until this transaction ends, as flowpg.restore does; the launcher then
  * starts them again, and each resumes from its checkpoint (the database
- * keeps its oid, which the streams' slots name).
+ * keeps its oid, which the streams' slots name).  CREATE DATABASE ...
+ * TEMPLATE wants its template without sessions too.  Returns whether the
+ * database has streams that run.
  */
-static void
+static bool
 hold_database_streams(const char *dbname)
 {
 	Oid			dboid = get_database_oid(dbname, true);
+	List	   *slots;
+	List	   *adopting;
 	ListCell   *lc;
 
-	/* only for its owner: PostgreSQL refuses anyone else */
+	/* only for its owner: PostgreSQL refuses anyone else to rename it */
 	if (!OidIsValid(dboid) || FlowCtl == NULL ||
 		!pg_database_ownercheck(dboid, GetUserId()))
-		return;
-	foreach(lc, ControlListSlots(dboid))
+		return false;
+	slots = ControlListSlots(dboid);
+	adopting = ControlListAdopting(dboid);
+	foreach(lc, slots)
 		StreamHold(dboid, ((StreamIdentity *) lfirst(lc))->stream_id);
-	foreach(lc, ControlListAdopting(dboid))
+	foreach(lc, adopting)
 		StreamHold(dboid, ((StreamCtl *) lfirst(lc))->stream_id);
+	return slots != NIL || adopting != NIL;
+}
+
+/*
+ * CREATE DATABASE copies its template (template1 unless it names one),
+ * and needs it without sessions.  For the template's owner, its streams'
+ * workers stop until the statement is over; the copy's streams, which
+ * have no slots, are rebuilt from their source tables once it commits
+ * (CatalogRebuildCopies, from a scan the launcher is asked for).
+ */
+static void
+hold_template_streams(CreatedbStmt *stmt)
+{
+	const char *template = "template1";
+	ListCell   *lc;
+
+	foreach(lc, stmt->options)
+	{
+		DefElem    *opt = lfirst_node(DefElem, lc);
+
+		if (strcmp(opt->defname, "template") == 0 && opt->arg != NULL)
+			template = defGetString(opt);
+	}
+	if (hold_database_streams(template))
+		pending.copied_db = true;
 }
 
 /* Does ALTER DATABASE move the database to another tablespace? */
@@ -1432,10 +1549,12 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		check_drop_index((DropStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, RenameStmt) &&
 			 ((RenameStmt *) pstmt->utilityStmt)->renameType == OBJECT_DATABASE)
-		hold_database_streams(((RenameStmt *) pstmt->utilityStmt)->subname);
+		(void) hold_database_streams(((RenameStmt *) pstmt->utilityStmt)->subname);
 	else if (IsA(pstmt->utilityStmt, AlterDatabaseStmt) &&
 			 moves_database((AlterDatabaseStmt *) pstmt->utilityStmt))
-		hold_database_streams(((AlterDatabaseStmt *) pstmt->utilityStmt)->dbname);
+		(void) hold_database_streams(((AlterDatabaseStmt *) pstmt->utilityStmt)->dbname);
+	else if (IsA(pstmt->utilityStmt, CreatedbStmt))
+		hold_template_streams((CreatedbStmt *) pstmt->utilityStmt);
 	if (prev_process_utility_hook)
 		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
 								  params, queryEnv, dest, qc);

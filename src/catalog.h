@@ -31,6 +31,7 @@ typedef struct StreamDef
 	char	   *failure;		/* why it failed for good, or NULL */
 	bool		restored;		/* loaded from a dump, not rebuilt yet */
 	List	   *settings;		/* "name=value": see CompileCaptureSettings */
+	char	   *slot_origin;	/* where its slot was made: FlowpgSlotOrigin */
 } StreamDef;
 
 /* Saved identity while running as the extension owner. */
@@ -58,6 +59,8 @@ extern void CatalogMarkFailed(int32 id, const char *message);
 extern void CatalogAdoptStream(StreamDef *def);
 extern void CatalogRefreshDefinitions(void);
 extern List *CatalogListRestored(void);
+extern void CatalogRebuildStream(int32 id, Oid owner);
+extern void CatalogRebuildCopies(void);
 extern bool CatalogInserting(void);
 extern void CatalogPendingAdopt(int32 stream_id, Oid owner);
 

@@ -211,6 +211,20 @@ ControlWakeLauncher(void)
 }
 
 /*
+ * Have the launcher scan every database again for streams to rebuild, as
+ * it does when it starts: a database was made by copying one with
+ * streams (CREATE DATABASE ... TEMPLATE), whose copies have no slots.
+ */
+void
+ControlRequestRescan(void)
+{
+	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+	FlowCtl->rescan_requested = true;
+	LWLockRelease(&FlowCtl->lock);
+	ControlWakeLauncher();
+}
+
+/*
  * Wake the sleeping workers of a database: called after each commit that
  * wrote WAL, so that a worker asleep decodes it at once instead of at its
  * next timeout.  A worker that is running or polling (ctl->sleeping clear)

@@ -120,6 +120,7 @@ typedef struct FlowControl
 	pid_t		launcher_pid;
 	Latch	   *launcher_latch;
 	int			max_streams;
+	bool		rescan_requested;	/* a database was copied: scan them all */
 	StreamCtl	streams[FLEXIBLE_ARRAY_MEMBER];
 } FlowControl;
 
@@ -133,6 +134,7 @@ extern StreamCtl *ControlFindLocked(Oid dboid, int32 stream_id);
 extern StreamCtl *ControlAcquire(Oid dboid, int32 stream_id);
 extern int	ControlFreeEntries(void);
 extern void ControlWakeLauncher(void);
+extern void ControlRequestRescan(void);
 extern void ControlWakeDatabase(Oid dboid);
 extern dsa_area *ControlArea(void);
 extern void ControlApplyStateLimit(void);

@@ -137,7 +137,14 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = flowpg_shmem_startup;
 	CatalogRegisterHooks();
-	LauncherRegister();
+
+	/*
+	 * pg_upgrade starts both servers in binary upgrade mode (with fsync
+	 * off): no stream runs there.  The streams of an upgraded cluster are
+	 * rebuilt when it first really starts (CatalogRebuildCopies).
+	 */
+	if (!IsBinaryUpgrade)
+		LauncherRegister();
 }
 
 /* Raise an error unless flowpg was loaded by shared_preload_libraries. */
@@ -199,6 +206,21 @@ FlowpgCheckPrerequisites(void)
 				 errdetail("output_plugin_libraries is \"%s\"; streams decode with flowpg's own output plugin.",
 						   plugins),
 				 errhint("Add flowpg to output_plugin_libraries in postgresql.conf and reload the server.")));
+}
+
+/*
+ * Where the slots this database makes now are: the system identifier, the
+ * WAL's timeline and the database.  A copy has no logical slots
+ * (pg_upgrade makes a new system; a promoted standby or a recovered base
+ * backup goes on a new timeline; CREATE DATABASE ... TEMPLATE makes a new
+ * database), so a stream whose slot_origin is not this, and whose slot is
+ * missing, lost it to a copy, not to a DROP (CatalogRebuildCopies).
+ */
+char *
+FlowpgSlotOrigin(void)
+{
+	return psprintf(UINT64_FORMAT "/%u/%u", GetSystemIdentifier(),
+					GetWALInsertionTimeLine(), MyDatabaseId);
 }
 
 void

@@ -67,6 +67,7 @@ extern int	FlowpgCheckpointIntervalMs(void);
  * The replication slots are the durable list of streams the launcher
  * starts workers for, and a worker connects as the owner named here.
  */
+extern char *FlowpgSlotOrigin(void);
 extern void FlowpgSlotName(char *buf, Oid dboid, int32 stream_id, Oid owner);
 extern bool FlowpgParseSlotName(const char *name, Oid *dboid,
 								int32 *stream_id, Oid *owner);

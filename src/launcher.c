@@ -169,7 +169,11 @@ forget_stopped(BackgroundWorkerHandle **handle)
  * their catalog rows, in their databases.  So when the launcher starts, a
  * short-lived "flowpg scan" worker visits each database that allows
  * connections, one after the other, and asks for their rebuild
- * (AdoptScanMain).  The databases still to visit, and the scan running:
+ * (AdoptScanMain); the streams of a copy of the cluster (pg_upgrade, a
+ * promoted standby) are found so too.  A CREATE DATABASE that copied a
+ * database with streams has the launcher do that again
+ * (ControlRequestRescan), for the copy's streams, which have no slots.
+ * The databases still to visit, and the scan running:
  */
 static List *scan_queue = NIL;
 static BackgroundWorkerHandle *scan_handle = NULL;
@@ -194,7 +198,7 @@ queue_scans(void)
 		if (!db->datallowconn || db->datistemplate)
 			continue;
 		oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-		scan_queue = lappend_oid(scan_queue, db->oid);
+		scan_queue = list_append_unique_oid(scan_queue, db->oid);
 		MemoryContextSwitchTo(oldcxt);
 	}
 	table_endscan(scan);
@@ -313,10 +317,11 @@ reconcile(void)
 
 		if (running || dropping || ctl->restart_at > now)
 			continue;
-		if (ident != NULL)
-			handles[i] = start_process(ctl, i, ident, false);
-		else if (OidIsValid(adopt.owner))
+		/* a stream to rebuild may have its old slot still: the adopter drops it */
+		if (OidIsValid(adopt.owner))
 			adopters[i] = start_process(ctl, i, &adopt, true);
+		else if (ident != NULL)
+			handles[i] = start_process(ctl, i, ident, false);
 	}
 	list_free_deep(slots);
 }
@@ -349,6 +354,7 @@ FlowLauncherMain(Datum main_arg)
 	for (;;)
 	{
 		MemoryContext oldcxt;
+		bool		rescan;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -356,6 +362,13 @@ FlowLauncherMain(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+
+		LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
+		rescan = FlowCtl->rescan_requested;
+		FlowCtl->rescan_requested = false;
+		LWLockRelease(&FlowCtl->lock);
+		if (rescan)
+			queue_scans();
 
 		oldcxt = MemoryContextSwitchTo(loopcxt);
 		reconcile();

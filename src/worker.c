@@ -51,6 +51,7 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
+#include "adopt.h"
 #include "checkpoint.h"
 #include "compile.h"
 #include "decode.h"
@@ -234,6 +235,19 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	if (w->def->owner != ident->owner)
 		elog(ERROR, "slot \"%s\" does not match the owner of stream \"%s\"",
 			 w->slot_name, w->def->name);
+	if (w->def->restored)
+	{
+		/*
+		 * To be rebuilt (flowpg.rebuild_stream committed, and the server
+		 * restarted before the adopter made its new slot): the launcher
+		 * starts an adopter instead of us.
+		 */
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		AdoptRequest(ident);
+		return false;
+	}
 	if (w->def->failure != NULL)
 	{
 		/* it failed for good, and a crash came before its slots were gone */

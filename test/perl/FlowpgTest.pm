@@ -12,7 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 use Exporter 'import';
-our @EXPORT = qw(new_node oracle_ok wait_stream start_load stop_load crash_restart pg_ctl_restart worker_pid write_scripts);
+our @EXPORT = qw(new_node oracle_ok wait_stream start_load stop_load crash_restart pg_ctl_restart worker_pid write_scripts click_scripts);
 
 # A started node with flowpg in shared_preload_libraries, wal_level =
 # logical, and CREATE EXTENSION flowpg done in database postgres.
@@ -122,6 +122,21 @@ sub write_scripts
 		push @args, "$dir/$file\@$weight";
 	}
 	return @args;
+}
+
+# The load of a table clicks (campaign int, cost numeric): single-row
+# INSERTs over 40 campaigns, and 50-row INSERTs, 10 to 2; written into
+# $dir, returned as the arguments for start_load.
+sub click_scripts
+{
+	my ($dir) = @_;
+	return write_scripts($dir,
+		'single.sql@10' => q{\set c random(1, 40)
+INSERT INTO clicks (campaign, cost) VALUES (:c, :c % 7);
+},
+		'multi.sql@2' => q{INSERT INTO clicks (campaign, cost)
+SELECT g % 30, g % 5 FROM generate_series(1, 50) g;
+});
 }
 
 # Start pgbench in the background with the given scripts ("file@weight").

@@ -36,13 +36,7 @@ sub oracle_all
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 my $dir = PostgreSQL::Test::Utils::tempdir;
-my @scripts = write_scripts($dir,
-	'single.sql@10' => q{\set c random(1, 40)
-INSERT INTO clicks (campaign, cost) VALUES (:c, :c % 7);
-},
-	'multi.sql@2' => q{INSERT INTO clicks (campaign, cost)
-SELECT g % 30, g % 5 FROM generate_series(1, 50) g;
-});
+my @scripts = click_scripts($dir);
 
 # 0. Checkpoints are incremental: with 1,000,000 keys in state, one after
 #    100 changed keys writes 100 keys, and flowpg.checkpoints says so.
@@ -170,8 +164,21 @@ like($err, qr/can no longer be restored/, 'restore refuses: the WAL is gone');
 $node->restart;
 is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.spend'"),
 	'failed true', 'still failed and stale after a restart');
+# flowpg.rebuild_stream brings a stale stream back, rebuilt from its
+# source table while rows come, exact again
+sql("ALTER SYSTEM RESET flowpg.max_retained_wal");
+$node->reload;
+$load = start_load($node, 4, 2, @scripts);
+sleep 1;
+sql("SELECT flowpg.rebuild_stream('spend')");
+sql("SELECT flowpg.resume_stream('spend')");   # it was paused, and stays so
+stop_load($load);
+oracle_ok($node, 'spend', $streams{spend}, 'a stale stream rebuilt under load');
+is(sql("SELECT status || ' ' || stale || ' ' || (SELECT count(*) FROM flowpg.savepoints) "
+	  . "FROM flowpg.streams WHERE name = 'public.spend'"),
+	'running false 0', 'it runs again, not stale, without its savepoints');
 sql("SELECT flowpg.drop_stream('spend')");
-is(sql("SELECT count(*) FROM flowpg.stream"), 0, 'a failed stream can be dropped');
+is(sql("SELECT count(*) FROM flowpg.stream"), 0, 'a rebuilt stream can be dropped');
 
 # 6. A stream's slot that goes without flowpg: dropped by hand (the stream
 #    shows as failed and stale at once, and flowpg.wait says why), or
@@ -217,6 +224,18 @@ sql("INSERT INTO taps VALUES (3)");
 sql("SELECT flowpg.restore('byhand', 'kept')");
 oracle_ok($node, 'byhand', 'SELECT campaign, count(*) AS n FROM taps GROUP BY campaign',
 	'restored to a savepoint after its slot was dropped');
+# a running stream rebuilt, and the server killed before its rebuild is
+# done: the rebuild is done after the restart (the new worker finds the
+# stream to be rebuilt, and the old slot is replaced)
+sql("SELECT flowpg.savepoint('byhand', 'again')");
+sql("INSERT INTO taps SELECT g % 5 FROM generate_series(1, 100000) g");
+sql("SELECT flowpg.rebuild_stream('byhand')");
+crash_restart($node);
+oracle_ok($node, 'byhand', 'SELECT campaign, count(*) AS n FROM taps GROUP BY campaign',
+	'rebuilt across kill -9');
+is(sql("SELECT count(*) FILTER (WHERE slot_name LIKE 'flowpg\\_sp\\_%') || ' ' || count(*) "
+	  . "FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%'"),
+	'0 2', 'no savepoint slot is left, and each stream has its one slot');
 sql("SELECT flowpg.drop_stream('byhand')");
 
 sql("ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'");
@@ -238,6 +257,10 @@ sql("ALTER SYSTEM RESET max_slot_wal_keep_size");
 $node->restart;
 is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.keepsize'"),
 	'failed true', 'still failed and stale after a restart');
+sql("SELECT flowpg.rebuild_stream('keepsize')");
+sql("SELECT flowpg.resume_stream('keepsize')");
+oracle_ok($node, 'keepsize', 'SELECT campaign, count(*) AS n FROM taps GROUP BY campaign',
+	'a stream whose slot PostgreSQL invalidated, rebuilt');
 sql("SELECT flowpg.drop_stream('keepsize')");
 
 $node->stop;
