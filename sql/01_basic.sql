@@ -98,7 +98,12 @@ SELECT clicks, spend FROM spend WHERE campaign = 3;
 ALTER TABLE spend RENAME TO spend_renamed;
 SELECT name FROM flowpg.streams;
 SELECT oracle('spend_renamed');
+-- and its worker goes by the new name from its next checkpoint on
+SELECT flowpg.checkpoint('spend_renamed') > 0 AS checkpointed;
+SELECT a.application_name FROM pg_stat_activity a JOIN flowpg.streams s USING (pid)
+ WHERE s.name = 'public.spend_renamed';
 ALTER TABLE spend_renamed RENAME TO spend;
+SELECT flowpg.checkpoint('spend') > 0 AS checkpointed;
 SELECT events, keys, ignored_deletes, status FROM flowpg.streams;
 
 -- the worker runs as the stream's owner and shows as a flowpg process

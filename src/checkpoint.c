@@ -298,6 +298,26 @@ prepare_result_upsert(FlowWorker *w, const char *table)
 }
 
 /*
+ * A stream is named by its result table: after a rename of the table or
+ * its schema, the worker's messages and application_name use the new name.
+ */
+static void
+follow_result_name(FlowWorker *w, Relation rel)
+{
+	char	   *name = psprintf("%s.%s",
+								quote_identifier(get_namespace_name(RelationGetNamespace(rel))),
+								quote_identifier(RelationGetRelationName(rel)));
+
+	if (strcmp(name, w->def->name) != 0)
+	{
+		pfree(w->def->name);
+		w->def->name = MemoryContextStrdup(w->cxt, name);
+		SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
+	}
+	pfree(name);
+}
+
+/*
  * The statements that write the result table name it and its columns, and
  * PostgreSQL parses a kept statement again, from its text, when a table it
  * uses changes: after the result table or one of its columns is renamed
@@ -455,6 +475,7 @@ prepare_result(FlowWorker *w)
 	w->result_delete = w->result_upsert = w->result_tid_update = NULL;
 	w->result_changed = false;
 	rel = table_open(w->def->result, AccessShareLock);
+	follow_result_name(w, rel);
 	table = check_result_table(w, rel);
 	check_key_index(w, rel, table);
 	needs_identity = needs_replica_identity(rel);
