@@ -310,8 +310,10 @@ follow_result_name(FlowWorker *w, Relation rel)
 
 	if (strcmp(name, w->def->name) != 0)
 	{
+		MemoryContext cxt = GetMemoryChunkContext(w->def->name);
+
 		pfree(w->def->name);
-		w->def->name = MemoryContextStrdup(w->cxt, name);
+		w->def->name = MemoryContextStrdup(cxt, name);
 		SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
 	}
 	pfree(name);

@@ -220,7 +220,9 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	oldcxt = MemoryContextSwitchTo(w->cxt);
+	w->def_cxt = AllocSetContextCreate(w->cxt, "flowpg stream definition",
+									   ALLOCSET_SMALL_SIZES);
+	oldcxt = MemoryContextSwitchTo(w->def_cxt);
 	if (OidIsValid(get_extension_oid("flowpg", true)))
 		w->def = CatalogLockStream(ident->stream_id, AccessShareLock);
 	MemoryContextSwitchTo(oldcxt);
@@ -475,17 +477,26 @@ reload_definition(FlowWorker *w)
 {
 	StreamDef  *def;
 	MemoryContext oldcxt;
+	MemoryContext def_cxt = AllocSetContextCreate(w->cxt, "flowpg stream definition",
+												  ALLOCSET_SMALL_SIZES);
 
 	StartTransactionCommand();
 	FlowpgLockStream(w->def->id, AccessShareLock);
 	PushActiveSnapshot(GetTransactionSnapshot());
-	oldcxt = MemoryContextSwitchTo(w->cxt);
+	oldcxt = MemoryContextSwitchTo(def_cxt);
 	def = CatalogReadStream(w->def->id);
 	MemoryContextSwitchTo(oldcxt);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	if (def != NULL)
-		w->def = def;
+	if (def == NULL)
+	{
+		MemoryContextDelete(def_cxt);
+		return;
+	}
+	/* nothing points into the old one: the compiled query holds copies */
+	MemoryContextDelete(w->def_cxt);
+	w->def_cxt = def_cxt;
+	w->def = def;
 }
 
 static void

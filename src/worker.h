@@ -25,6 +25,7 @@ typedef struct FlowWorker
 	StreamCtl  *ctl;
 	StreamDef  *def;
 	MemoryContext cxt;			/* lives as long as the worker */
+	MemoryContext def_cxt;		/* holds def; replaced when it is read again */
 	FlowQuery  *fq;
 	FlowPlan   *plan;
 	FlowBatch  *batch;

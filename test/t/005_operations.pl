@@ -52,6 +52,33 @@ is(sql("SELECT keys || ' of ' || (SELECT keys FROM flowpg.streams WHERE name = '
 	  . "FROM flowpg.checkpoints WHERE id = $ckpt"),
 	'100 of 1000000', 'a checkpoint after 100 changed keys among 1,000,000 writes 100 keys');
 oracle_ok($node, 'wide_n', 'SELECT k, count(*) AS n FROM wide GROUP BY k', 'incremental checkpoints');
+
+#    The worker's long-lived memory does not grow when it reads its catalog
+#    row again (after each set_checkpoint_interval, pause or resume): bytes
+#    used in its "flowpg worker" context, from pg_log_backend_memory_contexts.
+sub worker_memory
+{
+	my ($pid) = @_;
+	my $offset = -s $node->logfile;
+	sql("SELECT pg_log_backend_memory_contexts($pid)");
+	for (1 .. 100)
+	{
+		my $log = substr(slurp_file($node->logfile), $offset);
+		return $1 if $log =~ /\[$pid\] LOG:  level: 1; flowpg worker: .*?; (\d+) used/;
+		sleep 0.1;
+	}
+	die "worker $pid did not log its memory contexts";
+}
+my $wpid = worker_pid($node, 'wide_n');
+my $used = worker_memory($wpid);
+for my $i (1 .. 30)
+{
+	sql("SELECT flowpg.set_checkpoint_interval('wide_n', '1 hour')");
+	$node->poll_query_until('postgres', 'SELECT true')    # a reload each time
+	  or die;
+}
+is(worker_memory($wpid), $used,
+	"reading its definition again 30 times leaves the worker's memory as it was");
 sql("SELECT flowpg.drop_stream('wide_n')");
 
 # 1. Savepoints taken under load; restore after the result table was
