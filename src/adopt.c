@@ -3,9 +3,9 @@
  * adopt.c
  *	  Streams rebuilt from their source tables: those that come back from
  *	  pg_dump (the flowpg.stream trigger notices them), those of a copy of
- *	  the cluster (pg_upgrade, a promoted standby: CatalogRebuildCopies),
- *	  those rebuilt by flowpg.rebuild_stream; and the process that
- *	  rebuilds each one.
+ *	  the cluster or database (pg_upgrade, a promoted standby, CREATE
+ *	  DATABASE ... TEMPLATE: CatalogRebuildCopies), those rebuilt by
+ *	  flowpg.rebuild_stream; and the process that rebuilds each one.
  *
  * pg_dump dumps flowpg.stream (a configuration table of the extension),
  * the source tables and the result tables.  What cannot travel in a dump
@@ -45,9 +45,9 @@
  * adopt, and the adopter drops the old slot in the transaction that makes
  * the new one; a worker that starts on a stream marked restored (after a
  * crash, before the launcher was asked again) asks for the adopter and
- * exits.  A copy of the cluster is told from a slot dropped by hand by
- * the stream's slot_origin: the system identifier and timeline its slot
- * was made on.
+ * exits.  A copy is told from a slot dropped by hand by the stream's
+ * slot_origin: the system identifier, timeline and database its slot was
+ * made in.
  *
  * An adopter that fails (the owner may not read the source yet: pg_restore
  * grants privileges after it creates indexes; something the definition

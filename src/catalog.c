@@ -484,7 +484,7 @@ CatalogAdoptStream(StreamDef *def)
 /*
  * Have a stream rebuilt from its source table, as a restored one, once
  * this transaction commits (flowpg.rebuild_stream, or a stream found
- * without its slot on another server): its stored plan goes (a restore
+ * without its slot in a copy): its stored plan goes (a restore
  * compiles the definition), and so do its savepoints, which belong to the
  * history the rebuild replaces.  The adopter drops the stream's slot, if
  * it has one still, when it makes the new one.
@@ -527,11 +527,10 @@ CatalogRebuildStream(int32 id, Oid owner)
  * timeline or database (slot_origin) and is not here: the database is a
  * copy, made by pg_upgrade (a new system), a standby promoted or a base
  * backup recovered (a new timeline), or CREATE DATABASE ... TEMPLATE (a new
- * database), and PostgreSQL 15 copies no logical slot.
- * They are marked to be rebuilt, as restored streams are, from the
- * commit of this transaction on.  A slot
- * dropped by hand on the same server is not this: that stream shows stale
- * until flowpg.rebuild_stream.
+ * database), and PostgreSQL 15 copies no logical slot.  They are marked
+ * to be rebuilt, as restored streams are, when this transaction commits.
+ * A slot dropped by hand where it was made is not this: that stream shows
+ * stale until flowpg.rebuild_stream.
  */
 void
 CatalogRebuildCopies(void)
