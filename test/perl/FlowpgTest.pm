@@ -20,7 +20,8 @@ sub new_node
 {
 	my ($name, %opts) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init(allows_streaming => 'logical');
+	$node->init(allows_streaming => 'logical',
+		has_archiving => $opts{has_archiving} // 0);
 	my $conf = $ENV{FLOWPG_CONF}
 	  or die "FLOWPG_CONF must name the file test/flowpg-conf wrote";
 	$node->append_conf('postgresql.conf', slurp_file($conf));

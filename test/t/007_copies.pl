@@ -1,6 +1,7 @@
-# Copies of a cluster whose streams run: a physical standby promoted after
-# the primary is killed (failover), then pg_upgrade of that server to a new
-# one, then CREATE DATABASE ... TEMPLATE of its database.  PostgreSQL 15
+# Copies of a cluster whose streams run: a base backup recovered to a
+# restore point (PITR), a physical standby promoted after the primary is
+# killed (failover), then pg_upgrade of that server to a new one, then
+# CREATE DATABASE ... TEMPLATE of its database.  PostgreSQL 15
 # copies no logical replication slot to any of them, so each stream is
 # found without its slot on a system, timeline or database other than the
 # one it was made in, and is rebuilt from its source table by itself, as a
@@ -27,7 +28,7 @@ sub oracle_all
 	return;
 }
 
-my $primary = new_node('primary');
+my $primary = new_node('primary', has_archiving => 1);
 $primary->safe_psql('postgres',
 	'CREATE TABLE clicks (id bigserial, campaign int, cost numeric)');
 for my $name (sort keys %streams)
@@ -52,6 +53,30 @@ $primary->safe_psql('postgres', "SELECT flowpg.savepoint('spend', 'before')");
 sleep 1;
 stop_load($load);
 oracle_all($primary, 'on the primary');
+
+# 1a. Point-in-time recovery of the base backup to a restore point (a new
+#     timeline), from the primary's WAL archive.
+$primary->safe_psql('postgres', "SELECT pg_create_restore_point('pitr')");
+$primary->safe_psql('postgres',
+	"INSERT INTO clicks (campaign, cost) SELECT 99, g FROM generate_series(1, 1000) g");
+my $walfile = $primary->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn())');
+$primary->safe_psql('postgres', 'SELECT pg_switch_wal()');
+$primary->poll_query_until('postgres',
+	"SELECT last_archived_wal >= '$walfile' FROM pg_stat_archiver")
+  or die 'the WAL was not archived';
+my $pitr = PostgreSQL::Test::Cluster->new('pitr');
+$pitr->init_from_backup($primary, 'base', has_restoring => 1);
+$pitr->append_conf('postgresql.conf', qq{archive_mode = off
+recovery_target_name = 'pitr'
+recovery_target_action = 'promote'
+});
+$pitr->start;
+$pitr->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()')
+  or die 'the recovered base backup was not promoted';
+oracle_all($pitr, 'a base backup recovered to a restore point');
+is($pitr->safe_psql('postgres', 'SELECT count(*) FROM clicks WHERE campaign = 99'),
+	0, 'without the rows written after the restore point');
+$pitr->stop;
 $primary->wait_for_catchup($standby);
 is($standby->safe_psql('postgres', "SELECT count(*) FROM flowpg.streams"),
 	2, 'the standby has the streams, and does not run them');
