@@ -370,6 +370,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	Oid			existing;
 	char		slot_name[NAMEDATALEN];
 
+	FlowpgCheckNotStandby(fcinfo);
 	FlowpgCheckPrerequisites();
 	name = ApiTextArg(fcinfo, 0, "stream name");
 	query = ApiTextArg(fcinfo, 1, "stream query");
@@ -447,6 +448,7 @@ flowpg_drop_stream(PG_FUNCTION_ARGS)
 	ObjectAddress table;
 
 	FlowpgCheckLoaded();
+	FlowpgCheckNotStandby(fcinfo);
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	/* the stream's lock comes after its table's, as it commits */
@@ -482,6 +484,7 @@ ApiStreamToChange(FunctionCallInfo fcinfo)
 	StreamDef  *def;
 
 	FlowpgCheckLoaded();
+	FlowpgCheckNotStandby(fcinfo);
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	FlowpgLockStream(def->id, AccessExclusiveLock);

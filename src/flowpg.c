@@ -24,6 +24,7 @@
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/regproc.h"
 #include "utils/varlena.h"
 
 #include "catalog.h"
@@ -145,6 +146,23 @@ _PG_init(void)
 	 */
 	if (!IsBinaryUpgrade)
 		LauncherRegister();
+}
+
+/*
+ * Raise an error on a standby, for the functions that change a stream:
+ * streams are managed where they run, on the primary (PostgreSQL's own
+ * errors there, from the first write or lock they take, say nothing of it).
+ */
+void
+FlowpgCheckNotStandby(FunctionCallInfo fcinfo)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot execute %s on a standby",
+						format_procedure(fcinfo->flinfo->fn_oid)),
+				 errdetail("Streams run, and are created and changed, on the primary."),
+				 errhint("Run it on the primary; it reaches this standby through replication.")));
 }
 
 /* Raise an error unless flowpg was loaded by shared_preload_libraries. */

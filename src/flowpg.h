@@ -27,6 +27,7 @@
 
 #include "access/xlogdefs.h"
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "storage/lockdefs.h"
 
 /* Name prefix of every replication slot and origin flowpg owns. */
@@ -60,6 +61,7 @@ extern bool flowpg_decoding_allowed;
 /* flowpg.c */
 extern void FlowpgCheckLoaded(void);
 extern void FlowpgCheckPrerequisites(void);
+extern void FlowpgCheckNotStandby(FunctionCallInfo fcinfo);
 extern int	FlowpgCheckpointIntervalMs(void);
 
 /*

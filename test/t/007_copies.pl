@@ -83,6 +83,15 @@ is($standby->safe_psql('postgres', "SELECT count(*) FROM flowpg.streams"),
 my ($rc, $out, $err) = $standby->psql('postgres', "SELECT flowpg.wait('spend')");
 like($err, qr/stream "public.spend" does not run on a standby/,
 	'flowpg.wait on the standby says so');
+for my $call ("flowpg.create_stream('t2', 'SELECT count(*) AS n FROM clicks')",
+	"flowpg.drop_stream('spend')", "flowpg.pause_stream('spend')",
+	"flowpg.rebuild_stream('spend')", "flowpg.drop_savepoint('spend', 'before')")
+{
+	($rc, $out, $err) = $standby->psql('postgres', "SELECT $call");
+	my ($fn) = $call =~ /^(flowpg\.\w+)/;
+	like($err, qr/ERROR:  cannot execute \Q$fn\E\(.*\) on a standby/,
+		"$fn on the standby says streams are changed on the primary");
+}
 $primary->stop('immediate');
 my $offset = -s $standby->logfile;
 $standby->promote;
