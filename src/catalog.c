@@ -481,6 +481,43 @@ CatalogAdoptStream(StreamDef *def)
 				 3, types, values, SPI_OK_UPDATE);
 }
 
+/* Run DELETE statements, each with the stream's id as $1. */
+static void
+delete_stream_rows(int32 id, const char *const *sql, int n)
+{
+	Oid			type = INT4OID;
+	Datum		value = Int32GetDatum(id);
+	int			i;
+
+	for (i = 0; i < n; i++)
+		CatalogExec(sql[i], 1, &type, &value, SPI_OK_DELETE);
+}
+
+/* Delete the rows of a stream's savepoints (their slots are not touched). */
+static void
+delete_savepoints(int32 id)
+{
+	static const char *const sql[] = {
+		"DELETE FROM flowpg.savepoint_state WHERE savepoint_id OPERATOR(pg_catalog.=) ANY "
+		"(SELECT id FROM flowpg.savepoint WHERE stream_id OPERATOR(pg_catalog.=) $1)",
+		"DELETE FROM flowpg.savepoint WHERE stream_id OPERATOR(pg_catalog.=) $1",
+	};
+
+	delete_stream_rows(id, sql, lengthof(sql));
+}
+
+/* Drop a replication slot at PRE_COMMIT. */
+static void
+pend_slot_drop(const char *slot_name)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	NameData   *name = palloc(sizeof(NameData));
+
+	namestrcpy(name, slot_name);
+	pending.slots_to_drop = lappend(pending.slots_to_drop, name);
+	MemoryContextSwitchTo(oldcxt);
+}
+
 /*
  * Have a stream rebuilt from its source table, as a restored one, once
  * this transaction commits (flowpg.rebuild_stream, or a stream found
@@ -492,33 +529,16 @@ CatalogAdoptStream(StreamDef *def)
 void
 CatalogRebuildStream(int32 id, Oid owner)
 {
-	static const char *const sql[] = {
-		"DELETE FROM flowpg.savepoint_state WHERE savepoint_id OPERATOR(pg_catalog.=) ANY "
-		"(SELECT id FROM flowpg.savepoint WHERE stream_id OPERATOR(pg_catalog.=) $1)",
-		"DELETE FROM flowpg.savepoint WHERE stream_id OPERATOR(pg_catalog.=) $1",
-		"UPDATE flowpg.stream SET plan = '', restored = true, rewrite = false, "
-		"failure = NULL, failed_at = NULL WHERE id OPERATOR(pg_catalog.=) $1",
-	};
-	static const int expected[] = {SPI_OK_DELETE, SPI_OK_DELETE, SPI_OK_UPDATE};
 	Oid			type = INT4OID;
 	Datum		value = Int32GetDatum(id);
-	MemoryContext oldcxt;
-	List	   *slots;
 	ListCell   *lc;
-	int			i;
 
-	for (i = 0; i < lengthof(sql); i++)
-		CatalogExec(sql[i], 1, &type, &value, expected[i]);
-	slots = ControlListSavepointSlots(MyDatabaseId, id);
-	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-	foreach(lc, slots)
-	{
-		NameData   *name = palloc(sizeof(NameData));
-
-		*name = *(NameData *) lfirst(lc);
-		pending.slots_to_drop = lappend(pending.slots_to_drop, name);
-	}
-	MemoryContextSwitchTo(oldcxt);
+	delete_savepoints(id);
+	CatalogExec("UPDATE flowpg.stream SET plan = '', restored = true, rewrite = false, "
+				"failure = NULL, failed_at = NULL WHERE id OPERATOR(pg_catalog.=) $1",
+				1, &type, &value, SPI_OK_UPDATE);
+	foreach(lc, ControlListSavepointSlots(MyDatabaseId, id))
+		pend_slot_drop(NameStr(*(NameData *) lfirst(lc)));
 	CatalogPendingAdopt(id, owner);
 }
 
@@ -610,17 +630,11 @@ catalog_delete(int32 id)
 	static const char *const sql[] = {
 		"DELETE FROM flowpg.state WHERE stream_id OPERATOR(pg_catalog.=) $1",
 		"DELETE FROM flowpg.checkpoint WHERE stream_id OPERATOR(pg_catalog.=) $1",
-		"DELETE FROM flowpg.savepoint_state WHERE savepoint_id OPERATOR(pg_catalog.=) ANY "
-		"(SELECT id FROM flowpg.savepoint WHERE stream_id OPERATOR(pg_catalog.=) $1)",
-		"DELETE FROM flowpg.savepoint WHERE stream_id OPERATOR(pg_catalog.=) $1",
 		"DELETE FROM flowpg.stream WHERE id OPERATOR(pg_catalog.=) $1",
 	};
-	Oid			type = INT4OID;
-	Datum		value = Int32GetDatum(id);
-	int			i;
 
-	for (i = 0; i < lengthof(sql); i++)
-		CatalogExec(sql[i], 1, &type, &value, SPI_OK_DELETE);
+	delete_savepoints(id);
+	delete_stream_rows(id, sql, lengthof(sql));
 }
 
 /* Raise an error unless the current user may manage the stream. */
@@ -860,12 +874,10 @@ CatalogPendingAdopt(int32 stream_id, Oid owner)
 void
 CatalogPendingSlotDrop(Oid dboid, int32 stream_id, int64 savepoint_id)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-	NameData   *name = palloc(sizeof(NameData));
+	char		name[NAMEDATALEN];
 
-	FlowpgSavepointSlotName(NameStr(*name), dboid, stream_id, savepoint_id);
-	pending.slots_to_drop = lappend(pending.slots_to_drop, name);
-	MemoryContextSwitchTo(oldcxt);
+	FlowpgSavepointSlotName(name, dboid, stream_id, savepoint_id);
+	pend_slot_drop(name);
 }
 
 static void

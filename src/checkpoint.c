@@ -110,16 +110,14 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
- * Check that the result table still has the query's columns, and keep its
- * descriptor.  Returns the table's qualified name.
+ * Check that the result table (qualified name `name`) still has the
+ * query's columns, and keep its descriptor.
  */
-static char *
-check_result_table(FlowWorker *w, Relation rel)
+static void
+check_result_table(FlowWorker *w, Relation rel, const char *name)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	TupleDesc	outdesc = w->plan->outslot->tts_tupleDescriptor;
-	char	   *name = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-												  RelationGetRelationName(rel));
 	int			n = 0;
 	int			i;
 	MemoryContext oldcxt;
@@ -149,7 +147,6 @@ check_result_table(FlowWorker *w, Relation rel)
 	w->resultdesc = CreateTupleDescCopy(desc);
 	w->result_rowtype = rel->rd_rel->reltype;
 	MemoryContextSwitchTo(oldcxt);
-	return name;
 }
 
 /* Index in the result table's descriptor of output column outcol (1-based). */
@@ -298,16 +295,13 @@ prepare_result_upsert(FlowWorker *w, const char *table)
 }
 
 /*
- * A stream is named by its result table: after a rename of the table or
- * its schema, the worker's messages and application_name use the new name.
+ * A stream is named by its result table (`name`, qualified): after a
+ * rename of the table or its schema, the worker's messages and
+ * application_name use the new name.
  */
 static void
-follow_result_name(FlowWorker *w, Relation rel)
+follow_result_name(FlowWorker *w, const char *name)
 {
-	char	   *name = psprintf("%s.%s",
-								quote_identifier(get_namespace_name(RelationGetNamespace(rel))),
-								quote_identifier(RelationGetRelationName(rel)));
-
 	if (strcmp(name, w->def->name) != 0)
 	{
 		MemoryContext cxt = GetMemoryChunkContext(w->def->name);
@@ -316,7 +310,6 @@ follow_result_name(FlowWorker *w, Relation rel)
 		w->def->name = MemoryContextStrdup(cxt, name);
 		SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
 	}
-	pfree(name);
 }
 
 /*
@@ -477,8 +470,10 @@ prepare_result(FlowWorker *w)
 	w->result_delete = w->result_upsert = w->result_tid_update = NULL;
 	w->result_changed = false;
 	rel = table_open(w->def->result, AccessShareLock);
-	follow_result_name(w, rel);
-	table = check_result_table(w, rel);
+	table = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+									   RelationGetRelationName(rel));
+	follow_result_name(w, table);
+	check_result_table(w, rel, table);
 	check_key_index(w, rel, table);
 	needs_identity = needs_replica_identity(rel);
 	table_close(rel, AccessShareLock);
