@@ -27,6 +27,7 @@
 #include "access/transam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "access/xlogrecovery.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
@@ -735,18 +736,25 @@ ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 
 /*
  * The WAL position up to which every transaction committed so far is
- * flushed (our own asynchronous commit too, which is flushed now).
+ * flushed.  A commit is in the WAL before any session sees it, so the
+ * position up to which the WAL is inserted covers them all, asynchronous
+ * commits (synchronous_commit = off, a subscription's apply worker) whose
+ * WAL the WAL writer has not flushed yet included: flush up to it.  The
+ * insert position, where the next record would go, is past a page header
+ * when the last record ended at a page boundary; the end of that record
+ * is the boundary, which is what a worker's reader reaches.
  */
 XLogRecPtr
 ApiCommittedLsn(void)
 {
-	XLogRecPtr	target = GetFlushRecPtr(NULL);
+	XLogRecPtr	target = GetXLogInsertRecPtr();
 
-	if (XactLastCommitEnd > target)
-	{
-		XLogFlush(XactLastCommitEnd);
-		target = XactLastCommitEnd;
-	}
+	if (XLogSegmentOffset(target, wal_segment_size) == SizeOfXLogLongPHD)
+		target -= SizeOfXLogLongPHD;
+	else if (target % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		target -= SizeOfXLogShortPHD;
+	if (target > GetFlushRecPtr(NULL))
+		XLogFlush(target);
 	return target;
 }
 
