@@ -47,6 +47,11 @@ CREATE TABLE taken (x int);
 CREATE EXTENSION file_fdw;
 CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
 CREATE FOREIGN TABLE src_foreign (k int) SERVER files OPTIONS (filename '/dev/null');
+CREATE UNLOGGED TABLE src_parted_u PARTITION OF src_parted FOR VALUES FROM (0) TO (10);
+CREATE TABLE src_parted_sub PARTITION OF src_parted FOR VALUES FROM (10) TO (20)
+  PARTITION BY RANGE (k);
+CREATE FOREIGN TABLE src_parted_f PARTITION OF src_parted_sub FOR VALUES FROM (10) TO (20)
+  SERVER files OPTIONS (filename '/dev/null');
 CREATE SEQUENCE seq;
 -- what exists before: the stream of the previous test
 SELECT * FROM leftovers;
@@ -75,7 +80,12 @@ SELECT try_create('bad', 'SELECT count(*) FROM no_such_table');
 SELECT try_create('bad', 'SELECT count(*) FROM src_view');
 SELECT try_create('bad', 'SELECT count(*) FROM src_temp');
 SELECT try_create('bad', 'SELECT count(*) FROM src_unlogged');
+-- a partitioned source: every partition must write its rows to the WAL
 SELECT try_create('bad', 'SELECT count(*) FROM src_parted');
+DROP TABLE src_parted_u;
+SELECT try_create('bad', 'SELECT count(*) FROM src_parted');
+DROP FOREIGN TABLE src_parted_f;
+SELECT try_create('bad', 'SELECT count(*) FROM ONLY src_parted');
 SELECT try_create('bad', 'SELECT count(*) FROM src_matview');
 SELECT try_create('bad', 'SELECT count(*) FROM src_foreign');
 SELECT try_create('bad', 'SELECT count(*) FROM src_parent');

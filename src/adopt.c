@@ -70,9 +70,11 @@
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/tupconvert.h"
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_inherits.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -259,27 +261,61 @@ adopt_check(StreamIdentity *ident)
 	return result;
 }
 
-/* Feed every row of the source table, in the active snapshot, to the state. */
+/*
+ * Feed every row of a table, in the active snapshot, to the state; with
+ * map, the rows of a partition whose layout is not its source's.
+ */
 static void
-scan_source(FlowWorker *w)
+scan_table(FlowWorker *w, Relation rel, TupleConversionMap *map, uint64 *rows)
 {
-	Relation	rel = table_open(w->fq->source, AccessShareLock);
 	TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
 	HeapTuple	tuple;
-	uint64		rows = 0;
 
 	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
-		BatchAdd(w->batch, w->state, tuple);
+		if (map != NULL)
+		{
+			HeapTuple	converted = execute_attr_map_tuple(tuple, map);
+
+			BatchAdd(w->batch, w->state, converted);
+			heap_freetuple(converted);
+		}
+		else
+			BatchAdd(w->batch, w->state, tuple);
 		w->events++;
-		if (++rows % ADOPT_MERGE_ROWS == 0)
+		if (++*rows % ADOPT_MERGE_ROWS == 0)
 		{
 			WorkerMergeBatch(w);
 			CHECK_FOR_INTERRUPTS();
 		}
 	}
 	table_endscan(scan);
-	table_close(rel, AccessShareLock);
+}
+
+/* Feed every row of the source table (of each partition) to the state. */
+static void
+scan_source(FlowWorker *w)
+{
+	Relation	source = table_open(w->fq->source, AccessShareLock);
+	uint64		rows = 0;
+	ListCell   *lc;
+
+	if (!w->fq->partitioned)
+		scan_table(w, source, NULL, &rows);
+	else
+		foreach(lc, find_all_inheritors(w->fq->source, AccessShareLock, NULL))
+		{
+			Relation	rel;
+
+			if (get_rel_relkind(lfirst_oid(lc)) != RELKIND_RELATION)
+				continue;
+			rel = table_open(lfirst_oid(lc), NoLock);
+			scan_table(w, rel, convert_tuples_by_name(RelationGetDescr(rel),
+													  RelationGetDescr(source)),
+					   &rows);
+			table_close(rel, NoLock);
+		}
+	table_close(source, AccessShareLock);
 	WorkerMergeBatch(w);
 }
 

@@ -42,6 +42,7 @@
 #include <signal.h>
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
@@ -49,6 +50,7 @@
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/objectaccess.h"
+#include "catalog/partition.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_database.h"
@@ -1205,15 +1207,45 @@ check_drop_role(DropRoleStmt *stmt)
 }
 
 /*
+ * The result table of a stream whose source is relid or, for a partition,
+ * one of the tables it is a partition of (InvalidOid if none); *source is
+ * that source.
+ */
+static Oid
+source_user(Oid relid, Oid *source)
+{
+	Oid			user = column_user(relid, 0);
+
+	*source = relid;
+	if (!OidIsValid(user) && get_rel_relispartition(relid))
+	{
+		ListCell   *lc;
+
+		foreach(lc, get_partition_ancestors(relid))
+		{
+			user = column_user(lfirst_oid(lc), 0);
+			if (OidIsValid(user))
+			{
+				*source = lfirst_oid(lc);
+				break;
+			}
+		}
+	}
+	return user;
+}
+
+/*
  * Refuse what would make a source deliver rows its stream cannot see, or
- * a result table lose rows at a crash: an unlogged source writes no WAL
- * to decode, an unlogged result table is emptied by crash recovery, and a
- * source's inheritance children hold rows the stream's query reads.
+ * a result table lose rows at a crash: an unlogged source, or partition
+ * of one, writes no WAL to decode, an unlogged result table is emptied by
+ * crash recovery, and a source's inheritance children hold rows the
+ * stream's query reads.
  */
 static void
 check_source_change(Oid relid, bool unlogged)
 {
-	Oid			user = column_user(relid, 0);
+	Oid			source;
+	Oid			user = unlogged ? source_user(relid, &source) : column_user(relid, 0);
 
 	if (OidIsValid(user))
 		ereport(ERROR,
@@ -1221,6 +1253,9 @@ check_source_change(Oid relid, bool unlogged)
 				 unlogged ?
 				 errmsg("cannot make table \"%s\" unlogged", get_rel_name(relid)) :
 				 errmsg("cannot inherit from table \"%s\"", get_rel_name(relid)),
+				 unlogged && source != relid ?
+				 errdetail("It is a partition of \"%s\", the source of the stream whose result table is \"%s\".",
+						   get_rel_name(source), get_rel_name(user)) :
 				 errdetail("It is the source of the stream whose result table is \"%s\".",
 						   get_rel_name(user)),
 				 errhint("Drop the stream first.")));
@@ -1242,14 +1277,103 @@ check_new_parent(RangeVar *parent)
 		check_source_change(relid, false);
 }
 
-/* CREATE TABLE ... INHERITS (a source) */
+/*
+ * CREATE TABLE ... INHERITS (a source); CREATE [UNLOGGED | FOREIGN] TABLE
+ * ... PARTITION OF a source or a partition of one (a new partition of a
+ * source must be logged: its rows are the source's).
+ */
 static void
-check_create_table(CreateStmt *stmt)
+check_create_table(CreateStmt *stmt, bool foreign)
 {
 	ListCell   *lc;
+	Oid			parent;
+	Oid			source;
 
-	foreach(lc, stmt->inhRelations)
-		check_new_parent(lfirst_node(RangeVar, lc));
+	if (stmt->partbound == NULL)
+	{
+		foreach(lc, stmt->inhRelations)
+			check_new_parent(lfirst_node(RangeVar, lc));
+		return;
+	}
+	if (list_length(stmt->inhRelations) != 1)
+		return;					/* PostgreSQL refuses it */
+	parent = RangeVarGetRelid(linitial_node(RangeVar, stmt->inhRelations), NoLock, true);
+	if (!OidIsValid(parent) || !OidIsValid(source_user(parent, &source)))
+		return;
+	if (foreign || stmt->relation->relpersistence != RELPERSISTENCE_PERMANENT)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot create %s partition of stream source \"%s\"",
+						foreign ? "a foreign table as a" :
+						stmt->relation->relpersistence == RELPERSISTENCE_TEMP ?
+						"a temporary" : "an unlogged",
+						get_rel_name(source)),
+				 errhint("A stream reads its source's rows from the write-ahead log, which does not hold the rows of foreign, temporary or unlogged tables; make every partition an ordinary logged table.")));
+}
+
+/* The table an ALTER TABLE statement alters, if it exists. */
+static Oid
+altered_table(AlterTableStmt *stmt)
+{
+	if (stmt->objtype != OBJECT_TABLE)
+		return InvalidOid;
+	return RangeVarGetRelid(stmt->relation, NoLock, true);
+}
+
+/* The partition an ALTER TABLE ... ATTACH PARTITION attaches, if any. */
+static Oid
+attached_partition(AlterTableCmd *cmd)
+{
+	if (cmd->subtype != AT_AttachPartition)
+		return InvalidOid;
+	return RangeVarGetRelid(castNode(PartitionCmd, cmd->def)->name, NoLock, true);
+}
+
+/*
+ * ATTACH PARTITION to a source or a partition of one: every table it
+ * brings (the table and, if it is partitioned, its partitions) must be
+ * logged.  With after, once PostgreSQL has attached it (and holds its
+ * lock): warn that the rows it already held are not counted, for a
+ * stream counts the rows inserted into its source.
+ */
+static void
+check_attach(Oid parent, AlterTableCmd *cmd, bool after)
+{
+	Oid			table = attached_partition(cmd);
+	Oid			source;
+	ListCell   *lc;
+
+	if (!OidIsValid(table) || !OidIsValid(source_user(parent, &source)))
+		return;
+	foreach(lc, find_all_inheritors(table, NoLock, NULL))
+	{
+		Oid			part = lfirst_oid(lc);
+		Relation	rel;
+		TableScanDesc scan;
+		bool		rows;
+
+		if (!after)
+		{
+			CompileCheckPartition(part, source, true);
+			continue;
+		}
+		if (get_rel_relkind(part) != RELKIND_RELATION)
+			continue;
+		rel = table_open(part, AccessShareLock);
+		scan = table_beginscan(rel, GetLatestSnapshot(), 0, NULL);
+		rows = heap_getnext(scan, ForwardScanDirection) != NULL;
+		table_endscan(scan);
+		table_close(rel, AccessShareLock);
+		if (rows)
+		{
+			ereport(WARNING,
+					(errmsg("the rows already in table \"%s\" are not counted by the streams that read \"%s\"",
+							get_rel_name(part), get_rel_name(source)),
+					 errdetail("A stream counts the rows inserted into its source after it was created; these were in the table before it became a partition."),
+					 errhint("flowpg.rebuild_stream computes a stream again over every row of its source.")));
+			break;
+		}
+	}
 }
 
 /*
@@ -1295,13 +1419,10 @@ check_result_columns(Oid relid, AlterTableCmd *cmd)
 static void
 check_alter_table(AlterTableStmt *stmt)
 {
-	Oid			relid;
+	Oid			relid = altered_table(stmt);
 	List	   *rels;
 	ListCell   *lc;
 
-	if (stmt->objtype != OBJECT_TABLE)
-		return;
-	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
 	if (!OidIsValid(relid))
 		return;
 	rels = find_all_inheritors(relid, NoLock, NULL);
@@ -1316,6 +1437,7 @@ check_alter_table(AlterTableStmt *stmt)
 			check_result_owner(relid, cmd->newowner);
 		if (cmd->subtype == AT_AddInherit)
 			check_new_parent(castNode(RangeVar, cmd->def));
+		check_attach(relid, cmd, false);
 		if (cmd->subtype == AT_AddColumn || cmd->subtype == AT_DropColumn ||
 			cmd->subtype == AT_AlterColumnType)
 			foreach(lc2, rels)
@@ -1532,6 +1654,19 @@ moves_database(AlterDatabaseStmt *stmt)
 	return false;
 }
 
+/* After ALTER TABLE: warn about rows an attached partition brought. */
+static void
+check_attached(AlterTableStmt *stmt)
+{
+	Oid			relid = altered_table(stmt);
+	ListCell   *lc;
+
+	if (!OidIsValid(relid))
+		return;
+	foreach(lc, stmt->cmds)
+		check_attach(relid, lfirst_node(AlterTableCmd, lc), true);
+}
+
 /* Does the statement change the name or schema of an object? */
 static bool
 renames_objects(Node *stmt)
@@ -1551,7 +1686,9 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 	if (IsA(pstmt->utilityStmt, AlterTableStmt))
 		check_alter_table((AlterTableStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, CreateStmt))
-		check_create_table((CreateStmt *) pstmt->utilityStmt);
+		check_create_table((CreateStmt *) pstmt->utilityStmt, false);
+	else if (IsA(pstmt->utilityStmt, CreateForeignTableStmt))
+		check_create_table(&((CreateForeignTableStmt *) pstmt->utilityStmt)->base, true);
 	else if (IsA(pstmt->utilityStmt, ReassignOwnedStmt))
 		check_reassign_owned((ReassignOwnedStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, DropRoleStmt))
@@ -1574,6 +1711,8 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 								params, queryEnv, dest, qc);
 	if (renames_objects(pstmt->utilityStmt))
 		CatalogRefreshDefinitions();
+	if (IsA(pstmt->utilityStmt, AlterTableStmt))
+		check_attached((AlterTableStmt *) pstmt->utilityStmt);
 }
 
 /* Install the hooks; from _PG_init, in the postmaster. */

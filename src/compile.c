@@ -135,6 +135,38 @@ check_row_security(Oid relid)
 				 errdetail("A stream sees every inserted row, so it cannot apply row security policies.")));
 }
 
+/*
+ * A partition of a partitioned source, at any level, must write its rows
+ * to the WAL as an ordinary permanent table does: decoding never sees the
+ * rows of a foreign, temporary or unlogged partition, which the stream's
+ * query reads.  Refused when the stream is created and whenever such a
+ * partition would join the source (catalog.c); attach says whether the
+ * table is being attached.
+ */
+void
+CompileCheckPartition(Oid partition, Oid source, bool attach)
+{
+	const char *kind = NULL;
+
+	if (get_rel_relkind(partition) == RELKIND_FOREIGN_TABLE)
+		kind = "a foreign table";
+	else if (get_rel_persistence(partition) == RELPERSISTENCE_TEMP)
+		kind = "a temporary table";
+	else if (get_rel_persistence(partition) == RELPERSISTENCE_UNLOGGED)
+		kind = "an unlogged table";
+	if (kind == NULL)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 attach ?
+			 errmsg("cannot attach table \"%s\" as a partition of stream source \"%s\"",
+					get_rel_name(partition), get_rel_name(source)) :
+			 errmsg("partition \"%s\" of source \"%s\" is %s",
+					get_rel_name(partition), get_rel_name(source), kind),
+			 attach ? errdetail("Table \"%s\" is %s.", get_rel_name(partition), kind) : 0,
+			 errhint("A stream reads its source's rows from the write-ahead log, which does not hold the rows of foreign, temporary or unlogged tables; make every partition an ordinary logged table.")));
+}
+
 /* Refuse sources whose inserted rows logical decoding cannot deliver. */
 static void
 check_source(RangeTblEntry *rte)
@@ -163,7 +195,12 @@ check_source(RangeTblEntry *rte)
 			kind = "a foreign table";
 			break;
 		case RELKIND_PARTITIONED_TABLE:
-			kind = "a partitioned table";
+			if (!rte->inh)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("source \"%s\" is a partitioned table named with ONLY", relname),
+						 errdetail("ONLY a partitioned table holds no rows."),
+						 errhint("Leave out ONLY: the stream reads the rows inserted into every partition.")));
 			break;
 		default:
 			kind = "not an ordinary table";
@@ -204,7 +241,15 @@ check_source(RangeTblEntry *rte)
 
 	if (rte->tablesample != NULL)
 		not_supported("TABLESAMPLE clauses", NULL);
-	if (rte->inh && has_subclass(rte->relid))
+	if (rte->relkind == RELKIND_PARTITIONED_TABLE)
+	{
+		List	   *parts = find_all_inheritors(rte->relid, AccessShareLock, NULL);
+		ListCell   *lc;
+
+		foreach(lc, parts)
+			CompileCheckPartition(lfirst_oid(lc), rte->relid, false);
+	}
+	else if (rte->inh && has_subclass(rte->relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("source \"%s\" has inheritance children", relname),
@@ -718,6 +763,7 @@ CompileQueryTree(Query *query)
 
 	fq->query = query;
 	fq->source = rte->relid;
+	fq->partitioned = rte->relkind == RELKIND_PARTITIONED_TABLE;
 	fq->outdesc = ExecCleanTypeFromTL(query->targetList);
 	compile_keys(fq, query);
 	compile_output(fq, query);

@@ -23,6 +23,7 @@ typedef struct FlowQuery
 {
 	Query	   *query;			/* as analyzed; stored in the catalog */
 	Oid			source;			/* source table */
+	bool		partitioned;	/* source is a partitioned table */
 	List	   *where;			/* implicit-AND list over the source row */
 	List	   *keys;			/* GROUP BY expressions over the source row */
 	List	   *key_eqops;		/* their equality operators (Oid list) */
@@ -40,6 +41,7 @@ typedef struct FlowQuery
 extern FlowQuery *CompileQueryText(const char *sql);
 extern FlowQuery *CompileQueryTree(Query *query);
 extern void CompileCheckPermissions(FlowQuery *fq);
+extern void CompileCheckPartition(Oid partition, Oid source, bool attach);
 extern bool CompileFunctionIsC(Oid func);
 extern char *CompileDeparse(Query *query);
 extern FlowQuery *CompileDefinition(const char *definition);

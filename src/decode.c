@@ -33,15 +33,21 @@
  *	  can change the row layout.  So the relcache entry of the source that
  *	  the worker's own transactions may have built is dropped before
  *	  decoding resumes (see own_xact_since_decoding).
+ *	- For a partitioned source, which tables are its partitions, and how
+ *	  their rows map onto its columns, is read from the historic catalog
+ *	  too: a row counts if its table was a partition of the source when
+ *	  the row was written (part_lookup).
  *	- No stream_* callbacks and no two-phase: only committed transactions.
  *
  *-------------------------------------------------------------------------
  */
 #include "flowpg.h"
 
+#include "access/tupconvert.h"
 #include "access/xlog.h"
 #include "access/xact.h"
 #include "access/xlogutils.h"
+#include "catalog/partition.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -54,7 +60,9 @@
 #include "replication/slot.h"
 #include "replication/snapbuild.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 
@@ -73,12 +81,103 @@ static FlowWorker *decode_worker = NULL;
  */
 static bool source_desc_current = false;
 
+/*
+ * A partitioned source: the tables whose changes decoding passes, each
+ * with whether it is a partition of the source (at any level) as of the
+ * change being decoded, and how to read its rows as the source's.  A
+ * partition created with PARTITION OF lays out its rows as the source
+ * does; one attached, or with dropped or added columns, may not, and its
+ * rows are converted to the source's layout by column name.  The whole
+ * cache is dropped when decoding invalidates the source or a table in it
+ * (ATTACH and DETACH PARTITION invalidate both tables).
+ */
+typedef struct PartEntry
+{
+	Oid			relid;			/* hash key */
+	bool		member;			/* a partition of the source */
+	TupleConversionMap *map;	/* its rows to the source's layout, or NULL */
+} PartEntry;
+
+static HTAB *parts = NULL;
+static MemoryContext parts_cxt = NULL;
+static MemoryContext parts_tuple_cxt = NULL;
+static TupleDesc parts_sourcedesc = NULL;	/* the source's, in parts_cxt */
+static bool parts_valid = false;
+
 static void
 source_relcache_cb(Datum arg, Oid relid)
 {
-	if (decode_worker != NULL &&
-		(relid == InvalidOid || relid == decode_worker->plan->fq->source))
+	if (decode_worker == NULL)
+		return;
+	if (relid == InvalidOid || relid == decode_worker->plan->fq->source)
+		source_desc_current = parts_valid = false;
+	else if (parts_valid && hash_search(parts, &relid, HASH_FIND, NULL) != NULL)
+		parts_valid = false;
+}
+
+/*
+ * The entry of a table whose change decoding passes, for a partitioned
+ * source.  Catalog lookups here may run invalidations, which only mark
+ * the cache invalid: it is rebuilt at the next call.
+ */
+static PartEntry *
+part_lookup(FlowWorker *w, Relation relation)
+{
+	Oid			relid = RelationGetRelid(relation);
+	Oid			source = w->plan->fq->source;
+	PartEntry  *entry;
+	bool		member;
+	TupleConversionMap *map = NULL;
+	MemoryContext oldcxt;
+
+	if (!parts_valid)
+	{
+		HASHCTL		ctl;
+
+		if (parts_cxt == NULL)
+		{
+			parts_cxt = AllocSetContextCreate(TopMemoryContext, "flowpg partitions",
+											  ALLOCSET_SMALL_SIZES);
+			parts_tuple_cxt = AllocSetContextCreate(TopMemoryContext,
+													"flowpg partition rows",
+													ALLOCSET_DEFAULT_SIZES);
+		}
+		MemoryContextReset(parts_cxt);
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(PartEntry);
+		ctl.hcxt = parts_cxt;
+		parts = hash_create("flowpg partitions", 16, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		parts_sourcedesc = NULL;
 		source_desc_current = false;
+		parts_valid = true;
+	}
+	entry = hash_search(parts, &relid, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry;
+
+	oldcxt = MemoryContextSwitchTo(parts_cxt);
+	member = relation->rd_rel->relispartition &&
+		list_member_oid(get_partition_ancestors(relid), source);
+	if (member && parts_sourcedesc == NULL)
+	{
+		Relation	rel = RelationIdGetRelation(source);
+
+		if (!RelationIsValid(rel))
+			elog(ERROR, "could not open source relation with OID %u", source);
+		parts_sourcedesc = CreateTupleDescCopyConstr(RelationGetDescr(rel));
+		RelationClose(rel);
+	}
+	if (member)
+		map = convert_tuples_by_name(CreateTupleDescCopyConstr(RelationGetDescr(relation)),
+									 parts_sourcedesc);
+	MemoryContextSwitchTo(oldcxt);
+	if (!parts_valid)
+		return part_lookup(w, relation);	/* invalidated meanwhile */
+	entry = hash_search(parts, &relid, HASH_ENTER, NULL);
+	entry->member = member;
+	entry->map = map;
+	return entry;
 }
 
 /*
@@ -169,22 +268,43 @@ flowpg_change_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 				 Relation relation, ReorderBufferChange *change)
 {
 	FlowWorker *w = decode_worker;
+	HeapTuple	tuple;
+	TupleDesc	desc = RelationGetDescr(relation);
+	PartEntry  *part = NULL;
 
 	check_allowed();
-	if (w == NULL || w->skip_txn ||
-		RelationGetRelid(relation) != w->plan->fq->source)
+	if (w == NULL || w->skip_txn)
 		return;
+	if (RelationGetRelid(relation) != w->plan->fq->source)
+	{
+		if (!w->plan->fq->partitioned)
+			return;
+		part = part_lookup(w, relation);
+		if (!part->member)
+			return;
+		desc = parts_sourcedesc;
+	}
 
 	switch (change->action)
 	{
 		case REORDER_BUFFER_CHANGE_INSERT:
+			/* rows of a partition are read with the source's descriptor */
 			if (!source_desc_current)
 			{
-				PlanSetSourceDesc(w->plan, RelationGetDescr(relation));
+				PlanSetSourceDesc(w->plan, desc);
 				source_desc_current = true;
 			}
+			tuple = &change->data.tp.newtuple->tuple;
+			if (part != NULL && part->map != NULL)
+			{
+				MemoryContext oldcxt = MemoryContextSwitchTo(parts_tuple_cxt);
+
+				MemoryContextReset(parts_tuple_cxt);
+				tuple = execute_attr_map_tuple(tuple, part->map);
+				MemoryContextSwitchTo(oldcxt);
+			}
 			w->events++;
-			BatchAdd(w->batch, w->state, &change->data.tp.newtuple->tuple);
+			BatchAdd(w->batch, w->state, tuple);
 			break;
 		case REORDER_BUFFER_CHANGE_UPDATE:
 			w->ignored_updates++;
@@ -208,9 +328,14 @@ flowpg_truncate_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	check_allowed();
 	if (w == NULL || w->skip_txn)
 		return;
+	/* TRUNCATE of a partitioned source truncates its partitions: once */
 	for (i = 0; i < nrelations; i++)
-		if (RelationGetRelid(relations[i]) == w->plan->fq->source)
+		if (RelationGetRelid(relations[i]) == w->plan->fq->source ||
+			(w->plan->fq->partitioned && part_lookup(w, relations[i])->member))
+		{
 			w->ignored_truncates++;
+			break;
+		}
 }
 
 static void
