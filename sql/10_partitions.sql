@@ -39,6 +39,9 @@ CREATE TABLE events_apr PARTITION OF events FOR VALUES FROM ('2026-04-01') TO ('
 CREATE TABLE events_may (LIKE events);
 ALTER TABLE events ATTACH PARTITION events_may FOR VALUES FROM ('2026-05-01') TO ('2026-06-01');
 CREATE TABLE events_default PARTITION OF events DEFAULT;
+-- a table access method whose handler is heap's writes heap's WAL
+CREATE ACCESS METHOD heap_too TYPE TABLE HANDLER heap_tableam_handler;
+ALTER TABLE events_jan SET ACCESS METHOD heap_too;
 ALTER TABLE events ADD COLUMN unit text DEFAULT 'C';
 INSERT INTO events SELECT g, date '2026-01-01' + g % 150, g % 5, g, 'F' FROM generate_series(1001, 1600) g;
 SELECT flowpg.wait('per_device');
@@ -104,3 +107,4 @@ SELECT flowpg.drop_stream('per_device');
 DROP FUNCTION per_device_differs();
 DROP VIEW per_device_batch;
 DROP TABLE events, events_jan;
+DROP ACCESS METHOD heap_too;

@@ -46,6 +46,7 @@
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
@@ -1278,6 +1279,44 @@ check_new_parent(RangeVar *parent)
 }
 
 /*
+ * A source, or a partition of one, would get a table access method other
+ * than heap (whose handler is not heap's): its rows would not be in the
+ * WAL as decoding reads them.  relid is the table, or InvalidOid for a
+ * new partition of parent.
+ */
+static void
+refuse_access_method(Oid relid, const char *amname, Oid parent, Oid source)
+{
+	Oid			user = column_user(source, 0);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 OidIsValid(relid) ?
+			 errmsg("cannot set access method \"%s\" for table \"%s\"",
+					amname, get_rel_name(relid)) :
+			 errmsg("cannot create a partition of access method \"%s\" of table \"%s\"",
+					amname, get_rel_name(parent)),
+			 relid == source ?
+			 errdetail("It is the source of the stream whose result table is \"%s\".",
+					   get_rel_name(user)) :
+			 errdetail("Table \"%s\" is the source of the stream whose result table is \"%s\".",
+					   get_rel_name(source), get_rel_name(user)),
+			 errhint("Streams decode the heap's records in the write-ahead log; other table access methods write other records.")));
+}
+
+/* ALTER TABLE ... SET ACCESS METHOD of a source or a partition of one */
+static void
+check_set_access_method(Oid relid, const char *amname)
+{
+	Oid			source;
+
+	if (amname != NULL &&
+		!CompileAccessMethodIsHeap(get_table_am_oid(amname, false)) &&
+		OidIsValid(source_user(relid, &source)))
+		refuse_access_method(relid, amname, InvalidOid, source);
+}
+
+/*
  * CREATE TABLE ... INHERITS (a source); CREATE [UNLOGGED | FOREIGN] TABLE
  * ... PARTITION OF a source or a partition of one (a new partition of a
  * source must be logged: its rows are the source's).
@@ -1288,6 +1327,7 @@ check_create_table(CreateStmt *stmt, bool foreign)
 	ListCell   *lc;
 	Oid			parent;
 	Oid			source;
+	const char *amname;
 
 	if (stmt->partbound == NULL)
 	{
@@ -1300,6 +1340,10 @@ check_create_table(CreateStmt *stmt, bool foreign)
 	parent = RangeVarGetRelid(linitial_node(RangeVar, stmt->inhRelations), NoLock, true);
 	if (!OidIsValid(parent) || !OidIsValid(source_user(parent, &source)))
 		return;
+	amname = stmt->accessMethod ? stmt->accessMethod : default_table_access_method;
+	if (!foreign && stmt->partspec == NULL &&
+		!CompileAccessMethodIsHeap(get_table_am_oid(amname, false)))
+		refuse_access_method(InvalidOid, amname, parent, source);
 	if (foreign || stmt->relation->relpersistence != RELPERSISTENCE_PERMANENT)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -1308,7 +1352,7 @@ check_create_table(CreateStmt *stmt, bool foreign)
 						stmt->relation->relpersistence == RELPERSISTENCE_TEMP ?
 						"a temporary" : "an unlogged",
 						get_rel_name(source)),
-				 errhint("A stream reads its source's rows from the write-ahead log, which does not hold the rows of foreign, temporary or unlogged tables; make every partition an ordinary logged table.")));
+				 errhint("A stream reads its source's rows from the write-ahead log as heap tables write them; make every partition an ordinary logged heap table.")));
 }
 
 /* The table an ALTER TABLE statement alters, if it exists. */
@@ -1438,6 +1482,8 @@ check_alter_table(AlterTableStmt *stmt)
 		if (cmd->subtype == AT_AddInherit)
 			check_new_parent(castNode(RangeVar, cmd->def));
 		check_attach(relid, cmd, false);
+		if (cmd->subtype == AT_SetAccessMethod)
+			check_set_access_method(relid, cmd->name);
 		if (cmd->subtype == AT_AddColumn || cmd->subtype == AT_DropColumn ||
 			cmd->subtype == AT_AlterColumnType)
 			foreach(lc2, rels)

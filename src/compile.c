@@ -22,13 +22,16 @@
 #include "flowpg.h"
 
 #include "access/htup_details.h"
+#include "access/tableam.h"
 #include "catalog/dependency.h"
 #include "catalog/heap.h"
 #include "catalog/pg_extension.h"
+#include "commands/defrem.h"
 #include "commands/extension.h"
 #include "utils/guc.h"
 #include "catalog/catalog.h"
 #include "catalog/pg_aggregate.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_language.h"
@@ -135,6 +138,22 @@ check_row_security(Oid relid)
 				 errdetail("A stream sees every inserted row, so it cannot apply row security policies.")));
 }
 
+/* The table access method of a table (InvalidOid for a partitioned one). */
+static Oid
+rel_access_method(Oid relid)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Form_pg_class form;
+	Oid			am;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	form = (Form_pg_class) GETSTRUCT(tuple);
+	am = form->relkind == RELKIND_RELATION ? form->relam : InvalidOid;
+	ReleaseSysCache(tuple);
+	return am;
+}
+
 /*
  * A partition of a partitioned source, at any level, must write its rows
  * to the WAL as an ordinary permanent table does: decoding never sees the
@@ -147,9 +166,12 @@ void
 CompileCheckPartition(Oid partition, Oid source, bool attach)
 {
 	const char *kind = NULL;
+	Oid			am = rel_access_method(partition);
 
 	if (get_rel_relkind(partition) == RELKIND_FOREIGN_TABLE)
 		kind = "a foreign table";
+	else if (OidIsValid(am) && !CompileAccessMethodIsHeap(am))
+		kind = psprintf("a table of access method \"%s\"", get_am_name(am));
 	else if (get_rel_persistence(partition) == RELPERSISTENCE_TEMP)
 		kind = "a temporary table";
 	else if (get_rel_persistence(partition) == RELPERSISTENCE_UNLOGGED)
@@ -164,7 +186,25 @@ CompileCheckPartition(Oid partition, Oid source, bool attach)
 			 errmsg("partition \"%s\" of source \"%s\" is %s",
 					get_rel_name(partition), get_rel_name(source), kind),
 			 attach ? errdetail("Table \"%s\" is %s.", get_rel_name(partition), kind) : 0,
-			 errhint("A stream reads its source's rows from the write-ahead log, which does not hold the rows of foreign, temporary or unlogged tables; make every partition an ordinary logged table.")));
+			 errhint("A stream reads its source's rows from the write-ahead log as heap tables write them; make every partition an ordinary logged heap table.")));
+}
+
+/*
+ * Whether a table access method stores its rows as heap does, writing the
+ * heap's WAL records, which logical decoding turns into rows: heap, and
+ * any access method whose handler is heap's.
+ */
+bool
+CompileAccessMethodIsHeap(Oid am)
+{
+	HeapTuple	tuple = SearchSysCache1(AMOID, ObjectIdGetDatum(am));
+	Oid			handler;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for access method %u", am);
+	handler = ((Form_pg_am) GETSTRUCT(tuple))->amhandler;
+	ReleaseSysCache(tuple);
+	return GetTableAmRoutine(handler) == GetHeapamTableAmRoutine();
 }
 
 /* Refuse sources whose inserted rows logical decoding cannot deliver. */
@@ -238,6 +278,14 @@ check_source(RangeTblEntry *rte)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("source \"%s\" is %s", relname, kind),
 				 errdetail("Streams read the write-ahead log, which does not hold the rows of temporary or unlogged tables.")));
+
+	if (rte->relkind == RELKIND_RELATION &&
+		!CompileAccessMethodIsHeap(rel_access_method(rte->relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source \"%s\" is a table of access method \"%s\"", relname,
+						get_am_name(rel_access_method(rte->relid))),
+				 errdetail("Streams decode the heap's records in the write-ahead log; other table access methods write other records.")));
 
 	if (rte->tablesample != NULL)
 		not_supported("TABLESAMPLE clauses", NULL);

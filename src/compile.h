@@ -42,6 +42,7 @@ extern FlowQuery *CompileQueryText(const char *sql);
 extern FlowQuery *CompileQueryTree(Query *query);
 extern void CompileCheckPermissions(FlowQuery *fq);
 extern void CompileCheckPartition(Oid partition, Oid source, bool attach);
+extern bool CompileAccessMethodIsHeap(Oid am);
 extern bool CompileFunctionIsC(Oid func);
 extern char *CompileDeparse(Query *query);
 extern FlowQuery *CompileDefinition(const char *definition);
