@@ -268,6 +268,8 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
        s.settings,
        s.owner,
        CASE WHEN s.failure IS NOT NULL OR lost.slot IS NOT NULL THEN 'failed'
+            -- a standby has the streams' tables, replicated, and no worker
+            WHEN pg_catalog.pg_is_in_recovery() THEN 'standby'
             WHEN st.stream_id IS NULL AND e.none_free THEN 'failed'
             WHEN s.restored AND st.status IS DISTINCT FROM 'failed' THEN 'starting'
             WHEN s.paused AND st.status IS DISTINCT FROM 'failed' THEN 'paused'
