@@ -156,9 +156,9 @@ rel_access_method(Oid relid)
 
 /*
  * A partition of a partitioned source, at any level, must write its rows
- * to the WAL as an ordinary permanent table does: decoding never sees the
- * rows of a foreign, temporary or unlogged partition, which the stream's
- * query reads.  Refused when the stream is created and whenever such a
+ * to the WAL as an ordinary permanent heap table does: decoding never sees
+ * the rows of a foreign, temporary or unlogged partition, nor those of a
+ * table access method other than heap, which the stream's query reads.  Refused when the stream is created and whenever such a
  * partition would join the source (catalog.c); attach says whether the
  * table is being attached.
  */
