@@ -103,6 +103,27 @@ SELECT flowpg.wait('per_device');
 SELECT per_device_differs(), (SELECT sum(n) FROM per_device) AS counted,
        (SELECT count(*) FROM events) AS rows;
 
+-- within one transaction, a row counts if its table is a partition of
+-- the source when the row is written
+CREATE TABLE moves (k int, v int) PARTITION BY RANGE (k);
+CREATE TABLE moves_a PARTITION OF moves FOR VALUES FROM (0) TO (10);
+SELECT flowpg.create_stream('moves_counts', 'SELECT k, count(*) AS n, sum(v) AS s FROM moves GROUP BY k');
+BEGIN;
+CREATE TABLE moves_b PARTITION OF moves FOR VALUES FROM (10) TO (20);
+INSERT INTO moves VALUES (11, 1), (1, 1);
+CREATE TABLE moves_c (v int, k int);
+INSERT INTO moves_c VALUES (100, 21);    -- before the attach: not counted
+ALTER TABLE moves ATTACH PARTITION moves_c FOR VALUES FROM (20) TO (30);
+INSERT INTO moves VALUES (22, 1);
+ALTER TABLE moves DETACH PARTITION moves_a;
+INSERT INTO moves_a VALUES (2, 1000);    -- after the detach: not counted
+INSERT INTO moves VALUES (12, 1);
+COMMIT;
+SELECT flowpg.wait('moves_counts');
+TABLE moves_counts ORDER BY k;
+SELECT flowpg.drop_stream('moves_counts');
+DROP TABLE moves, moves_a;
+
 SELECT flowpg.drop_stream('per_device');
 DROP FUNCTION per_device_differs();
 DROP VIEW per_device_batch;
