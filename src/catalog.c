@@ -1282,13 +1282,13 @@ check_new_parent(RangeVar *parent)
  * A source, or a partition of one, would get a table access method other
  * than heap (whose handler is not heap's): its rows would not be in the
  * WAL as decoding reads them.  relid is the table, or InvalidOid for a
- * new partition of parent.
+ * new partition of parent; source is the source, user its stream's
+ * result table.
  */
 static void
-refuse_access_method(Oid relid, const char *amname, Oid parent, Oid source)
+refuse_access_method(Oid relid, const char *amname, Oid parent, Oid source,
+					 Oid user)
 {
-	Oid			user = column_user(source, 0);
-
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 OidIsValid(relid) ?
@@ -1309,11 +1309,12 @@ static void
 check_set_access_method(Oid relid, const char *amname)
 {
 	Oid			source;
+	Oid			user;
 
 	if (amname != NULL &&
 		!CompileAccessMethodIsHeap(get_table_am_oid(amname, false)) &&
-		OidIsValid(source_user(relid, &source)))
-		refuse_access_method(relid, amname, InvalidOid, source);
+		OidIsValid(user = source_user(relid, &source)))
+		refuse_access_method(relid, amname, InvalidOid, source, user);
 }
 
 /*
@@ -1327,6 +1328,7 @@ check_create_table(CreateStmt *stmt, bool foreign)
 	ListCell   *lc;
 	Oid			parent;
 	Oid			source;
+	Oid			user;
 	const char *amname;
 
 	if (stmt->partbound == NULL)
@@ -1338,12 +1340,12 @@ check_create_table(CreateStmt *stmt, bool foreign)
 	if (list_length(stmt->inhRelations) != 1)
 		return;					/* PostgreSQL refuses it */
 	parent = RangeVarGetRelid(linitial_node(RangeVar, stmt->inhRelations), NoLock, true);
-	if (!OidIsValid(parent) || !OidIsValid(source_user(parent, &source)))
+	if (!OidIsValid(parent) || !OidIsValid(user = source_user(parent, &source)))
 		return;
 	amname = stmt->accessMethod ? stmt->accessMethod : default_table_access_method;
 	if (!foreign && stmt->partspec == NULL &&
 		!CompileAccessMethodIsHeap(get_table_am_oid(amname, false)))
-		refuse_access_method(InvalidOid, amname, parent, source);
+		refuse_access_method(InvalidOid, amname, parent, source, user);
 	if (foreign || stmt->relation->relpersistence != RELPERSISTENCE_PERMANENT)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -1364,51 +1366,64 @@ altered_table(AlterTableStmt *stmt)
 	return RangeVarGetRelid(stmt->relation, NoLock, true);
 }
 
-/* The partition an ALTER TABLE ... ATTACH PARTITION attaches, if any. */
-static Oid
-attached_partition(AlterTableCmd *cmd)
+/*
+ * The tables an ALTER TABLE ... ATTACH PARTITION to a source, or to a
+ * partition of one, brings (the table and, if it is partitioned, its
+ * partitions), and *source that source; NIL for any other command.
+ */
+static List *
+attached_tables(Oid parent, AlterTableCmd *cmd, Oid *source)
 {
+	Oid			table;
+
 	if (cmd->subtype != AT_AttachPartition)
-		return InvalidOid;
-	return RangeVarGetRelid(castNode(PartitionCmd, cmd->def)->name, NoLock, true);
+		return NIL;
+	table = RangeVarGetRelid(castNode(PartitionCmd, cmd->def)->name, NoLock, true);
+	if (!OidIsValid(table) || !OidIsValid(source_user(parent, source)))
+		return NIL;
+	return find_all_inheritors(table, NoLock, NULL);
 }
 
-/*
- * ATTACH PARTITION to a source or a partition of one: every table it
- * brings (the table and, if it is partitioned, its partitions) must be
- * logged.  With after, once PostgreSQL has attached it (and holds its
- * lock): warn that the rows it already held are not counted, for a
- * stream counts the rows inserted into its source.
- */
+/* ATTACH PARTITION to a source: every table it brings must be logged heap. */
 static void
-check_attach(Oid parent, AlterTableCmd *cmd, bool after)
+check_attach(Oid parent, AlterTableCmd *cmd)
 {
-	Oid			table = attached_partition(cmd);
 	Oid			source;
 	ListCell   *lc;
 
-	if (!OidIsValid(table) || !OidIsValid(source_user(parent, &source)))
-		return;
-	foreach(lc, find_all_inheritors(table, NoLock, NULL))
+	foreach(lc, attached_tables(parent, cmd, &source))
+		CompileCheckPartition(lfirst_oid(lc), source, true);
+}
+
+/* Does a table hold a row (that the latest snapshot sees)? */
+static bool
+has_rows(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	TableScanDesc scan = table_beginscan(rel, GetLatestSnapshot(), 0, NULL);
+	bool		rows = heap_getnext(scan, ForwardScanDirection) != NULL;
+
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return rows;
+}
+
+/*
+ * Once PostgreSQL has attached a partition to a source (and holds its
+ * lock): warn that the rows it already held are not counted, for a stream
+ * counts the rows inserted into its source.
+ */
+static void
+warn_attached_rows(Oid parent, AlterTableCmd *cmd)
+{
+	Oid			source;
+	ListCell   *lc;
+
+	foreach(lc, attached_tables(parent, cmd, &source))
 	{
 		Oid			part = lfirst_oid(lc);
-		Relation	rel;
-		TableScanDesc scan;
-		bool		rows;
 
-		if (!after)
-		{
-			CompileCheckPartition(part, source, true);
-			continue;
-		}
-		if (get_rel_relkind(part) != RELKIND_RELATION)
-			continue;
-		rel = table_open(part, AccessShareLock);
-		scan = table_beginscan(rel, GetLatestSnapshot(), 0, NULL);
-		rows = heap_getnext(scan, ForwardScanDirection) != NULL;
-		table_endscan(scan);
-		table_close(rel, AccessShareLock);
-		if (rows)
+		if (get_rel_relkind(part) == RELKIND_RELATION && has_rows(part))
 		{
 			ereport(WARNING,
 					(errmsg("the rows already in table \"%s\" are not counted by the streams that read \"%s\"",
@@ -1481,7 +1496,7 @@ check_alter_table(AlterTableStmt *stmt)
 			check_result_owner(relid, cmd->newowner);
 		if (cmd->subtype == AT_AddInherit)
 			check_new_parent(castNode(RangeVar, cmd->def));
-		check_attach(relid, cmd, false);
+		check_attach(relid, cmd);
 		if (cmd->subtype == AT_SetAccessMethod)
 			check_set_access_method(relid, cmd->name);
 		if (cmd->subtype == AT_AddColumn || cmd->subtype == AT_DropColumn ||
@@ -1710,7 +1725,7 @@ check_attached(AlterTableStmt *stmt)
 	if (!OidIsValid(relid))
 		return;
 	foreach(lc, stmt->cmds)
-		check_attach(relid, lfirst_node(AlterTableCmd, lc), true);
+		warn_attached_rows(relid, lfirst_node(AlterTableCmd, lc));
 }
 
 /* Does the statement change the name or schema of an object? */

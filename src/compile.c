@@ -213,6 +213,7 @@ check_source(RangeTblEntry *rte)
 {
 	const char *relname;
 	const char *kind = NULL;
+	Oid			am;
 
 	if (rte->rtekind != RTE_RELATION)
 		ereport(ERROR,
@@ -279,12 +280,12 @@ check_source(RangeTblEntry *rte)
 				 errmsg("source \"%s\" is %s", relname, kind),
 				 errdetail("Streams read the write-ahead log, which does not hold the rows of temporary or unlogged tables.")));
 
-	if (rte->relkind == RELKIND_RELATION &&
-		!CompileAccessMethodIsHeap(rel_access_method(rte->relid)))
+	am = rel_access_method(rte->relid);
+	if (OidIsValid(am) && !CompileAccessMethodIsHeap(am))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("source \"%s\" is a table of access method \"%s\"", relname,
-						get_am_name(rel_access_method(rte->relid))),
+						get_am_name(am)),
 				 errdetail("Streams decode the heap's records in the write-ahead log; other table access methods write other records.")));
 
 	if (rte->tablesample != NULL)

@@ -259,6 +259,22 @@ flowpg_begin_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 }
 
 /*
+ * Is relation the source, or a partition of it?  For a partition, *part
+ * is its entry (NULL for the source itself).
+ */
+static bool
+source_table(FlowWorker *w, Relation relation, PartEntry **part)
+{
+	*part = NULL;
+	if (RelationGetRelid(relation) == w->plan->fq->source)
+		return true;
+	if (!w->plan->fq->partitioned)
+		return false;
+	*part = part_lookup(w, relation);
+	return (*part)->member;
+}
+
+/*
  * One decoded change.  Inserts into the source go through the operators;
  * UPDATE and DELETE are counted and not applied: a source is a stream of
  * events.
@@ -269,21 +285,11 @@ flowpg_change_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 {
 	FlowWorker *w = decode_worker;
 	HeapTuple	tuple;
-	TupleDesc	desc = RelationGetDescr(relation);
-	PartEntry  *part = NULL;
+	PartEntry  *part;
 
 	check_allowed();
-	if (w == NULL || w->skip_txn)
+	if (w == NULL || w->skip_txn || !source_table(w, relation, &part))
 		return;
-	if (RelationGetRelid(relation) != w->plan->fq->source)
-	{
-		if (!w->plan->fq->partitioned)
-			return;
-		part = part_lookup(w, relation);
-		if (!part->member)
-			return;
-		desc = parts_sourcedesc;
-	}
 
 	switch (change->action)
 	{
@@ -291,7 +297,8 @@ flowpg_change_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			/* rows of a partition are read with the source's descriptor */
 			if (!source_desc_current)
 			{
-				PlanSetSourceDesc(w->plan, desc);
+				PlanSetSourceDesc(w->plan, part != NULL ? parts_sourcedesc :
+								  RelationGetDescr(relation));
 				source_desc_current = true;
 			}
 			tuple = &change->data.tp.newtuple->tuple;
@@ -323,6 +330,7 @@ flowpg_truncate_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 				   ReorderBufferChange *change)
 {
 	FlowWorker *w = decode_worker;
+	PartEntry  *part;
 	int			i;
 
 	check_allowed();
@@ -330,8 +338,7 @@ flowpg_truncate_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		return;
 	/* TRUNCATE of a partitioned source truncates its partitions: once */
 	for (i = 0; i < nrelations; i++)
-		if (RelationGetRelid(relations[i]) == w->plan->fq->source ||
-			(w->plan->fq->partitioned && part_lookup(w, relations[i])->member))
+		if (source_table(w, relations[i], &part))
 		{
 			w->ignored_truncates++;
 			break;
