@@ -12,7 +12,7 @@ CREATE TABLE flowpg.stream (
     name                text NOT NULL,
     result              pg_catalog.regclass NOT NULL UNIQUE,
     source              pg_catalog.regclass NOT NULL,
-    owner               pg_catalog.regrole NOT NULL,
+    owner               pg_catalog.oid NOT NULL,
     query               text NOT NULL,
     definition          text NOT NULL,
     plan                text NOT NULL,
@@ -33,14 +33,18 @@ COMMENT ON COLUMN flowpg.stream.plan IS 'the analyzed query (object ids: valid i
 COMMENT ON COLUMN flowpg.stream.settings IS 'name=value: the settings (TimeZone, DateStyle, lc_time, search_path, ...) of the session that created the stream, with which it evaluates its query';
 COMMENT ON COLUMN flowpg.stream.restored IS 'loaded from a dump: not running until flowpg rebuilds it from its source table';
 COMMENT ON COLUMN flowpg.stream.slot_origin IS 'system identifier/timeline/database oid where the stream''s slot was made: a stream found without its slot in a copy (pg_upgrade, failover, a recovered base backup, CREATE DATABASE ... TEMPLATE) is rebuilt from its source table';
+COMMENT ON COLUMN flowpg.stream.owner IS 'the role the stream runs as: the owner of its result table (a restored row takes its result table''s owner)';
 COMMENT ON COLUMN flowpg.stream.failure IS 'why the stream stopped for good (its slot is gone); its results are stale';
 
 /*
- * pg_dump dumps the stream definitions (result, source and owner go out
- * by name, as regclass and regrole).  A row that does not come from
- * create_stream, such as one pg_restore loads, is marked restored by this
- * trigger, and at commit flowpg starts rebuilding the stream: a new slot,
- * and a state computed from the source table's rows.
+ * pg_dump dumps the stream definitions (result and source go out by
+ * name, as regclass).  A row that does not come from create_stream, such
+ * as one pg_restore loads, is marked restored by this trigger, which also
+ * gives it the owner of its result table (the dumped owner's oid means
+ * nothing on another server; the role may not even exist there, and
+ * pg_restore --no-owner gives the restoring role the tables), and at
+ * commit flowpg starts rebuilding the stream: a new slot, and a state
+ * computed from the source table's rows.
  */
 SELECT pg_catalog.pg_extension_config_dump('flowpg.stream', '');
 
@@ -266,7 +270,7 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
        s.query,
        s.definition,
        s.settings,
-       s.owner,
+       s.owner::pg_catalog.regrole AS owner,
        CASE WHEN s.failure IS NOT NULL OR lost.slot IS NOT NULL THEN 'failed'
             -- a standby has the streams' tables, replicated, and no worker
             WHEN pg_catalog.pg_is_in_recovery() THEN 'standby'
@@ -316,7 +320,7 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
   -- the stream's slot went without flowpg (see ApiCheckNotFailed)
   LEFT JOIN LATERAL (
       SELECT own.slot
-        FROM (SELECT pg_catalog.format('flowpg_%s_%s_%s', d.oid, s.id, s.owner::pg_catalog.oid) AS slot
+        FROM (SELECT pg_catalog.format('flowpg_%s_%s', d.oid, s.id) AS slot
                 FROM pg_catalog.pg_database d
                WHERE d.datname = pg_catalog.current_database()) own
        WHERE s.failure IS NULL AND NOT s.restored

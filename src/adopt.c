@@ -17,7 +17,7 @@
  *	   COPY, or an INSERT by hand) is marked `restored` by the trigger,
  *	   and when its transaction commits the launcher is asked
  *	   (AdoptRequest) to start a "flowpg adopt" background worker for it,
- *	   connected as the stream's owner.
+ *	   which runs as the stream's owner (ControlBecomeOwner).
  *	2. The adopter waits until the result table has its unique index:
  *	   pg_restore creates indexes after it has loaded the tables' data, so
  *	   from then on nothing else writes the result table.
@@ -53,7 +53,7 @@
  * grants privileges after it creates indexes; something the definition
  * names is missing) records its error in the stream's StreamCtl, where
  * flowpg.streams and flowpg.wait show it, and exits.  The launcher keeps
- * the entry of a stream being rebuilt (adopt_owner is set) and starts the
+ * the entry of a stream being rebuilt (adopting is set) and starts the
  * next adopter after the same back-off as a worker's; flowpg.wait starts
  * one at once.  Dropping the stream, its database or flowpg ends that.
  *
@@ -111,8 +111,9 @@ PG_FUNCTION_INFO_V1(flowpg_rebuild_stream);
 /*
  * flowpg.stream_restored(): BEFORE INSERT trigger on flowpg.stream.  A row
  * flowpg did not insert itself comes from a dump: mark it restored (its
- * plan names objects of another database) and rebuild the stream when the
- * transaction commits.
+ * plan names objects of another database), give it the owner of its
+ * result table (a stream belongs to that role; the dumped oid means
+ * nothing here), and rebuild the stream when the transaction commits.
  */
 Datum
 flowpg_stream_restored(PG_FUNCTION_ARGS)
@@ -120,11 +121,12 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	TupleDesc	desc;
 	HeapTuple	tuple;
-	int			cols[2];
-	Datum		values[2];
-	bool		nulls[2] = {false, false};
+	int			cols[3];
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
 	bool		isnull;
 	int32		id;
+	Oid			result;
 	Oid			owner;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
@@ -138,15 +140,20 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 	desc = RelationGetDescr(trigdata->tg_relation);
 	cols[0] = SPI_fnumber(desc, "plan");
 	cols[1] = SPI_fnumber(desc, "restored");
-	if (cols[0] <= 0 || cols[1] <= 0)
-		elog(ERROR, "flowpg.stream lacks its plan or restored column");
+	cols[2] = SPI_fnumber(desc, "owner");
+	if (cols[0] <= 0 || cols[1] <= 0 || cols[2] <= 0)
+		elog(ERROR, "flowpg.stream lacks its plan, restored or owner column");
+	id = DatumGetInt32(heap_getattr(tuple, SPI_fnumber(desc, "id"), desc, &isnull));
+	result = DatumGetObjectId(heap_getattr(tuple, SPI_fnumber(desc, "result"), desc, &isnull));
+	owner = isnull ? InvalidOid : CatalogTableOwner(result);
+	if (!OidIsValid(owner))
+		elog(ERROR, "result table %u of stream %d does not exist", result, id);
 	values[0] = CStringGetTextDatum("");
 	values[1] = BoolGetDatum(true);
-	id = DatumGetInt32(heap_getattr(tuple, SPI_fnumber(desc, "id"), desc, &isnull));
-	owner = DatumGetObjectId(heap_getattr(tuple, SPI_fnumber(desc, "owner"), desc, &isnull));
+	values[2] = ObjectIdGetDatum(owner);
 	if (flowpg_preloaded)
-		CatalogPendingAdopt(id, owner);
-	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 2, cols, values, nulls));
+		CatalogPendingAdopt(id);
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 3, cols, values, nulls));
 }
 
 /*
@@ -168,7 +175,7 @@ flowpg_rebuild_stream(PG_FUNCTION_ARGS)
 	/* a stream being rebuilt already is left to its adopter */
 	if (!def->restored)
 		StreamHold(MyDatabaseId, def->id);
-	CatalogRebuildStream(def->id, def->owner);
+	CatalogRebuildStream(def->id);
 	ereport(LOG,
 			(errmsg("flowpg: stream \"%s\" is to be rebuilt from its source table", def->name)));
 	PG_RETURN_VOID();
@@ -195,7 +202,7 @@ AdoptRequest(StreamIdentity *ident)
 		return;
 	}
 	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
-	ctl->adopt_owner = ident->owner;
+	ctl->adopting = true;
 	LWLockRelease(&FlowCtl->lock);
 	SpinLockAcquire(&ctl->mutex);
 	if (ctl->pid == 0)
@@ -252,7 +259,7 @@ adopt_check(StreamIdentity *ident)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (OidIsValid(get_extension_oid("flowpg", true)))
 		def = CatalogReadStream(ident->stream_id);
-	if (def == NULL || !def->restored || def->owner != ident->owner)
+	if (def == NULL || !def->restored)
 		result = ADOPT_GONE;
 	else
 		result = has_valid_index(def->result) ? ADOPT_READY : ADOPT_WAIT;
@@ -340,7 +347,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	w->def = CatalogLockStream(ident->stream_id, AccessExclusiveLock);
-	if (w->def == NULL || !w->def->restored || w->def->owner != ident->owner)
+	if (w->def == NULL || !w->def->restored)
 	{
 		/* dropped (or rebuilt) while we waited for its lock */
 		MemoryContextSwitchTo(oldcxt);
@@ -349,6 +356,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 		AbortCurrentTransaction();
 		return;
 	}
+	ControlBecomeOwner(w->def->owner);
 	CompileApplySettings(w->def->settings, GUC_ACTION_SET);
 	w->fq = CompileDefinition(w->def->definition);
 	if (w->fq->source != w->def->source)
@@ -451,7 +459,7 @@ static void
 adopt_finished(StreamCtl *ctl)
 {
 	LWLockAcquire(&FlowCtl->lock, LW_EXCLUSIVE);
-	ctl->adopt_owner = InvalidOid;
+	ctl->adopting = false;
 	LWLockRelease(&FlowCtl->lock);
 	SpinLockAcquire(&ctl->mutex);
 	ctl->status = STREAM_STARTING;
@@ -515,7 +523,7 @@ FlowAdoptMain(Datum main_arg)
 	/* one process per stream: the adopter holds the stream's entry */
 	LWLockAcquire(&FlowCtl->lock, LW_SHARED);
 	ours = ctl->in_use && !ctl->dropping && ctl->dboid == ident.dboid &&
-		ctl->stream_id == ident.stream_id && ctl->adopt_owner == ident.owner;
+		ctl->stream_id == ident.stream_id && ctl->adopting;
 	LWLockRelease(&FlowCtl->lock);
 	if (!ours)
 		proc_exit(0);
@@ -543,7 +551,7 @@ FlowAdoptMain(Datum main_arg)
 			w->cxt = AllocSetContextCreate(TopMemoryContext, "flowpg adopt",
 										   ALLOCSET_DEFAULT_SIZES);
 			w->ctl = ctl;
-			FlowpgSlotName(w->slot_name, ident.dboid, ident.stream_id, ident.owner);
+			FlowpgSlotName(w->slot_name, ident.dboid, ident.stream_id);
 			adopt(w, &ident);
 		}
 		adopt_finished(ctl);

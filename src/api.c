@@ -31,7 +31,6 @@
 #include "access/xlogrecovery.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_authid.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -173,26 +172,6 @@ result_rangevar(text *name)
 			p++;
 	}
 	return makeRangeVarFromNameList(textToQualifiedNameList(name));
-}
-
-/* Refuse to run streams as a role that cannot connect. */
-static void
-check_owner_can_login(Oid owner)
-{
-	HeapTuple	tuple = SearchSysCache1(AUTHOID, ObjectIdGetDatum(owner));
-	bool		canlogin;
-
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "cache lookup failed for role %u", owner);
-	canlogin = ((Form_pg_authid) GETSTRUCT(tuple))->rolcanlogin;
-	ReleaseSysCache(tuple);
-	if (!canlogin)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-				 errmsg("role \"%s\" cannot own a stream because it cannot log in",
-						GetUserNameFromId(owner, false)),
-				 errdetail("A stream's worker connects to the database as the stream's owner."),
-				 errhint("Create the stream as a role with LOGIN.")));
 }
 
 /* Refuse a create that would exceed flowpg.max_streams. */
@@ -398,7 +377,6 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_TABLE),
 				 errmsg("relation \"%s\" already exists", name),
 				 errhint("A stream creates its result table; choose another name or drop the existing relation.")));
-	check_owner_can_login(GetUserId());
 	check_stream_limit();
 	check_worker_slots();
 	if (GetTopTransactionIdIfAny() != InvalidTransactionId)
@@ -411,7 +389,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	def = palloc0(sizeof(StreamDef));
 	def->id = new_stream_id();
 	FlowpgLockStream(def->id, AccessExclusiveLock);
-	FlowpgSlotName(slot_name, MyDatabaseId, def->id, GetUserId());
+	FlowpgSlotName(slot_name, MyDatabaseId, def->id);
 	DecodeCreateSlot(slot_name, NULL);
 	CatalogPendingCreate();
 	replorigin_create(slot_name);
@@ -500,17 +478,8 @@ ApiStreamToChange(FunctionCallInfo fcinfo)
 static void
 update_stream(StreamDef *def)
 {
-	StreamCtl  *ctl;
-
 	CatalogUpdateStream(def);
-	ctl = ControlFind(MyDatabaseId, def->id);
-	if (ctl != NULL)
-	{
-		SpinLockAcquire(&ctl->mutex);
-		ctl->reload_requested++;
-		SpinLockRelease(&ctl->mutex);
-		ApiWakeWorker(ctl);
-	}
+	ControlRequestReload(MyDatabaseId, def->id);
 }
 
 static void
@@ -591,7 +560,7 @@ ApiCheckNotFailed(StreamDef *def)
 	 * applied may be gone.  Look again once a drop or flowpg.restore that
 	 * replaces the slot, under the stream's lock, is over.
 	 */
-	FlowpgSlotName(slot_name, MyDatabaseId, def->id, def->owner);
+	FlowpgSlotName(slot_name, MyDatabaseId, def->id);
 	if (ControlSlotUsable(slot_name))
 		return;
 	if (def->slot_origin == NULL || strcmp(def->slot_origin, FlowpgSlotOrigin()) != 0)
@@ -635,7 +604,7 @@ ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 		}
 		if (pid == 0)
 		{
-			StreamIdentity ident = {MyDatabaseId, def->id, def->owner};
+			StreamIdentity ident = {MyDatabaseId, def->id};
 
 			AdoptRequest(&ident);
 		}

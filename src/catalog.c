@@ -91,6 +91,7 @@
 #include "compile.h"
 #include "control.h"
 #include "decode.h"
+#include "operators.h"
 #include "state.h"
 
 /* What the current transaction created or dropped. */
@@ -107,6 +108,7 @@ static struct
 	List	   *slots_to_drop;	/* savepoint slots (NameData) to drop */
 	List	   *adopt;			/* StreamIdentity of restored streams */
 	List	   *dropped_dbs;	/* databases dropped (Oid) */
+	List	   *reload;			/* streams given to another owner (int) */
 	bool		copied_db;		/* a database with streams was copied */
 } pending;
 
@@ -130,23 +132,32 @@ static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 	"LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.result " \
 	"LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
 
+/* The owner of a table, InvalidOid if there is no such table. */
+Oid
+CatalogTableOwner(Oid relid)
+{
+	HeapTuple	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		return InvalidOid;
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
 /* The role that owns flowpg's catalog: the extension's owner. */
 static Oid
 catalog_owner(void)
 {
 	Oid			nsp = get_namespace_oid("flowpg", false);
-	Oid			relid = get_relname_relid("stream", nsp);
-	HeapTuple	tuple;
-	Oid			owner;
+	Oid			owner = CatalogTableOwner(get_relname_relid("stream", nsp));
 
-	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(tuple))
+	if (!OidIsValid(owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("flowpg's catalog is missing from this database"),
 				 errhint("Run CREATE EXTENSION flowpg.")));
-	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
-	ReleaseSysCache(tuple);
 	return owner;
 }
 
@@ -330,7 +341,6 @@ CatalogListRestored(void)
 
 		ident->dboid = MyDatabaseId;
 		ident->stream_id = def->id;
-		ident->owner = def->owner;
 		idents = lappend(idents, ident);
 	}
 	return idents;
@@ -416,20 +426,22 @@ CatalogInsertStream(StreamDef *def)
 void
 CatalogUpdateStream(StreamDef *def)
 {
-	Oid			types[3] = {INT4OID, BOOLOID, INTERVALOID};
-	Datum		values[3];
-	char		nulls[3] = "   ";
+	Oid			types[4] = {INT4OID, BOOLOID, INTERVALOID, OIDOID};
+	Datum		values[4];
+	char		nulls[4] = "    ";
 	CatalogPrivilege priv;
 
 	values[0] = Int32GetDatum(def->id);
 	values[1] = BoolGetDatum(def->paused);
 	values[2] = interval_datum(def->checkpoint_interval, &nulls[2]);
+	values[3] = ObjectIdGetDatum(def->owner);
 
 	SPI_connect();
 	CatalogBecomeOwner(&priv);
-	if (SPI_execute_with_args("UPDATE flowpg.stream SET paused = $2, checkpoint_interval = $3 "
+	if (SPI_execute_with_args("UPDATE flowpg.stream SET paused = $2, checkpoint_interval = $3, "
+							  "owner = $4 "
 							  "WHERE id OPERATOR(pg_catalog.=) $1",
-							  3, types, values, nulls, false, 0) != SPI_OK_UPDATE)
+							  4, types, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update stream %d", def->id);
 	CatalogRestoreUser(&priv);
 	SPI_finish();
@@ -530,7 +542,7 @@ pend_slot_drop(const char *slot_name)
  * it has one still, when it makes the new one.
  */
 void
-CatalogRebuildStream(int32 id, Oid owner)
+CatalogRebuildStream(int32 id)
 {
 	Oid			type = INT4OID;
 	Datum		value = Int32GetDatum(id);
@@ -542,7 +554,7 @@ CatalogRebuildStream(int32 id, Oid owner)
 				1, &type, &value, SPI_OK_UPDATE);
 	foreach(lc, ControlListSavepointSlots(MyDatabaseId, id))
 		pend_slot_drop(NameStr(*(NameData *) lfirst(lc)));
-	CatalogPendingAdopt(id, owner);
+	CatalogPendingAdopt(id);
 }
 
 /*
@@ -567,13 +579,13 @@ CatalogRebuildCopies(void)
 		StreamDef  *def = lfirst(lc);
 		char		slot_name[NAMEDATALEN];
 
-		FlowpgSlotName(slot_name, MyDatabaseId, def->id, def->owner);
+		FlowpgSlotName(slot_name, MyDatabaseId, def->id);
 		if (SearchNamedReplicationSlot(slot_name, true) != NULL)
 			continue;
 		ereport(LOG,
 				(errmsg("flowpg: stream \"%s\" of database \"%s\" has no replication slot here, a copy of where its slot was made (pg_upgrade, a promoted standby, a recovered base backup or CREATE DATABASE ... TEMPLATE): rebuilding it from its source table",
 						def->name, get_database_name(MyDatabaseId))));
-		CatalogRebuildStream(def->id, def->owner);
+		CatalogRebuildStream(def->id);
 	}
 }
 
@@ -704,12 +716,12 @@ stop_worker(StreamCtl *ctl, List **list)
  * transactional part of dropping a stream.  Runs at PRE_COMMIT.
  */
 void
-StreamStopAndDrop(Oid dboid, int32 stream_id, Oid owner)
+StreamStopAndDrop(Oid dboid, int32 stream_id)
 {
 	char		slot_name[NAMEDATALEN];
 	StreamCtl  *ctl = ControlAcquire(dboid, stream_id);
 
-	FlowpgSlotName(slot_name, dboid, stream_id, owner);
+	FlowpgSlotName(slot_name, dboid, stream_id);
 	if (ctl != NULL)
 		stop_worker(ctl, &pending.stopped);
 	DecodeDropSlot(slot_name);
@@ -759,7 +771,7 @@ process_drops(void)
 			StreamIdentity *ident = lfirst(lc);
 
 			FlowpgLockStream(ident->stream_id, AccessExclusiveLock);
-			StreamStopAndDrop(ident->dboid, ident->stream_id, ident->owner);
+			StreamStopAndDrop(ident->dboid, ident->stream_id);
 		}
 		forget_adopting(MyDatabaseId);
 	}
@@ -776,7 +788,7 @@ process_drops(void)
 			if (def == NULL)
 				continue;
 			FlowpgLockStream(def->id, AccessExclusiveLock);
-			StreamStopAndDrop(MyDatabaseId, def->id, def->owner);
+			StreamStopAndDrop(MyDatabaseId, def->id);
 			catalog_delete(def->id);
 		}
 	}
@@ -857,18 +869,18 @@ reset_pending(void)
 	pending.adopt = NIL;
 	pending.dropped_dbs = NIL;
 	pending.copied_db = false;
+	pending.reload = NIL;
 }
 
 /* A stream row came from a dump: rebuild the stream once we commit. */
 void
-CatalogPendingAdopt(int32 stream_id, Oid owner)
+CatalogPendingAdopt(int32 stream_id)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
 	StreamIdentity *ident = palloc(sizeof(StreamIdentity));
 
 	ident->dboid = MyDatabaseId;
 	ident->stream_id = stream_id;
-	ident->owner = owner;
 	pending.adopt = lappend(pending.adopt, ident);
 	MemoryContextSwitchTo(oldcxt);
 }
@@ -939,6 +951,8 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			release_held(true);
 			if (pending.copied_db)
 				ControlRequestRescan();
+			foreach(lc, pending.reload)
+				ControlRequestReload(MyDatabaseId, lfirst_int(lc));
 			if (XactLastCommitEnd != last_woken_commit && FlowCtl != NULL &&
 				OidIsValid(MyDatabaseId))
 			{
@@ -1099,80 +1113,147 @@ column_user(Oid relid, AttrNumber attnum)
 	return user;
 }
 
+/* The table an ALTER TABLE statement alters, if it exists. */
+static Oid
+altered_table(AlterTableStmt *stmt)
+{
+	if (stmt->objtype != OBJECT_TABLE)
+		return InvalidOid;
+	return RangeVarGetRelid(stmt->relation, NoLock, true);
+}
+
 /*
- * A stream runs as its owner, who owns its result table, and its slot's
- * name carries that owner: the launcher connects the worker as the role
- * before the worker can read any catalog.  So a stream cannot change
- * hands, and its owner must stay.  Refuse what would give a result table
- * another owner (ALTER TABLE ... OWNER TO, REASSIGN OWNED) or drop the role
- * a worker connects as: the stream would fail at every start, for good.
+ * A stream belongs to the owner of its result table.  ALTER TABLE ...
+ * OWNER TO of a result table, and REASSIGN OWNED (which changes the owner
+ * of a role's tables in this database), give the stream to the new owner:
+ * after the statement, in its transaction, give_streams checks that the
+ * new owner may run the stream, records it, and has the worker start
+ * again as the new owner once the transaction commits (a worker runs as
+ * whoever the catalog names: see ControlBecomeOwner).  A role that owns
+ * streams cannot be dropped (it owns their result tables); DROP OWNED BY
+ * drops them with their result tables.
  */
 
-/* A stream of this database owned by the role, or NULL. */
-static StreamDef *
-stream_owned_by(Oid role)
+/* The streams of this database owned by the role. */
+static List *
+streams_owned_by(Oid role)
 {
-	List	   *defs;
-
 	if (!OidIsValid(get_extension_oid("flowpg", true)))
-		return NULL;
-	defs = catalog_query(STREAM_SELECT "WHERE s.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1 "
-						 "ORDER BY s.id LIMIT 1",
+		return NIL;
+	return catalog_query(STREAM_SELECT "WHERE s.owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1 "
+						 "ORDER BY s.id",
 						 OIDOID, ObjectIdGetDatum(role));
-	return defs != NIL ? linitial(defs) : NULL;
-}
-
-/* ALTER TABLE result OWNER TO another role */
-static void
-check_result_owner(Oid relid, RoleSpec *newowner)
-{
-	StreamDef  *def;
-
-	if (!is_result_here(relid))
-		return;
-	def = CatalogFindByResult(relid);
-	if (def == NULL || def->owner == get_rolespec_oid(newowner, false))
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("cannot change the owner of table \"%s\"", get_rel_name(relid)),
-			 errdetail("It is the result table of stream \"%s\", which runs as its owner, role %s.",
-					   def->name, GetUserNameFromId(def->owner, false)),
-			 errhint("Drop the stream and create it again as the new owner.")));
 }
 
 static void
-check_reassign_owned(ReassignOwnedStmt *stmt)
+new_owner_context(void *arg)
 {
-	Oid			newrole = get_rolespec_oid(stmt->newrole, false);
+	StreamDef  *def = arg;
+
+	errcontext("checking that role %s, the new owner of stream \"%s\", may run it",
+			   GetUserNameFromId(def->owner, true), def->name);
+}
+
+/*
+ * Check what create_stream checks, as the stream's new owner: SELECT on
+ * the source, no row security that applies, EXECUTE on the aggregates and
+ * functions.  A restored stream not rebuilt yet has no plan: its adopter
+ * checks, as the new owner.
+ */
+static void
+check_new_owner(StreamDef *def)
+{
+	Oid			save_user;
+	int			save_sec;
+	ErrorContextCallback callback;
+	FlowQuery  *fq;
+	Relation	source;
+
+	if (def->restored)
+		return;
+	callback.callback = new_owner_context;
+	callback.arg = def;
+	callback.previous = error_context_stack;
+	error_context_stack = &callback;
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(def->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	fq = CompileQueryTree(stringToNode(def->plan));
+	CompileCheckPermissions(fq);
+	source = table_open(fq->source, AccessShareLock);
+	(void) PlanBuild(fq, RelationGetDescr(source));
+	table_close(source, AccessShareLock);
+	SetUserIdAndSecContext(save_user, save_sec);
+	error_context_stack = callback.previous;
+}
+
+/* The stream's result table has another owner: the stream is theirs now. */
+static void
+give_stream(StreamDef *def)
+{
+	Oid			owner = CatalogTableOwner(def->result);
+	MemoryContext oldcxt;
+
+	if (!OidIsValid(owner) || owner == def->owner)
+		return;
+	def->owner = owner;
+	check_new_owner(def);
+	CatalogUpdateStream(def);
+	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	pending.reload = lappend_int(pending.reload, def->id);
+	MemoryContextSwitchTo(oldcxt);
+	ereport(NOTICE,
+			(errmsg("stream \"%s\" now belongs to role %s",
+					def->name, GetUserNameFromId(owner, false)),
+			 errdetail("Its worker runs as its owner: it starts again as the new owner once the transaction commits.")));
+}
+
+/* After ALTER TABLE ... OWNER TO or REASSIGN OWNED: see above. */
+static void
+give_streams(Node *stmt)
+{
 	ListCell   *lc;
 
-	foreach(lc, stmt->roles)
+	if (!OidIsValid(get_extension_oid("flowpg", true)))
+		return;
+	CommandCounterIncrement();	/* see the new owners */
+	if (IsA(stmt, AlterTableStmt))
 	{
-		Oid			role = get_rolespec_oid(lfirst(lc), true);
+		Oid			relid = altered_table((AlterTableStmt *) stmt);
 		StreamDef  *def;
 
-		if (!OidIsValid(role) || role == newrole || (def = stream_owned_by(role)) == NULL)
-			continue;
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot reassign the objects owned by role %s",
-						GetUserNameFromId(role, false)),
-				 errdetail("The role owns stream \"%s\", which runs as its owner.", def->name),
-				 errhint("Drop the role's streams first (DROP OWNED BY drops them with their result tables), and create them again as the new owner.")));
+		if (OidIsValid(relid) && is_result_here(relid) &&
+			(def = CatalogFindByResult(relid)) != NULL)
+			give_stream(def);
+		return;
+	}
+	foreach(lc, castNode(ReassignOwnedStmt, stmt)->roles)
+	{
+		Oid			role = get_rolespec_oid(lfirst(lc), true);
+		ListCell   *lc2;
+
+		if (OidIsValid(role))
+			foreach(lc2, streams_owned_by(role))
+				give_stream(lfirst(lc2));
 	}
 }
 
-static void
-refuse_role_drop(const char *role, const char *detail)
+/* Does ALTER TABLE change the owner? */
+static bool
+changes_owner(AlterTableStmt *stmt)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-			 errmsg("role \"%s\" cannot be dropped because it owns a flowpg stream", role),
-			 errdetail_internal("%s", detail),
-			 errhint("Drop the role's streams first (DROP OWNED BY, in each database, drops them with their result tables).")));
+	ListCell   *lc;
+
+	foreach(lc, stmt->cmds)
+		if (lfirst_node(AlterTableCmd, lc)->subtype == AT_ChangeOwner)
+			return true;
+	return false;
 }
 
+/*
+ * DROP ROLE of a stream's owner: PostgreSQL refuses it anyway (the role
+ * owns the result table, in whichever database); in this database, say
+ * which stream and what to do.
+ */
 static void
 check_drop_role(DropRoleStmt *stmt)
 {
@@ -1182,28 +1263,23 @@ check_drop_role(DropRoleStmt *stmt)
 	{
 		RoleSpec   *spec = lfirst(lc);
 		Oid			role;
+		List	   *defs;
 		StreamDef  *def;
-		ListCell   *lc2;
 
 		if (spec->roletype != ROLESPEC_CSTRING ||
 			!OidIsValid(role = get_role_oid(spec->rolename, true)))
 			continue;
-		/* this database's streams, restored ones too, by name */
-		if ((def = stream_owned_by(role)) != NULL)
-			refuse_role_drop(spec->rolename,
-							 psprintf("The role owns stream \"%s\"; streams run as their owner.",
-									  def->name));
-		/* the other databases' streams, by their slots */
-		foreach(lc2, FlowCtl != NULL ? ControlListSlots(InvalidOid) : NIL)
-		{
-			StreamIdentity *ident = lfirst(lc2);
-			char	   *db = get_database_name(ident->dboid);
-
-			if (ident->owner == role)
-				refuse_role_drop(spec->rolename,
-								 psprintf("The role owns stream %d in database \"%s\"; streams run as their owner.",
-										  ident->stream_id, db ? db : "?"));
-		}
+		defs = streams_owned_by(role);
+		def = defs != NIL ? linitial(defs) : NULL;
+		if (def != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("role \"%s\" cannot be dropped because it owns a flowpg stream",
+							spec->rolename),
+					 errdetail("The role owns stream \"%s\"; streams run as their owner.",
+							   def->name),
+					 errhint("Give the role's streams to another role (REASSIGN OWNED BY %s TO ...), or drop them (DROP OWNED BY drops them with their result tables), in each database.",
+							 quote_identifier(spec->rolename))));
 	}
 }
 
@@ -1357,15 +1433,6 @@ check_create_table(CreateStmt *stmt, bool foreign)
 				 errhint("A stream reads its source's rows from the write-ahead log as heap tables write them; make every partition an ordinary logged heap table.")));
 }
 
-/* The table an ALTER TABLE statement alters, if it exists. */
-static Oid
-altered_table(AlterTableStmt *stmt)
-{
-	if (stmt->objtype != OBJECT_TABLE)
-		return InvalidOid;
-	return RangeVarGetRelid(stmt->relation, NoLock, true);
-}
-
 /*
  * The tables an ALTER TABLE ... ATTACH PARTITION to a source, or to a
  * partition of one, brings (the table and, if it is partitioned, its
@@ -1492,8 +1559,6 @@ check_alter_table(AlterTableStmt *stmt)
 
 		if (cmd->subtype == AT_SetUnLogged)
 			check_source_change(relid, true);
-		if (cmd->subtype == AT_ChangeOwner)
-			check_result_owner(relid, cmd->newowner);
 		if (cmd->subtype == AT_AddInherit)
 			check_new_parent(castNode(RangeVar, cmd->def));
 		check_attach(relid, cmd);
@@ -1750,8 +1815,6 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		check_create_table((CreateStmt *) pstmt->utilityStmt, false);
 	else if (IsA(pstmt->utilityStmt, CreateForeignTableStmt))
 		check_create_table(&((CreateForeignTableStmt *) pstmt->utilityStmt)->base, true);
-	else if (IsA(pstmt->utilityStmt, ReassignOwnedStmt))
-		check_reassign_owned((ReassignOwnedStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, DropRoleStmt))
 		check_drop_role((DropRoleStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, DropStmt))
@@ -1774,6 +1837,10 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		CatalogRefreshDefinitions();
 	if (IsA(pstmt->utilityStmt, AlterTableStmt))
 		check_attached((AlterTableStmt *) pstmt->utilityStmt);
+	if ((IsA(pstmt->utilityStmt, AlterTableStmt) &&
+		 changes_owner((AlterTableStmt *) pstmt->utilityStmt)) ||
+		IsA(pstmt->utilityStmt, ReassignOwnedStmt))
+		give_streams(pstmt->utilityStmt);
 }
 
 /* Install the hooks; from _PG_init, in the postmaster. */

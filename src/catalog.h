@@ -59,14 +59,15 @@ extern void CatalogMarkFailed(int32 id, const char *message);
 extern void CatalogAdoptStream(StreamDef *def);
 extern void CatalogRefreshDefinitions(void);
 extern List *CatalogListRestored(void);
-extern void CatalogRebuildStream(int32 id, Oid owner);
+extern Oid	CatalogTableOwner(Oid relid);
+extern void CatalogRebuildStream(int32 id);
 extern void CatalogRebuildCopies(void);
 extern bool CatalogInserting(void);
-extern void CatalogPendingAdopt(int32 stream_id, Oid owner);
+extern void CatalogPendingAdopt(int32 stream_id);
 
 extern void CatalogRegisterHooks(void);
 extern void CatalogPendingCreate(void);
-extern void StreamStopAndDrop(Oid dboid, int32 stream_id, Oid owner);
+extern void StreamStopAndDrop(Oid dboid, int32 stream_id);
 extern void StreamHold(Oid dboid, int32 stream_id);
 extern void CatalogPendingSlotDrop(Oid dboid, int32 stream_id, int64 savepoint_id);
 

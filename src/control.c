@@ -26,14 +26,18 @@
  */
 #include "flowpg.h"
 
+#include "access/table.h"
 #include "access/xlog.h"
 #include "access/xlogrecovery.h"
+#include "catalog/pg_db_role_setting.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "replication/slot.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "storage/shmem.h"
 
 #include "control.h"
@@ -191,7 +195,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		SpinLockRelease(&free_ctl->mutex);
 		free_ctl->dboid = dboid;
 		free_ctl->stream_id = stream_id;
-		free_ctl->adopt_owner = InvalidOid;
+		free_ctl->adopting = false;
 		free_ctl->dropping = false;
 		free_ctl->in_use = true;
 		ctl = free_ctl;
@@ -359,10 +363,13 @@ connect_log_hook(ErrorData *edata)
 }
 
 /*
- * Connect a stream's process (worker or adopter) to its database as its
- * owner.  That can fail only with FATAL (the role may no longer log in,
- * the database may be gone), which exits without passing any PG_CATCH:
- * keep its message for flowpg.streams all the same.
+ * Connect a stream's process (worker or adopter) to its database.  It
+ * connects as the bootstrap superuser, the way autovacuum does: which
+ * stream it serves comes from its slot's name, and who owns that stream
+ * from the catalog it reads once connected, after which it runs as the
+ * owner (ControlBecomeOwner).  Connecting can fail only with FATAL (the
+ * database may be gone), which exits without passing any PG_CATCH: keep
+ * its message for flowpg.streams all the same.
  */
 void
 ControlConnect(StreamCtl *ctl, StreamIdentity *ident)
@@ -370,9 +377,58 @@ ControlConnect(StreamCtl *ctl, StreamIdentity *ident)
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = connect_log_hook;
 	connecting_ctl = ctl;
-	BackgroundWorkerInitializeConnectionByOid(ident->dboid, ident->owner, 0);
+	BackgroundWorkerInitializeConnectionByOid(ident->dboid, InvalidOid, 0);
 	connecting_ctl = NULL;
 	emit_log_hook = prev_emit_log_hook;
+}
+
+/*
+ * From here on, run as the stream's owner, for good, in a
+ * security-restricted operation, as REFRESH MATERIALIZED VIEW runs a
+ * view's query as its owner: the stream's expressions, aggregates and the
+ * triggers of its result table get the owner's privileges, and none of
+ * them can leave them (SET ROLE and SET SESSION AUTHORIZATION are refused
+ * in a security-restricted operation, so the superuser the process
+ * connected as stays out of reach).  The owner's own settings (ALTER ROLE
+ * ... SET, also IN DATABASE) apply, as they would to a session of theirs.
+ * In a transaction.
+ */
+void
+ControlBecomeOwner(Oid owner)
+{
+	Relation	settings;
+	Snapshot	snapshot;
+
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(owner)))
+		elog(ERROR, "role %u of the stream does not exist", owner);
+	SetUserIdAndSecContext(owner, SECURITY_RESTRICTED_OPERATION);
+
+	settings = table_open(DbRoleSettingRelationId, AccessShareLock);
+	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
+	ApplySetting(snapshot, MyDatabaseId, owner, settings, PGC_S_DATABASE_USER);
+	ApplySetting(snapshot, InvalidOid, owner, settings, PGC_S_USER);
+	UnregisterSnapshot(snapshot);
+	table_close(settings, AccessShareLock);
+}
+
+/*
+ * The stream's catalog row changed: have its worker, if it runs, read it
+ * again (see reload_definition in worker.c).
+ */
+void
+ControlRequestReload(Oid dboid, int32 stream_id)
+{
+	StreamCtl  *ctl = ControlFind(dboid, stream_id);
+	Latch	   *latch = NULL;
+
+	if (ctl == NULL)
+		return;
+	SpinLockAcquire(&ctl->mutex);
+	ctl->reload_requested++;
+	latch = ctl->latch;
+	SpinLockRelease(&ctl->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
 }
 
 /*
@@ -451,7 +507,7 @@ ControlListAdopting(Oid dboid)
 	{
 		StreamCtl  *ctl = &FlowCtl->streams[i];
 
-		if (ctl->in_use && ctl->dboid == dboid && OidIsValid(ctl->adopt_owner))
+		if (ctl->in_use && ctl->dboid == dboid && ctl->adopting)
 			adopting = lappend(adopting, ctl);
 	}
 	LWLockRelease(&FlowCtl->lock);
@@ -481,7 +537,7 @@ ControlListSlots(Oid dboid)
 		usable = s->data.persistency == RS_PERSISTENT &&
 			strcmp(NameStr(s->data.plugin), "flowpg") == 0 &&
 			FlowpgParseSlotName(NameStr(s->data.name), &ident.dboid,
-								&ident.stream_id, &ident.owner);
+								&ident.stream_id);
 		SpinLockRelease(&s->mutex);
 		if (usable && (!OidIsValid(dboid) || ident.dboid == dboid))
 		{
@@ -513,7 +569,6 @@ stream_slots(Oid dboid, int32 stream_id, bool own, XLogRecPtr *oldest)
 		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
 		Oid			db;
 		int32		id;
-		Oid			owner;
 		int64		spid;
 		bool		ours;
 		XLogRecPtr	restart;
@@ -525,7 +580,7 @@ stream_slots(Oid dboid, int32 stream_id, bool own, XLogRecPtr *oldest)
 		name = s->data.name;
 		restart = s->data.restart_lsn;
 		SpinLockRelease(&s->mutex);
-		ours = ((own && FlowpgParseSlotName(NameStr(name), &db, &id, &owner)) ||
+		ours = ((own && FlowpgParseSlotName(NameStr(name), &db, &id)) ||
 				FlowpgParseSavepointSlotName(NameStr(name), &db, &id, &spid)) &&
 			db == dboid && id == stream_id;
 		if (!ours)

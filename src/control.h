@@ -32,12 +32,11 @@ typedef enum StreamStatus
 	STREAM_FAILED				/* worker stopped by an error; see last_error */
 } StreamStatus;
 
-/* Who a stream is: from its slot's name, passed to its worker. */
+/* Which stream: from its slot's name, passed to its worker. */
 typedef struct StreamIdentity
 {
 	Oid			dboid;
 	int32		stream_id;
-	Oid			owner;
 } StreamIdentity;
 
 typedef struct StreamCtl
@@ -47,9 +46,9 @@ typedef struct StreamCtl
 	bool		dropping;		/* being dropped: never start a worker */
 	Oid			dboid;
 	int32		stream_id;
-	Oid			adopt_owner;	/* a restored stream being rebuilt: its
-								 * owner, as whom the launcher (re)starts
-								 * its adopter (adopt.c); else InvalidOid */
+	bool		adopting;		/* a restored stream being rebuilt: the
+								 * launcher (re)starts its adopter
+								 * (adopt.c), not a worker */
 
 	/* Everything below is protected by mutex. */
 	slock_t		mutex;
@@ -143,6 +142,8 @@ extern List *ControlListSlots(Oid dboid);
 extern void ControlSetError(StreamCtl *ctl, const char *message);
 extern void ControlFail(StreamCtl *ctl);
 extern void ControlConnect(StreamCtl *ctl, StreamIdentity *ident);
+extern void ControlBecomeOwner(Oid owner);
+extern void ControlRequestReload(Oid dboid, int32 stream_id);
 extern void ControlScheduleRestart(StreamCtl *ctl);
 extern void ControlRetryNow(StreamCtl *ctl);
 extern List *ControlListAdopting(Oid dboid);

@@ -242,19 +242,18 @@ FlowpgSlotOrigin(void)
 }
 
 void
-FlowpgSlotName(char *buf, Oid dboid, int32 stream_id, Oid owner)
+FlowpgSlotName(char *buf, Oid dboid, int32 stream_id)
 {
-	snprintf(buf, NAMEDATALEN, FLOWPG_SLOT_PREFIX "%u_%d_%u",
-			 dboid, stream_id, owner);
+	snprintf(buf, NAMEDATALEN, FLOWPG_SLOT_PREFIX "%u_%d", dboid, stream_id);
 }
 
 bool
-FlowpgParseSlotName(const char *name, Oid *dboid, int32 *stream_id, Oid *owner)
+FlowpgParseSlotName(const char *name, Oid *dboid, int32 *stream_id)
 {
 	int			consumed = 0;
 
-	if (sscanf(name, FLOWPG_SLOT_PREFIX "%u_%d_%u%n",
-			   dboid, stream_id, owner, &consumed) != 3)
+	if (sscanf(name, FLOWPG_SLOT_PREFIX "%u_%d%n",
+			   dboid, stream_id, &consumed) != 2)
 		return false;
 	return name[consumed] == '\0';
 }

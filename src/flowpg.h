@@ -65,14 +65,13 @@ extern void FlowpgCheckNotStandby(FunctionCallInfo fcinfo);
 extern int	FlowpgCheckpointIntervalMs(void);
 
 /*
- * Slot and origin name of a stream: flowpg_<database>_<stream id>_<owner>.
- * The replication slots are the durable list of streams the launcher
- * starts workers for, and a worker connects as the owner named here.
+ * Slot and origin name of a stream: flowpg_<database>_<stream id>.  The
+ * replication slots are the durable list of streams the launcher starts
+ * workers for.
  */
 extern char *FlowpgSlotOrigin(void);
-extern void FlowpgSlotName(char *buf, Oid dboid, int32 stream_id, Oid owner);
-extern bool FlowpgParseSlotName(const char *name, Oid *dboid,
-								int32 *stream_id, Oid *owner);
+extern void FlowpgSlotName(char *buf, Oid dboid, int32 stream_id);
+extern bool FlowpgParseSlotName(const char *name, Oid *dboid, int32 *stream_id);
 
 /*
  * Slot of a savepoint: flowpg_sp_<database>_<stream id>_<savepoint id>.

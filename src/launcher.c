@@ -5,17 +5,17 @@
  *
  * The launcher is a static background worker registered in _PG_init.  It
  * is not connected to any database.  The durable list of streams is the
- * set of persistent replication slots named flowpg_<db>_<id>_<owner>
- * (created by create_stream, dropped with the stream); for each one the
- * launcher keeps a StreamCtl entry and a worker, connected to that
- * database as that owner.
+ * set of persistent replication slots named flowpg_<db>_<id> (created by
+ * create_stream, dropped with the stream); for each one the launcher keeps
+ * a StreamCtl entry and a worker, connected to that database (and running
+ * as the stream's owner, which it reads there).
  *
  * It wakes up when a create_stream commits, when one of its workers exits
  * (it is their bgw_notify_pid), and once a second.  A worker that exits
  * while its stream still exists is started again after a back-off that
  * doubles with each consecutive failure, from 1 s up to 60 s; a successful
  * checkpoint resets it.  A stream restored from a dump has no slot yet:
- * for the entries marked adopt_owner (adopt.c) the launcher starts an
+ * for the entries marked adopting (adopt.c) the launcher starts an
  * adopter instead, again after each failure, with the same back-off.
  *
  * Crash story: after a crash the postmaster restarts the launcher, which
@@ -284,6 +284,7 @@ reconcile(void)
 		StreamCtl  *ctl = &FlowCtl->streams[i];
 		StreamIdentity *ident;
 		StreamIdentity adopt;
+		bool		adopting;
 		bool		dropping;
 		bool		running;
 
@@ -297,15 +298,15 @@ reconcile(void)
 		if (forget_stopped(&handles[i]) && !dropping)
 			ControlScheduleRestart(ctl);
 		/* an adopter schedules its next try, unless it died of a FATAL */
-		if (forget_stopped(&adopters[i]) && OidIsValid(ctl->adopt_owner) &&
+		if (forget_stopped(&adopters[i]) && ctl->adopting &&
 			ctl->restart_at <= now)
 			ControlScheduleRestart(ctl);
 		ident = find_slot(slots, ctl);
 		adopt.dboid = ctl->dboid;
 		adopt.stream_id = ctl->stream_id;
-		adopt.owner = ctl->adopt_owner;
+		adopting = ctl->adopting;
 		running = handles[i] != NULL || adopters[i] != NULL || ctl->pid != 0;
-		if (ident == NULL && !running && !dropping && !OidIsValid(adopt.owner))
+		if (ident == NULL && !running && !dropping && !adopting)
 		{
 			/* the stream is gone (its slot too): free what it left */
 			LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);
@@ -318,7 +319,7 @@ reconcile(void)
 		if (running || dropping || ctl->restart_at > now)
 			continue;
 		/* a stream to rebuild may have its old slot still: the adopter drops it */
-		if (OidIsValid(adopt.owner))
+		if (adopting)
 			adopters[i] = start_process(ctl, i, &adopt, true);
 		else if (ident != NULL)
 			handles[i] = start_process(ctl, i, ident, false);

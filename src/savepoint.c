@@ -258,7 +258,7 @@ flowpg_restore(PG_FUNCTION_ARGS)
 				 def->failure != NULL ?
 				 errhint("The stream failed for good: drop it and create it again.") :
 				 errhint("Drop the savepoint; take savepoints again from now on.")));
-	FlowpgSlotName(slot_name, MyDatabaseId, def->id, def->owner);
+	FlowpgSlotName(slot_name, MyDatabaseId, def->id);
 	DecodeDropSlot(slot_name);
 	DecodeCopySlot(sp_slot, slot_name);
 	restore_catalog(def, &sp);

@@ -3,14 +3,15 @@
  * worker.c
  *	  The stream worker: one background process per stream.
  *
- * A worker connects to its stream's database as the stream's owner (so
- * every expression and aggregate runs with the owner's privileges, checked
- * again at every start), then:
+ * A worker connects to its stream's database, then:
  *
  *	1. takes the stream's lock, which waits for a create_stream still in
  *	   progress and keeps a drop from running under it, and reads the
  *	   catalog row; if there is none the slot is an orphan (the creating
  *	   transaction never committed) and the worker drops it and exits;
+ *	   from then on it runs as the stream's owner (ControlBecomeOwner), so
+ *	   every expression and aggregate runs with the owner's privileges,
+ *	   checked again at every start;
  *	2. compiles the stored query (compile.c, operators.c);
  *	3. replaces the stream's shared state with the latest checkpoint
  *	   (checkpoint.c), whatever state an earlier worker left behind;
@@ -234,9 +235,6 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		drop_orphan(w);
 		return false;
 	}
-	if (w->def->owner != ident->owner)
-		elog(ERROR, "slot \"%s\" does not match the owner of stream \"%s\"",
-			 w->slot_name, w->def->name);
 	if (w->def->restored)
 	{
 		/*
@@ -260,6 +258,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		return false;
 	}
 	drop_orphan_savepoint_slots(w);
+	ControlBecomeOwner(w->def->owner);
 	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
 	CompileApplySettings(w->def->settings, GUC_ACTION_SET);
 	apply_settings();
@@ -469,6 +468,25 @@ sleep_ms(FlowWorker *w, TimestampTz now)
 }
 
 /*
+ * The stream has a new owner (ALTER TABLE ... OWNER TO of its result
+ * table, or REASSIGN OWNED): this process runs as the old one, so it
+ * exits, and the launcher starts the next worker at once, which runs as
+ * the new owner from the latest checkpoint, exactly as after a crash.
+ */
+static void
+restart_as_new_owner(FlowWorker *w, StreamDef *def)
+{
+	ereport(LOG,
+			(errmsg("flowpg: stream \"%s\" now belongs to role %s: its worker starts again as that role",
+					def->name, GetUserNameFromId(def->owner, true))));
+	SpinLockAcquire(&w->ctl->mutex);
+	w->ctl->retry_requested = true;
+	SpinLockRelease(&w->ctl->mutex);
+	ControlWakeLauncher();
+	proc_exit(0);
+}
+
+/*
  * Read the stream's catalog row again (flowpg.pause_stream and
  * resume_stream asked for it), once the transaction that changed it ends.
  */
@@ -486,6 +504,8 @@ reload_definition(FlowWorker *w)
 	oldcxt = MemoryContextSwitchTo(def_cxt);
 	def = CatalogReadStream(w->def->id);
 	MemoryContextSwitchTo(oldcxt);
+	if (def != NULL && def->owner != w->def->owner)
+		restart_as_new_owner(w, def);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	if (def == NULL)
@@ -717,7 +737,7 @@ FlowWorkerMain(Datum main_arg)
 	w->cxt = AllocSetContextCreate(TopMemoryContext, "flowpg worker",
 								   ALLOCSET_DEFAULT_SIZES);
 	w->ctl = ctl;
-	FlowpgSlotName(w->slot_name, ident.dboid, ident.stream_id, ident.owner);
+	FlowpgSlotName(w->slot_name, ident.dboid, ident.stream_id);
 
 	PG_TRY();
 	{

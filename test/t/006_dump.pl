@@ -74,10 +74,16 @@ is($node->safe_psql('restored',
 	'the restored streams run');
 is($node->safe_psql('restored', 'SELECT count(*) FROM flowpg.savepoints'), 0,
 	'savepoints do not come back (they keep WAL of the old database)');
-is($node->safe_psql('restored', q{SELECT usename FROM pg_stat_activity
-	WHERE backend_type = 'flowpg worker' AND application_name = 'public.total'
-	  AND datname = 'restored'}),
-	'flowpg_dana', 'a restored stream runs as its owner');
+# a restored stream runs as its owner: without the owner's SELECT on the
+# source it stops, until the privilege is back
+$node->safe_psql('restored', q{
+	REVOKE SELECT ON app.clicks FROM flowpg_dana;
+	INSERT INTO app.clicks (campaign, cost) VALUES (1, 1);
+});
+ok($node->poll_query_until('restored', q{SELECT last_error LIKE '%permission denied for table clicks%'
+	FROM flowpg.streams WHERE name = 'public.total'}),
+	'a restored stream runs as its owner');
+$node->safe_psql('restored', 'GRANT SELECT ON app.clicks TO flowpg_dana');
 
 # the restored streams go on with new rows, and so do the original ones
 $load = start_load($node, 3, 2, @scripts);
@@ -88,6 +94,21 @@ oracle_ok($node, $_, $streams{$_}, 'restored streams after more rows', 'restored
   for sort keys %streams;
 oracle_ok($node, $_, $streams{$_}, 'the original database meanwhile')
   for sort keys %streams;
+
+# pg_restore --no-owner: the restoring role owns the tables, and so the
+# streams (the dumped owner's oid means nothing, on another server the
+# role may not exist at all)
+$node->safe_psql('postgres', 'CREATE DATABASE noowner');
+command_ok([ 'pg_restore', '-h', $node->host, '-p', $node->port,
+	'--no-owner', '-d', 'noowner', $dump ], 'pg_restore --no-owner');
+is($node->safe_psql('noowner',
+	"SELECT string_agg(name || ' ' || owner, ', ' ORDER BY name) FROM flowpg.streams"),
+	'app.spend postgres, public.total postgres',
+	'with --no-owner the restoring role owns the restored streams');
+oracle_ok($node, $_, $streams{$_}, 'restored with --no-owner', 'noowner')
+  for sort keys %streams;
+$node->safe_psql('noowner', 'DROP EXTENSION flowpg CASCADE');
+$node->safe_psql('postgres', 'DROP DATABASE noowner WITH (FORCE)');
 
 # pg_restore --clean --single-transaction over the database with running
 # streams: it drops flowpg (and with it the result tables) and creates it
@@ -203,11 +224,13 @@ my $byhand = q{
 	CREATE UNIQUE INDEX ON res (k) NULLS NOT DISTINCT;
 	ALTER TABLE res OWNER TO flowpg_erin;
 	INSERT INTO flowpg.stream (id, name, result, source, owner, query, definition, plan)
-	VALUES (1, 'public.res', 'res', 'src', 'flowpg_erin',
+	VALUES (1, 'public.res', 'res', 'src', 0,
 	        'SELECT k, count(*) AS n FROM src GROUP BY k',
 	        'SELECT k, count(*) AS n FROM public.src GROUP BY k', '');
 };
 $node->safe_psql($_, $byhand) for qw(byhand dropped);
+is($node->safe_psql('byhand', 'SELECT owner FROM flowpg.streams'), 'flowpg_erin',
+	'a stream inserted by hand belongs to the owner of its result table');
 ok($node->poll_query_until('byhand', q{SELECT status = 'failed'
 	AND last_error = 'permission denied for table src' FROM flowpg.streams}),
 	'a rebuild that fails shows as failed, with its error');
@@ -237,9 +260,10 @@ ok($node->poll_query_until('aftercrash',
 oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
 	'rebuilt after a restart', 'aftercrash');
 
-# the owner of a stream in another database cannot be dropped
+# the owner of a stream in another database cannot be dropped (it owns the
+# result table there)
 my ($drop_rc, $drop_out, $drop_err) = $node->psql('postgres', 'DROP ROLE flowpg_erin');
-like($drop_err, qr/role "flowpg_erin" cannot be dropped because it owns a flowpg stream.*in database "byhand"/s,
+like($drop_err, qr/role "flowpg_erin" cannot be dropped because some objects depend on it.*in database byhand/s,
 	'DROP ROLE of the owner of a stream in another database is refused');
 
 # A database dropped while one of its restored streams keeps failing: flowpg

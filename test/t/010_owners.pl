@@ -1,0 +1,127 @@
+# Streams that change hands while rows come: ALTER TABLE ... OWNER TO of
+# a result table, REASSIGN OWNED and DROP ROLE of the old owner, a change
+# rolled back, and kill -9 of the postmaster right after a change
+# commits.  The stream's worker runs as whoever owns it now; every row is
+# counted once, whoever counted it.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FlowpgTest;
+
+my $node = new_node('owners');
+$node->safe_psql('postgres', q{
+	CREATE ROLE flowpg_alice LOGIN;
+	CREATE ROLE flowpg_bob LOGIN;
+	CREATE ROLE flowpg_team NOLOGIN;
+	CREATE TABLE clicks (id bigserial, campaign int, cost numeric);
+	GRANT SELECT, INSERT ON clicks TO flowpg_alice, flowpg_bob, flowpg_team;
+	GRANT CREATE ON SCHEMA public TO flowpg_alice, flowpg_bob, flowpg_team;
+	SET ROLE flowpg_alice;
+	SELECT flowpg.create_stream('spend',
+		'SELECT campaign, count(*) AS clicks, sum(cost) AS spend FROM clicks GROUP BY campaign');
+	SELECT flowpg.create_stream('runs',
+		'SELECT current_user AS runner, count(*) AS n FROM clicks GROUP BY current_user');
+});
+my $spend = q{SELECT campaign, count(*) AS clicks, sum(cost) AS spend FROM clicks GROUP BY campaign};
+
+sub owners
+{
+	return $node->safe_psql('postgres',
+		q{SELECT string_agg(name || '=' || owner, ' ' ORDER BY name) FROM flowpg.streams});
+}
+
+# runs counts every row once, under the role that ran its worker
+sub runs_ok
+{
+	my ($label) = @_;
+	wait_stream($node, 'runs');
+	is($node->safe_psql('postgres',
+			'SELECT (SELECT sum(n) FROM runs) = (SELECT count(*) FROM clicks)'),
+		't', "$label: runs counts each row once");
+	return;
+}
+
+# the rows committed from now on are counted as $role
+sub counts_as
+{
+	my ($role, $label) = @_;
+	wait_stream($node, 'runs');
+	my $before = $node->safe_psql('postgres',
+		"SELECT coalesce(sum(n), 0) FROM runs WHERE runner = '$role'");
+	$node->safe_psql('postgres',
+		'INSERT INTO clicks (campaign, cost) SELECT g % 40, 1 FROM generate_series(1, 7) g');
+	wait_stream($node, 'runs');
+	is($node->safe_psql('postgres',
+			"SELECT sum(n) - $before FROM runs WHERE runner = '$role'"),
+		'7', "$label: the worker runs as $role");
+	return;
+}
+
+my $dir = PostgreSQL::Test::Utils::tempdir;
+my @scripts = click_scripts($dir);
+
+# under load: to bob, then a change rolled back
+my $load = start_load($node, 8, 2, @scripts);
+sleep 2;
+$node->safe_psql('postgres', q{
+	ALTER TABLE spend OWNER TO flowpg_bob;
+	ALTER TABLE runs OWNER TO flowpg_bob;
+});
+sleep 2;
+$node->safe_psql('postgres', q{
+	BEGIN;
+	ALTER TABLE spend OWNER TO flowpg_alice;
+	ROLLBACK;
+});
+stop_load($load);
+is(owners(), 'public.runs=flowpg_bob public.spend=flowpg_bob', 'ALTER TABLE ... OWNER TO gives the streams to bob');
+oracle_ok($node, 'spend', $spend, 'owner changed under load');
+runs_ok('owner changed under load');
+counts_as('flowpg_bob', 'after ALTER TABLE ... OWNER TO');
+
+# the new owner may not read the source: refused, nothing changes
+$node->safe_psql('postgres', 'REVOKE SELECT ON clicks FROM flowpg_alice');
+my ($rc, $out, $err) = $node->psql('postgres', 'ALTER TABLE spend OWNER TO flowpg_alice');
+like($err, qr/permission denied for table clicks.*new owner of stream "public.spend"/s,
+	'a new owner who may not read the source is refused');
+$node->safe_psql('postgres', 'GRANT SELECT ON clicks TO flowpg_alice');
+
+# REASSIGN OWNED under load, then kill -9 of the postmaster right after it
+# commits (the worker may not have seen the change yet): after recovery
+# the streams run as the team
+$load = start_load($node, 6, 2, @scripts);
+sleep 2;
+$node->safe_psql('postgres', 'REASSIGN OWNED BY flowpg_bob TO flowpg_team');
+crash_restart($node);
+stop_load($load);
+is(owners(), 'public.runs=flowpg_team public.spend=flowpg_team',
+	'REASSIGN OWNED gives the streams to the team, across kill -9');
+oracle_ok($node, 'spend', $spend, 'kill -9 after REASSIGN OWNED');
+runs_ok('kill -9 after REASSIGN OWNED');
+counts_as('flowpg_team', 'after REASSIGN OWNED and kill -9');
+
+# the old owner can go now; its successor cannot while it owns streams
+$node->safe_psql('postgres', 'DROP OWNED BY flowpg_bob; DROP ROLE flowpg_bob');
+($rc, $out, $err) = $node->psql('postgres', 'DROP ROLE flowpg_team');
+like($err, qr/role "flowpg_team" cannot be dropped because it owns a flowpg stream/,
+	'DROP ROLE of the owner of streams is refused');
+
+# a change rolled back after kill -9 (the transaction never committed)
+$node->safe_psql('postgres', 'INSERT INTO clicks (campaign, cost) VALUES (1, 1)');
+my $psql = $node->background_psql('postgres', on_error_stop => 0);
+$psql->query_safe('SET client_min_messages = warning');
+$psql->query_safe('BEGIN');
+$psql->query_safe('ALTER TABLE spend OWNER TO flowpg_alice');
+crash_restart($node);
+eval { $psql->quit };
+is(owners(), 'public.runs=flowpg_team public.spend=flowpg_team',
+	'a change that never committed is not kept');
+oracle_ok($node, 'spend', $spend, 'kill -9 during an uncommitted change');
+runs_ok('kill -9 during an uncommitted change');
+counts_as('flowpg_team', 'after an uncommitted change');
+
+$node->stop;
+done_testing();
