@@ -106,8 +106,8 @@ ALTER TABLE spend_renamed RENAME TO spend;
 SELECT flowpg.checkpoint('spend') > 0 AS checkpointed;
 SELECT events, keys, ignored_deletes, status FROM flowpg.streams;
 
--- the worker shows as a flowpg process named after its stream
-SELECT a.backend_type, a.application_name
+-- the worker runs as the stream's owner and shows as a flowpg process
+SELECT a.backend_type, a.usename = s.owner::text AS runs_as_owner, a.application_name
   FROM flowpg.streams s JOIN pg_stat_activity a USING (pid);
 SELECT count(*) AS slots FROM pg_replication_slots WHERE plugin = 'flowpg';
 

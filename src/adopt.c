@@ -17,7 +17,7 @@
  *	   COPY, or an INSERT by hand) is marked `restored` by the trigger,
  *	   and when its transaction commits the launcher is asked
  *	   (AdoptRequest) to start a "flowpg adopt" background worker for it,
- *	   which runs as the stream's owner (ControlBecomeOwner).
+ *	   connected as the stream's owner (see ControlConnect).
  *	2. The adopter waits until the result table has its unique index:
  *	   pg_restore creates indexes after it has loaded the tables' data, so
  *	   from then on nothing else writes the result table.
@@ -205,6 +205,8 @@ AdoptRequest(StreamIdentity *ident)
 	ctl->adopting = true;
 	LWLockRelease(&FlowCtl->lock);
 	SpinLockAcquire(&ctl->mutex);
+	if (OidIsValid(ident->owner))
+		ctl->owner = ident->owner;
 	if (ctl->pid == 0)
 	{
 		ctl->status = STREAM_STARTING;
@@ -217,6 +219,7 @@ AdoptRequest(StreamIdentity *ident)
 typedef enum AdoptCheck
 {
 	ADOPT_GONE,					/* nothing to do */
+	ADOPT_RECONNECT,			/* connected as another role than the owner */
 	ADOPT_WAIT,					/* the result table is not complete yet */
 	ADOPT_READY
 } AdoptCheck;
@@ -261,6 +264,11 @@ adopt_check(StreamIdentity *ident)
 		def = CatalogReadStream(ident->stream_id);
 	if (def == NULL || !def->restored)
 		result = ADOPT_GONE;
+	else if (def->owner != ident->owner)
+	{
+		result = ADOPT_RECONNECT;
+		ident->owner = def->owner;
+	}
 	else
 		result = has_valid_index(def->result) ? ADOPT_READY : ADOPT_WAIT;
 	PopActiveSnapshot();
@@ -326,8 +334,12 @@ scan_source(FlowWorker *w)
 	WorkerMergeBatch(w);
 }
 
-/* Steps 3 and 4 of the banner, in one transaction. */
-static void
+/*
+ * Steps 3 and 4 of the banner, in one transaction.  Returns ADOPT_READY
+ * once done, or what adopt_check would say now if the stream changed
+ * while the adopter waited for its lock.
+ */
+static AdoptCheck
 adopt(FlowWorker *w, StreamIdentity *ident)
 {
 	MemoryContext oldcxt;
@@ -347,16 +359,22 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	w->def = CatalogLockStream(ident->stream_id, AccessExclusiveLock);
-	if (w->def == NULL || !w->def->restored)
+	if (w->def == NULL || !w->def->restored || w->def->owner != ident->owner)
 	{
-		/* dropped (or rebuilt) while we waited for its lock */
+		/* dropped (rebuilt, given away) while we waited for its lock */
+		AdoptCheck	check = ADOPT_GONE;
+
+		if (w->def != NULL && w->def->restored)
+		{
+			check = ADOPT_RECONNECT;
+			ident->owner = w->def->owner;
+		}
 		MemoryContextSwitchTo(oldcxt);
 		SPI_finish();
 		PopActiveSnapshot();
 		AbortCurrentTransaction();
-		return;
+		return check;
 	}
-	ControlBecomeOwner(w->def->owner);
 	CompileApplySettings(w->def->settings, GUC_ACTION_SET);
 	w->fq = CompileDefinition(w->def->definition);
 	if (w->fq->source != w->def->source)
@@ -402,6 +420,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 			(errmsg("flowpg: stream \"%s\" rebuilt from " UINT64_FORMAT " source rows into " UINT64_FORMAT " keys (checkpoint " INT64_FORMAT " at %X/%X)",
 					w->def->name, w->events, StateKeys(w->state), id,
 					LSN_FORMAT_ARGS(w->processed_lsn))));
+	return ADOPT_READY;
 }
 
 /*
@@ -480,8 +499,8 @@ adopt_failed(StreamCtl *ctl)
 	ControlScheduleRestart(ctl);
 }
 
-/* Wait for the result table's index; false if the stream needs us no more. */
-static bool
+/* Wait for the result table's index, unless the stream needs us no more. */
+static AdoptCheck
 adopt_wait_ready(StreamIdentity *ident)
 {
 	bool		said = false;
@@ -491,7 +510,7 @@ adopt_wait_ready(StreamIdentity *ident)
 		AdoptCheck	check = adopt_check(ident);
 
 		if (check != ADOPT_WAIT)
-			return check == ADOPT_READY;
+			return check;
 		if (!said)
 			ereport(LOG,
 					(errmsg("flowpg: restored stream %d waits for its result table's unique index (pg_restore creates it after the data)",
@@ -515,6 +534,7 @@ FlowAdoptMain(Datum main_arg)
 	StreamIdentity ident;
 	FlowWorker *w;
 	bool		ours;
+	AdoptCheck	check;
 
 	memcpy(&ident, MyBgworkerEntry->bgw_extra, sizeof(ident));
 	pqsignal(SIGTERM, die);
@@ -545,16 +565,21 @@ FlowAdoptMain(Datum main_arg)
 	{
 		ControlConnect(ctl, &ident);
 		flowpg_decoding_allowed = true;
-		if (adopt_wait_ready(&ident))
+		check = adopt_wait_ready(&ident);
+		if (check == ADOPT_READY)
 		{
 			w = MemoryContextAllocZero(TopMemoryContext, sizeof(FlowWorker));
 			w->cxt = AllocSetContextCreate(TopMemoryContext, "flowpg adopt",
 										   ALLOCSET_DEFAULT_SIZES);
 			w->ctl = ctl;
 			FlowpgSlotName(w->slot_name, ident.dboid, ident.stream_id);
-			adopt(w, &ident);
+			check = adopt(w, &ident);
 		}
-		adopt_finished(ctl);
+		/* connect again as the stream's owner (see ControlConnect) */
+		if (check == ADOPT_RECONNECT)
+			ControlReconnectAs(ctl, ident.owner);
+		else
+			adopt_finished(ctl);
 	}
 	PG_CATCH();
 	{

@@ -377,6 +377,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_TABLE),
 				 errmsg("relation \"%s\" already exists", name),
 				 errhint("A stream creates its result table; choose another name or drop the existing relation.")));
+	CatalogCheckCanOwn(GetUserId());
 	check_stream_limit();
 	check_worker_slots();
 	if (GetTopTransactionIdIfAny() != InvalidTransactionId)
@@ -479,7 +480,7 @@ static void
 update_stream(StreamDef *def)
 {
 	CatalogUpdateStream(def);
-	ControlRequestReload(MyDatabaseId, def->id);
+	ControlRequestReload(MyDatabaseId, def->id, InvalidOid);
 }
 
 static void
@@ -604,7 +605,7 @@ ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 		}
 		if (pid == 0)
 		{
-			StreamIdentity ident = {MyDatabaseId, def->id};
+			StreamIdentity ident = {MyDatabaseId, def->id, def->owner};
 
 			AdoptRequest(&ident);
 		}

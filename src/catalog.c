@@ -53,6 +53,7 @@
 #include "catalog/objectaccess.h"
 #include "catalog/partition.h"
 #include "catalog/indexing.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_depend.h"
@@ -108,7 +109,8 @@ static struct
 	List	   *slots_to_drop;	/* savepoint slots (NameData) to drop */
 	List	   *adopt;			/* StreamIdentity of restored streams */
 	List	   *dropped_dbs;	/* databases dropped (Oid) */
-	List	   *reload;			/* streams given to another owner (int) */
+	List	   *given;			/* StreamIdentity of streams given to
+								 * another owner */
 	bool		copied_db;		/* a database with streams was copied */
 } pending;
 
@@ -341,6 +343,7 @@ CatalogListRestored(void)
 
 		ident->dboid = MyDatabaseId;
 		ident->stream_id = def->id;
+		ident->owner = def->owner;
 		idents = lappend(idents, ident);
 	}
 	return idents;
@@ -869,7 +872,7 @@ reset_pending(void)
 	pending.adopt = NIL;
 	pending.dropped_dbs = NIL;
 	pending.copied_db = false;
-	pending.reload = NIL;
+	pending.given = NIL;
 }
 
 /* A stream row came from a dump: rebuild the stream once we commit. */
@@ -881,6 +884,7 @@ CatalogPendingAdopt(int32 stream_id)
 
 	ident->dboid = MyDatabaseId;
 	ident->stream_id = stream_id;
+	ident->owner = InvalidOid;	/* the adopter reads it */
 	pending.adopt = lappend(pending.adopt, ident);
 	MemoryContextSwitchTo(oldcxt);
 }
@@ -915,11 +919,22 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			pending.slots_to_drop = NIL;
 			foreach(lc, pending.dropped_dbs)
 				forget_adopting(lfirst_oid(lc));
-			if (pending.dropped_relids != NIL || pending.extension_dropped)
+			if (pending.dropped_relids != NIL || pending.extension_dropped ||
+				pending.given != NIL)
 			{
 				/* the portal and its snapshot are gone by now */
 				PushActiveSnapshot(GetTransactionSnapshot());
 				process_drops();
+				/* a change in a subtransaction rolled back is no change */
+				foreach(lc, pending.given)
+				{
+					StreamIdentity *given = lfirst(lc);
+					StreamDef  *def = NULL;
+
+					if (OidIsValid(get_extension_oid("flowpg", true)))
+						def = CatalogReadStream(given->stream_id);
+					given->owner = def != NULL ? def->owner : InvalidOid;
+				}
 				PopActiveSnapshot();
 			}
 			break;
@@ -951,8 +966,12 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			release_held(true);
 			if (pending.copied_db)
 				ControlRequestRescan();
-			foreach(lc, pending.reload)
-				ControlRequestReload(MyDatabaseId, lfirst_int(lc));
+			foreach(lc, pending.given)
+			{
+				StreamIdentity *given = lfirst(lc);
+
+				ControlRequestReload(given->dboid, given->stream_id, given->owner);
+			}
 			if (XactLastCommitEnd != last_woken_commit && FlowCtl != NULL &&
 				OidIsValid(MyDatabaseId))
 			{
@@ -1128,11 +1147,31 @@ altered_table(AlterTableStmt *stmt)
  * of a role's tables in this database), give the stream to the new owner:
  * after the statement, in its transaction, give_streams checks that the
  * new owner may run the stream, records it, and has the worker start
- * again as the new owner once the transaction commits (a worker runs as
- * whoever the catalog names: see ControlBecomeOwner).  A role that owns
+ * again as the new owner once the transaction commits (a worker connects
+ * as the owner the catalog names: see ControlConnect).  A role that owns
  * streams cannot be dropped (it owns their result tables); DROP OWNED BY
  * drops them with their result tables.
  */
+
+/* Refuse a role that cannot own streams: their workers connect as it. */
+void
+CatalogCheckCanOwn(Oid role)
+{
+	HeapTuple	tuple = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+	bool		canlogin;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for role %u", role);
+	canlogin = ((Form_pg_authid) GETSTRUCT(tuple))->rolcanlogin;
+	ReleaseSysCache(tuple);
+	if (!canlogin)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("role \"%s\" cannot own a stream because it cannot log in",
+						GetUserNameFromId(role, false)),
+				 errdetail("A stream's worker connects to the database as the stream's owner."),
+				 errhint("Give streams to roles with LOGIN.")));
+}
 
 /* The streams of this database owned by the role. */
 static List *
@@ -1155,34 +1194,42 @@ new_owner_context(void *arg)
 }
 
 /*
- * Check what create_stream checks, as the stream's new owner: SELECT on
- * the source, no row security that applies, EXECUTE on the aggregates and
- * functions.  A restored stream not rebuilt yet has no plan: its adopter
- * checks, as the new owner.
+ * Check what create_stream checks, as the stream's new owner: LOGIN,
+ * SELECT on the source, no row security that applies, EXECUTE on the
+ * aggregates and functions.  Compiling the plan may run the owner's
+ * functions (on constants), so as REFRESH MATERIALIZED VIEW does, in a
+ * security-restricted operation whose settings do not outlive it.  A
+ * restored stream not rebuilt yet has no plan: its adopter checks, as the
+ * new owner.
  */
 static void
 check_new_owner(StreamDef *def)
 {
 	Oid			save_user;
 	int			save_sec;
+	int			nest;
 	ErrorContextCallback callback;
 	FlowQuery  *fq;
 	Relation	source;
 
-	if (def->restored)
-		return;
 	callback.callback = new_owner_context;
 	callback.arg = def;
 	callback.previous = error_context_stack;
 	error_context_stack = &callback;
-	GetUserIdAndSecContext(&save_user, &save_sec);
-	SetUserIdAndSecContext(def->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
-	fq = CompileQueryTree(stringToNode(def->plan));
-	CompileCheckPermissions(fq);
-	source = table_open(fq->source, AccessShareLock);
-	(void) PlanBuild(fq, RelationGetDescr(source));
-	table_close(source, AccessShareLock);
-	SetUserIdAndSecContext(save_user, save_sec);
+	CatalogCheckCanOwn(def->owner);
+	if (!def->restored)
+	{
+		GetUserIdAndSecContext(&save_user, &save_sec);
+		SetUserIdAndSecContext(def->owner, save_sec | SECURITY_RESTRICTED_OPERATION);
+		nest = NewGUCNestLevel();
+		fq = CompileQueryTree(stringToNode(def->plan));
+		CompileCheckPermissions(fq);
+		source = table_open(fq->source, AccessShareLock);
+		(void) PlanBuild(fq, RelationGetDescr(source));
+		table_close(source, AccessShareLock);
+		AtEOXact_GUC(false, nest);
+		SetUserIdAndSecContext(save_user, save_sec);
+	}
 	error_context_stack = callback.previous;
 }
 
@@ -1192,6 +1239,7 @@ give_stream(StreamDef *def)
 {
 	Oid			owner = CatalogTableOwner(def->result);
 	MemoryContext oldcxt;
+	StreamIdentity *given;
 
 	if (!OidIsValid(owner) || owner == def->owner)
 		return;
@@ -1199,7 +1247,11 @@ give_stream(StreamDef *def)
 	check_new_owner(def);
 	CatalogUpdateStream(def);
 	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
-	pending.reload = lappend_int(pending.reload, def->id);
+	given = palloc(sizeof(StreamIdentity));
+	given->dboid = MyDatabaseId;
+	given->stream_id = def->id;
+	given->owner = owner;
+	pending.given = lappend(pending.given, given);
 	MemoryContextSwitchTo(oldcxt);
 	ereport(NOTICE,
 			(errmsg("stream \"%s\" now belongs to role %s",

@@ -60,6 +60,7 @@ extern void CatalogAdoptStream(StreamDef *def);
 extern void CatalogRefreshDefinitions(void);
 extern List *CatalogListRestored(void);
 extern Oid	CatalogTableOwner(Oid relid);
+extern void CatalogCheckCanOwn(Oid role);
 extern void CatalogRebuildStream(int32 id);
 extern void CatalogRebuildCopies(void);
 extern bool CatalogInserting(void);

@@ -26,18 +26,14 @@
  */
 #include "flowpg.h"
 
-#include "access/table.h"
 #include "access/xlog.h"
 #include "access/xlogrecovery.h"
-#include "catalog/pg_db_role_setting.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "replication/slot.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
-#include "utils/syscache.h"
 #include "storage/shmem.h"
 
 #include "control.h"
@@ -172,6 +168,8 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->failures = 0;
 		free_ctl->restart_at = 0;
 		free_ctl->retry_requested = false;
+		free_ctl->owner = InvalidOid;
+		free_ctl->reconnect = false;
 		free_ctl->processed_lsn = InvalidXLogRecPtr;
 		free_ctl->checkpoint_lsn = InvalidXLogRecPtr;
 		free_ctl->result_lsn = InvalidXLogRecPtr;
@@ -349,7 +347,21 @@ ControlFail(StreamCtl *ctl)
 	mark_failed(ctl, CopyErrorData()->message);
 }
 
-/* The entry of the stream whose process is connecting, see ControlConnect. */
+/*
+ * Connect a stream's process (worker or adopter) to its database as the
+ * stream's owner, so that everything the stream runs has the owner's
+ * privileges.  The launcher knows which streams exist from their slots,
+ * but who owns each one only the stream's database says: when it does not
+ * know yet (after a restart), the process connects as the bootstrap
+ * superuser, reads the owner from the catalog and exits at once, running
+ * nothing of the stream's, and the next one connects as the owner
+ * (ControlReconnectAs); so does a process whose stream changed hands.
+ *
+ * Connecting can fail only with FATAL (the owner may not log in, the role
+ * or the database may be gone), which exits without passing any
+ * PG_CATCH: keep its message for flowpg.streams all the same, and forget
+ * the owner, which the next process reads again.
+ */
 static StreamCtl *connecting_ctl = NULL;
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -357,66 +369,49 @@ static void
 connect_log_hook(ErrorData *edata)
 {
 	if (connecting_ctl != NULL && edata->elevel >= FATAL)
+	{
 		mark_failed(connecting_ctl, edata->message);
+		SpinLockAcquire(&connecting_ctl->mutex);
+		connecting_ctl->owner = InvalidOid;
+		SpinLockRelease(&connecting_ctl->mutex);
+	}
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }
 
-/*
- * Connect a stream's process (worker or adopter) to its database.  It
- * connects as the bootstrap superuser, the way autovacuum does: which
- * stream it serves comes from its slot's name, and who owns that stream
- * from the catalog it reads once connected, after which it runs as the
- * owner (ControlBecomeOwner).  Connecting can fail only with FATAL (the
- * database may be gone), which exits without passing any PG_CATCH: keep
- * its message for flowpg.streams all the same.
- */
 void
 ControlConnect(StreamCtl *ctl, StreamIdentity *ident)
 {
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = connect_log_hook;
 	connecting_ctl = ctl;
-	BackgroundWorkerInitializeConnectionByOid(ident->dboid, InvalidOid, 0);
+	BackgroundWorkerInitializeConnectionByOid(ident->dboid, ident->owner, 0);
 	connecting_ctl = NULL;
 	emit_log_hook = prev_emit_log_hook;
 }
 
 /*
- * From here on, run as the stream's owner, for good, in a
- * security-restricted operation, as REFRESH MATERIALIZED VIEW runs a
- * view's query as its owner: the stream's expressions, aggregates and the
- * triggers of its result table get the owner's privileges, and none of
- * them can leave them (SET ROLE and SET SESSION AUTHORIZATION are refused
- * in a security-restricted operation, so the superuser the process
- * connected as stays out of reach).  The owner's own settings (ALTER ROLE
- * ... SET, also IN DATABASE) apply, as they would to a session of theirs.
- * In a transaction.
+ * The stream's process connected as another role than the stream's owner
+ * (see ControlConnect): the launcher starts the next one at once, as the
+ * owner.  The caller exits.
  */
 void
-ControlBecomeOwner(Oid owner)
+ControlReconnectAs(StreamCtl *ctl, Oid owner)
 {
-	Relation	settings;
-	Snapshot	snapshot;
-
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(owner)))
-		elog(ERROR, "role %u of the stream does not exist", owner);
-	SetUserIdAndSecContext(owner, SECURITY_RESTRICTED_OPERATION);
-
-	settings = table_open(DbRoleSettingRelationId, AccessShareLock);
-	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
-	ApplySetting(snapshot, MyDatabaseId, owner, settings, PGC_S_DATABASE_USER);
-	ApplySetting(snapshot, InvalidOid, owner, settings, PGC_S_USER);
-	UnregisterSnapshot(snapshot);
-	table_close(settings, AccessShareLock);
+	SpinLockAcquire(&ctl->mutex);
+	ctl->owner = owner;
+	ctl->reconnect = true;
+	SpinLockRelease(&ctl->mutex);
+	ControlWakeLauncher();
 }
 
 /*
  * The stream's catalog row changed: have its worker, if it runs, read it
- * again (see reload_definition in worker.c).
+ * again (see reload_definition in worker.c).  A valid owner is the
+ * stream's new one, whom its next process connects as.
  */
 void
-ControlRequestReload(Oid dboid, int32 stream_id)
+ControlRequestReload(Oid dboid, int32 stream_id, Oid owner)
 {
 	StreamCtl  *ctl = ControlFind(dboid, stream_id);
 	Latch	   *latch = NULL;
@@ -425,6 +420,8 @@ ControlRequestReload(Oid dboid, int32 stream_id)
 		return;
 	SpinLockAcquire(&ctl->mutex);
 	ctl->reload_requested++;
+	if (OidIsValid(owner))
+		ctl->owner = owner;
 	latch = ctl->latch;
 	SpinLockRelease(&ctl->mutex);
 	if (latch != NULL)
@@ -455,6 +452,14 @@ ControlScheduleRestart(StreamCtl *ctl)
 	long		delay_ms;
 
 	SpinLockAcquire(&ctl->mutex);
+	if (ctl->reconnect)
+	{
+		/* not a failure: it exited to connect again as the owner */
+		ctl->reconnect = false;
+		ctl->restart_at = 0;
+		SpinLockRelease(&ctl->mutex);
+		return;
+	}
 	failures = ++ctl->failures;
 	delay_ms = FLOWPG_RESTART_MIN_MS;
 	while (--failures > 0 && delay_ms < FLOWPG_RESTART_MAX_MS)
@@ -528,7 +533,7 @@ ControlListSlots(Oid dboid)
 	for (i = 0; i < max_replication_slots; i++)
 	{
 		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
-		StreamIdentity ident;
+		StreamIdentity ident = {InvalidOid, 0, InvalidOid};
 		bool		usable;
 
 		if (!s->in_use)

@@ -32,11 +32,16 @@ typedef enum StreamStatus
 	STREAM_FAILED				/* worker stopped by an error; see last_error */
 } StreamStatus;
 
-/* Which stream: from its slot's name, passed to its worker. */
+/*
+ * Which stream (from its slot's name), passed to its process with the role
+ * the process connects as: the stream's owner, as far as the launcher
+ * knows (StreamCtl.owner), or InvalidOid when it does not know yet.
+ */
 typedef struct StreamIdentity
 {
 	Oid			dboid;
 	int32		stream_id;
+	Oid			owner;
 } StreamIdentity;
 
 typedef struct StreamCtl
@@ -60,6 +65,12 @@ typedef struct StreamCtl
 	int32		failures;		/* consecutive failed starts */
 	TimestampTz restart_at;		/* launcher starts the worker after this */
 	bool		retry_requested;	/* flowpg.wait: start it again at once */
+	Oid			owner;			/* the stream's owner, as whom its process
+								 * connects; InvalidOid: unknown (after a
+								 * restart), the next process connects as
+								 * the bootstrap superuser only to read it */
+	bool		reconnect;		/* the process exited to connect again as
+								 * owner: start the next one at once */
 
 	XLogRecPtr	processed_lsn;	/* source WAL applied to state */
 	XLogRecPtr	checkpoint_lsn; /* source position of the last checkpoint */
@@ -142,8 +153,8 @@ extern List *ControlListSlots(Oid dboid);
 extern void ControlSetError(StreamCtl *ctl, const char *message);
 extern void ControlFail(StreamCtl *ctl);
 extern void ControlConnect(StreamCtl *ctl, StreamIdentity *ident);
-extern void ControlBecomeOwner(Oid owner);
-extern void ControlRequestReload(Oid dboid, int32 stream_id);
+extern void ControlReconnectAs(StreamCtl *ctl, Oid owner);
+extern void ControlRequestReload(Oid dboid, int32 stream_id, Oid owner);
 extern void ControlScheduleRestart(StreamCtl *ctl);
 extern void ControlRetryNow(StreamCtl *ctl);
 extern List *ControlListAdopting(Oid dboid);

@@ -7,8 +7,8 @@
  * is not connected to any database.  The durable list of streams is the
  * set of persistent replication slots named flowpg_<db>_<id> (created by
  * create_stream, dropped with the stream); for each one the launcher keeps
- * a StreamCtl entry and a worker, connected to that database (and running
- * as the stream's owner, which it reads there).
+ * a StreamCtl entry and a worker, connected to that database as the
+ * stream's owner (learnt from a first connection: see ControlConnect).
  *
  * It wakes up when a create_stream commits, when one of its workers exits
  * (it is their bgw_notify_pid), and once a second.  A worker that exits
@@ -120,13 +120,18 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	BackgroundWorkerHandle *handle;
 	MemoryContext oldcxt;
 	bool		registered;
+	StreamIdentity who = *ident;
 
 	describe_worker(&bgw, adopter ? "FlowAdoptMain" : "FlowWorkerMain",
 					adopter ? "flowpg adopt" : "flowpg worker");
 	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s for stream %d",
 			 bgw.bgw_type, ident->stream_id);
 	bgw.bgw_main_arg = Int32GetDatum(index);
-	memcpy(bgw.bgw_extra, ident, sizeof(StreamIdentity));
+	/* connect as the owner, if known (see ControlConnect) */
+	SpinLockAcquire(&ctl->mutex);
+	who.owner = ctl->owner;
+	SpinLockRelease(&ctl->mutex);
+	memcpy(bgw.bgw_extra, &who, sizeof(StreamIdentity));
 	bgw.bgw_notify_pid = MyProcPid;
 
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
@@ -304,6 +309,7 @@ reconcile(void)
 		ident = find_slot(slots, ctl);
 		adopt.dboid = ctl->dboid;
 		adopt.stream_id = ctl->stream_id;
+		adopt.owner = InvalidOid;
 		adopting = ctl->adopting;
 		running = handles[i] != NULL || adopters[i] != NULL || ctl->pid != 0;
 		if (ident == NULL && !running && !dropping && !adopting)

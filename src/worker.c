@@ -3,15 +3,17 @@
  * worker.c
  *	  The stream worker: one background process per stream.
  *
- * A worker connects to its stream's database, then:
+ * A worker connects to its stream's database as the stream's owner (so
+ * every expression and aggregate runs with the owner's privileges, checked
+ * again at every start; see ControlConnect for how it learns who that
+ * is), then:
  *
  *	1. takes the stream's lock, which waits for a create_stream still in
  *	   progress and keeps a drop from running under it, and reads the
  *	   catalog row; if there is none the slot is an orphan (the creating
- *	   transaction never committed) and the worker drops it and exits;
- *	   from then on it runs as the stream's owner (ControlBecomeOwner), so
- *	   every expression and aggregate runs with the owner's privileges,
- *	   checked again at every start;
+ *	   transaction never committed) and the worker drops it and exits; if
+ *	   the stream's owner is not the role it connected as, it exits to be
+ *	   started again as the owner;
  *	2. compiles the stored query (compile.c, operators.c);
  *	3. replaces the stream's shared state with the latest checkpoint
  *	   (checkpoint.c), whatever state an earlier worker left behind;
@@ -218,6 +220,14 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	RepOriginId origin;
 	bool		usable;
 
+	/*
+	 * Before reading the catalog row: a change asked for from now on is
+	 * read again (an owner change asks at its commit, see give_streams).
+	 */
+	SpinLockAcquire(&w->ctl->mutex);
+	w->reload_seen = w->ctl->reload_requested;
+	SpinLockRelease(&w->ctl->mutex);
+
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
@@ -233,6 +243,15 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		drop_orphan(w);
+		return false;
+	}
+	if (w->def->owner != ident->owner)
+	{
+		/* the launcher did not know the owner yet, or it changed */
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		ControlReconnectAs(w->ctl, w->def->owner);
 		return false;
 	}
 	if (w->def->restored)
@@ -258,7 +277,6 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		return false;
 	}
 	drop_orphan_savepoint_slots(w);
-	ControlBecomeOwner(w->def->owner);
 	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
 	CompileApplySettings(w->def->settings, GUC_ACTION_SET);
 	apply_settings();
@@ -288,7 +306,6 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		w->processed_lsn = w->restored_lsn;
 
 	SpinLockAcquire(&w->ctl->mutex);
-	w->reload_seen = w->ctl->reload_requested;
 	/* a savepoint a failed worker began is not tried again: it failed */
 	if (w->ctl->sp_attempted > w->ctl->sp_done)
 		w->ctl->sp_abandoned = w->ctl->sp_attempted;
@@ -469,9 +486,10 @@ sleep_ms(FlowWorker *w, TimestampTz now)
 
 /*
  * The stream has a new owner (ALTER TABLE ... OWNER TO of its result
- * table, or REASSIGN OWNED): this process runs as the old one, so it
- * exits, and the launcher starts the next worker at once, which runs as
- * the new owner from the latest checkpoint, exactly as after a crash.
+ * table, or REASSIGN OWNED): this process is connected as the old one, so
+ * it exits, and the launcher starts the next worker at once, connected as
+ * the new owner, which goes on from the latest checkpoint, exactly as
+ * after a crash.
  */
 static void
 restart_as_new_owner(FlowWorker *w, StreamDef *def)
@@ -479,10 +497,7 @@ restart_as_new_owner(FlowWorker *w, StreamDef *def)
 	ereport(LOG,
 			(errmsg("flowpg: stream \"%s\" now belongs to role %s: its worker starts again as that role",
 					def->name, GetUserNameFromId(def->owner, true))));
-	SpinLockAcquire(&w->ctl->mutex);
-	w->ctl->retry_requested = true;
-	SpinLockRelease(&w->ctl->mutex);
-	ControlWakeLauncher();
+	ControlReconnectAs(w->ctl, def->owner);
 	proc_exit(0);
 }
 
@@ -724,9 +739,13 @@ FlowWorkerMain(Datum main_arg)
 	ctl->pid = MyProcPid;
 	ctl->latch = MyLatch;
 	pg_atomic_write_u32(&ctl->sleeping, 0);
-	ctl->status = STREAM_STARTING;
 	ctl->state_ready = false;
-	ctl->restarts++;
+	/* a first connection only to learn the owner shows nothing */
+	if (OidIsValid(ident.owner))
+	{
+		ctl->status = STREAM_STARTING;
+		ctl->restarts++;
+	}
 	SpinLockRelease(&ctl->mutex);
 	on_shmem_exit(worker_on_exit, PointerGetDatum(ctl));
 

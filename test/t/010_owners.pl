@@ -15,7 +15,7 @@ my $node = new_node('owners');
 $node->safe_psql('postgres', q{
 	CREATE ROLE flowpg_alice LOGIN;
 	CREATE ROLE flowpg_bob LOGIN;
-	CREATE ROLE flowpg_team NOLOGIN;
+	CREATE ROLE flowpg_team LOGIN;
 	CREATE TABLE clicks (id bigserial, campaign int, cost numeric);
 	GRANT SELECT, INSERT ON clicks TO flowpg_alice, flowpg_bob, flowpg_team;
 	GRANT CREATE ON SCHEMA public TO flowpg_alice, flowpg_bob, flowpg_team;
@@ -109,6 +109,18 @@ $node->safe_psql('postgres', 'DROP OWNED BY flowpg_bob; DROP ROLE flowpg_bob');
 like($err, qr/role "flowpg_team" cannot be dropped because it owns a flowpg stream/,
 	'DROP ROLE of the owner of streams is refused');
 
+# a change in a subtransaction rolled back is no change
+$node->safe_psql('postgres', q{
+	BEGIN;
+	SAVEPOINT s;
+	ALTER TABLE spend OWNER TO flowpg_alice;
+	ROLLBACK TO s;
+	COMMIT;
+});
+is(owners(), 'public.runs=flowpg_team public.spend=flowpg_team',
+	'a change rolled back to a savepoint is not kept');
+counts_as('flowpg_team', 'after a change rolled back to a savepoint');
+
 # a change rolled back after kill -9 (the transaction never committed)
 $node->safe_psql('postgres', 'INSERT INTO clicks (campaign, cost) VALUES (1, 1)');
 my $psql = $node->background_psql('postgres', on_error_stop => 0);
@@ -122,6 +134,27 @@ is(owners(), 'public.runs=flowpg_team public.spend=flowpg_team',
 oracle_ok($node, 'spend', $spend, 'kill -9 during an uncommitted change');
 runs_ok('kill -9 during an uncommitted change');
 counts_as('flowpg_team', 'after an uncommitted change');
+
+# streams that failed (their owner lost SELECT on the source) given to a
+# role that may read it, the old owner dropped while the workers wait out
+# their back-off: they run again, as the new owner
+$node->safe_psql('postgres', q{
+	REVOKE SELECT ON clicks FROM flowpg_team;
+	INSERT INTO clicks (campaign, cost) VALUES (2, 2);
+});
+$node->poll_query_until('postgres',
+	q{SELECT bool_and(status = 'failed' AND last_error LIKE 'permission denied%') FROM flowpg.streams})
+  or die 'the streams did not fail';
+$node->safe_psql('postgres', q{
+	REASSIGN OWNED BY flowpg_team TO flowpg_alice;
+	DROP OWNED BY flowpg_team;
+	DROP ROLE flowpg_team;
+});
+is(owners(), 'public.runs=flowpg_alice public.spend=flowpg_alice',
+	'failed streams given away, their old owner dropped');
+oracle_ok($node, 'spend', $spend, 'failed streams given away');
+runs_ok('failed streams given away');
+counts_as('flowpg_alice', 'failed streams given away');
 
 $node->stop;
 done_testing();
