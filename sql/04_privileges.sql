@@ -166,10 +166,22 @@ INSERT INTO events VALUES ('x', 6), ('y', 7);
 SELECT flowpg.wait('alice_view');
 TABLE alice_view ORDER BY runner, who;
 SELECT sum(n) = (SELECT count(*) FROM events) AS exact FROM alice_view;
--- not in a transaction that rolls back
+-- not in a transaction that rolls back, nor in a prepared one
 BEGIN;
 ALTER TABLE alice_view OWNER TO flowpg_alice;
 ROLLBACK;
+BEGIN;
+ALTER TABLE alice_view OWNER TO flowpg_alice;
+PREPARE TRANSACTION 'flowpg_owner';
+-- (nor can a drop of a stream; other tables can be dropped so)
+BEGIN;
+DROP TABLE alice_view;
+PREPARE TRANSACTION 'flowpg_drop';
+BEGIN;
+CREATE TABLE flowpg_scratch (k int);
+DROP TABLE flowpg_scratch;
+PREPARE TRANSACTION 'flowpg_other';
+COMMIT PREPARED 'flowpg_other';
 SELECT name, owner FROM flowpg.streams ORDER BY name;
 
 -- REASSIGN OWNED gives away a role's streams too (checked as above), and

@@ -899,6 +899,31 @@ CatalogPendingSlotDrop(Oid dboid, int32 stream_id, int64 savepoint_id)
 	pend_slot_drop(name);
 }
 
+/*
+ * Does this transaction drop a stream's result table, and so the stream?
+ * Its catalog row is still there: it goes at PRE_COMMIT (process_drops).
+ */
+static bool
+drops_result_table(void)
+{
+	ListCell   *lc;
+	bool		found = false;
+
+	if (pending.dropped_relids == NIL || !OidIsValid(get_extension_oid("flowpg", true)))
+		return false;
+	PushActiveSnapshot(GetTransactionSnapshot());
+	foreach(lc, pending.dropped_relids)
+	{
+		if (CatalogFindByResult(lfirst_oid(lc)) != NULL)
+		{
+			found = true;
+			break;
+		}
+	}
+	PopActiveSnapshot();
+	return found;
+}
+
 static void
 flowpg_xact_callback(XactEvent event, void *arg)
 {
@@ -940,12 +965,14 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			break;
 
 		case XACT_EVENT_PRE_PREPARE:
-			if (pending.create_active || pending.dropped_relids != NIL ||
+			if (pending.create_active || drops_result_table() ||
 				pending.extension_dropped || pending.held != NIL ||
-				pending.slots_to_drop != NIL || pending.adopt != NIL)
+				pending.slots_to_drop != NIL || pending.adopt != NIL ||
+				pending.given != NIL)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot prepare a transaction that creates, drops, restores or rebuilds a flowpg stream or savepoint, or drops a table")));
+						 errmsg("cannot prepare a transaction that creates, drops, restores, rebuilds or gives away a flowpg stream, or creates or drops a savepoint"),
+						 errdetail("What flowpg does at commit (replication slots, workers) cannot wait for COMMIT PREPARED.")));
 			break;
 
 		case XACT_EVENT_COMMIT:

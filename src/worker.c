@@ -503,7 +503,8 @@ restart_as_new_owner(FlowWorker *w, StreamDef *def)
 
 /*
  * Read the stream's catalog row again (flowpg.pause_stream and
- * resume_stream asked for it), once the transaction that changed it ends.
+ * resume_stream asked for it, or a change of owner), once the transaction
+ * that changed it ends.
  */
 static void
 reload_definition(FlowWorker *w)
