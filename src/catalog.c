@@ -1025,6 +1025,15 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			reset_pending();
 			break;
 
+		case XACT_EVENT_PREPARE:
+			/*
+			 * Nothing of flowpg's is pending (PRE_PREPARE saw to that) but
+			 * the tables dropped that were no result tables: their list
+			 * goes with the transaction's memory.
+			 */
+			reset_pending();
+			break;
+
 		default:
 			break;
 	}

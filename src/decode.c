@@ -431,7 +431,19 @@ DecodeCreateSlot(const char *slot_name, Snapshot *snapshot)
 										NULL, NULL, NULL);
 		DecodingContextFindStartpoint(ctx);
 		if (snapshot != NULL)
-			*snapshot = SnapBuildInitialSnapshot(ctx->snapshot_builder);
+		{
+			/*
+			 * The snapshot lives in the snapshot builder's memory, which
+			 * goes with the context: copy it (its xip array is in ours, and
+			 * it has no subtransactions).
+			 */
+			Snapshot	initial = SnapBuildInitialSnapshot(ctx->snapshot_builder);
+
+			*snapshot = palloc(sizeof(SnapshotData));
+			memcpy(*snapshot, initial, sizeof(SnapshotData));
+			Assert(initial->subxcnt == 0);
+			(*snapshot)->subxip = NULL;
+		}
 		FreeDecodingContext(ctx);
 	}
 	PG_FINALLY();

@@ -782,7 +782,13 @@ agg_combine(FlowPlan *plan, FlowAgg *agg, AggValue *state,
 	fcinfo->args[1].isnull = partial->isnull;
 	fcinfo->isnull = false;
 	state->value = FunctionCallInvoke(fcinfo);
-	state->isnull = fcinfo->isnull;
+	/*
+	 * In older minor releases of PostgreSQL 15 (15.18 for one), numeric's
+	 * combine functions return a null pointer, not NULL, for two NULL
+	 * states: take it for NULL.
+	 */
+	state->isnull = fcinfo->isnull ||
+		(!agg->transtypeByVal && DatumGetPointer(state->value) == NULL);
 	state->noTransValue = false;
 	MemoryContextSwitchTo(oldcxt);
 }

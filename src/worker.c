@@ -711,6 +711,8 @@ record_error(StreamCtl *ctl)
 
 	if (!LWLockHeldByMe(&ctl->state_lock))
 		LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);
+	else
+		HOLD_INTERRUPTS();		/* the error zeroed the count the lock holds */
 	StateDestroy(ctl);
 	LWLockRelease(&ctl->state_lock);
 }
