@@ -496,16 +496,44 @@ DecodeCopySlot(const char *src, const char *dst)
 	PG_END_TRY();
 }
 
+/* The worker's decoding context, from its slot's position; in w->cxt. */
+static void
+begin_decoding(FlowWorker *w)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(w->cxt);
+
+	source_desc_current = false;
+	w->decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
+										XL_ROUTINE(.page_read = read_flushed_page,
+												   .segment_open = wal_segment_open,
+												   .segment_close = wal_segment_close),
+										NULL, NULL, NULL);
+	XLogBeginRead(w->decoding->reader, MyReplicationSlot->data.restart_lsn);
+	MemoryContextSwitchTo(oldcxt);
+}
+
 /*
- * Copy the worker's own slot (see DecodeCopySlot).  The worker lets go of
- * its slot meanwhile: a backend holds one slot at a time.
+ * Copy the worker's own slot (see DecodeCopySlot), right after a
+ * checkpoint, which confirmed the slot where the worker stands.  The
+ * worker lets go of its slot meanwhile (a backend holds one slot at a
+ * time), and of its decoding context: the copy makes one, and PostgreSQL
+ * keeps part of a snapshot builder's state in globals (the transactions
+ * running where decoding began from a saved snapshot), which a second
+ * context in the process would clear under the first.  The new context
+ * decodes from the confirmed position on, and assembles the transactions
+ * in progress again from the slot's restart point, as when a worker
+ * starts.
  */
 void
 DecodeCopyOwnSlot(FlowWorker *w, const char *dst)
 {
+	Assert(w->confirmed_lsn == w->processed_lsn);
+	FreeDecodingContext(w->decoding);
+	w->decoding = NULL;
 	ReplicationSlotRelease();
 	DecodeCopySlot(w->slot_name, dst);
 	ReplicationSlotAcquire(w->slot_name, true);
+	begin_decoding(w);
 }
 
 /* Drop a stream's slot if it exists, waiting for its worker to let go. */
@@ -535,8 +563,6 @@ DecodeDropSavepointSlots(Oid dboid, int32 stream_id)
 bool
 DecodeStart(FlowWorker *w)
 {
-	MemoryContext oldcxt;
-
 	if (SearchNamedReplicationSlot(w->slot_name, true) == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -547,20 +573,12 @@ DecodeStart(FlowWorker *w)
 	if (XLogRecPtrIsInvalid(MyReplicationSlot->data.restart_lsn))
 		return false;
 
-	oldcxt = MemoryContextSwitchTo(w->cxt);
 	decode_worker = w;
-	source_desc_current = false;
 	CacheRegisterRelcacheCallback(source_relcache_cb, (Datum) 0);
 	RegisterXactCallback(decode_xact_cb, NULL);
-	w->decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
-										XL_ROUTINE(.page_read = read_flushed_page,
-												   .segment_open = wal_segment_open,
-												   .segment_close = wal_segment_close),
-										NULL, NULL, NULL);
-	XLogBeginRead(w->decoding->reader, MyReplicationSlot->data.restart_lsn);
+	begin_decoding(w);
 	w->processed_lsn = MyReplicationSlot->data.confirmed_flush;
 	w->confirmed_lsn = MyReplicationSlot->data.confirmed_flush;
-	MemoryContextSwitchTo(oldcxt);
 	return true;
 }
 
