@@ -1286,7 +1286,7 @@ give_stream(StreamDef *def)
 	given = palloc(sizeof(StreamIdentity));
 	given->dboid = MyDatabaseId;
 	given->stream_id = def->id;
-	given->owner = owner;
+	given->owner = InvalidOid;	/* read at PRE_COMMIT: a savepoint may undo this */
 	pending.given = lappend(pending.given, given);
 	MemoryContextSwitchTo(oldcxt);
 	ereport(NOTICE,
