@@ -785,10 +785,13 @@ agg_combine(FlowPlan *plan, FlowAgg *agg, AggValue *state,
 	/*
 	 * In older minor releases of PostgreSQL 15 (15.18 for one), numeric's
 	 * combine functions return a null pointer, not NULL, for two NULL
-	 * states: take it for NULL.
+	 * states: take it for NULL.  Their state is `internal`, which
+	 * PostgreSQL declares pass-by-value, so the test is not only for
+	 * by-reference types.
 	 */
 	state->isnull = fcinfo->isnull ||
-		(!agg->transtypeByVal && DatumGetPointer(state->value) == NULL);
+		((agg->transtype == INTERNALOID || !agg->transtypeByVal) &&
+		 DatumGetPointer(state->value) == NULL);
 	state->noTransValue = false;
 	MemoryContextSwitchTo(oldcxt);
 }
