@@ -100,6 +100,41 @@ SELECT count(*) AS keys_found_through_the_index
   FROM generate_series(1, 1000) g WHERE EXISTS (SELECT FROM cold WHERE k = g);
 RESET enable_seqscan;
 RESET enable_bitmapscan;
+-- Where a key's row is, is not checkpointed: a worker that starts again
+-- finds the rows of the keys it restored through the unique index (NULL
+-- keys too), and its first checkpoint updates them in place, inserting
+-- nothing (it used to try an insert of each, fail on the index, and
+-- upsert them all).
+INSERT INTO cs VALUES (NULL, 1);
+SELECT flowpg.wait('cold');
+DO $$
+BEGIN
+    FOR i IN 1 .. 300 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN (SELECT n_tup_ins FROM pg_stat_user_tables
+                    WHERE relid = 'cold'::regclass) >= 1001;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT pg_stat_clear_snapshot();
+CREATE TEMP TABLE cold_before AS
+  SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relid = 'cold'::regclass;
+SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.cold';
+INSERT INTO cs SELECT g, 7 FROM generate_series(1, 1000, 10) g UNION ALL SELECT NULL, 7;
+SELECT flowpg.wait('cold');
+SELECT oracle('cold');
+DO $$
+BEGIN
+    FOR i IN 1 .. 300 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN (SELECT n_tup_upd FROM pg_stat_user_tables
+                    WHERE relid = 'cold'::regclass) >= (SELECT n_tup_upd + 101 FROM cold_before);
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT s.n_tup_ins - b.n_tup_ins AS inserted, s.n_tup_upd - b.n_tup_upd AS updated
+  FROM pg_stat_user_tables s, cold_before b WHERE s.relid = 'cold'::regclass;
+SELECT restarts FROM flowpg.streams WHERE name = 'public.cold';
 -- a trigger on the result table fires on the checkpoints' updates
 CREATE TABLE cold_log (k int, n bigint);
 CREATE FUNCTION cold_logged() RETURNS trigger LANGUAGE plpgsql AS $$

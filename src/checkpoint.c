@@ -23,8 +23,10 @@
  *	   them has a row after all, the insert fails on the unique index, is
  *	   taken back, and they go through INSERT ... ON CONFLICT instead.
  *	   Either way the worker keeps where each row is now.
- *	   (The TIDs are a cache: lost on restart, wrong after VACUUM FULL or
- *	   CLUSTER of the result table, and then the key check catches it.)
+ *	   (The TIDs are a cache: not checkpointed, wrong after VACUUM FULL or
+ *	   CLUSTER of the result table, and then the key check catches it.  A
+ *	   worker that starts finds the rows of the keys it restored through
+ *	   the unique index on the keys, once, when they first change.)
  *	3. Confirm.  Only after that commit is flushed is processed_lsn
  *	   confirmed on the slot, which lets the slot release older WAL.
  *	4. Clean up.  Older flowpg.checkpoint rows beyond
@@ -54,6 +56,7 @@
 
 #include "access/genam.h"
 #include "access/heapam.h"
+#include "access/nbtree.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -980,6 +983,105 @@ update_by_tid(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
 }
 
 /*
+ * Find through the key index the result rows of the chunks listed in
+ * `probe`, keys the checkpoint the worker started from holds: their rows
+ * are in the table, but where is not checkpointed.  Keeps the TIDs found,
+ * lists those chunks in `found`, and returns how many.  Without this the
+ * first checkpoint after every start of a worker tried to insert each
+ * such key, failed on the unique index, and upserted them all, at several
+ * times the cost of an update in place.  The TIDs found are checked as
+ * any other (update_in_place), and only tables update_in_place may write
+ * are probed.
+ */
+static int
+find_rows_by_key(FlowWorker *w, StateChunk **chunks, Datum *rows, int *probe,
+				 int n, int *found)
+{
+	Relation	rel = table_open(w->def->result, RowExclusiveLock);
+	Relation	index = NULL;
+	List	   *indexes;
+	ListCell   *lc;
+	int			nfound = 0;
+
+	if (w->plan->nkeys == 0 || !in_place_allowed(w, rel))
+	{
+		table_close(rel, NoLock);
+		return 0;
+	}
+	indexes = RelationGetIndexList(rel);
+	foreach(lc, indexes)
+	{
+		Relation	candidate = index_open(lfirst_oid(lc), AccessShareLock);
+
+		if (is_key_index(w, candidate))
+		{
+			index = candidate;
+			break;
+		}
+		index_close(candidate, AccessShareLock);
+	}
+	list_free(indexes);
+	if (index != NULL && index->rd_rel->relam == BTREE_AM_OID)
+	{
+		int			nkeys = IndexRelationGetNumberOfKeyAttributes(index);
+		ScanKeyData *skey = palloc(sizeof(ScanKeyData) * nkeys);
+		RegProcedure *eqproc = palloc(sizeof(RegProcedure) * nkeys);
+		TupleTableSlot *rowslot = table_slot_create(rel, NULL);
+		TupleTableSlot *slot = table_slot_create(rel, NULL);
+		IndexScanDesc scan;
+		int			i,
+					k;
+
+		for (k = 0; k < nkeys; k++)
+		{
+			Oid			eqop = get_opfamily_member(index->rd_opfamily[k],
+												   index->rd_opcintype[k],
+												   index->rd_opcintype[k],
+												   BTEqualStrategyNumber);
+
+			if (!OidIsValid(eqop))
+				elog(ERROR, "missing equality operator for column %d of index \"%s\"",
+					 k + 1, RelationGetRelationName(index));
+			eqproc[k] = get_opcode(eqop);
+		}
+		PushActiveSnapshot(GetTransactionSnapshot());
+		scan = index_beginscan(rel, index, GetActiveSnapshot(), nkeys, 0);
+		for (i = 0; i < n; i++)
+		{
+			row_to_slot(rows[probe[i]], RelationGetDescr(rel), rowslot);
+			for (k = 0; k < nkeys; k++)
+			{
+				int			att = index->rd_index->indkey.values[k] - 1;
+
+				if (rowslot->tts_isnull[att])
+					ScanKeyEntryInitialize(&skey[k], SK_ISNULL | SK_SEARCHNULL, k + 1,
+										   InvalidStrategy, InvalidOid, InvalidOid,
+										   InvalidOid, (Datum) 0);
+				else
+					ScanKeyEntryInitialize(&skey[k], 0, k + 1, BTEqualStrategyNumber,
+										   index->rd_opcintype[k],
+										   index->rd_indcollation[k], eqproc[k],
+										   rowslot->tts_values[att]);
+			}
+			index_rescan(scan, skey, nkeys, NULL, 0);
+			if (index_getnext_slot(scan, ForwardScanDirection, slot))
+			{
+				chunks[probe[i]]->tid = slot->tts_tid;
+				found[nfound++] = probe[i];
+			}
+		}
+		index_endscan(scan);
+		PopActiveSnapshot();
+		ExecDropSingleTupleTableSlot(rowslot);
+		ExecDropSingleTupleTableSlot(slot);
+	}
+	if (index != NULL)
+		index_close(index, AccessShareLock);
+	table_close(rel, NoLock);
+	return nfound;
+}
+
+/*
  * Upsert the rows of the chunks listed in `which`, keeping their TIDs when
  * the statement returns them (one per row, in order).
  */
@@ -1047,7 +1149,9 @@ write_rows(FlowWorker *w, int from, int to, bool rewrite)
 	bool	   *nulls = palloc(sizeof(bool) * (w->resultdesc->natts + 1));
 	bool	   *found = palloc0(sizeof(bool) * n);
 	int		   *which = palloc(sizeof(int) * n);
+	int		   *probe = palloc(sizeof(int) * n);
 	int			nwhich = 0;
+	int			nprobe = 0;
 	int			i;
 
 	for (i = 0; i < n; i++)
@@ -1057,11 +1161,17 @@ write_rows(FlowWorker *w, int from, int to, bool rewrite)
 							 chunks[i]->state_len, values, nulls);
 		if (rewrite)
 			ItemPointerSetInvalid(&chunks[i]->tid);
-		else if (w->result_tid_update != NULL && ItemPointerIsValid(&chunks[i]->tid))
+		else if (w->result_tid_update == NULL)
+			continue;
+		else if (ItemPointerIsValid(&chunks[i]->tid))
 			which[nwhich++] = i;
+		else if (chunks[i]->key_id < w->restored_keys_end)
+			probe[nprobe++] = i;
 	}
 	if (w->plan->nkeys == 0)
 		execute(w->result_delete, NULL, SPI_OK_DELETE);
+	if (nprobe > 0)
+		nwhich += find_rows_by_key(w, chunks, rows, probe, nprobe, which + nwhich);
 	if (nwhich > 0)
 		update_by_tid(w, chunks, rows, which, nwhich, found);
 	nwhich = 0;
@@ -1521,5 +1631,6 @@ CheckpointRestore(FlowWorker *w)
 		SpinLockRelease(&w->ctl->mutex);
 	}
 	restore_keys(w, stream_id);
+	w->restored_keys_end = w->state->next_key_id;
 	CatalogRestoreUser(&priv);
 }

@@ -75,6 +75,8 @@ typedef struct FlowWorker
 	SPIPlanPtr	savepoint_state_append;
 	SPIPlanPtr	rewrite_done;
 	int64		log_entries;	/* key entries in flowpg.state */
+	int64		restored_keys_end;	/* keys with lower ids came from the
+									 * checkpoint the worker started from */
 } FlowWorker;
 
 extern PGDLLEXPORT void FlowWorkerMain(Datum main_arg);
