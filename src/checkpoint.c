@@ -865,6 +865,8 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
  * caller upserts the lot.  Returns whether the rows are in.  The caller has
  * checked in_place_allowed and the owner's INSERT privilege.
  */
+#define INSERT_BATCH 1000
+
 static bool
 insert_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 				int *which, int n)
@@ -882,17 +884,32 @@ insert_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 	{
 		InPlace		ip;
 
+		TupleTableSlot *slots[INSERT_BATCH];
+		int			nslots = Min(n, INSERT_BATCH);
+		int			done;
+
 		in_place_begin(rel, &ip);
-		for (i = 0; i < n; i++)
+		for (i = 0; i < nslots; i++)
+			slots[i] = table_slot_create(rel, &ip.estate->es_tupleTable);
+		/* as COPY does: the heap rows of a batch at once, then their index entries */
+		for (done = 0; done < n; done += nslots)
 		{
-			ResetPerTupleExprContext(ip.estate);
-			row_to_slot(rows[which[i]], desc, ip.slot);
-			ExecStoreVirtualTuple(ip.slot);
-			table_tuple_insert(rel, ip.slot, ip.cid, 0, NULL);
-			if (ip.rri->ri_NumIndices > 0)
-				(void) ExecInsertIndexTuples(ip.rri, ip.slot, ip.estate, false,
-											 false, NULL, NIL);
-			tids[i] = ip.slot->tts_tid;
+			int			m = Min(nslots, n - done);
+
+			for (i = 0; i < m; i++)
+			{
+				row_to_slot(rows[which[done + i]], desc, slots[i]);
+				ExecStoreVirtualTuple(slots[i]);
+			}
+			table_multi_insert(rel, slots, m, ip.cid, 0, NULL);
+			for (i = 0; i < m; i++)
+			{
+				ResetPerTupleExprContext(ip.estate);
+				if (ip.rri->ri_NumIndices > 0)
+					(void) ExecInsertIndexTuples(ip.rri, slots[i], ip.estate, false,
+												 false, NULL, NIL);
+				tids[done + i] = slots[i]->tts_tid;
+			}
 		}
 		in_place_end(&ip);
 		ReleaseCurrentSubTransaction();
