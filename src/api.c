@@ -584,6 +584,32 @@ ApiCheckNotFailed(StreamDef *def)
 				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Rebuild the stream from its source table with flowpg.rebuild_stream, rewind it to one of its savepoints with flowpg.restore, or drop it and create it again.")));
 }
 
+
+/*
+ * A failing worker says so (ControlFail) before it exits: wait for it to
+ * be gone (milliseconds, unless the machine is very slow), so that the
+ * caller starts a new one at once rather than raising the error of one it
+ * did not start.
+ */
+static void
+await_failed_exit(StreamCtl *ctl, TimestampTz deadline)
+{
+	for (;;)
+	{
+		bool		exiting;
+
+		SpinLockAcquire(&ctl->mutex);
+		exiting = ctl->status == STREAM_FAILED && ctl->pid != 0;
+		SpinLockRelease(&ctl->mutex);
+		if (!exiting || GetCurrentTimestamp() >= deadline)
+			return;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
 /* The stream's StreamCtl, waiting until the launcher has made one. */
 StreamCtl *
 ApiAwaitControl(StreamDef *def, TimestampTz deadline)
@@ -619,7 +645,10 @@ ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 		{
 			/* a restored stream's rebuild was asked for above */
 			if (!def->restored)
+			{
+				await_failed_exit(ctl, deadline);
 				ControlRetryNow(ctl);
+			}
 			return ctl;
 		}
 
