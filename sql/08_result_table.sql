@@ -82,15 +82,18 @@ CALL cold_rounds(60);
 SELECT oracle('cold');
 -- the worker reports what it wrote to the statistics, as a backend does
 -- (autovacuum goes by them): 60 rounds of 34 keys
-DO $$
+CREATE FUNCTION await_cold_stats(ins bigint, upd bigint) RETURNS void
+LANGUAGE plpgsql AS $$
 BEGIN
     FOR i IN 1 .. 300 LOOP
         PERFORM pg_stat_clear_snapshot();
-        EXIT WHEN (SELECT n_tup_upd FROM pg_stat_user_tables
-                    WHERE relid = 'cold'::regclass) >= 2040;
+        EXIT WHEN (SELECT n_tup_ins >= ins AND n_tup_upd >= upd
+                     FROM pg_stat_user_tables WHERE relid = 'cold'::regclass);
         PERFORM pg_sleep(0.1);
     END LOOP;
+    PERFORM pg_stat_clear_snapshot();
 END $$;
+SELECT await_cold_stats(0, 2040);
 SELECT n_tup_ins, n_tup_upd, n_tup_upd > n_tup_hot_upd AS some_updates_left_their_page
   FROM pg_stat_user_tables WHERE relid = 'cold'::regclass;
 SELECT bt_index_check(indexrelid, true) FROM pg_index WHERE indrelid = 'cold'::regclass;
@@ -107,31 +110,14 @@ RESET enable_bitmapscan;
 -- upsert them all).
 INSERT INTO cs VALUES (NULL, 1);
 SELECT flowpg.wait('cold');
-DO $$
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXIT WHEN (SELECT n_tup_ins FROM pg_stat_user_tables
-                    WHERE relid = 'cold'::regclass) >= 1001;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END $$;
-SELECT pg_stat_clear_snapshot();
+SELECT await_cold_stats(1001, 0);
 CREATE TEMP TABLE cold_before AS
   SELECT n_tup_ins, n_tup_upd FROM pg_stat_user_tables WHERE relid = 'cold'::regclass;
 SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.cold';
 INSERT INTO cs SELECT g, 7 FROM generate_series(1, 1000, 10) g UNION ALL SELECT NULL, 7;
 SELECT flowpg.wait('cold');
 SELECT oracle('cold');
-DO $$
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXIT WHEN (SELECT n_tup_upd FROM pg_stat_user_tables
-                    WHERE relid = 'cold'::regclass) >= (SELECT n_tup_upd + 101 FROM cold_before);
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END $$;
+SELECT await_cold_stats(0, n_tup_upd + 101) FROM cold_before;
 SELECT s.n_tup_ins - b.n_tup_ins AS inserted, s.n_tup_upd - b.n_tup_upd AS updated
   FROM pg_stat_user_tables s, cold_before b WHERE s.relid = 'cold'::regclass;
 SELECT restarts FROM flowpg.streams WHERE name = 'public.cold';
