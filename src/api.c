@@ -584,7 +584,6 @@ ApiCheckNotFailed(StreamDef *def)
 				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Rebuild the stream from its source table with flowpg.rebuild_stream, rewind it to one of its savepoints with flowpg.restore, or drop it and create it again.")));
 }
 
-
 /*
  * A failing worker says so (ControlFail) before it exits: wait for it to
  * be gone (milliseconds, unless the machine is very slow), so that the

@@ -852,21 +852,22 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 	in_place_end(&ip);
 }
 
-/*
- * Insert the rows listed in `which` through the table AM, as the
- * executor's INSERT does (heap, then index entries, unique ones checked),
- * in a subtransaction, and keep their TIDs.  These are the rows of keys
- * with no known row: almost always keys new since the last checkpoint,
- * which have none, so the upsert's speculative insertion (an index probe
- * and a lock before each row, then its confirmation: about half of the
- * cost of a new key's checkpoint) buys nothing.  When a key does have a
- * row (the TIDs are lost on restart; someone inserted one by hand), the
- * insert fails on the unique index, the subtransaction rolls back, and the
- * caller upserts the lot.  Returns whether the rows are in.  The caller has
- * checked in_place_allowed and the owner's INSERT privilege.
- */
+/* rows inserted at once by insert_in_place, as COPY batches them */
 #define INSERT_BATCH 1000
 
+/*
+ * Insert the rows listed in `which` through the table AM, as COPY does
+ * (heap rows INSERT_BATCH at a time, then their index entries, unique
+ * ones checked), in a subtransaction, and keep their TIDs.  These are the
+ * rows of keys with no known row: almost always keys new since the last
+ * checkpoint, which have none, so the upsert's speculative insertion (an
+ * index probe and a lock before each row, then its confirmation: about
+ * half of the cost of a new key's checkpoint) buys nothing.  When a key
+ * does have a row after all (someone inserted one by hand), the insert
+ * fails on the unique index, the subtransaction rolls back, and the
+ * caller upserts the lot.  Returns whether the rows are in.  The caller
+ * has checked in_place_allowed and the owner's INSERT privilege.
+ */
 static bool
 insert_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 				int *which, int n)
@@ -883,7 +884,6 @@ insert_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 	PG_TRY();
 	{
 		InPlace		ip;
-
 		TupleTableSlot *slots[INSERT_BATCH];
 		int			nslots = Min(n, INSERT_BATCH);
 		int			done;
@@ -1003,7 +1003,7 @@ update_by_tid(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
  * Find through the key index the result rows of the chunks listed in
  * `probe`, keys the checkpoint the worker started from holds: their rows
  * are in the table, but where is not checkpointed.  Keeps the TIDs found,
- * lists those chunks in `found`, and returns how many.  Without this the
+ * lists those chunks in `located`, and returns how many.  Without this the
  * first checkpoint after every start of a worker tried to insert each
  * such key, failed on the unique index, and upserted them all, at several
  * times the cost of an update in place.  The TIDs found are checked as
@@ -1012,7 +1012,7 @@ update_by_tid(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
  */
 static int
 find_rows_by_key(FlowWorker *w, StateChunk **chunks, Datum *rows, int *probe,
-				 int n, int *found)
+				 int n, int *located)
 {
 	Relation	rel = table_open(w->def->result, RowExclusiveLock);
 	Relation	index = NULL;
@@ -1084,7 +1084,7 @@ find_rows_by_key(FlowWorker *w, StateChunk **chunks, Datum *rows, int *probe,
 			if (index_getnext_slot(scan, ForwardScanDirection, slot))
 			{
 				chunks[probe[i]]->tid = slot->tts_tid;
-				found[nfound++] = probe[i];
+				located[nfound++] = probe[i];
 			}
 		}
 		index_endscan(scan);
