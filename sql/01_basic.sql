@@ -138,6 +138,22 @@ SELECT count(*) AS slots FROM pg_replication_slots WHERE plugin = 'flowpg';
 DROP SCHEMA reports;
 DROP TABLE visits;
 
+-- After a load, the stream's slot soon keeps only the WAL after it: its
+-- restart position moves past a record of the running transactions, which
+-- the worker logs when the slot keeps more than a WAL segment (else the
+-- background writer's, up to 15 s later); a restarted worker would read
+-- the load's WAL again until then
+CREATE TABLE bulk (k int, v int);
+SELECT flowpg.create_stream('bulk_sums', 'SELECT k, sum(v) AS s FROM bulk GROUP BY k');
+INSERT INTO bulk SELECT g % 100, 1 FROM generate_series(1, 400000) g;
+SELECT flowpg.wait('bulk_sums');
+SELECT flowpg.checkpoint('bulk_sums') > 0 AS checkpointed;
+SELECT retained_wal < pg_size_bytes(current_setting('wal_segment_size')) AS let_it_go
+  FROM flowpg.streams WHERE name = 'public.bulk_sums';
+SELECT oracle('bulk_sums');
+SELECT flowpg.drop_stream('bulk_sums');
+DROP TABLE bulk;
+
 SELECT flowpg.drop_stream('spend');
 DROP TABLE clicks;
 SELECT count(*) AS streams FROM flowpg.streams;

@@ -54,6 +54,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
+#include "storage/standby.h"
 #include "replication/decode.h"
 #include "replication/logical.h"
 #include "replication/output_plugin.h"
@@ -638,4 +639,25 @@ DecodeConfirm(FlowWorker *w, XLogRecPtr lsn)
 	ReplicationSlotSave();
 	w->confirmed_lsn = lsn;
 	w->last_confirm = GetCurrentTimestamp();
+
+	/*
+	 * The slot's restart position, where the next worker starts reading
+	 * WAL, moves only when decoding meets a record of the transactions then
+	 * running and a confirmation later passes it.  The background writer
+	 * logs one every 15 s while the server writes, so after a load or
+	 * under a heavy one the restart position lags by up to 15 s of WAL,
+	 * all of it read again (its changes queued in the reorder buffer and
+	 * dropped at their commits) before a restarted worker sees a new row:
+	 * about a second for the WAL of a 1,000,000-row load here.  When it
+	 * lags by more than a WAL segment, log such a record, at most once a
+	 * second; the confirmation after the worker has decoded it moves the
+	 * restart position up to it, or to the start of the oldest transaction
+	 * it names.
+	 */
+	if (MyReplicationSlot->data.restart_lsn + wal_segment_size < lsn &&
+		TimestampDifferenceExceeds(w->running_xacts_at, w->last_confirm, 1000))
+	{
+		LogStandbySnapshot();
+		w->running_xacts_at = w->last_confirm;
+	}
 }

@@ -42,6 +42,8 @@ typedef struct FlowWorker
 	TimestampTz last_checkpoint;
 	TimestampTz ckpt_started;	/* start of the checkpoint being taken */
 	TimestampTz last_confirm;
+	TimestampTz running_xacts_at;	/* last record of running transactions
+									 * logged by DecodeConfirm */
 	TimestampTz active_at;		/* last round that decoded new WAL */
 
 	uint64		reload_seen;	/* ctl->reload_requested handled */
