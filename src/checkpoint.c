@@ -1586,6 +1586,23 @@ restore_keys(FlowWorker *w, Datum stream_id)
 	Portal		portal;
 
 	w->log_entries = 0;
+	/*
+	 * The log begins with a checkpoint that wrote every key (a compaction,
+	 * or the stream's first): at least that many keys come back.
+	 */
+	if (SPI_execute_with_args("SELECT pg_catalog.sum(keys) FROM flowpg.state "
+							  "WHERE stream_id OPERATOR(pg_catalog.=) $1 "
+							  "GROUP BY checkpoint_id ORDER BY checkpoint_id LIMIT 1",
+							  1, argtypes, &stream_id, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		sum = SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			BatchReserveKeys(w->batch, DatumGetInt64(sum));
+	}
 	portal = SPI_cursor_open_with_args(NULL,
 									   "SELECT data FROM flowpg.state "
 									   "WHERE stream_id OPERATOR(pg_catalog.=) $1 "

@@ -137,7 +137,10 @@ typedef struct IndexProbe
 
 static bool index_equal(IndexProbe *probe, KeyRef stored, KeyRef lookup);
 
+#define KEYINDEX_FILLFACTOR 0.9	/* simplehash's default, named here */
+
 #define SH_PREFIX keyindex
+#define SH_FILLFACTOR KEYINDEX_FILLFACTOR
 #define SH_ELEMENT_TYPE IndexEntry
 #define SH_KEY_TYPE KeyRef
 #define SH_KEY ref
@@ -1352,6 +1355,20 @@ merge_group(FlowBatch *batch, FlowState *st, int i)
 	MemoryContextSwitchTo(oldcxt);
 	if (++batch->merged % MERGE_RESET_KEYS == 0)
 		MemoryContextReset(cxt);
+}
+
+/*
+ * Make room in the key index for nkeys keys before a restore inserts them,
+ * so that it does not grow (and rehash every key it has) a dozen times on
+ * the way to a million.
+ */
+void
+BatchReserveKeys(FlowBatch *batch, uint64 nkeys)
+{
+	uint64		size = (uint64) (nkeys / KEYINDEX_FILLFACTOR) + 1;
+
+	if (size > batch->index->size && size <= PG_UINT32_MAX)
+		keyindex_grow(batch->index, size);
 }
 
 /*

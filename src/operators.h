@@ -128,6 +128,7 @@ extern FlowBatch *BatchCreate(FlowPlan *plan);
 extern void BatchAdd(FlowBatch *batch, FlowState *st, HeapTuple tuple);
 extern int	BatchGroups(FlowBatch *batch);
 extern void BatchMerge(FlowBatch *batch, FlowState *st);
+extern void BatchReserveKeys(FlowBatch *batch, uint64 nkeys);
 extern void BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 							MinimalTuple key, const char *image, Size len);
 extern void BatchReset(FlowBatch *batch);
