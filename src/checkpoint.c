@@ -569,14 +569,14 @@ typedef struct DirtyKey
 	dsa_pointer chunk;
 } DirtyKey;
 
-static int
-dirty_key_cmp(const void *a, const void *b)
-{
-	int64		ka = ((const DirtyKey *) a)->key_id;
-	int64		kb = ((const DirtyKey *) b)->key_id;
-
-	return ka < kb ? -1 : ka > kb;
-}
+/* sort_dirty_keys: a quicksort of DirtyKey by key id, comparisons inlined */
+#define ST_SORT sort_dirty_keys
+#define ST_ELEMENT_TYPE DirtyKey
+#define ST_COMPARE(a, b) (((a)->key_id > (b)->key_id) - ((a)->key_id < (b)->key_id))
+#define ST_SCOPE static
+#define ST_DECLARE
+#define ST_DEFINE
+#include "lib/sort_template.h"
 
 /*
  * Put the dirty keys in key id order: keys get their ids in the order
@@ -595,7 +595,7 @@ sort_dirty(FlowState *st)
 		keys[i].key_id = StateGetChunk(st, st->dirty[i])->key_id;
 		keys[i].chunk = st->dirty[i];
 	}
-	qsort(keys, st->ndirty, sizeof(DirtyKey), dirty_key_cmp);
+	sort_dirty_keys(keys, st->ndirty);
 	for (i = 0; i < st->ndirty; i++)
 	{
 		st->dirty[i] = keys[i].chunk;
@@ -617,14 +617,14 @@ row_array(FlowWorker *w, Datum *rows, int n)
 										   typlen, typbyval, typalign));
 }
 
-static int
-block_cmp(const void *a, const void *b)
-{
-	BlockNumber x = *(const BlockNumber *) a;
-	BlockNumber y = *(const BlockNumber *) b;
-
-	return (x > y) - (x < y);
-}
+/* sort_blocks: a quicksort of block numbers, comparisons inlined */
+#define ST_SORT sort_blocks
+#define ST_ELEMENT_TYPE BlockNumber
+#define ST_COMPARE(a, b) ((*(a) > *(b)) - (*(a) < *(b)))
+#define ST_SCOPE static
+#define ST_DECLARE
+#define ST_DEFINE
+#include "lib/sort_template.h"
 
 /*
  * Prune the result table's pages that hold several of the rows about to be
@@ -653,7 +653,7 @@ prune_result_pages(Relation rel, StateChunk **chunks, int *which, int n,
 	blocks = palloc(sizeof(BlockNumber) * n);
 	for (i = 0; i < n; i++)
 		blocks[i] = ItemPointerGetBlockNumber(&chunks[which[i]]->tid);
-	qsort(blocks, n, sizeof(BlockNumber), block_cmp);
+	sort_blocks(blocks, n);
 	for (i = 0; i < n; i += run)
 	{
 		Buffer		buffer;
