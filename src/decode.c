@@ -652,12 +652,20 @@ DecodeConfirm(FlowWorker *w, XLogRecPtr lsn)
 	 * lags by more than a WAL segment, log such a record, at most once a
 	 * second; the confirmation after the worker has decoded it moves the
 	 * restart position up to it, or to the start of the oldest transaction
-	 * it names.
+	 * it names.  Not while a transaction that began more than a segment ago
+	 * is open (a load still being written): the position could not pass
+	 * its start, and the record would only keep the next one, after its
+	 * commit, waiting for the second to pass.
 	 */
 	if (MyReplicationSlot->data.restart_lsn + wal_segment_size < lsn &&
 		TimestampDifferenceExceeds(w->running_xacts_at, w->last_confirm, 1000))
 	{
-		LogStandbySnapshot();
-		w->running_xacts_at = w->last_confirm;
+		ReorderBufferTXN *oldest = ReorderBufferGetOldestTXN(w->decoding->reorder);
+
+		if (oldest == NULL || oldest->first_lsn + wal_segment_size >= lsn)
+		{
+			LogStandbySnapshot();
+			w->running_xacts_at = w->last_confirm;
+		}
 	}
 }
