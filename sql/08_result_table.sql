@@ -38,9 +38,9 @@ DROP TABLE rt;
 -- update through an index would: the versions earlier checkpoints left
 -- behind make room, each update stays on its page (HOT), and the table
 -- keeps its size however often its keys change (autovacuum is off here,
--- so nothing else cleans it; off for the source too, because an analyze
--- of it holds a snapshot that keeps the old versions, which happens under
--- valgrind, where one takes seconds).
+-- so nothing else cleans it; off for the source too: an analyze of it
+-- holds a snapshot that would keep the old versions, likely why this
+-- failed under valgrind, where an analyze takes seconds).
 CREATE TABLE hs (k int, v int);
 SELECT flowpg.create_stream('hot', 'SELECT k, count(*) AS n FROM hs GROUP BY k');
 ALTER TABLE hot SET (autovacuum_enabled = false);
