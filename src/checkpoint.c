@@ -72,6 +72,7 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "pgstat.h"
+#include "portability/instr_time.h"
 #include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
@@ -1547,34 +1548,69 @@ CheckpointSavepoint(FlowWorker *w, const char *name)
 	return id;
 }
 
+static pg_attribute_noreturn() void
+restore_corrupted(FlowWorker *w)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("checkpointed state of stream \"%s\" is corrupted", w->def->name)));
+}
+
+/* How many entries a restore reads ahead of the one it inserts. */
+#define RESTORE_AHEAD 16
+
+typedef struct RestoreEntry
+{
+	int64		key_id;
+	MinimalTuple key;
+	const char *image;
+	uint32		image_len;
+	uint32		hash;
+} RestoreEntry;
+
 /* Replay one segment of flowpg.state into the shared state. */
 static void
 restore_segment(FlowWorker *w, bytea *segment)
 {
 	const char *p = VARDATA_ANY(segment);
 	const char *end = p + VARSIZE_ANY_EXHDR(segment);
+	RestoreEntry ahead[RESTORE_AHEAD];
 
 	while (p < end)
 	{
-		int64		key_id;
-		uint32		key_len;
-		uint32		state_len;
-		MinimalTuple key;
+		int			n;
+		int			i;
 
-		memcpy(&key_id, p, sizeof(key_id));
-		memcpy(&key_len, p + 8, sizeof(key_len));
-		memcpy(&state_len, p + 12, sizeof(state_len));
-		p += 16;
-		if (p + key_len + state_len > end)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("checkpointed state of stream \"%s\" is corrupted", w->def->name)));
-		key = palloc(key_len);	/* aligned, unlike the segment */
-		memcpy(key, p, key_len);
-		BatchRestoreKey(w->batch, w->state, key_id, key, p + key_len, state_len);
-		pfree(key);
-		p += key_len + state_len;
-		w->log_entries++;
+		/* read a few entries, their keys' buckets of the index prefetched */
+		for (n = 0; n < RESTORE_AHEAD && p < end; n++)
+		{
+			RestoreEntry *e = &ahead[n];
+			uint32		key_len;
+
+			if (end - p < 16)
+				restore_corrupted(w);
+			memcpy(&e->key_id, p, sizeof(e->key_id));
+			memcpy(&key_len, p + 8, sizeof(key_len));
+			memcpy(&e->image_len, p + 12, sizeof(e->image_len));
+			p += 16;
+			if (key_len < SizeofMinimalTupleHeader ||
+				key_len > end - p || e->image_len > end - p - key_len)
+				restore_corrupted(w);
+			e->key = palloc(key_len);	/* aligned, unlike the segment */
+			memcpy(e->key, p, key_len);
+			e->image = p + key_len;
+			e->hash = BatchPrefetchKey(w->batch, e->key);
+			p += key_len + e->image_len;
+		}
+		for (i = 0; i < n; i++)
+		{
+			RestoreEntry *e = &ahead[i];
+
+			BatchRestoreKey(w->batch, w->state, e->key_id, e->key, e->hash,
+							e->image, e->image_len);
+			pfree(e->key);
+			w->log_entries++;
+		}
 	}
 }
 
@@ -1590,7 +1626,8 @@ restore_keys(FlowWorker *w, Datum stream_id)
 	 * The log begins with a checkpoint that wrote every key (a compaction,
 	 * or the stream's first): at least that many keys come back.
 	 */
-	if (SPI_execute_with_args("SELECT pg_catalog.sum(keys) FROM flowpg.state "
+	if (SPI_execute_with_args("SELECT pg_catalog.sum(keys), "
+							  "pg_catalog.sum(pg_catalog.length(data)) FROM flowpg.state "
 							  "WHERE stream_id OPERATOR(pg_catalog.=) $1 "
 							  "GROUP BY checkpoint_id ORDER BY checkpoint_id LIMIT 1",
 							  1, argtypes, &stream_id, NULL, true, 1) == SPI_OK_SELECT &&
@@ -1601,7 +1638,15 @@ restore_keys(FlowWorker *w, Datum stream_id)
 										SPI_tuptable->tupdesc, 1, &isnull);
 
 		if (!isnull)
-			BatchReserveKeys(w->batch, DatumGetInt64(sum));
+		{
+			int64		nkeys = DatumGetInt64(sum);
+			Datum		bytes = SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 2, &isnull);
+
+			BatchReserveKeys(w->batch, nkeys);
+			if (!isnull)
+				StateReserve(w->state, nkeys, DatumGetInt64(bytes));
+		}
 	}
 	portal = SPI_cursor_open_with_args(NULL,
 									   "SELECT data FROM flowpg.state "
@@ -1643,6 +1688,8 @@ CheckpointRestore(FlowWorker *w)
 	Datum		stream_id = Int32GetDatum(w->def->id);
 	CatalogPrivilege priv;
 	int			rc;
+	instr_time	start;
+	instr_time	elapsed;
 
 	CatalogBecomeOwner(&priv);
 	rc = SPI_execute_with_args("SELECT id, lsn FROM flowpg.checkpoint "
@@ -1664,7 +1711,15 @@ CheckpointRestore(FlowWorker *w)
 		w->ctl->checkpoint_id = id;
 		SpinLockRelease(&w->ctl->mutex);
 	}
+	INSTR_TIME_SET_CURRENT(start);
 	restore_keys(w, stream_id);
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, start);
+	ereport(DEBUG1,
+			(errmsg_internal("flowpg: stream \"%s\" restored %llu keys from %llu entries of its state log in %.1f ms",
+							 w->def->name, (unsigned long long) StateKeys(w->state),
+							 (unsigned long long) w->log_entries,
+							 INSTR_TIME_GET_MILLISEC(elapsed))));
 	w->restored_keys_end = w->state->next_key_id;
 	CatalogRestoreUser(&priv);
 }

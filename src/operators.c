@@ -51,6 +51,8 @@
  */
 #include "flowpg.h"
 
+#include <sys/mman.h>
+
 #include "access/detoast.h"
 #include "access/heaptoast.h"
 #include "access/nbtree.h"
@@ -151,7 +153,48 @@ static bool index_equal(IndexProbe *probe, KeyRef stored, KeyRef lookup);
 #define SH_SCOPE static inline
 #define SH_DECLARE
 #define SH_DEFINE
+#define SH_USE_NONDEFAULT_ALLOCATOR
 #include "lib/simplehash.h"
+
+/*
+ * The index's array, in the index's memory context, but aligned to and
+ * advised as huge pages where it is big enough to hold one.  The index of
+ * a million keys is 48 MB, filled at random by a restore and probed at
+ * random for every row, and on virtual machines the first touch of each
+ * 4 kB page costs a fault of some microseconds (on this project's 2-vCPU
+ * VMs about 10 us: writing 160 MB of fresh memory took 430 ms on 4 kB
+ * pages, 12 ms on huge pages).  Restores of 1,000,000 keys on a dev
+ * cluster (2026-12-06, six each): 600-777 ms with the advice, 709-799 ms
+ * without.  The kernel heeds it where transparent huge pages are "always"
+ * or "madvise"; elsewhere it changes nothing.
+ */
+#define KEYINDEX_HUGE_PAGE ((Size) 2 * 1024 * 1024)
+
+static inline void *
+keyindex_allocate(keyindex_hash *type, Size size)
+{
+	Size		align = size < KEYINDEX_HUGE_PAGE ? MAXIMUM_ALIGNOF : KEYINDEX_HUGE_PAGE;
+	char	   *raw;
+	char	   *data;
+
+	/* room to align, and the raw pointer just below the aligned one */
+	raw = MemoryContextAllocExtended(type->ctx, size + align + sizeof(char *),
+									 MCXT_ALLOC_HUGE);
+	data = (char *) TYPEALIGN(align, raw + sizeof(char *));
+	((char **) data)[-1] = raw;
+#ifdef MADV_HUGEPAGE
+	if (align == KEYINDEX_HUGE_PAGE)
+		(void) madvise(data, size & ~(KEYINDEX_HUGE_PAGE - 1), MADV_HUGEPAGE);
+#endif
+	memset(data, 0, size);
+	return data;
+}
+
+static inline void
+keyindex_free(keyindex_hash *type, void *pointer)
+{
+	pfree(((char **) pointer)[-1]);
+}
 
 /* One transition value as an image stores it: internal states serialized. */
 typedef struct ImageValue
@@ -1372,20 +1415,42 @@ BatchReserveKeys(FlowBatch *batch, uint64 nkeys)
 }
 
 /*
- * Put a key entry of the checkpointed state into the shared state and the
- * index; a later entry of the same key replaces an earlier one.  For the
- * worker's restore; the caller holds the state_lock.
+ * The hash of a stored key for BatchRestoreKey, its bucket of the key
+ * index fetched into the cache meanwhile.  A restore hashes a few keys
+ * ahead of the ones it inserts, so that the cache misses of their random
+ * buckets overlap instead of stalling one insert each (the index of a
+ * million keys is 48 MB; perf of such a restore: 0.6 us an insert, nearly
+ * all of it the first load of the bucket).  Restores of 1,000,000 keys on
+ * a dev cluster (2026-12-06, six each): 595-766 ms with the prefetch,
+ * 698-927 ms without.
+ */
+uint32
+BatchPrefetchKey(FlowBatch *batch, MinimalTuple key)
+{
+	uint32		hash = PlanStoredKeyHash(batch->plan, key);
+
+#if defined(__GNUC__) || defined(__clang__)
+	__builtin_prefetch(&batch->index->data[hash & batch->index->sizemask], 1);
+#endif
+	return hash;
+}
+
+/*
+ * Put a key entry of the checkpointed state, whose hash BatchPrefetchKey
+ * gave, into the shared state and the index; a later entry of the same
+ * key replaces an earlier one.  For the worker's restore; the caller
+ * holds the state_lock.
  */
 void
 BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
-				MinimalTuple key, const char *image, Size len)
+				MinimalTuple key, uint32 hash, const char *image, Size len)
 {
 	FlowPlan   *plan = batch->plan;
-	uint32		hash = PlanStoredKeyHash(plan, key);
 	bool		found;
-	IndexEntry *entry = index_entry(batch, st, hash, plan->keyvals,
-									plan->keynulls, &found);
+	IndexEntry *entry;
 
+	key_deform(plan, key, plan->keyvals, plan->keynulls);
+	entry = index_entry(batch, st, hash, plan->keyvals, plan->keynulls, &found);
 	if (!found)
 	{
 		entry->ref.chunk = StateAddKey(st, key_id, key, image, len);

@@ -129,8 +129,10 @@ extern void BatchAdd(FlowBatch *batch, FlowState *st, HeapTuple tuple);
 extern int	BatchGroups(FlowBatch *batch);
 extern void BatchMerge(FlowBatch *batch, FlowState *st);
 extern void BatchReserveKeys(FlowBatch *batch, uint64 nkeys);
+extern uint32 BatchPrefetchKey(FlowBatch *batch, MinimalTuple key);
 extern void BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
-							MinimalTuple key, const char *image, Size len);
+							MinimalTuple key, uint32 hash, const char *image,
+							Size len);
 extern void BatchReset(FlowBatch *batch);
 
 #endif							/* FLOWPG_OPERATORS_H */

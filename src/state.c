@@ -33,7 +33,10 @@
  */
 #include "flowpg.h"
 
+#include <sys/mman.h>
+
 #include "miscadmin.h"
+#include "utils/memutils.h"
 
 #include "state.h"
 
@@ -179,6 +182,21 @@ state_alloc_chunk(FlowState *st, uint32 key_len, Size len, Size *size)
 	return p;
 }
 
+/* Move the directory to an array of `capacity` slots. */
+static void
+directory_grow(FlowState *st, uint64 capacity)
+{
+	StateDirectory *dir = st->dir;
+	dsa_pointer bigger = state_alloc(st, sizeof(dsa_pointer) * capacity);
+
+	memcpy(dsa_get_address(st->area, bigger), directory_slots(st->area, dir),
+		   sizeof(dsa_pointer) * dir->nkeys);
+	dsa_free(st->area, dir->slots);
+	dir->slots = bigger;
+	st->bytes += sizeof(dsa_pointer) * (capacity - dir->capacity);
+	dir->capacity = capacity;
+}
+
 /* Give a chunk a slot in the directory, growing it as needed. */
 static void
 directory_add(FlowState *st, dsa_pointer chunkp)
@@ -186,18 +204,49 @@ directory_add(FlowState *st, dsa_pointer chunkp)
 	StateDirectory *dir = st->dir;
 
 	if (dir->nkeys == dir->capacity)
-	{
-		dsa_pointer bigger = state_alloc(st, sizeof(dsa_pointer) * dir->capacity * 2);
-
-		memcpy(dsa_get_address(st->area, bigger), directory_slots(st->area, dir),
-			   sizeof(dsa_pointer) * dir->nkeys);
-		dsa_free(st->area, dir->slots);
-		dir->slots = bigger;
-		dir->capacity *= 2;
-		st->bytes += sizeof(dsa_pointer) * dir->capacity / 2;
-	}
+		directory_grow(st, dir->capacity * 2);
 	StateGetChunk(st, chunkp)->slot = (uint32) dir->nkeys;
 	directory_slots(st->area, dir)[dir->nkeys++] = chunkp;
+}
+
+/*
+ * Make room for a restore of `nkeys` keys whose entries in flowpg.state
+ * take `bytes` bytes: a directory of nkeys slots, and the shared memory
+ * the chunks are about to fill mapped in this process, in one call each
+ * instead of a page fault every few keys.  A page fault costs some
+ * microseconds on virtual machines (on this project's 2-vCPU VMs about
+ * 10 us; perf of a restore of 1,000,000 keys, 2026-12-06: the first
+ * writes to new chunks were a third of the worker's time; restores on a
+ * dev cluster, six each: 595-766 ms with this, 850-1,348 ms without).
+ * The chunks' memory is allocated as one object, populated and freed: its
+ * pages stay in the area (dsa keeps a segment whose pages are freed
+ * whole) and are where the chunks that follow go.  Only a hint: nothing
+ * is populated where the kernel cannot, or the area has not the room.
+ */
+void
+StateReserve(FlowState *st, uint64 nkeys, uint64 bytes)
+{
+	Size		size;
+	dsa_pointer p;
+
+	if (nkeys > st->dir->capacity && nkeys <= MaxAllocSize / sizeof(dsa_pointer))
+		directory_grow(st, nkeys);
+#ifdef MADV_POPULATE_WRITE
+	(void) madvise((char *) TYPEALIGN_DOWN(4096, directory_slots(st->area, st->dir)),
+				   sizeof(dsa_pointer) * st->dir->capacity, MADV_POPULATE_WRITE);
+
+	/* a chunk: its entry less the entry's header, with its header and slack */
+	if (bytes < nkeys * 16)
+		return;
+	size = (Size) (nkeys * offsetof(StateChunk, data) + (bytes - nkeys * 16) * 5 / 4);
+	if (size < 4 * 1024 * 1024)
+		return;
+	p = dsa_allocate_extended(st->area, size, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(p))
+		return;
+	(void) madvise(dsa_get_address(st->area, p), size, MADV_POPULATE_WRITE);
+	dsa_free(st->area, p);
+#endif
 }
 
 /* Add a new key with its first state image; returns its chunk. */

@@ -79,6 +79,7 @@ extern void StateClearDirty(FlowState *st);
 extern void StateMarkAllDirty(FlowState *st);
 extern void StatePublish(FlowState *st);
 extern uint64 StateKeys(FlowState *st);
+extern void StateReserve(FlowState *st, uint64 nkeys, uint64 bytes);
 
 /* Callback of StateScan: one key and its state image. */
 typedef void (*StateScanFn) (void *arg, int64 key_id, MinimalTuple key,

@@ -52,6 +52,11 @@ is(sql("SELECT keys || ' of ' || (SELECT keys FROM flowpg.streams WHERE name = '
 	  . "FROM flowpg.checkpoints WHERE id = $ckpt"),
 	'100 of 1000000', 'a checkpoint after 100 changed keys among 1,000,000 writes 100 keys');
 oracle_ok($node, 'wide_n', 'SELECT k, count(*) AS n FROM wide GROUP BY k', 'incremental checkpoints');
+#    and a restart restores those 1,000,000 keys (a log where 100 of them
+#    come twice; the restore reserves the memory they take beforehand)
+crash_restart($node);
+oracle_ok($node, 'wide_n', 'SELECT k, count(*) AS n FROM wide GROUP BY k',
+	'1,000,000 keys restored after kill -9');
 
 #    The worker's long-lived memory does not grow when it reads its catalog
 #    row again (after each set_checkpoint_interval, pause or resume): bytes
