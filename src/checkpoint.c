@@ -555,6 +555,44 @@ result_row(FlowWorker *w, MinimalTuple key, const char *image, Size len,
 	return HeapTupleGetDatum(heap_form_tuple(w->resultdesc, values, nulls));
 }
 
+/*
+ * The result row of a dirty key as a composite datum, for the statements
+ * that take rows so: formed at the first call, kept in *row (0 until then).
+ */
+static Datum
+chunk_row(FlowWorker *w, StateChunk *chunk, Datum *row)
+{
+	if (*row == (Datum) 0)
+	{
+		Datum	   *values = palloc(sizeof(Datum) * (w->resultdesc->natts + 1));
+		bool	   *nulls = palloc(sizeof(bool) * (w->resultdesc->natts + 1));
+
+		*row = result_row(w, StateChunkKey(chunk), StateChunkState(chunk),
+						  chunk->state_len, values, nulls);
+		pfree(values);
+		pfree(nulls);
+	}
+	return *row;
+}
+
+/*
+ * The result row of a dirty key in a slot of the result table, its values
+ * not yet stored (the caller stores them), for the writes through the
+ * table AM: computed straight into the slot, without the composite datum
+ * the statements take (forming it and taking it apart again was about 8%
+ * of a checkpoint).  By-reference values stay valid until the next
+ * PlanFinalize; a caller that keeps the row longer materializes the slot.
+ */
+static void
+chunk_row_to_slot(FlowWorker *w, StateChunk *chunk, TupleTableSlot *slot)
+{
+	TupleTableSlot *out = PlanFinalize(w->plan, StateChunkKey(chunk),
+									   StateChunkState(chunk), chunk->state_len);
+
+	ExecClearTuple(slot);
+	PlanOutputToTable(out, w->resultdesc, slot->tts_values, slot->tts_isnull);
+}
+
 static void
 execute(SPIPlanPtr plan, Datum *args, int expected)
 {
@@ -757,20 +795,6 @@ in_place_end(InPlace *ip)
 	CommandCounterIncrement();
 }
 
-/* Put a result row (a composite datum of the table's type) in a slot. */
-static void
-row_to_slot(Datum row, TupleDesc desc, TupleTableSlot *slot)
-{
-	HeapTupleData tuple;
-
-	tuple.t_data = DatumGetHeapTupleHeader(row);
-	tuple.t_len = HeapTupleHeaderGetDatumLength(tuple.t_data);
-	ItemPointerSetInvalid(&tuple.t_self);
-	tuple.t_tableOid = InvalidOid;
-	ExecClearTuple(slot);
-	heap_deform_tuple(&tuple, desc, slot->tts_values, slot->tts_isnull);
-}
-
 /*
  * The update of result_tid_update without the statement: for each row,
  * fetch the row version at its TID, check that it still holds its key
@@ -787,7 +811,6 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 				int *which, int n, bool *found, BlockNumber nblocks)
 {
 	FlowPlan   *plan = w->plan;
-	TupleDesc	desc = RelationGetDescr(rel);
 	int		   *keyatt = palloc(sizeof(int) * (plan->nkeys + 1));
 	Datum	   *oldkey = palloc(sizeof(Datum) * (plan->nkeys + 1));
 	bool	   *oldnull = palloc(sizeof(bool) * (plan->nkeys + 1));
@@ -822,7 +845,7 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 			continue;
 		slot_getallattrs(oldslot);
 
-		row_to_slot(rows[which[i]], desc, newslot);
+		chunk_row_to_slot(w, chunk, newslot);
 		for (k = 0; k < plan->nkeys; k++)
 		{
 			oldkey[k] = oldslot->tts_values[keyatt[k]];
@@ -876,7 +899,6 @@ insert_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	ItemPointerData *tids = palloc(sizeof(ItemPointerData) * n);
-	TupleDesc	desc = RelationGetDescr(rel);
 	bool		inserted = true;
 	int			i;
 
@@ -899,8 +921,9 @@ insert_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 
 			for (i = 0; i < m; i++)
 			{
-				row_to_slot(rows[which[done + i]], desc, slots[i]);
+				chunk_row_to_slot(w, chunks[which[done + i]], slots[i]);
 				ExecStoreVirtualTuple(slots[i]);
+				ExecMaterializeSlot(slots[i]);	/* past the next key's values */
 			}
 			table_multi_insert(rel, slots, m, ip.cid, 0, NULL);
 			for (i = 0; i < m; i++)
@@ -949,7 +972,7 @@ update_by_statement(FlowWorker *w, StateChunk **chunks, Datum *rows,
 	for (i = 0; i < n; i++)
 	{
 		tids[i] = PointerGetDatum(&chunks[which[i]]->tid);
-		sub[i] = rows[which[i]];
+		sub[i] = chunk_row(w, chunks[which[i]], &rows[which[i]]);
 	}
 	args[0] = PointerGetDatum(construct_array(tids, n, TIDOID,
 											  sizeof(ItemPointerData), false, TYPALIGN_SHORT));
@@ -1066,7 +1089,7 @@ find_rows_by_key(FlowWorker *w, StateChunk **chunks, Datum *rows, int *probe,
 		scan = index_beginscan(rel, index, GetActiveSnapshot(), nkeys, 0);
 		for (i = 0; i < n; i++)
 		{
-			row_to_slot(rows[probe[i]], RelationGetDescr(rel), rowslot);
+			chunk_row_to_slot(w, chunks[probe[i]], rowslot);
 			for (k = 0; k < nkeys; k++)
 			{
 				int			att = index->rd_index->indkey.values[k] - 1;
@@ -1112,7 +1135,7 @@ upsert(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which, int n)
 	uint64		i;
 
 	for (i = 0; i < n; i++)
-		sub[i] = rows[which[i]];
+		sub[i] = chunk_row(w, chunks[which[i]], &rows[which[i]]);
 	arg = row_array(w, sub, n);
 	rc = SPI_execute_plan(w->result_upsert, &arg, NULL, false, 0);
 	if (rc != SPI_OK_INSERT && rc != SPI_OK_INSERT_RETURNING)
@@ -1162,9 +1185,7 @@ write_rows(FlowWorker *w, int from, int to, bool rewrite)
 	FlowState  *st = w->state;
 	int			n = to - from;
 	StateChunk **chunks = palloc(sizeof(StateChunk *) * n);
-	Datum	   *rows = palloc(sizeof(Datum) * n);
-	Datum	   *values = palloc(sizeof(Datum) * (w->resultdesc->natts + 1));
-	bool	   *nulls = palloc(sizeof(bool) * (w->resultdesc->natts + 1));
+	Datum	   *rows = palloc0(sizeof(Datum) * n);	/* formed when needed */
 	bool	   *found = palloc0(sizeof(bool) * n);
 	int		   *which = palloc(sizeof(int) * n);
 	int		   *probe = palloc(sizeof(int) * n);
@@ -1175,8 +1196,6 @@ write_rows(FlowWorker *w, int from, int to, bool rewrite)
 	for (i = 0; i < n; i++)
 	{
 		chunks[i] = StateGetChunk(st, st->dirty[from + i]);
-		rows[i] = result_row(w, StateChunkKey(chunks[i]), StateChunkState(chunks[i]),
-							 chunks[i]->state_len, values, nulls);
 		if (rewrite)
 			ItemPointerSetInvalid(&chunks[i]->tid);
 		else if (w->result_tid_update == NULL)
