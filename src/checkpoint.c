@@ -819,11 +819,15 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 	InPlace		ip;
 	TupleTableSlot *oldslot;
 	TupleTableSlot *newslot;
+	int			natts = 0;		/* of the old row: up to its last key column */
 	int			i;
 	int			k;
 
 	for (k = 0; k < plan->nkeys; k++)
+	{
 		keyatt[k] = result_attindex(w, plan->fq->key_outcol[k]);
+		natts = Max(natts, keyatt[k] + 1);
+	}
 	CheckCmdReplicaIdentity(rel, CMD_UPDATE);
 
 	in_place_begin(rel, &ip);
@@ -843,7 +847,7 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 		if (ItemPointerGetBlockNumber(&tid) >= nblocks ||
 			!table_tuple_fetch_row_version(rel, &tid, ip.snapshot, oldslot))
 			continue;
-		slot_getallattrs(oldslot);
+		slot_getsomeattrs(oldslot, natts);
 
 		chunk_row_to_slot(w, chunk, newslot);
 		for (k = 0; k < plan->nkeys; k++)

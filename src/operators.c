@@ -109,6 +109,14 @@ typedef struct BatchGroup
  * The key a probe looks up (a KeyRef) says how to compare: a valid chunk
  * finds the entry of that chunk, a group the entry of that new key, and
  * neither the key whose values are in the IndexProbe.
+ *
+ * An entry of a single by-value key also keeps the low 32 bits of its
+ * key's bits (in what would be padding).  Its hash is murmurhash32 of the
+ * bits' two halves xored, a bijection, so hash and low bits together are
+ * the whole key: a probe whose hash matches compares those, not the key
+ * in the chunk (a read of shared memory, a cache miss per row with many
+ * keys).  A null key and a key whose bits are 0 have the same hash and
+ * low bits; those compare the long way.
  */
 #define NO_GROUP	PG_UINT32_MAX
 
@@ -116,6 +124,7 @@ typedef struct KeyRef
 {
 	dsa_pointer chunk;
 	uint32		group;
+	uint32		low;			/* a by-value key's low bits, else 0 */
 } KeyRef;
 
 typedef struct IndexEntry
@@ -1117,6 +1126,9 @@ index_equal(IndexProbe *probe, KeyRef stored, KeyRef lookup)
 		return stored.chunk == lookup.chunk;
 	if (lookup.group != NO_GROUP)
 		return !DsaPointerIsValid(stored.chunk) && stored.group == lookup.group;
+	/* the hashes are equal (simplehash compares them first): see KeyRef */
+	if (plan->key_byval && lookup.low != 0)
+		return stored.low == lookup.low;
 	if (!DsaPointerIsValid(stored.chunk))
 	{
 		group = probe->batch->groups[stored.group];
@@ -1146,8 +1158,10 @@ index_entry(FlowBatch *batch, FlowState *st, uint32 hash, Datum *vals,
 			bool *nulls, bool *found)
 {
 	IndexProbe *probe = batch->probe;
-	KeyRef		lookup = {InvalidDsaPointer, NO_GROUP};
+	KeyRef		lookup = {InvalidDsaPointer, NO_GROUP, 0};
 
+	if (batch->plan->key_byval && !nulls[0])
+		lookup.low = (uint32) key_bits(batch->plan, vals[0]);
 	probe->st = st;
 	probe->hash = hash;
 	probe->vals = vals;
@@ -1163,7 +1177,7 @@ static IndexEntry *
 index_entry_of(FlowBatch *batch, int i)
 {
 	BatchGroup *group = batch->groups[i];
-	KeyRef		lookup = {group->chunk, NO_GROUP};
+	KeyRef		lookup = {group->chunk, NO_GROUP, 0};
 	IndexEntry *entry;
 
 	if (!DsaPointerIsValid(group->chunk))
