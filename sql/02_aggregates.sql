@@ -118,10 +118,14 @@ INSERT INTO bv SELECT 'k' || g % 50, (g % 7 - 3)::smallint, (g % 9 - 4) * 400000
                       '2026-01-01'::date + (g % 5 - 2), NULLIF(g % 3, 2) = 1, g
   FROM generate_series(1, 500) g;
 INSERT INTO bv (t, v) VALUES (NULL, 1);
+-- bigint keys whose low 32 bits are the same, or 0 without being 0 (the
+-- index compares such keys by their hash and low bits)
+INSERT INTO bv (b, v) SELECT b, 1 FROM unnest(ARRAY[1, 4294967297, 8589934593, 4294967296, -4294967296, 0]) b;
 SELECT flowpg.wait(name) FROM flowpg.streams WHERE source = 'bv'::regclass;
 INSERT INTO bv SELECT 'k' || g % 50, (g % 7 - 3)::smallint, (g % 9 - 4) * 4000000000,
                       '2026-01-01'::date + (g % 5 - 2), NULLIF(g % 3, 2) = 1, g
   FROM generate_series(1, 500) g;
+INSERT INTO bv (b, v) SELECT b, 2 FROM unnest(ARRAY[4294967297, 0, -4294967296, 4294967296, 1, 8589934593]) b;
 SELECT oracle('by_hash');
 SELECT count(*) FILTER (WHERE h < 0) > 0 AS negative_keys FROM by_hash;
 SELECT oracle('by_small');
