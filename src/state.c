@@ -226,26 +226,30 @@ directory_add(FlowState *st, dsa_pointer chunkp)
 void
 StateReserve(FlowState *st, uint64 nkeys, uint64 bytes)
 {
-	Size		size;
-	dsa_pointer p;
-
 	if (nkeys > st->dir->capacity && nkeys <= MaxAllocSize / sizeof(dsa_pointer))
 		directory_grow(st, nkeys);
 #ifdef MADV_POPULATE_WRITE
-	(void) madvise((char *) TYPEALIGN_DOWN(4096, directory_slots(st->area, st->dir)),
-				   sizeof(dsa_pointer) * st->dir->capacity, MADV_POPULATE_WRITE);
+	{
+		char	   *slots = (char *) directory_slots(st->area, st->dir);
+		char	   *page = (char *) TYPEALIGN_DOWN(4096, slots);
+		Size		size;
+		dsa_pointer p;
 
-	/* a chunk: its entry less the entry's header, with its header and slack */
-	if (bytes < nkeys * 16)
-		return;
-	size = (Size) (nkeys * offsetof(StateChunk, data) + (bytes - nkeys * 16) * 5 / 4);
-	if (size < 4 * 1024 * 1024)
-		return;
-	p = dsa_allocate_extended(st->area, size, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
-	if (!DsaPointerIsValid(p))
-		return;
-	(void) madvise(dsa_get_address(st->area, p), size, MADV_POPULATE_WRITE);
-	dsa_free(st->area, p);
+		(void) madvise(page, slots - page + sizeof(dsa_pointer) * st->dir->capacity,
+					   MADV_POPULATE_WRITE);
+
+		/* a chunk: its entry less the entry's header, with its header and slack */
+		if (bytes < nkeys * 16)
+			return;
+		size = (Size) (nkeys * offsetof(StateChunk, data) + (bytes - nkeys * 16) * 5 / 4);
+		if (size < 4 * 1024 * 1024)
+			return;
+		p = dsa_allocate_extended(st->area, size, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
+		if (!DsaPointerIsValid(p))
+			return;
+		(void) madvise(dsa_get_address(st->area, p), size, MADV_POPULATE_WRITE);
+		dsa_free(st->area, p);
+	}
 #endif
 }
 
