@@ -68,6 +68,30 @@ oracle_ok($node, 'logged',
 	'SELECT k % 200 AS k200, count(*) AS n, sum(v) AS s FROM ev GROUP BY k % 200',
 	'restored from a compacted state log');
 
+# a state log whose last segment was cut short: the restore stops with
+# data_corrupted (no read past the segment, no crash) and the stream says
+# why; once the segment is whole again, the next attempt restores it
+my $last_segment = "stream_id = (SELECT id FROM flowpg.streams WHERE name = 'public.logged')
+	AND (checkpoint_id, seq) = (SELECT checkpoint_id, seq FROM flowpg.state
+	  WHERE stream_id = (SELECT id FROM flowpg.streams WHERE name = 'public.logged')
+	  ORDER BY checkpoint_id DESC, seq DESC LIMIT 1)";
+$node->safe_psql('postgres', "CREATE TABLE cut AS SELECT * FROM flowpg.state WHERE $last_segment");
+$node->safe_psql('postgres', "UPDATE flowpg.state SET data = substring(data FOR 10) WHERE $last_segment");
+crash_restart($node);
+$node->poll_query_until('postgres',
+	"SELECT last_error = 'checkpointed state of stream \"public.logged\" is corrupted'
+	   FROM flowpg.streams WHERE name = 'public.logged'")
+  or die 'the stream did not report its cut state log';
+pass('a state log cut short stops the restore with its error');
+ok($node->log_contains('ERROR:  checkpointed state of stream "public.logged" is corrupted'),
+	'... in the log too');
+$node->safe_psql('postgres', "UPDATE flowpg.state s SET data = c.data FROM cut c
+	WHERE (s.stream_id, s.checkpoint_id, s.seq) = (c.stream_id, c.checkpoint_id, c.seq)");
+$node->safe_psql('postgres', 'DROP TABLE cut');
+oracle_ok($node, 'logged',
+	'SELECT k % 200 AS k200, count(*) AS n, sum(v) AS s FROM ev GROUP BY k % 200',
+	'restored once the segment is whole again');
+
 # flowpg.max_streams = 3: the fourth stream is refused
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('second', 'SELECT count(*) AS n FROM ev')");
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('third', 'SELECT count(*) AS n FROM ev')");
