@@ -556,23 +556,29 @@ result_row(FlowWorker *w, MinimalTuple key, const char *image, Size len,
 }
 
 /*
- * The result row of a dirty key as a composite datum, for the statements
- * that take rows so: formed at the first call, kept in *row (0 until then).
+ * The result rows of the chunks listed in `which`, as composite datums in
+ * sub[], for the statements that take rows so.  rows[] keeps those formed
+ * (0 until then) for the next statement that needs them.
  */
-static Datum
-chunk_row(FlowWorker *w, StateChunk *chunk, Datum *row)
+static void
+chunk_rows(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which, int n,
+		   Datum *sub)
 {
-	if (*row == (Datum) 0)
-	{
-		Datum	   *values = palloc(sizeof(Datum) * (w->resultdesc->natts + 1));
-		bool	   *nulls = palloc(sizeof(bool) * (w->resultdesc->natts + 1));
+	Datum	   *values = palloc(sizeof(Datum) * (w->resultdesc->natts + 1));
+	bool	   *nulls = palloc(sizeof(bool) * (w->resultdesc->natts + 1));
+	int			i;
 
-		*row = result_row(w, StateChunkKey(chunk), StateChunkState(chunk),
-						  chunk->state_len, values, nulls);
-		pfree(values);
-		pfree(nulls);
+	for (i = 0; i < n; i++)
+	{
+		StateChunk *chunk = chunks[which[i]];
+
+		if (rows[which[i]] == (Datum) 0)
+			rows[which[i]] = result_row(w, StateChunkKey(chunk), StateChunkState(chunk),
+										chunk->state_len, values, nulls);
+		sub[i] = rows[which[i]];
 	}
-	return *row;
+	pfree(values);
+	pfree(nulls);
 }
 
 /*
@@ -974,10 +980,8 @@ update_by_statement(FlowWorker *w, StateChunk **chunks, Datum *rows,
 	uint64		i;
 
 	for (i = 0; i < n; i++)
-	{
 		tids[i] = PointerGetDatum(&chunks[which[i]]->tid);
-		sub[i] = chunk_row(w, chunks[which[i]], &rows[which[i]]);
-	}
+	chunk_rows(w, chunks, rows, which, n, sub);
 	args[0] = PointerGetDatum(construct_array(tids, n, TIDOID,
 											  sizeof(ItemPointerData), false, TYPALIGN_SHORT));
 	args[1] = row_array(w, sub, n);
@@ -1138,8 +1142,7 @@ upsert(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which, int n)
 	int			rc;
 	uint64		i;
 
-	for (i = 0; i < n; i++)
-		sub[i] = chunk_row(w, chunks[which[i]], &rows[which[i]]);
+	chunk_rows(w, chunks, rows, which, n, sub);
 	arg = row_array(w, sub, n);
 	rc = SPI_execute_plan(w->result_upsert, &arg, NULL, false, 0);
 	if (rc != SPI_OK_INSERT && rc != SPI_OK_INSERT_RETURNING)
@@ -1298,6 +1301,9 @@ segment_flush(Segment *seg)
  * Append one key entry: key id, key length, state length, key, state.
  * A StateScanFn, so that a full checkpoint can write every key.
  */
+/* A segment's entry: key id, key length, image length, key, image. */
+#define ENTRY_HEADER (sizeof(int64) + 2 * sizeof(uint32))
+
 static void
 segment_add(void *arg, int64 key_id, MinimalTuple key, const char *image,
 			Size len)
@@ -1610,12 +1616,12 @@ restore_segment(FlowWorker *w, bytea *segment)
 			RestoreEntry *e = &ahead[n];
 			uint32		key_len;
 
-			if (end - p < 16)
+			if (end - p < ENTRY_HEADER)
 				restore_corrupted(w);
 			memcpy(&e->key_id, p, sizeof(e->key_id));
 			memcpy(&key_len, p + 8, sizeof(key_len));
 			memcpy(&e->image_len, p + 12, sizeof(e->image_len));
-			p += 16;
+			p += ENTRY_HEADER;
 			if (key_len < SizeofMinimalTupleHeader ||
 				key_len > end - p || e->image_len > end - p - key_len)
 				restore_corrupted(w);
@@ -1667,8 +1673,9 @@ restore_keys(FlowWorker *w, Datum stream_id)
 											  SPI_tuptable->tupdesc, 2, &isnull);
 
 			BatchReserveKeys(w->batch, nkeys);
-			if (!isnull)
-				StateReserve(w->state, nkeys, DatumGetInt64(bytes));
+			if (!isnull && DatumGetInt64(bytes) >= nkeys * ENTRY_HEADER)
+				StateReserve(w->state, nkeys,
+							 DatumGetInt64(bytes) - nkeys * ENTRY_HEADER);
 		}
 	}
 	portal = SPI_cursor_open_with_args(NULL,

@@ -210,8 +210,8 @@ directory_add(FlowState *st, dsa_pointer chunkp)
 }
 
 /*
- * Make room for a restore of `nkeys` keys whose entries in flowpg.state
- * take `bytes` bytes: a directory of nkeys slots, and the shared memory
+ * Make room for a restore of `nkeys` keys whose keys and state images
+ * take `bytes` bytes in all: a directory of nkeys slots, and the shared memory
  * the chunks are about to fill mapped in this process, in one call each
  * instead of a page fault every few keys.  A page fault costs some
  * microseconds on virtual machines (on this project's 2-vCPU VMs about
@@ -238,10 +238,8 @@ StateReserve(FlowState *st, uint64 nkeys, uint64 bytes)
 		(void) madvise(page, slots - page + sizeof(dsa_pointer) * st->dir->capacity,
 					   MADV_POPULATE_WRITE);
 
-		/* a chunk: its entry less the entry's header, with its header and slack */
-		if (bytes < nkeys * 16)
-			return;
-		size = (Size) (nkeys * offsetof(StateChunk, data) + (bytes - nkeys * 16) * 5 / 4);
+		/* a chunk: its header, its key and image, and slack */
+		size = (Size) (nkeys * offsetof(StateChunk, data) + bytes * 5 / 4);
 		if (size < 4 * 1024 * 1024)
 			return;
 		p = dsa_allocate_extended(st->area, size, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
