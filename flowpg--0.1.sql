@@ -88,7 +88,8 @@ CREATE TABLE flowpg.checkpoint (
     keys        bigint NOT NULL,
     bytes       bigint NOT NULL,
     kind        text NOT NULL
-        CHECK (kind IN ('periodic', 'forced', 'savepoint', 'restore', 'rewrite'))
+        CHECK (kind IN ('periodic', 'forced', 'savepoint', 'restore', 'rewrite')),
+    state_keys  bigint      -- keys in the state it holds: what a restore reserves
 );
 CREATE INDEX checkpoint_stream_idx ON flowpg.checkpoint (stream_id, id);
 COMMENT ON TABLE flowpg.checkpoint IS 'flowpg checkpoints: the source position and keys written by each';

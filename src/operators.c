@@ -1451,11 +1451,12 @@ BatchPrefetchKey(FlowBatch *batch, MinimalTuple key)
 
 /*
  * Put a key entry of the checkpointed state, whose hash BatchPrefetchKey
- * gave, into the shared state and the index; a later entry of the same
- * key replaces an earlier one.  For the worker's restore; the caller
- * holds the state_lock.
+ * gave, into the shared state and the index, unless the key is there
+ * already: the restore reads the log newest entry first, so an entry read
+ * earlier is the newer one.  Returns whether the entry went in.  For the
+ * worker's restore; the caller holds the state_lock.
  */
-void
+bool
 BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 				MinimalTuple key, uint32 hash, const char *image, Size len)
 {
@@ -1465,17 +1466,11 @@ BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 
 	key_deform(plan, key, plan->keyvals, plan->keynulls);
 	entry = index_entry(batch, st, hash, plan->keyvals, plan->keynulls, &found);
-	if (!found)
-	{
-		entry->ref.chunk = StateAddKey(st, key_id, key, image, len);
-		entry->ref.group = NO_GROUP;
-	}
-	else if (StateGetChunk(st, entry->ref.chunk)->key_id == key_id)
-		entry->ref.chunk = StateSetImage(st, entry->ref.chunk, image, len);
-	else
-		elog(ERROR, "key ids %lld and %lld name the same key",
-			 (long long) StateGetChunk(st, entry->ref.chunk)->key_id,
-			 (long long) key_id);
+	if (found)
+		return false;
+	entry->ref.chunk = StateAddKey(st, key_id, key, image, len);
+	entry->ref.group = NO_GROUP;
+	return true;
 }
 
 /*

@@ -130,7 +130,7 @@ extern int	BatchGroups(FlowBatch *batch);
 extern void BatchMerge(FlowBatch *batch, FlowState *st);
 extern void BatchReserveKeys(FlowBatch *batch, uint64 nkeys);
 extern uint32 BatchPrefetchKey(FlowBatch *batch, MinimalTuple key);
-extern void BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
+extern bool BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 							MinimalTuple key, uint32 hash, const char *image,
 							Size len);
 extern void BatchReset(FlowBatch *batch);

@@ -191,8 +191,8 @@ restore_catalog(StreamDef *def, Savepoint *sp)
 		"INSERT INTO flowpg.state (stream_id, checkpoint_id, seq, keys, data) "
 		"SELECT $1, $2, seq, keys, data FROM flowpg.savepoint_state "
 		"WHERE savepoint_id OPERATOR(pg_catalog.=) $3",
-		"INSERT INTO flowpg.checkpoint (id, stream_id, lsn, started_at, finished_at, keys, bytes, kind) "
-		"SELECT $2, $1, lsn, pg_catalog.now(), pg_catalog.clock_timestamp(), keys, bytes, 'restore' "
+		"INSERT INTO flowpg.checkpoint (id, stream_id, lsn, started_at, finished_at, keys, bytes, kind, state_keys) "
+		"SELECT $2, $1, lsn, pg_catalog.now(), pg_catalog.clock_timestamp(), keys, bytes, 'restore', keys "
 		"FROM flowpg.savepoint WHERE id OPERATOR(pg_catalog.=) $3",
 		"UPDATE flowpg.stream SET rewrite = true WHERE id OPERATOR(pg_catalog.=) $1",
 	};

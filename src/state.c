@@ -163,6 +163,15 @@ StateGetChunk(FlowState *st, dsa_pointer p)
 	return (StateChunk *) dsa_get_address(st->area, p);
 }
 
+/* The chunk in a slot of the directory, slot < StateKeys(st). */
+StateChunk *
+StateGetSlot(FlowState *st, uint64 slot)
+{
+	Assert(slot < st->dir->nkeys);
+	return (StateChunk *) dsa_get_address(st->area,
+										  directory_slots(st->area, st->dir)[slot]);
+}
+
 uint64
 StateKeys(FlowState *st)
 {
@@ -264,6 +273,7 @@ StateAddKey(FlowState *st, int64 key_id, MinimalTuple key, const char *image,
 	chunk->key_len = key->t_len;
 	chunk->state_len = len;
 	chunk->dirty_index = -1;
+	chunk->swept = 0;
 	ItemPointerSetInvalid(&chunk->tid);
 	memcpy(chunk->data, key, key->t_len);
 	memcpy(StateChunkState(chunk), image, len);
@@ -319,6 +329,7 @@ StateSetImage(FlowState *st, dsa_pointer chunkp, const char *image, Size len)
 	moved->state_len = len;
 	moved->dirty_index = chunk->dirty_index;
 	moved->tid = chunk->tid;
+	moved->swept = chunk->swept;
 	memcpy(moved->data, chunk->data, chunk->key_len);
 	memcpy(StateChunkState(moved), image, len);
 

@@ -29,8 +29,10 @@ typedef struct StateChunk
 	int32		dirty_index;	/* index in the worker's dirty list or -1 */
 	ItemPointerData tid;		/* the key's row in the result table, as
 								 * last written; invalid if unknown */
-	uint16		unused16;		/* keep data MAXALIGNed (asserted in */
-	uint32		unused32;		/* state.c) */
+	uint16		unused16;		/* keep data MAXALIGNed (asserted in
+								 * state.c) */
+	uint32		swept;			/* the worker's sweep of the state log that
+								 * last wrote it (checkpoint.c), or 0 */
 	char		data[FLEXIBLE_ARRAY_MEMBER];
 } StateChunk;
 
@@ -69,6 +71,7 @@ extern FlowState *StateAttach(StreamCtl *ctl);
 extern void StateDetach(FlowState *st);
 
 extern StateChunk *StateGetChunk(FlowState *st, dsa_pointer p);
+extern StateChunk *StateGetSlot(FlowState *st, uint64 slot);
 extern dsa_pointer StateAddKey(FlowState *st, int64 key_id, MinimalTuple key,
 							   const char *image, Size len);
 extern dsa_pointer StateSetImage(FlowState *st, dsa_pointer chunkp,

@@ -77,6 +77,14 @@ typedef struct FlowWorker
 	SPIPlanPtr	savepoint_state_append;
 	SPIPlanPtr	rewrite_done;
 	int64		log_entries;	/* key entries in flowpg.state */
+	/* The state log's compaction in progress, if sweep_from > 0. */
+	int64		sweep_from;		/* checkpoint id where it began */
+	uint64		sweep_pos;		/* next slot of the directory it visits */
+	uint32		sweep;			/* its number, in the chunks it wrote */
+	int64		sweep_entries;	/* entries written since it began */
+	/* Segments a compaction left to delete, if dead_below > 0. */
+	int64		dead_below;		/* those of older checkpoints */
+	int64		dead_entries;	/* their entries */
 	int64		restored_keys_end;	/* keys with lower ids came from the
 									 * checkpoint the worker started from */
 } FlowWorker;

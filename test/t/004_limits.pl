@@ -92,6 +92,45 @@ oracle_ok($node, 'logged',
 	'SELECT k % 200 AS k200, count(*) AS n, sum(v) AS s FROM ev GROUP BY k % 200',
 	'restored once the segment is whole again');
 
+# compaction of a state log much larger than a checkpoint's changes: no
+# checkpoint writes every key; the older segments go a slice at a time,
+# each checkpoint writing at most its dirty keys and as many others (and
+# 1,000 more); a restore in the middle of a compaction and after it is
+# exact.  20,000 keys, 2,000 of them changed per checkpoint: the
+# log passes twice the keys after 11 checkpoints
+$node->safe_psql('postgres', 'CREATE TABLE ev2 (k int, v int)');
+my $q2 = 'SELECT k, count(*) AS n, sum(v) AS s FROM ev2 GROUP BY k';
+$node->safe_psql('postgres', "SELECT flowpg.create_stream('swept', '$q2')");
+$node->safe_psql('postgres', 'INSERT INTO ev2 SELECT g, 0 FROM generate_series(0, 19999) g');
+$node->safe_psql('postgres', "SELECT flowpg.checkpoint('swept')");
+my $swept_id = "(SELECT id FROM flowpg.streams WHERE name = 'public.swept')";
+my $first = $node->safe_psql('postgres',
+	"SELECT min(checkpoint_id) FROM flowpg.state WHERE stream_id = $swept_id");
+my $most = 0;
+for my $round (1 .. 30)
+{
+	my $from = ($round * 2000) % 20000;
+	$node->safe_psql('postgres',
+		"INSERT INTO ev2 SELECT g, $round FROM generate_series($from, $from + 1999) g");
+	my $id = $node->safe_psql('postgres', "SELECT flowpg.checkpoint('swept')");
+	my $keys = $node->safe_psql('postgres', "SELECT keys FROM flowpg.checkpoints WHERE id = $id");
+	$most = $keys if $keys > $most;
+	if ($round == 13)
+	{
+		crash_restart($node);
+		oracle_ok($node, 'swept', $q2, 'restored in the middle of a compaction');
+	}
+}
+cmp_ok($most, '<=', 5000,
+	"no checkpoint wrote more than twice its 2,000 changed keys and 1,000 ($most at most)");
+my ($entries, $oldest) = split /\|/, $node->safe_psql('postgres',
+	"SELECT sum(keys), min(checkpoint_id) FROM flowpg.state WHERE stream_id = $swept_id");
+cmp_ok($oldest, '>', $first, 'the compaction deleted the older segments');
+cmp_ok($entries, '<', 4 * 20000, "the log stayed under four times the keys ($entries entries)");
+crash_restart($node);
+oracle_ok($node, 'swept', $q2, 'restored after compactions');
+$node->safe_psql('postgres', "SELECT flowpg.drop_stream('swept')");
+
 # flowpg.max_streams = 3: the fourth stream is refused
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('second', 'SELECT count(*) AS n FROM ev')");
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('third', 'SELECT count(*) AS n FROM ev')");
