@@ -870,16 +870,17 @@ typedef struct LiveKey
 } LiveKey;
 
 static void
-copy_key(void *arg, int64 key_id, MinimalTuple key, const char *image, Size len)
+copy_key(void *arg, StateChunk *chunk)
 {
 	List	  **keys = (List **) arg;
 	LiveKey    *copy = palloc(sizeof(LiveKey));
+	MinimalTuple key = StateChunkKey(chunk);
 
 	copy->key = palloc(key->t_len);
 	memcpy(copy->key, key, key->t_len);
-	copy->image = palloc(len);
-	memcpy(copy->image, image, len);
-	copy->len = len;
+	copy->image = palloc(chunk->state_len);
+	memcpy(copy->image, StateChunkState(chunk), chunk->state_len);
+	copy->len = chunk->state_len;
 	*keys = lappend(*keys, copy);
 }
 

@@ -1453,12 +1453,14 @@ BatchPrefetchKey(FlowBatch *batch, MinimalTuple key)
  * Put a key entry of the checkpointed state, whose hash BatchPrefetchKey
  * gave, into the shared state and the index, unless the key is there
  * already: the restore reads the log newest entry first, so an entry read
- * earlier is the newer one.  Returns whether the entry went in.  For the
+ * earlier is the newer one.  `tid` is where the key's result row was (or
+ * invalid).  Returns whether the entry went in.  For the
  * worker's restore; the caller holds the state_lock.
  */
 bool
 BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
-				MinimalTuple key, uint32 hash, const char *image, Size len)
+				MinimalTuple key, uint32 hash, const char *image, Size len,
+				ItemPointer tid)
 {
 	FlowPlan   *plan = batch->plan;
 	bool		found;
@@ -1470,6 +1472,7 @@ BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 		return false;
 	entry->ref.chunk = StateAddKey(st, key_id, key, image, len);
 	entry->ref.group = NO_GROUP;
+	StateGetChunk(st, entry->ref.chunk)->tid = *tid;
 	return true;
 }
 

@@ -132,7 +132,7 @@ extern void BatchReserveKeys(FlowBatch *batch, uint64 nkeys);
 extern uint32 BatchPrefetchKey(FlowBatch *batch, MinimalTuple key);
 extern bool BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 							MinimalTuple key, uint32 hash, const char *image,
-							Size len);
+							Size len, ItemPointer tid);
 extern void BatchReset(FlowBatch *batch);
 
 #endif							/* FLOWPG_OPERATORS_H */

@@ -406,9 +406,6 @@ StateScan(FlowState *st, StateScanFn fn, void *arg)
 
 	for (i = 0; i < st->dir->nkeys; i++)
 	{
-		StateChunk *chunk = dsa_get_address(st->area, slots[i]);
-
-		fn(arg, chunk->key_id, StateChunkKey(chunk), StateChunkState(chunk),
-		   chunk->state_len);
+		fn(arg, (StateChunk *) dsa_get_address(st->area, slots[i]));
 	}
 }

@@ -84,9 +84,8 @@ extern void StatePublish(FlowState *st);
 extern uint64 StateKeys(FlowState *st);
 extern void StateReserve(FlowState *st, uint64 nkeys, uint64 bytes);
 
-/* Callback of StateScan: one key and its state image. */
-typedef void (*StateScanFn) (void *arg, int64 key_id, MinimalTuple key,
-							 const char *image, Size len);
+/* Callback of StateScan: one key's chunk. */
+typedef void (*StateScanFn) (void *arg, StateChunk *chunk);
 extern void StateScan(FlowState *st, StateScanFn fn, void *arg);
 
 #endif							/* FLOWPG_STATE_H */

@@ -76,6 +76,7 @@ typedef struct FlowWorker
 	SPIPlanPtr	savepoint_insert;
 	SPIPlanPtr	savepoint_state_append;
 	SPIPlanPtr	rewrite_done;
+	StringInfoData segment;		/* a state log segment being filled */
 	int64		log_entries;	/* key entries in flowpg.state */
 	/* The state log's compaction in progress, if sweep_from > 0. */
 	int64		sweep_from;		/* checkpoint id where it began */
