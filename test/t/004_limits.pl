@@ -133,32 +133,32 @@ oracle_ok($node, 'swept', $q2, 'restored after compactions');
 # the state log keeps where each key's row is: after the restart, the rows
 # of 2,000 restored keys are updated by TID, without looking them up by key
 # through the index (the server's crash emptied the statistics)
-sub swept_stats
+# change keys 5000 to 6999 and take a checkpoint; returns how many rows of
+# swept the worker updated, inserted, and looked up through an index, in
+# that checkpoint
+sub change_swept
 {
-	return split /\|/, $node->safe_psql('postgres',
-		"SELECT t.n_tup_upd, t.n_tup_ins, coalesce(sum(i.idx_scan), 0)
-		   FROM pg_stat_user_tables t LEFT JOIN pg_stat_user_indexes i USING (relid)
-		  WHERE t.relname = 'swept' GROUP BY 1, 2");
+	my ($v) = @_;
+	my $stats = "SELECT t.n_tup_upd, t.n_tup_ins, coalesce(sum(i.idx_scan), 0)
+		FROM pg_stat_user_tables t LEFT JOIN pg_stat_user_indexes i USING (relid)
+		WHERE t.relname = 'swept' GROUP BY 1, 2";
+	my @before = split /\|/, $node->safe_psql('postgres', $stats);
+	$node->safe_psql('postgres', "INSERT INTO ev2 SELECT g, $v FROM generate_series(5000, 6999) g");
+	$node->safe_psql('postgres', "SELECT flowpg.checkpoint('swept')");
+	$node->poll_query_until('postgres',
+		"SELECT n_tup_upd >= $before[0] + 2000 FROM pg_stat_user_tables WHERE relname = 'swept'")
+	  or die 'the worker\'s statistics did not arrive';
+	my @after = split /\|/, $node->safe_psql('postgres', $stats);
+	return map { $after[$_] - $before[$_] } 0 .. 2;
 }
-my ($upd0, $ins0, $scans0) = swept_stats();
-$node->safe_psql('postgres', 'INSERT INTO ev2 SELECT g, 1 FROM generate_series(5000, 6999) g');
-$node->safe_psql('postgres', "SELECT flowpg.checkpoint('swept')");
-$node->poll_query_until('postgres',
-	"SELECT n_tup_upd >= $upd0 + 2000 FROM pg_stat_user_tables WHERE relname = 'swept'")
-  or die 'the worker\'s statistics did not arrive';
-my ($upd1, $ins1, $scans1) = swept_stats();
-is($scans1 - $scans0, 0, 'after a restart, restored keys\' rows are updated where the state log says');
-is($ins1 - $ins0, 0, '... with no insert tried');
+my (undef, $inserted, $scans) = change_swept(1);
+is($scans, 0, 'after a restart, restored keys\' rows are updated where the state log says');
+is($inserted, 0, '... with no insert tried');
 # VACUUM FULL moves every row: the TIDs are wrong, the rows are found by key
 $node->safe_psql('postgres', 'VACUUM FULL swept');
-$node->safe_psql('postgres', 'INSERT INTO ev2 SELECT g, 2 FROM generate_series(5000, 6999) g');
-$node->safe_psql('postgres', "SELECT flowpg.checkpoint('swept')");
-$node->poll_query_until('postgres',
-	"SELECT n_tup_upd >= $upd1 + 2000 FROM pg_stat_user_tables WHERE relname = 'swept'")
-  or die 'the worker\'s statistics did not arrive';
-my ($upd2, $ins2, $scans2) = swept_stats();
-cmp_ok($scans2 - $scans1, '>=', 1, 'rows moved by VACUUM FULL are looked up by key');
-is($ins2 - $ins1, 0, '... and updated, with no insert tried');
+(undef, $inserted, $scans) = change_swept(2);
+cmp_ok($scans, '>=', 1, 'rows moved by VACUUM FULL are looked up by key');
+is($inserted, 0, '... and updated, with no insert tried');
 oracle_ok($node, 'swept', $q2, 'after VACUUM FULL of the result table');
 $node->safe_psql('postgres', "SELECT flowpg.drop_stream('swept')");
 
