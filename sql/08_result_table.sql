@@ -61,11 +61,14 @@ SELECT count(*) AS rows, pg_relation_size('hot') <= 6 * 8192 AS kept_its_size
 SELECT flowpg.drop_stream('hot');
 DROP PROCEDURE hot_rounds;
 DROP TABLE hs;
--- When a page has no room left for a row's new version, the update moves
--- it to another page and gives it an index entry, as an UPDATE does: with
--- three changed rows per page (too few for the checkpoint to prune) the
--- pages fill within some twenty checkpoints.  The index must then hold
--- exactly the table's rows (amcheck), and find every key.
+-- When a page has no room left for a row's new version, the checkpoint
+-- prunes it first (004_limits shows those updates staying on their
+-- pages); where pruning cannot free room, because a transaction older
+-- than the dead versions is still open (a prepared one here, a long
+-- report or pg_dump in life), the update moves the row to another page
+-- and gives it an index entry, as an UPDATE does: with three changed rows
+-- per page the pages fill within some twenty checkpoints.  The index must
+-- then hold exactly the table's rows (amcheck), and find every key.
 CREATE EXTENSION amcheck;
 CREATE TABLE cs (k int, v int);
 SELECT flowpg.create_stream('cold', 'SELECT k, count(*) AS n, sum(v) AS s FROM cs GROUP BY k');
@@ -81,7 +84,11 @@ BEGIN
         COMMIT;
     END LOOP;
 END $$;
+BEGIN;
+SELECT pg_current_xact_id() IS NOT NULL AS holds_the_horizon;
+PREPARE TRANSACTION 'flowpg_cold';
 CALL cold_rounds(60);
+COMMIT PREPARED 'flowpg_cold';
 SELECT oracle('cold');
 -- the worker reports what it wrote to the statistics, as a backend does
 -- (autovacuum goes by them): 60 rounds of 34 keys
@@ -106,11 +113,11 @@ SELECT count(*) AS keys_found_through_the_index
   FROM generate_series(1, 1000) g WHERE EXISTS (SELECT FROM cold WHERE k = g);
 RESET enable_seqscan;
 RESET enable_bitmapscan;
--- Where a key's row is, is not checkpointed: a worker that starts again
--- finds the rows of the keys it restored through the unique index (NULL
--- keys too), and its first checkpoint updates them in place, inserting
--- nothing (it used to try an insert of each, fail on the index, and
--- upsert them all).
+-- A worker that starts again has the TIDs of its keys' rows from its
+-- state log (or finds the rows through the unique index, NULL keys too,
+-- where a TID is wrong or missing), and its first checkpoint updates them
+-- in place, inserting nothing (it used to try an insert of each, fail on
+-- the index, and upsert them all).
 INSERT INTO cs VALUES (NULL, 1);
 SELECT flowpg.wait('cold');
 SELECT await_cold_stats(1001, 0);

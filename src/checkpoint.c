@@ -692,9 +692,10 @@ row_array(FlowWorker *w, Datum *rows, int n)
  * pages of keys that change all the time, and every update of those would
  * leave its page (not HOT): an index entry, a tuple lock and a second
  * record in the WAL for each key, and a growing index.  A page where only
- * a row or two change is left alone: pruning it costs more than the update
- * it would save (a checkpoint of 10,000 keys spread over 1,000,000 took a
- * third longer), and autovacuum cleans such pages in time.
+ * a row or two change is left alone here: pruning every page a checkpoint
+ * writes costs more than the updates it saves (a checkpoint of 10,000
+ * keys spread over 1,000,000 took twice as long, 2026-12-06); such a page
+ * is pruned when it has no room left for the update (page_lacks_room).
  */
 #define PRUNE_MIN_ROWS 4
 
@@ -815,6 +816,30 @@ in_place_end(InPlace *ip)
 }
 
 /*
+ * Has the page of the row version in `slot` (a heap buffer slot) no room
+ * for another version of it?  Then the update would leave the page (not
+ * HOT: a new page, an index entry, a second WAL record) unless the page
+ * is pruned of the versions earlier checkpoints left there.  Pages where
+ * several rows change are pruned anyway (prune_result_pages); this
+ * catches the pages of keys that change one at a time, which fill up
+ * after some dozens of checkpoints (10,000 keys changed at random among
+ * 1,000,000, a result row of 60 bytes on pages half full: about 100) and
+ * then made every update of theirs cost twice as much and more.  Read
+ * without a lock, as heap_page_prune_opt does: only a hint.
+ */
+static bool
+page_lacks_room(TupleTableSlot *slot)
+{
+	BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) slot;
+
+	if (!TTS_IS_BUFFERTUPLE(slot) || !BufferIsValid(bslot->buffer) ||
+		bslot->base.tuple == NULL)
+		return false;
+	return PageGetHeapFreeSpace(BufferGetPage(bslot->buffer)) <
+		MAXALIGN(bslot->base.tuple->t_len);
+}
+
+/*
  * The update of result_tid_update without the statement: for each row,
  * fetch the row version at its TID, check that it still holds its key
  * (keeping the key's stored bytes, as the statement does), update it
@@ -866,6 +891,18 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 		if (ItemPointerGetBlockNumber(&tid) >= nblocks ||
 			!table_tuple_fetch_row_version(rel, &tid, ip.snapshot, oldslot))
 			continue;
+		if (page_lacks_room(oldslot))
+		{
+			/* prune it first, the row's version moving on the page */
+			Buffer		buffer;
+
+			ExecClearTuple(oldslot);
+			buffer = ReadBuffer(rel, ItemPointerGetBlockNumber(&tid));
+			heap_page_prune_opt(rel, buffer);
+			ReleaseBuffer(buffer);
+			if (!table_tuple_fetch_row_version(rel, &tid, ip.snapshot, oldslot))
+				continue;
+		}
 		slot_getsomeattrs(oldslot, natts);
 
 		chunk_row_to_slot(w, chunk, newslot);
@@ -1046,14 +1083,14 @@ update_by_tid(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which,
 
 /*
  * Find through the key index the result rows of the chunks listed in
- * `probe`, keys the checkpoint the worker started from holds: their rows
- * are in the table, but where is not checkpointed.  Keeps the TIDs found,
- * lists those chunks in `located`, and returns how many.  Without this the
- * first checkpoint after every start of a worker tried to insert each
- * such key, failed on the unique index, and upserted them all, at several
- * times the cost of an update in place.  The TIDs found are checked as
- * any other (update_in_place), and only tables update_in_place may write
- * are probed.
+ * `probe`: keys whose rows are in the table, but not where their TIDs say
+ * (moved by VACUUM FULL or CLUSTER, or changed by hand), or restored from
+ * state log entries that carry no TID.  Keeps the TIDs found, lists those
+ * chunks in `located`, and returns how many.  Without this such keys
+ * were inserted, failed on the unique index, and were all upserted, at
+ * several times the cost of an update in place.  The TIDs found are
+ * checked as any other (update_in_place), and only tables update_in_place
+ * may write are probed.
  */
 static int
 find_rows_by_key(FlowWorker *w, StateChunk **chunks, Datum *rows, int *probe,

@@ -162,6 +162,34 @@ is($inserted, 0, '... and updated, with no insert tried');
 oracle_ok($node, 'swept', $q2, 'after VACUUM FULL of the result table');
 $node->safe_psql('postgres', "SELECT flowpg.drop_stream('swept')");
 
+# keys that change one at a time on their pages: a page where earlier
+# checkpoints left a version of its row each time fills up, and is then
+# pruned before the update, which stays on the page (HOT).  1,000 keys of
+# narrow rows, about 93 to the half page the result table leaves free;
+# each checkpoint changes 10 keys 100 apart (one a page), 150 times, so
+# every page runs out of room about two thirds of the way
+$node->safe_psql('postgres', 'CREATE TABLE ev3 (k int)');
+$node->safe_psql('postgres',
+	"SELECT flowpg.create_stream('narrow', 'SELECT k, count(*) AS n FROM ev3 GROUP BY k')");
+$node->safe_psql('postgres', 'INSERT INTO ev3 SELECT g FROM generate_series(0, 999) g');
+$node->safe_psql('postgres', "SELECT flowpg.checkpoint('narrow')");
+for my $round (1 .. 150)
+{
+	my $r = $round % 100;
+	$node->safe_psql('postgres',
+		"INSERT INTO ev3 SELECT $r + 100 * j FROM generate_series(0, 9) j;
+		 SELECT flowpg.checkpoint('narrow')");
+}
+$node->poll_query_until('postgres',
+	"SELECT n_tup_upd >= 1500 FROM pg_stat_user_tables WHERE relname = 'narrow'")
+  or die 'the worker\'s statistics did not arrive';
+is($node->safe_psql('postgres',
+	"SELECT n_tup_upd - n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'narrow'"),
+	'0', 'rows changed one to a page stay on their pages (every update HOT)');
+oracle_ok($node, 'narrow', 'SELECT k, count(*) AS n FROM ev3 GROUP BY k',
+	'after 150 checkpoints of keys changed one to a page');
+$node->safe_psql('postgres', "SELECT flowpg.drop_stream('narrow')");
+
 # flowpg.max_streams = 3: the fourth stream is refused
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('second', 'SELECT count(*) AS n FROM ev')");
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('third', 'SELECT count(*) AS n FROM ev')");
