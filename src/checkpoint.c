@@ -1784,7 +1784,8 @@ restore_corrupted(FlowWorker *w)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_CORRUPTED),
-			 errmsg("checkpointed state of stream \"%s\" is corrupted", w->def->name)));
+			 errmsg("checkpointed state of stream \"%s\" is corrupted", w->def->name),
+			 errhint("Restore the stream from a savepoint with flowpg.restore, or rebuild it from its source table with flowpg.rebuild_stream.")));
 }
 
 /* How many entries a restore reads ahead of the one it inserts. */

@@ -85,6 +85,8 @@ $node->poll_query_until('postgres',
 pass('a state log cut short stops the restore with its error');
 ok($node->log_contains('ERROR:  checkpointed state of stream "public.logged" is corrupted'),
 	'... in the log too');
+ok($node->log_contains('HINT:  Restore the stream from a savepoint with flowpg.restore, or rebuild it'),
+	'... with a hint');
 $node->safe_psql('postgres', "UPDATE flowpg.state s SET data = c.data FROM cut c
 	WHERE (s.stream_id, s.checkpoint_id, s.seq) = (c.stream_id, c.checkpoint_id, c.seq)");
 $node->safe_psql('postgres', 'DROP TABLE cut');
