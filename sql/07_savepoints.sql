@@ -37,7 +37,8 @@ SELECT oracle('svs');
 -- what flowpg.streams and flowpg.checkpoints show
 SELECT name, status, stale, events_per_second >= 0 AS rate, lag_bytes >= 0 AS lag,
        lag_seconds >= 0 AS lag_s, retained_wal > 0 AS keeps_wal, keys,
-       state_bytes > 0 AS has_state, checkpoint_ms >= 0 AS ckpt_ms
+       state_bytes > 0 AS has_state, checkpoint_ms >= 0 AS ckpt_ms,
+       checkpoints > 0 AND checkpoint_total_ms >= checkpoint_ms AS ckpt_total
   FROM flowpg.streams ORDER BY name;
 SELECT count(*) > 0 AS has_rows,
        bool_and(duration = finished_at - started_at) AS duration,

@@ -815,6 +815,8 @@ flowpg_wait(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 	}
 	ConditionVariableCancelSleep();
+	/* what it waited for is durable, even from a checkpoint not flushed yet */
+	(void) ApiCommittedLsn();
 	PG_RETURN_VOID();
 }
 
@@ -995,7 +997,7 @@ flowpg_live(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
-#define STATUS_COLUMNS 20
+#define STATUS_COLUMNS 22
 
 /* flowpg.stream_status(): this database's StreamCtl entries. */
 Datum
@@ -1009,6 +1011,14 @@ flowpg_stream_status(PG_FUNCTION_ARGS)
 
 	FlowpgCheckLoaded();
 	InitMaterializedSRF(fcinfo, 0);
+	/* the columns are stored by position: they must be the ones declared */
+	if (rsinfo->setDesc->natts != STATUS_COLUMNS)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("flowpg.stream_status() declares %d columns, and the flowpg library returns %d",
+						rsinfo->setDesc->natts, STATUS_COLUMNS),
+				 errdetail("The extension's SQL objects were created by another version of flowpg."),
+				 errhint("Drop the extension and create it again.")));
 	for (i = 0; i < FlowCtl->max_streams; i++)
 	{
 		StreamCtl  *ctl = &FlowCtl->streams[i];
@@ -1044,24 +1054,26 @@ flowpg_stream_status(PG_FUNCTION_ARGS)
 		nulls[6] = copy.checkpoint_id == 0;
 		values[7] = Float8GetDatum(copy.checkpoint_ms);
 		nulls[7] = copy.last_checkpoint_at == 0;
-		values[8] = Int64GetDatum((int64) copy.events);
-		values[9] = Float8GetDatum(copy.events_per_second);
-		values[10] = Int64GetDatum(lag);
-		nulls[10] = XLogRecPtrIsInvalid(copy.processed_lsn);
+		values[8] = Int64GetDatum((int64) copy.checkpoints);
+		values[9] = Float8GetDatum(copy.checkpoint_total_ms);
+		values[10] = Int64GetDatum((int64) copy.events);
+		values[11] = Float8GetDatum(copy.events_per_second);
+		values[12] = Int64GetDatum(lag);
+		nulls[12] = XLogRecPtrIsInvalid(copy.processed_lsn);
 		/* seconds since the worker last had applied everything */
-		values[11] = Float8GetDatum(lag == 0 || copy.caught_up_at == 0 ? 0.0 :
+		values[13] = Float8GetDatum(lag == 0 || copy.caught_up_at == 0 ? 0.0 :
 									(double) (now - copy.caught_up_at) / 1000000.0);
-		nulls[11] = XLogRecPtrIsInvalid(copy.processed_lsn);
-		values[12] = Int64GetDatum((int64) copy.keys);
-		values[13] = Int64GetDatum((int64) copy.state_bytes);
-		values[14] = Int32GetDatum(Max(copy.restarts, 0));
-		values[15] = CStringGetTextDatum(copy.last_error);
-		nulls[15] = copy.last_error[0] == '\0';
-		values[16] = TimestampTzGetDatum(copy.last_error_at);
-		nulls[16] = copy.last_error_at == 0;
-		values[17] = Int64GetDatum((int64) copy.ignored_updates);
-		values[18] = Int64GetDatum((int64) copy.ignored_deletes);
-		values[19] = Int64GetDatum((int64) copy.ignored_truncates);
+		nulls[13] = XLogRecPtrIsInvalid(copy.processed_lsn);
+		values[14] = Int64GetDatum((int64) copy.keys);
+		values[15] = Int64GetDatum((int64) copy.state_bytes);
+		values[16] = Int32GetDatum(Max(copy.restarts, 0));
+		values[17] = CStringGetTextDatum(copy.last_error);
+		nulls[17] = copy.last_error[0] == '\0';
+		values[18] = TimestampTzGetDatum(copy.last_error_at);
+		nulls[18] = copy.last_error_at == 0;
+		values[19] = Int64GetDatum((int64) copy.ignored_updates);
+		values[20] = Int64GetDatum((int64) copy.ignored_deletes);
+		values[21] = Int64GetDatum((int64) copy.ignored_truncates);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -177,6 +177,8 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->checkpoint_id = 0;
 		free_ctl->last_checkpoint_at = 0;
 		free_ctl->checkpoint_ms = 0;
+		free_ctl->checkpoints = 0;
+		free_ctl->checkpoint_total_ms = 0;
 		free_ctl->caught_up_at = 0;
 		free_ctl->ckpt_requested = free_ctl->ckpt_done = 0;
 		free_ctl->ckpt_target = InvalidXLogRecPtr;

@@ -79,6 +79,8 @@ typedef struct StreamCtl
 	int64		checkpoint_id;
 	TimestampTz last_checkpoint_at;
 	double		checkpoint_ms;	/* duration of the last checkpoint */
+	uint64		checkpoints;	/* taken since the server started */
+	double		checkpoint_total_ms;	/* their durations summed */
 	TimestampTz caught_up_at;	/* last time processed_lsn reached the
 								 * flush position */
 	uint64		reload_requested;	/* catalog row changed: read it again */

@@ -397,6 +397,9 @@ maybe_checkpoint(FlowWorker *w)
 	target = ctl->ckpt_target;
 	SpinLockRelease(&ctl->mutex);
 
+	/* a checkpoint whose commit the WAL writer has flushed since */
+	CheckpointConfirm(w, false);
+
 	/* checkpoints and savepoints asked for hold what was committed before */
 	ready = w->def->paused || w->processed_lsn >= target;
 	if (ready && sp_requested > w->sp_seen)
@@ -433,7 +436,11 @@ maybe_checkpoint(FlowWorker *w)
 		SpinLockRelease(&ctl->mutex);
 		ConditionVariableBroadcast(&ctl->cv);
 		if (TimestampDifferenceExceeds(w->last_confirm, now, interval))
+		{
+			/* not past a checkpoint a crash could still take back */
+			CheckpointConfirm(w, true);
 			DecodeConfirm(w, w->processed_lsn);
+		}
 	}
 }
 

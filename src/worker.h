@@ -39,6 +39,10 @@ typedef struct FlowWorker
 								 * already in the restored state */
 	XLogRecPtr	processed_lsn;	/* decoded up to here */
 	XLogRecPtr	confirmed_lsn;	/* confirmed on the slot */
+	XLogRecPtr	unconfirmed_commit; /* end of the commit of a checkpoint not
+									 * flushed yet when it was taken (see
+									 * CheckpointDone); invalid if none */
+	XLogRecPtr	unconfirmed_lsn;	/* that checkpoint's source position */
 	TimestampTz last_checkpoint;
 	TimestampTz ckpt_started;	/* start of the checkpoint being taken */
 	TimestampTz last_confirm;

@@ -153,4 +153,74 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM flowpg.streams'),
 	scalar(keys %streams), 'every stream survived');
 
 $node->stop;
+
+# A periodic checkpoint commits without waiting for its WAL to be flushed,
+# and the slot is confirmed at it only once the WAL writer has flushed it.
+# With the WAL writer held off, a kill -9 takes such a checkpoint back: the
+# slot must still lie before it, so that its rows are decoded again.  On a
+# node of its own: with 1 MB of shared buffers (the test default) a backend
+# writing out a dirty buffer flushes the WAL up to it, and so does vacuum.
+my $lazy = new_node('lazy', extra_conf => q{
+shared_buffers = 32MB
+autovacuum = off
+wal_writer_delay = 10s
+wal_writer_flush_after = 64MB
+});
+my $lz = q{SELECT k, count(*) AS n, sum(v) AS s FROM lz GROUP BY k};
+$lazy->safe_psql('postgres', qq{
+	CREATE TABLE lz (k int, v int);
+	CREATE TABLE other (x int);
+	SELECT flowpg.create_stream('lazy', \$q\$$lz\$q\$, '1 s');
+});
+wait_stream($lazy, 'lazy');
+my $lz_id = $lazy->safe_psql('postgres', "SELECT id FROM flowpg.streams WHERE name = 'public.lazy'");
+my $lz_slot = $lazy->safe_psql('postgres',
+	"SELECT format('flowpg_%s_%s', oid, $lz_id) FROM pg_database WHERE datname = current_database()");
+# the WAL writer flushes at once when it last flushed over wal_writer_delay
+# ago: have it flush now (an asynchronous commit, which only it flushes),
+# so that it waits 10 s before it flushes again
+my $async = $lazy->safe_psql('postgres', q{
+	BEGIN;
+	SET LOCAL synchronous_commit = off;
+	INSERT INTO other VALUES (1);
+	SELECT pg_current_wal_insert_lsn();
+	COMMIT;
+});
+$lazy->poll_query_until('postgres', "SELECT pg_current_wal_flush_lsn() > '$async'")
+  or die 'the WAL writer did not flush';
+# a checkpoint past the position before the INSERT holds its rows
+my $lz_target = $lazy->safe_psql('postgres', 'SELECT pg_current_wal_insert_lsn()');
+$lazy->safe_psql('postgres', 'INSERT INTO lz SELECT g % 10, g FROM generate_series(1, 1000) g');
+# only reads from here to the kill: nothing that would flush the WAL
+$lazy->poll_query_until('postgres',
+	"SELECT checkpoint_lsn > '$lz_target' FROM flowpg.streams WHERE name = 'public.lazy'")
+  or die 'no periodic checkpoint of the rows';
+is($lazy->safe_psql('postgres', qq{
+	SELECT s.confirmed_flush_lsn < f.checkpoint_lsn
+	  FROM pg_replication_slots s, flowpg.streams f
+	 WHERE s.slot_name = '$lz_slot' AND f.name = 'public.lazy'}),
+	't', 'the slot is not confirmed at a checkpoint whose commit is not flushed')
+  or diag $lazy->safe_psql('postgres', qq{
+	SELECT s.confirmed_flush_lsn, f.checkpoint_lsn, pg_current_wal_flush_lsn(), pg_current_wal_insert_lsn()
+	  FROM pg_replication_slots s, flowpg.streams f
+	 WHERE s.slot_name = '$lz_slot' AND f.name = 'public.lazy'});
+my $lz_ckpt = $lazy->safe_psql('postgres', qq{
+	SELECT format('id = %s AND finished_at = %L', id, finished_at) FROM flowpg.checkpoint
+	 WHERE stream_id = $lz_id AND lsn > '$lz_target' ORDER BY id LIMIT 1});
+crash_restart($lazy);
+# (a checkpoint the restarted worker takes has another finished_at)
+is($lazy->safe_psql('postgres', "SELECT count(*) FROM flowpg.checkpoint WHERE $lz_ckpt"),
+	'0', 'the kill -9 took the checkpoint back');
+oracle_ok($lazy, 'lazy', $lz, 'a checkpoint taken back by a crash');
+
+# What flowpg.wait returned after is durable: the results a crash right
+# after it leaves are the ones it showed.
+$lazy->safe_psql('postgres', 'INSERT INTO lz SELECT g % 10, g FROM generate_series(1, 500) g');
+wait_stream($lazy, 'lazy');
+my $shown = $lazy->safe_psql('postgres', "SELECT md5(string_agg(t::text, ',' ORDER BY k)) FROM lazy t");
+crash_restart($lazy);
+is($lazy->safe_psql('postgres', "SELECT md5(string_agg(t::text, ',' ORDER BY k)) FROM lazy t"),
+	$shown, 'the results flowpg.wait showed survive a kill -9 right after it');
+oracle_ok($lazy, 'lazy', $lz, 'after the crash that followed flowpg.wait');
+$lazy->stop;
 done_testing();
