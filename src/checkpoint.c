@@ -1696,9 +1696,9 @@ CheckpointDone(FlowWorker *w, int64 id, bool lazy)
 	StateClearDirty(w->state);
 	if (lazy)
 	{
+		/* confirmed by the worker's next round at the earliest */
 		w->unconfirmed_commit = XactLastCommitEnd;
 		w->unconfirmed_lsn = lsn;
-		CheckpointConfirm(w, false);
 	}
 	else
 	{
@@ -1736,21 +1736,25 @@ CheckpointDone(FlowWorker *w, int64 id, bool lazy)
  * CheckpointDone) once its commit is flushed; with force, flush it first.
  * Nothing may be confirmed past it before that, not even a position with
  * no change since (maybe_checkpoint in worker.c): the slot would then lie
- * beyond the checkpoint a crash could restore.
+ * beyond the checkpoint a crash could restore.  The time this takes is
+ * the checkpoint's, and counts in checkpoint_total_ms.
  */
 void
 CheckpointConfirm(FlowWorker *w, bool force)
 {
+	TimestampTz start;
+
 	if (XLogRecPtrIsInvalid(w->unconfirmed_commit))
 		return;
-	if (GetFlushRecPtr(NULL) < w->unconfirmed_commit)
-	{
-		if (!force)
-			return;
-		XLogFlush(w->unconfirmed_commit);
-	}
+	if (GetFlushRecPtr(NULL) < w->unconfirmed_commit && !force)
+		return;
+	start = GetCurrentTimestamp();
+	XLogFlush(w->unconfirmed_commit);	/* nothing to do if already flushed */
 	w->unconfirmed_commit = InvalidXLogRecPtr;
 	DecodeConfirm(w, w->unconfirmed_lsn);
+	SpinLockAcquire(&w->ctl->mutex);
+	w->ctl->checkpoint_total_ms += (double) (GetCurrentTimestamp() - start) / 1000.0;
+	SpinLockRelease(&w->ctl->mutex);
 }
 
 /* Take a checkpoint in a transaction of its own (see CheckpointStore). */

@@ -632,11 +632,27 @@ DecodeRead(FlowWorker *w, int max_records)
 void
 DecodeConfirm(FlowWorker *w, XLogRecPtr lsn)
 {
+	XLogRecPtr	restart = MyReplicationSlot->data.restart_lsn;
+	TransactionId xmin = MyReplicationSlot->data.catalog_xmin;
+
 	if (lsn <= w->confirmed_lsn)
 		return;
 	LogicalConfirmReceivedLocation(lsn);
-	ReplicationSlotMarkDirty();
-	ReplicationSlotSave();
+
+	/*
+	 * Save the confirmed position, so that a worker started after a crash
+	 * does not pass the transactions before it through its callbacks
+	 * again.  When the call moved the restart position or the catalog
+	 * xmin it has saved the slot itself: saving it again (an fsync of the
+	 * file, a rename, an fsync of the directory: about 2 ms here) wrote
+	 * the same bytes.
+	 */
+	if (MyReplicationSlot->data.restart_lsn == restart &&
+		MyReplicationSlot->data.catalog_xmin == xmin)
+	{
+		ReplicationSlotMarkDirty();
+		ReplicationSlotSave();
+	}
 	w->confirmed_lsn = lsn;
 	w->last_confirm = GetCurrentTimestamp();
 
