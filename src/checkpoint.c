@@ -1757,6 +1757,20 @@ CheckpointConfirm(FlowWorker *w, bool force)
 	SpinLockRelease(&w->ctl->mutex);
 }
 
+/*
+ * Make the last checkpoint committed lazily durable for a caller that
+ * confirms a later position itself: flush its commit and forget it.
+ * Confirming it first would save the slot's file twice in a row.
+ */
+void
+CheckpointFlushUnconfirmed(FlowWorker *w)
+{
+	if (XLogRecPtrIsInvalid(w->unconfirmed_commit))
+		return;
+	XLogFlush(w->unconfirmed_commit);
+	w->unconfirmed_commit = InvalidXLogRecPtr;
+}
+
 /* Take a checkpoint in a transaction of its own (see CheckpointStore). */
 int64
 CheckpointWrite(FlowWorker *w, const char *kind)
@@ -1764,8 +1778,16 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	bool		lazy = strcmp(kind, "periodic") == 0;
 	int64		id;
 
-	/* one checkpoint at a time waits for its flush */
-	CheckpointConfirm(w, true);
+	/*
+	 * One checkpoint at a time waits for its flush.  Before another lazy
+	 * one, confirm it (were it only replaced, checkpoints taken faster than
+	 * the WAL writer flushes would never be confirmed); one that is
+	 * flushed at once confirms its own later position.
+	 */
+	if (lazy)
+		CheckpointConfirm(w, true);
+	else
+		CheckpointFlushUnconfirmed(w);
 	StartTransactionCommand();
 	if (lazy)
 		(void) set_config_option("synchronous_commit", "off", PGC_USERSET,

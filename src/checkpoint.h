@@ -17,6 +17,7 @@ extern void CheckpointRestore(FlowWorker *w);
 extern int64 CheckpointStore(FlowWorker *w, const char *kind);
 extern void CheckpointDone(FlowWorker *w, int64 id, bool lazy);
 extern void CheckpointConfirm(FlowWorker *w, bool force);
+extern void CheckpointFlushUnconfirmed(FlowWorker *w);
 extern int64 CheckpointWrite(FlowWorker *w, const char *kind);
 extern int64 CheckpointSavepoint(FlowWorker *w, const char *name);
 

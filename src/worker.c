@@ -438,7 +438,7 @@ maybe_checkpoint(FlowWorker *w)
 		if (TimestampDifferenceExceeds(w->last_confirm, now, interval))
 		{
 			/* not past a checkpoint a crash could still take back */
-			CheckpointConfirm(w, true);
+			CheckpointFlushUnconfirmed(w);
 			DecodeConfirm(w, w->processed_lsn);
 		}
 	}
