@@ -11,6 +11,7 @@ OBJS = \
 	src/operators.o \
 	src/state.o \
 	src/checkpoint.o \
+	src/writer.o \
 	src/savepoint.o \
 	src/adopt.o \
 	src/catalog.o \

@@ -198,34 +198,15 @@ check_stream_limit(void)
 static void
 check_worker_slots(void)
 {
-	int			running = 0;
-	int			waiting = list_length(ControlListSlots(InvalidOid));
-	int			n = pgstat_fetch_stat_numbackends();
-	int			i;
-	bool		launcher_seen = false;
+	int			running;
+	int			waiting;
 
-	for (i = 1; i <= n; i++)
-	{
-		LocalPgBackendStatus *entry = pgstat_fetch_stat_local_beentry(i);
-
-		if (entry != NULL && entry->backendStatus.st_backendType == B_BG_WORKER)
-		{
-			running++;
-			launcher_seen |= entry->backendStatus.st_procpid == FlowCtl->launcher_pid;
-		}
-	}
-	for (i = 0; i < FlowCtl->max_streams; i++)
-		if (FlowCtl->streams[i].in_use && FlowCtl->streams[i].pid != 0)
-			waiting--;
-	/* the launcher, before it has connected, is not in the count */
-	if (!launcher_seen)
-		running++;
-	if (running + Max(waiting, 0) + 1 > max_worker_processes)
+	if (ControlCountWorkerSlots(&running, &waiting) < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("no background worker slot is free for a new stream"),
 				 errdetail("%d background workers run, %d streams wait for theirs, and max_worker_processes is %d.",
-						   running, Max(waiting, 0), max_worker_processes),
+						   running, waiting, max_worker_processes),
 				 errhint("Raise max_worker_processes and restart the server.")));
 }
 

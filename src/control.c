@@ -29,9 +29,11 @@
 #include "access/xlog.h"
 #include "access/xlogrecovery.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "replication/slot.h"
+#include "utils/backend_status.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "storage/shmem.h"
@@ -74,6 +76,7 @@ ControlShmemStartup(void)
 		LWLockInitialize(&FlowCtl->lock, FlowCtl->tranche_id);
 		FlowCtl->area_handle = DSM_HANDLE_INVALID;
 		FlowCtl->max_streams = flowpg_max_streams;
+		pg_atomic_init_u32(&FlowCtl->writers_yield, 0);
 		for (i = 0; i < flowpg_max_streams; i++)
 		{
 			StreamCtl  *ctl = &FlowCtl->streams[i];
@@ -390,6 +393,65 @@ ControlConnect(StreamCtl *ctl, StreamIdentity *ident)
 	BackgroundWorkerInitializeConnectionByOid(ident->dboid, ident->owner, 0);
 	connecting_ctl = NULL;
 	emit_log_hook = prev_emit_log_hook;
+}
+
+/*
+ * Background worker slots free: max_worker_processes less the background
+ * workers running now (the launcher among them, checkpoint writers not:
+ * they give their slots up when a stream's worker needs one, see
+ * WriterYield) and the streams whose worker is not running (waiting to
+ * restart).  Fills in those two counts.  Parallel query takes workers
+ * from the same pool, so this is an upper bound.
+ */
+int
+ControlCountWorkerSlots(int *running, int *waiting)
+{
+	int			n = pgstat_fetch_stat_numbackends();
+	int			i;
+	bool		launcher_seen = false;
+
+	*running = 0;
+	*waiting = list_length(ControlListSlots(InvalidOid));
+	for (i = 1; i <= n; i++)
+	{
+		LocalPgBackendStatus *entry = pgstat_fetch_stat_local_beentry(i);
+
+		if (entry != NULL && entry->backendStatus.st_backendType == B_BG_WORKER)
+		{
+			(*running)++;
+			launcher_seen |= entry->backendStatus.st_procpid == FlowCtl->launcher_pid;
+		}
+	}
+	for (i = 0; i < FlowCtl->max_streams; i++)
+	{
+		StreamCtl  *ctl = &FlowCtl->streams[i];
+
+		if (!ctl->in_use)
+			continue;
+		SpinLockAcquire(&ctl->mutex);
+		if (ctl->pid != 0)
+			(*waiting)--;
+		if (ctl->writer_pid != 0)
+			(*running)--;
+		SpinLockRelease(&ctl->mutex);
+	}
+	/* the launcher, before it has connected, is not in the count */
+	if (!launcher_seen)
+		(*running)++;
+	*waiting = Max(*waiting, 0);
+	return max_worker_processes - *running - *waiting;
+}
+
+/* The same, for a process that keeps no snapshot of the backends' status. */
+int
+ControlFreeWorkerSlots(void)
+{
+	int			running;
+	int			waiting;
+	int			free_slots = ControlCountWorkerSlots(&running, &waiting);
+
+	pgstat_clear_backend_activity_snapshot();
+	return free_slots;
 }
 
 /*

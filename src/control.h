@@ -120,6 +120,17 @@ typedef struct StreamCtl
 	 */
 	pg_atomic_uint32 sleeping;
 
+	/*
+	 * The stream's checkpoint writer (writer.c), and the checkpoint handed
+	 * to it: posted by the worker, done when job_done reaches job_posted.
+	 * Under mutex.
+	 */
+	pid_t		writer_pid;		/* 0 until it is ready for jobs */
+	Latch	   *writer_latch;
+	dsa_pointer job;			/* a CheckpointJob */
+	uint64		job_posted;
+	uint64		job_done;
+
 	/* Broadcast whenever result_lsn, ckpt_done or status changes. */
 	ConditionVariable cv;
 } StreamCtl;
@@ -133,6 +144,9 @@ typedef struct FlowControl
 	Latch	   *launcher_latch;
 	int			max_streams;
 	bool		rescan_requested;	/* a database was copied: scan them all */
+	pg_atomic_uint32 writers_yield; /* bumped when a stream's process found
+									 * no background worker slot: writers
+									 * give theirs up (WriterYield) */
 	StreamCtl	streams[FLEXIBLE_ARRAY_MEMBER];
 } FlowControl;
 
@@ -145,6 +159,8 @@ extern StreamCtl *ControlFind(Oid dboid, int32 stream_id);
 extern StreamCtl *ControlFindLocked(Oid dboid, int32 stream_id);
 extern StreamCtl *ControlAcquire(Oid dboid, int32 stream_id);
 extern int	ControlFreeEntries(void);
+extern int	ControlCountWorkerSlots(int *running, int *waiting);
+extern int	ControlFreeWorkerSlots(void);
 extern void ControlWakeLauncher(void);
 extern void ControlRequestRescan(void);
 extern void ControlWakeDatabase(Oid dboid);

@@ -25,7 +25,8 @@
  *	- Every batch of reading is bounded by the WAL flush position, and the
  *	  page reader waits for WAL on the worker's latch, so that the worker
  *	  exits when the postmaster dies.
- *	- The worker's own transactions carry its replication origin and are
+ *	- The worker's own transactions carry its replication origin, and so
+ *	  do the changes its checkpoint writer makes (writer.c): they are
  *	  filtered out before they reach the reorder buffer.
  *	- A decoded row is read with the source's columns as they were when it
  *	  was written (the relation decoding passes, from the historic
@@ -353,7 +354,11 @@ flowpg_commit_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	check_allowed();
 }
 
-/* Drop the worker's own checkpoint transactions early. */
+/*
+ * Drop the stream's own checkpoint transactions' changes early: the
+ * worker's, and its checkpoint writer's (tagged with the worker's origin,
+ * see writer.c).
+ */
 static bool
 flowpg_filter_by_origin_cb(LogicalDecodingContext *ctx, RepOriginId origin_id)
 {

@@ -40,6 +40,7 @@ int			flowpg_poll_interval = 5;
 int			flowpg_state_memory = 1024;
 int			flowpg_max_streams = 16;
 int			flowpg_checkpoints_retained = 10;
+bool		flowpg_checkpoint_writer = true;
 int			flowpg_decoding_work_mem = 256 * 1024;
 int			flowpg_max_retained_wal = 4096;
 
@@ -122,6 +123,13 @@ define_gucs(void)
 							4096, -1, MAX_KILOBYTES,
 							PGC_SIGHUP, GUC_UNIT_MB,
 							NULL, NULL, NULL);
+	DefineCustomBoolVariable("flowpg.checkpoint_writer",
+							 "Whether each stream's periodic checkpoints are written by a process of their own.",
+							 "A checkpoint writer takes a background worker slot per stream, when one is free beyond what the streams' workers need; without it the worker writes its checkpoints itself, and does not decode meanwhile.",
+							 &flowpg_checkpoint_writer,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 	MarkGUCPrefixReserved("flowpg");
 }
 

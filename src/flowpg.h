@@ -47,6 +47,7 @@ extern int	flowpg_max_streams;
 extern int	flowpg_checkpoints_retained;
 extern int	flowpg_decoding_work_mem;	/* kB */
 extern int	flowpg_max_retained_wal;	/* MB, -1: no limit */
+extern bool flowpg_checkpoint_writer;
 
 /* True in a process whose flowpg library was loaded by the postmaster. */
 extern bool flowpg_preloaded;

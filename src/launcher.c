@@ -62,8 +62,8 @@ static List *refused;
  * started once recovery is over and never restarted by the postmaster;
  * the caller names it and may change the rest.
  */
-static void
-describe_worker(BackgroundWorker *bgw, const char *function, const char *type)
+void
+LauncherDescribeWorker(BackgroundWorker *bgw, const char *function, const char *type)
 {
 	memset(bgw, 0, sizeof(*bgw));
 	bgw->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -81,7 +81,7 @@ LauncherRegister(void)
 {
 	BackgroundWorker bgw;
 
-	describe_worker(&bgw, "FlowLauncherMain", "flowpg launcher");
+	LauncherDescribeWorker(&bgw, "FlowLauncherMain", "flowpg launcher");
 	bgw.bgw_restart_time = 1;
 	RegisterBackgroundWorker(&bgw);
 }
@@ -122,7 +122,7 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	bool		registered;
 	StreamIdentity who = *ident;
 
-	describe_worker(&bgw, adopter ? "FlowAdoptMain" : "FlowWorkerMain",
+	LauncherDescribeWorker(&bgw, adopter ? "FlowAdoptMain" : "FlowWorkerMain",
 					adopter ? "flowpg adopt" : "flowpg worker");
 	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s for stream %d",
 			 bgw.bgw_type, ident->stream_id);
@@ -142,6 +142,8 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	SpinLockRelease(&ctl->mutex);
 	if (registered)
 		return handle;
+	/* checkpoint writers give their slots up for it (WriterYield) */
+	pg_atomic_fetch_add_u32(&FlowCtl->writers_yield, 1);
 	ControlSetError(ctl, "no free background worker slot: raise max_worker_processes");
 	SpinLockAcquire(&ctl->mutex);
 	ctl->status = STREAM_FAILED;
@@ -223,7 +225,7 @@ next_scan(void)
 	if (scan_queue == NIL)
 		return;
 	dboid = linitial_oid(scan_queue);
-	describe_worker(&bgw, "AdoptScanMain", "flowpg scan");
+	LauncherDescribeWorker(&bgw, "AdoptScanMain", "flowpg scan");
 	snprintf(bgw.bgw_name, BGW_MAXLEN, "flowpg scan of database %u", dboid);
 	memcpy(bgw.bgw_extra, &dboid, sizeof(dboid));
 	bgw.bgw_notify_pid = MyProcPid;

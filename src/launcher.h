@@ -10,7 +10,11 @@
 
 #include "flowpg.h"
 
+#include "postmaster/bgworker.h"
+
 extern void LauncherRegister(void);
+extern void LauncherDescribeWorker(BackgroundWorker *bgw, const char *function,
+								   const char *type);
 extern PGDLLEXPORT void FlowLauncherMain(Datum main_arg);
 
 #endif							/* FLOWPG_LAUNCHER_H */

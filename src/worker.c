@@ -17,16 +17,18 @@
  *	2. compiles the stored query (compile.c, operators.c);
  *	3. replaces the stream's shared state with the latest checkpoint
  *	   (checkpoint.c), whatever state an earlier worker left behind;
- *	4. sets up its replication origin and acquires its slot (decode.c);
+ *	4. sets up its replication origin and acquires its slot (decode.c),
+ *	   and starts its checkpoint writer (writer.c);
  *	5. loops: decode the WAL flushed so far into a local batch, merge the
- *	   batch into the shared state, take a checkpoint when one is due,
- *	   publish progress, sleep on its latch.  Commits in any backend of the
- *	   database set the latch (catalog.c), as do flowpg.wait and
- *	   flowpg.checkpoint.
+ *	   batch into the shared state, take a checkpoint when one is due
+ *	   (handing a periodic one to the writer), publish progress, sleep on
+ *	   its latch.  Commits in any backend of the database set the latch
+ *	   (catalog.c), as do flowpg.wait, flowpg.checkpoint and the writer.
  *
  * Any error ends the worker (it is recorded in the stream's StreamCtl for
  * flowpg.streams); the launcher starts a new one, which goes through the
- * same steps.  SIGTERM (from a drop, or a shutdown) ends it at once.
+ * same steps.  SIGTERM (from a drop, or a shutdown) ends it at once, once
+ * its writer has exited.
  *
  * Memory: everything that lives as long as the worker is in its own
  * context; the operators reset their per-row and per-batch contexts (see
@@ -59,6 +61,7 @@
 #include "compile.h"
 #include "decode.h"
 #include "worker.h"
+#include "writer.h"
 
 /* WAL records decoded between two merges. */
 #define WORKER_READ_RECORDS		20000
@@ -180,9 +183,12 @@ drop_orphan_savepoint_slots(FlowWorker *w)
 	}
 }
 
-/* Compile the stream and prepare its checkpoint statements (step 2). */
-static void
-compile_stream(FlowWorker *w)
+/*
+ * Compile the stream's stored query, for its worker or its checkpoint
+ * writer (writer.c), in w->cxt.
+ */
+void
+WorkerCompile(FlowWorker *w)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(w->cxt);
 	Relation	source;
@@ -192,6 +198,17 @@ compile_stream(FlowWorker *w)
 	source = table_open(w->fq->source, AccessShareLock);
 	w->plan = PlanBuild(w->fq, RelationGetDescr(source));
 	table_close(source, AccessShareLock);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/* Compile the stream and prepare its checkpoint statements (step 2). */
+static void
+compile_stream(FlowWorker *w)
+{
+	MemoryContext oldcxt;
+
+	WorkerCompile(w);
+	oldcxt = MemoryContextSwitchTo(w->cxt);
 	w->batch = BatchCreate(w->plan);
 	MemoryContextSwitchTo(oldcxt);
 	CheckpointPrepare(w);
@@ -326,6 +343,8 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	/* flowpg.restore rewound the state: the result table follows */
 	if (w->def->rewrite)
 		CheckpointWrite(w, "rewrite");
+	/* start the checkpoint writer, so that it is ready for the first one */
+	(void) WriterReady(w);
 	return true;
 }
 
@@ -384,6 +403,7 @@ maybe_checkpoint(FlowWorker *w)
 				result_lsn,
 				target;
 	bool		ready;
+	bool		inflight;
 	char		sp_name[NAMEDATALEN];
 
 	SpinLockAcquire(&ctl->mutex);
@@ -397,6 +417,14 @@ maybe_checkpoint(FlowWorker *w)
 	target = ctl->ckpt_target;
 	SpinLockRelease(&ctl->mutex);
 
+	/* a stream's process found no background worker slot: give ours up */
+	if (pg_atomic_read_u32(&FlowCtl->writers_yield) != w->yield_seen)
+	{
+		w->yield_seen = pg_atomic_read_u32(&FlowCtl->writers_yield);
+		WriterYield(w);
+	}
+	/* the checkpoint the writer was writing, if it is done */
+	inflight = CheckpointCollect(w, false);
 	/* a checkpoint whose commit the WAL writer has flushed since */
 	CheckpointConfirm(w, false);
 
@@ -425,10 +453,14 @@ maybe_checkpoint(FlowWorker *w)
 		SpinLockRelease(&ctl->mutex);
 		ConditionVariableBroadcast(&ctl->cv);
 	}
+	else if (inflight)
+	{
+		/* the next one waits for it; so does saying nothing changed */
+	}
 	else if (dirty &&
 			 (TimestampDifferenceExceeds(w->last_checkpoint, now, interval) ||
 			  (wait_lsn > result_lsn && w->processed_lsn >= wait_lsn)))
-		CheckpointWrite(w, "periodic");
+		CheckpointPeriodic(w);
 	else if (!dirty && w->processed_lsn > result_lsn)
 	{
 		SpinLockAcquire(&ctl->mutex);
@@ -766,6 +798,9 @@ FlowWorkerMain(Datum main_arg)
 	w->cxt = AllocSetContextCreate(TopMemoryContext, "flowpg worker",
 								   ALLOCSET_DEFAULT_SIZES);
 	w->ctl = ctl;
+	w->ctl_index = index;
+	w->job = InvalidDsaPointer;
+	w->yield_seen = pg_atomic_read_u32(&FlowCtl->writers_yield);
 	FlowpgSlotName(w->slot_name, ident.dboid, ident.stream_id);
 
 	PG_TRY();

@@ -82,19 +82,30 @@ typedef struct FlowWorker
 	SPIPlanPtr	rewrite_done;
 	StringInfoData segment;		/* a state log segment being filled */
 	int64		log_entries;	/* key entries in flowpg.state */
-	/* The state log's compaction in progress, if sweep_from > 0. */
-	int64		sweep_from;		/* checkpoint id where it began */
+	/* The state log's compaction in progress, if sweep_from != 0. */
+	int64		sweep_from;		/* checkpoint id where it began (see
+								 * THIS_CHECKPOINT in checkpoint.c) */
 	uint64		sweep_pos;		/* next slot of the directory it visits */
 	uint32		sweep;			/* its number, in the chunks it wrote */
 	int64		sweep_entries;	/* entries written since it began */
-	/* Segments a compaction left to delete, if dead_below > 0. */
+	/* Segments a compaction left to delete, if dead_below != 0. */
 	int64		dead_below;		/* those of older checkpoints */
 	int64		dead_entries;	/* their entries */
 	int64		restored_keys_end;	/* keys with lower ids came from the
 									 * checkpoint the worker started from */
+
+	/* The stream's checkpoint writer (writer.c); worker only. */
+	int			ctl_index;		/* of ctl in FlowCtl->streams */
+	struct BackgroundWorkerHandle *writer;	/* NULL if not started */
+	bool		writer_unavailable; /* could not be started: write inline */
+	uint32		yield_seen;		/* FlowCtl->writers_yield handled */
+	dsa_pointer job;			/* CheckpointJob buffer, kept between jobs */
+	bool		job_inflight;	/* handed off, not collected yet */
+	double		job_worker_ms;	/* time the worker spent handing it off */
 } FlowWorker;
 
 extern PGDLLEXPORT void FlowWorkerMain(Datum main_arg);
 extern void WorkerMergeBatch(FlowWorker *w);
+extern void WorkerCompile(FlowWorker *w);
 
 #endif							/* FLOWPG_WORKER_H */

@@ -1,0 +1,149 @@
+# The checkpoint writer: a second process per stream writes its periodic
+# checkpoints while the worker decodes.  While a checkpoint waits (here
+# for a row lock a session holds on the result table) the worker goes on
+# and flowpg.live follows new rows; a worker stopped meanwhile takes its
+# writer with it, and the next one starts from the last checkpoint
+# committed; kill -9 of the writer, its termination under load, and
+# flowpg.checkpoint_writer = off; writers give their background worker
+# slots up when a stream's worker needs one.  The oracle after every
+# step: the result table equals the stream's query run as a batch.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FlowpgTest;
+
+my $node = new_node('writer');
+$node->safe_psql('postgres', q{
+	CREATE TABLE clicks (id bigserial, campaign int, cost numeric);
+});
+my $query = q{SELECT campaign, count(*) AS clicks, sum(cost) AS spend
+                FROM clicks GROUP BY campaign};
+$node->safe_psql('postgres',
+	"SELECT flowpg.create_stream('spend', \$q\$$query\$q\$, '200 ms')");
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+my $writers = q{(SELECT count(*) FROM pg_stat_activity
+                  WHERE backend_type = 'flowpg checkpoint writer')};
+
+# 1. The stream has its writer, connected as the stream's owner, and its
+#    periodic checkpoints are the writer's.
+worker_pid($node, 'spend');
+$node->poll_query_until('postgres', "SELECT $writers = 1")
+  or die 'the checkpoint writer did not start';
+is(sql(q{SELECT application_name || ' ' || usename FROM pg_stat_activity
+          WHERE backend_type = 'flowpg checkpoint writer'}),
+	'public.spend ' . sql('SELECT current_user'),
+	'the checkpoint writer runs as the stream owner, named after the stream');
+sql("INSERT INTO clicks (campaign, cost) SELECT g % 10, g % 7 FROM generate_series(1, 1000) g");
+oracle_ok($node, 'spend', $query, 'periodic checkpoints by the writer');
+
+# 2. A checkpoint that waits for a row of the result table a session holds
+#    waits in the writer; the worker goes on decoding meanwhile, and
+#    flowpg.live shows rows committed after.
+my $holder = $node->background_psql('postgres', on_error_stop => 0);
+$holder->query_safe('BEGIN; UPDATE spend SET clicks = -1 WHERE campaign = 3');
+sql("INSERT INTO clicks (campaign, cost) VALUES (3, 1)");
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity
+	   WHERE backend_type = 'flowpg checkpoint writer' AND wait_event = 'transactionid'})
+  or die 'the checkpoint did not wait for the row lock in the writer';
+pass('a checkpoint waiting for a row lock waits in the checkpoint writer');
+sql("INSERT INTO clicks (campaign, cost) VALUES (4, 100), (4, 100)");
+my $live_q = q{SELECT (SELECT clicks FROM flowpg.live(NULL::spend) WHERE campaign = 4) =
+                      (SELECT count(*) FROM clicks WHERE campaign = 4)};
+ok($node->poll_query_until('postgres', $live_q),
+	'... while the worker goes on: flowpg.live has rows committed after');
+
+# 3. The worker stopped meanwhile: its writer goes with it (the writer was
+#    waiting for the lock), the next worker starts from the last
+#    checkpoint committed, and once the session commits the results are
+#    exact again (the session's change to the row is overwritten).
+my $old = worker_pid($node, 'spend');
+my $old_writer = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowpg checkpoint writer'});
+sql("SELECT pg_terminate_backend($old)");
+$node->poll_query_until('postgres',
+	"SELECT pid IS DISTINCT FROM $old AND status = 'running' FROM flowpg.streams WHERE name = 'public.spend'")
+  or die 'the worker did not start again';
+is(sql("SELECT count(*) FROM pg_stat_activity WHERE pid IN ($old, $old_writer)"),
+	'0', 'the stopped worker took its waiting writer with it');
+$holder->query_safe('COMMIT');
+$holder->quit;
+sql("INSERT INTO clicks (campaign, cost) VALUES (3, 1)");
+oracle_ok($node, 'spend', $query, 'worker stopped while its writer waited');
+
+# 4. kill -9 of the writer under load: the server restarts, the stream
+#    comes back exact.
+my $dir = PostgreSQL::Test::Utils::tempdir;
+my @scripts = click_scripts($dir);
+$node->poll_query_until('postgres', "SELECT $writers = 1")
+  or die 'no checkpoint writer after the worker restarted';
+my $load = start_load($node, 4, 2, @scripts);
+sleep 1;
+my $writer = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowpg checkpoint writer'});
+kill 'KILL', $writer;
+stop_load($load);
+$node->poll_query_until('postgres', 'SELECT true')
+  or die 'the server did not come back after the writer was killed';
+oracle_ok($node, 'spend', $query, 'kill -9 of the checkpoint writer under load');
+
+# 5. pg_terminate_backend of the writer under load: the worker fails if a
+#    checkpoint was being written (and starts again) or writes its
+#    checkpoints itself; either way nothing is lost or counted twice.
+$node->poll_query_until('postgres', "SELECT $writers = 1")
+  or die 'no checkpoint writer after the crash';
+$load = start_load($node, 4, 2, @scripts);
+sleep 1;
+sql(q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+       WHERE backend_type = 'flowpg checkpoint writer'});
+stop_load($load);
+oracle_ok($node, 'spend', $query, 'checkpoint writer terminated under load');
+sql("INSERT INTO clicks (campaign, cost) VALUES (5, 5)");
+oracle_ok($node, 'spend', $query, '... and after');
+
+# 6. flowpg.checkpoint_writer = off: the next worker writes its
+#    checkpoints itself.
+$node->append_conf('postgresql.conf', "flowpg.checkpoint_writer = off\n");
+$node->reload;
+$old = worker_pid($node, 'spend');
+sql("SELECT pg_terminate_backend($old)");
+$node->poll_query_until('postgres',
+	"SELECT pid IS DISTINCT FROM $old AND status = 'running' FROM flowpg.streams WHERE name = 'public.spend'")
+  or die 'the worker did not start again';
+$node->poll_query_until('postgres', "SELECT $writers = 0")
+  or die 'a checkpoint writer is still running';
+my $last = sql('SELECT coalesce(max(id), 0) FROM flowpg.checkpoints');
+sql("INSERT INTO clicks (campaign, cost) SELECT g % 10, 1 FROM generate_series(1, 100) g");
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) > 0 FROM flowpg.checkpoints WHERE kind = 'periodic' AND id > $last"),
+	'with flowpg.checkpoint_writer = off the worker takes periodic checkpoints itself');
+is(sql("SELECT $writers"), '0', '... and no checkpoint writer runs');
+oracle_ok($node, 'spend', $query, 'flowpg.checkpoint_writer = off');
+$node->stop;
+
+# 7. Background worker slots: a writer takes one only while another stays
+#    free, and writers give theirs up when a stream's worker finds none.
+#    Here (launcher, logical replication launcher) the first stream's
+#    worker leaves two free: it gets a writer; the second stream's worker
+#    leaves one: no writer; the third stream's worker finds no slot, and
+#    the first stream's writer gives its slot up for it.
+my $few = new_node('few_workers', extra_conf => "max_worker_processes = 5\n");
+$few->safe_psql('postgres', 'CREATE TABLE ev (k int)');
+$few->safe_psql('postgres', "SELECT flowpg.create_stream('one', 'SELECT k, count(*) AS n FROM ev GROUP BY k')");
+$few->poll_query_until('postgres', "SELECT $writers = 1")
+  or die 'the first stream got no checkpoint writer';
+pass('with two background worker slots free a stream gets a checkpoint writer');
+$few->safe_psql('postgres', "SELECT flowpg.create_stream('two', 'SELECT count(*) AS n FROM ev')");
+$few->safe_psql('postgres', "SELECT flowpg.create_stream('three', 'SELECT sum(k) AS s FROM ev')");
+$few->safe_psql('postgres', 'INSERT INTO ev SELECT g % 7 FROM generate_series(1, 100) g');
+ok($few->poll_query_until('postgres',
+	q{SELECT count(*) = 3 FROM flowpg.streams WHERE status = 'running'}),
+	'the third stream runs: the first one\'s writer gave its slot up');
+is($few->safe_psql('postgres', "SELECT $writers"), '0', '... and no checkpoint writer runs');
+oracle_ok($few, 'one', 'SELECT k, count(*) AS n FROM ev GROUP BY k', 'writers gave their slots up');
+oracle_ok($few, 'two', 'SELECT count(*) AS n FROM ev', 'writers gave their slots up');
+oracle_ok($few, 'three', 'SELECT sum(k) AS s FROM ev', 'writers gave their slots up');
+$few->stop;
+
+done_testing();
