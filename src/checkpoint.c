@@ -1921,16 +1921,19 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 }
 
 /*
- * Take a periodic checkpoint: hand it to the stream's checkpoint writer
- * (writer.c) if it has one ready, else write it here.  Handing it off
- * costs the worker the choice of its keys and a copy of their chunks
- * (about 1 ms for 10,000 keys), and it goes on decoding while the writer
- * writes them on the other core; the worker collects it at its next
- * rounds (CheckpointCollect), and hands off the next one after that.
+ * Take a periodic or forced checkpoint: hand it to the stream's
+ * checkpoint writer (writer.c) if it has one ready, else write it here.
+ * Handing it off costs the worker the choice of its keys and a copy of
+ * their chunks (about 1 ms for 10,000 keys), and it goes on decoding while
+ * the writer writes them on the other core; the worker collects it at its
+ * next rounds (CheckpointCollect), and hands off the next one after that.
+ * A forced checkpoint is committed synchronously, and published once
+ * collected.  The caller has collected the one before.
  */
 void
-CheckpointPeriodic(FlowWorker *w)
+CheckpointHandOff(FlowWorker *w, const char *kind)
 {
+	bool		lazy = strcmp(kind, "periodic") == 0;
 	FlowState  *st = w->state;
 	MemoryContext cxt;
 	MemoryContext oldcxt;
@@ -1941,13 +1944,17 @@ CheckpointPeriodic(FlowWorker *w)
 	char	   *copy;
 	int			i;
 
-	if (w->job_inflight || !WriterReady(w))
+	Assert(!w->job_inflight);
+	if (!WriterReady(w))
 	{
-		if (!w->job_inflight)
-			CheckpointWrite(w, "periodic");
+		CheckpointWrite(w, kind);
 		return;
 	}
-	CheckpointConfirm(w, true); /* see CheckpointWrite */
+	/* see CheckpointWrite */
+	if (lazy)
+		CheckpointConfirm(w, true);
+	else
+		CheckpointFlushUnconfirmed(w);
 	w->ckpt_started = GetCurrentTimestamp();
 	cxt = AllocSetContextCreate(w->cxt, "flowpg checkpoint",
 								ALLOCSET_DEFAULT_SIZES);
@@ -1961,16 +1968,18 @@ CheckpointPeriodic(FlowWorker *w)
 	if (job == NULL)
 	{
 		/* no room in the shared area for the copy: write it here */
-		checkpoint_begin(w, true);
-		checkpoint_run(w, chunks, &order, false, "periodic");
+		checkpoint_begin(w, lazy);
+		checkpoint_run(w, chunks, &order, false, kind);
 		checkpoint_commit();
 		MemoryContextSwitchTo(oldcxt);
 		checkpoint_written(w, &order);
 		MemoryContextDelete(cxt);
-		CheckpointDone(w, order.id, true);
+		CheckpointDone(w, order.id, lazy);
 		return;
 	}
 	job->order = order;
+	job->lazy = lazy;
+	strlcpy(job->kind, kind, sizeof(job->kind));
 	job->commit_end = InvalidXLogRecPtr;
 	job->failed = false;
 	job->error[0] = '\0';
@@ -2037,9 +2046,11 @@ CheckpointCollect(FlowWorker *w, bool wait)
 		copy += MAXALIGN(offsetof(StateChunk, data) + c->capacity);
 	}
 	LWLockRelease(&w->ctl->state_lock);
+	/* the stream goes by its result table's name (see prepare_result) */
+	follow_result_name(w, job->result_name);
 	checkpoint_written(w, &job->order);
-	checkpoint_published(w, job->order.id, job->order.lsn, job->commit_end, true,
-						 job->order.started,
+	checkpoint_published(w, job->order.id, job->order.lsn, job->commit_end,
+						 job->lazy, job->order.started,
 						 w->job_worker_ms +
 						 (double) (GetCurrentTimestamp() - start) / 1000.0);
 	return false;
@@ -2047,8 +2058,8 @@ CheckpointCollect(FlowWorker *w, bool wait)
 
 /*
  * The writer's part (writer.c): write the checkpoint of `job`, in a
- * transaction of its own committed without waiting for its flush, and
- * fill in its results.
+ * transaction of its own (a periodic one committed without waiting for
+ * its flush), and fill in its results.
  */
 void
 CheckpointRunJob(FlowWorker *w, CheckpointJob *job)
@@ -2062,12 +2073,12 @@ CheckpointRunJob(FlowWorker *w, CheckpointJob *job)
 		chunks[i] = (StateChunk *) copy;
 		copy += MAXALIGN(offsetof(StateChunk, data) + chunks[i]->capacity);
 	}
-	checkpoint_begin(w, true);
+	checkpoint_begin(w, job->lazy);
 	/* the worker's origin on the changes, not the commit (see writer.c) */
 	replorigin_session_origin = w->origin;
 	PG_TRY();
 	{
-		checkpoint_run(w, chunks, &job->order, false, "periodic");
+		checkpoint_run(w, chunks, &job->order, false, job->kind);
 	}
 	PG_FINALLY();
 	{
@@ -2076,6 +2087,7 @@ CheckpointRunJob(FlowWorker *w, CheckpointJob *job)
 	PG_END_TRY();
 	checkpoint_commit();
 	job->commit_end = XactLastCommitEnd;
+	strlcpy(job->result_name, w->def->name, sizeof(job->result_name));
 	pgstat_report_stat(false);
 	pfree(chunks);
 }

@@ -37,7 +37,7 @@ typedef struct CheckpointOrder
 } CheckpointOrder;
 
 /*
- * A periodic checkpoint handed to the stream's checkpoint writer
+ * A checkpoint handed to the stream's checkpoint writer
  * (writer.c), in the shared area: the order, then a copy of each of its
  * keys' chunks (MAXALIGNed StateChunks, capacity their size), whose TIDs
  * the writer updates as it writes their rows.
@@ -46,7 +46,12 @@ typedef struct CheckpointJob
 {
 	Size		capacity;		/* bytes allocated, this header included */
 	CheckpointOrder order;
+	bool		lazy;			/* commit without waiting for the flush */
+	char		kind[16];		/* "periodic" or "forced" */
 	XLogRecPtr	commit_end;		/* end of the writer's commit record */
+	char		result_name[4 * NAMEDATALEN + 8];	/* the result table's
+													 * qualified name, as the
+													 * writer found it */
 	bool		failed;			/* with the writer's error: */
 	int			sqlerrcode;
 	char		error[FLOWPG_ERROR_LEN];
@@ -63,7 +68,7 @@ extern void CheckpointDone(FlowWorker *w, int64 id, bool lazy);
 extern void CheckpointConfirm(FlowWorker *w, bool force);
 extern void CheckpointFlushUnconfirmed(FlowWorker *w);
 extern int64 CheckpointWrite(FlowWorker *w, const char *kind);
-extern void CheckpointPeriodic(FlowWorker *w);
+extern void CheckpointHandOff(FlowWorker *w, const char *kind);
 extern bool CheckpointCollect(FlowWorker *w, bool wait);
 extern void CheckpointRunJob(FlowWorker *w, CheckpointJob *job);
 extern int64 CheckpointSavepoint(FlowWorker *w, const char *name);

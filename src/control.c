@@ -406,12 +406,15 @@ ControlConnect(StreamCtl *ctl, StreamIdentity *ident)
 int
 ControlCountWorkerSlots(int *running, int *waiting)
 {
-	int			n = pgstat_fetch_stat_numbackends();
+	List	   *slots = ControlListSlots(InvalidOid);
+	int			n;
 	int			i;
 	bool		launcher_seen = false;
 
 	*running = 0;
-	*waiting = list_length(ControlListSlots(InvalidOid));
+	*waiting = list_length(slots);
+	list_free_deep(slots);
+	n = pgstat_fetch_stat_numbackends();
 	for (i = 1; i <= n; i++)
 	{
 		LocalPgBackendStatus *entry = pgstat_fetch_stat_local_beentry(i);

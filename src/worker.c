@@ -384,10 +384,32 @@ WorkerMergeBatch(FlowWorker *w)
 }
 
 /*
+ * The flowpg.checkpoint calls that a forced checkpoint, published since,
+ * serves are served: tell them.  Returns how many calls are served now.
+ */
+static uint64
+served_forced(FlowWorker *w)
+{
+	uint64		served = w->forced_request;
+
+	if (served == 0)
+		return 0;
+	SpinLockAcquire(&w->ctl->mutex);
+	w->ctl->ckpt_done = Max(w->ctl->ckpt_done, served);
+	SpinLockRelease(&w->ctl->mutex);
+	ConditionVariableBroadcast(&w->ctl->cv);
+	w->forced_request = 0;
+	return served;
+}
+
+/*
  * Take a checkpoint if one is due: the interval has passed, a flowpg.wait
  * waits for what the state holds, or flowpg.checkpoint asked for one.
- * With nothing to write, the result table is already exact up to
- * processed_lsn; say so, and let the slot release WAL from time to time.
+ * Periodic and forced checkpoints go to the checkpoint writer when there
+ * is one (writer.c), one at a time: first the one it was writing is
+ * collected, if it is done.  With nothing to write, the result table is
+ * already exact up to processed_lsn; say so, and let the slot release WAL
+ * from time to time.
  */
 static void
 maybe_checkpoint(FlowWorker *w)
@@ -425,6 +447,12 @@ maybe_checkpoint(FlowWorker *w)
 	}
 	/* the checkpoint the writer was writing, if it is done */
 	inflight = CheckpointCollect(w, false);
+	if (!inflight)
+	{
+		uint64		served = served_forced(w);
+
+		done = Max(done, served);
+	}
 	/* a checkpoint whose commit the WAL writer has flushed since */
 	CheckpointConfirm(w, false);
 
@@ -445,22 +473,22 @@ maybe_checkpoint(FlowWorker *w)
 		SpinLockRelease(&ctl->mutex);
 		ConditionVariableBroadcast(&ctl->cv);
 	}
-	else if (ready && requested > done)
-	{
-		CheckpointWrite(w, "forced");
-		SpinLockAcquire(&ctl->mutex);
-		ctl->ckpt_done = requested;
-		SpinLockRelease(&ctl->mutex);
-		ConditionVariableBroadcast(&ctl->cv);
-	}
 	else if (inflight)
 	{
 		/* the next one waits for it; so does saying nothing changed */
 	}
+	else if (ready && requested > done)
+	{
+		/* served once the checkpoint is published */
+		w->forced_request = requested;
+		CheckpointHandOff(w, "forced");
+		if (!w->job_inflight)
+			(void) served_forced(w);
+	}
 	else if (dirty &&
 			 (TimestampDifferenceExceeds(w->last_checkpoint, now, interval) ||
 			  (wait_lsn > result_lsn && w->processed_lsn >= wait_lsn)))
-		CheckpointPeriodic(w);
+		CheckpointHandOff(w, "periodic");
 	else if (!dirty && w->processed_lsn > result_lsn)
 	{
 		SpinLockAcquire(&ctl->mutex);

@@ -101,6 +101,8 @@ typedef struct FlowWorker
 	uint32		yield_seen;		/* FlowCtl->writers_yield handled */
 	dsa_pointer job;			/* CheckpointJob buffer, kept between jobs */
 	bool		job_inflight;	/* handed off, not collected yet */
+	uint64		forced_request; /* flowpg.checkpoint calls a forced
+								 * checkpoint handed off serves, or 0 */
 	double		job_worker_ms;	/* time the worker spent handing it off */
 } FlowWorker;
 

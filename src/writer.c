@@ -531,6 +531,8 @@ FlowWriterMain(Datum main_arg)
 			writer_run(w, ctl, jobp, posted, job_cxt);
 			continue;
 		}
+		/* idle: flush the statistics of what it wrote, as an idle backend does */
+		pgstat_report_stat(true);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 1000, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
