@@ -124,7 +124,7 @@ define_gucs(void)
 							PGC_SIGHUP, GUC_UNIT_MB,
 							NULL, NULL, NULL);
 	DefineCustomBoolVariable("flowpg.checkpoint_writer",
-							 "Whether each stream's periodic checkpoints are written by a process of their own.",
+							 "Whether each stream's periodic and forced checkpoints are written by a process of their own.",
 							 "A checkpoint writer takes a background worker slot per stream, when one is free beyond what the streams' workers need; without it the worker writes its checkpoints itself, and does not decode meanwhile.",
 							 &flowpg_checkpoint_writer,
 							 true,
