@@ -21,8 +21,8 @@
  *	   and starts its checkpoint writer (writer.c);
  *	5. loops: decode the WAL flushed so far into a local batch, merge the
  *	   batch into the shared state, take a checkpoint when one is due
- *	   (handing a periodic one to the writer), publish progress, sleep on
- *	   its latch.  Commits in any backend of the database set the latch
+ *	   (handing periodic and forced ones to the writer), publish
+ *	   progress, sleep on its latch.  Commits in any backend of the database set the latch
  *	   (catalog.c), as do flowpg.wait, flowpg.checkpoint and the writer.
  *
  * Any error ends the worker (it is recorded in the stream's StreamCtl for
