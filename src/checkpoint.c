@@ -1904,6 +1904,22 @@ checkpoint_commit(void)
 	CommitTransactionCommand();
 }
 
+/*
+ * Before a checkpoint is taken: one checkpoint at a time waits for its
+ * flush.  Before another lazy one, confirm it (were it only replaced,
+ * checkpoints taken faster than the WAL writer flushes would never be
+ * confirmed); one that is flushed at once confirms its own later
+ * position.
+ */
+static void
+checkpoint_settle_unconfirmed(FlowWorker *w, bool lazy)
+{
+	if (lazy)
+		CheckpointConfirm(w, true);
+	else
+		CheckpointFlushUnconfirmed(w);
+}
+
 /* Take a checkpoint in a transaction of its own (see CheckpointStore). */
 int64
 CheckpointWrite(FlowWorker *w, const char *kind)
@@ -1913,22 +1929,32 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 
 	/* one writes at a time: the writer's first */
 	(void) CheckpointCollect(w, true);
-
-	/*
-	 * One checkpoint at a time waits for its flush.  Before another lazy
-	 * one, confirm it (were it only replaced, checkpoints taken faster than
-	 * the WAL writer flushes would never be confirmed); one that is
-	 * flushed at once confirms its own later position.
-	 */
-	if (lazy)
-		CheckpointConfirm(w, true);
-	else
-		CheckpointFlushUnconfirmed(w);
+	checkpoint_settle_unconfirmed(w, lazy);
 	checkpoint_begin(w, lazy);
 	id = CheckpointStore(w, kind);
 	checkpoint_commit();
 	CheckpointDone(w, id, lazy);
 	return id;
+}
+
+/* The bytes of a chunk in use: its header, key and state image. */
+static inline Size
+chunk_used(StateChunk *chunk)
+{
+	return offsetof(StateChunk, data) + MAXALIGN(chunk->key_len) + chunk->state_len;
+}
+
+/* A job's copies of chunks, one after the other, each MAXALIGNed. */
+static inline StateChunk *
+job_first(CheckpointJob *job)
+{
+	return (StateChunk *) ((char *) job + CHECKPOINT_JOB_CHUNKS);
+}
+
+static inline StateChunk *
+job_next(StateChunk *copy)
+{
+	return (StateChunk *) ((char *) copy + MAXALIGN(chunk_used(copy)));
 }
 
 /*
@@ -1952,7 +1978,7 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 	StateChunk **chunks;
 	CheckpointJob *job;
 	Size		size;
-	char	   *copy;
+	StateChunk *copy;
 	int			i;
 
 	Assert(!w->job_inflight);
@@ -1961,11 +1987,7 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 		CheckpointWrite(w, kind);
 		return;
 	}
-	/* see CheckpointWrite */
-	if (lazy)
-		CheckpointConfirm(w, true);
-	else
-		CheckpointFlushUnconfirmed(w);
+	checkpoint_settle_unconfirmed(w, lazy);
 	w->ckpt_started = GetCurrentTimestamp();
 	cxt = AllocSetContextCreate(w->cxt, "flowpg checkpoint",
 								ALLOCSET_DEFAULT_SIZES);
@@ -1973,8 +1995,7 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 	chunks = checkpoint_choose(w, false, &order);
 	size = CHECKPOINT_JOB_CHUNKS;
 	for (i = 0; i < order.nlog; i++)
-		size += MAXALIGN(offsetof(StateChunk, data) + MAXALIGN(chunks[i]->key_len) +
-						 chunks[i]->state_len);
+		size += MAXALIGN(chunk_used(chunks[i]));
 	job = WriterJobBuffer(w, size);
 	if (job == NULL)
 	{
@@ -1994,16 +2015,14 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 	job->commit_end = InvalidXLogRecPtr;
 	job->failed = false;
 	job->error[0] = '\0';
-	copy = (char *) job + CHECKPOINT_JOB_CHUNKS;
+	copy = job_first(job);
 	for (i = 0; i < order.nlog; i++)
 	{
-		StateChunk *c = (StateChunk *) copy;
-		Size		len = offsetof(StateChunk, data) + MAXALIGN(chunks[i]->key_len) +
-			chunks[i]->state_len;
+		Size		len = chunk_used(chunks[i]);
 
-		memcpy(c, chunks[i], len);
-		c->capacity = len - offsetof(StateChunk, data);
-		copy += MAXALIGN(len);
+		memcpy(copy, chunks[i], len);
+		copy->capacity = len - offsetof(StateChunk, data);
+		copy = job_next(copy);
 	}
 	StateClearDirty(st);
 	MemoryContextSwitchTo(oldcxt);
@@ -2027,7 +2046,7 @@ CheckpointCollect(FlowWorker *w, bool wait)
 	FlowState  *st = w->state;
 	CheckpointJob *job;
 	TimestampTz start;
-	char	   *copy;
+	StateChunk *copy;
 	int			i;
 
 	if (!w->job_inflight)
@@ -2046,15 +2065,14 @@ CheckpointCollect(FlowWorker *w, bool wait)
 				 job->hint[0] ? errhint("%s", job->hint) : 0,
 				 errcontext("checkpoint written by the stream's checkpoint writer")));
 	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
-	copy = (char *) job + CHECKPOINT_JOB_CHUNKS;
+	copy = job_first(job);
 	for (i = 0; i < job->order.nrows; i++)
 	{
-		StateChunk *c = (StateChunk *) copy;
-		StateChunk *chunk = StateGetSlot(st, c->slot);
+		StateChunk *chunk = StateGetSlot(st, copy->slot);
 
-		if (chunk->key_id == c->key_id)
-			chunk->tid = c->tid;
-		copy += MAXALIGN(offsetof(StateChunk, data) + c->capacity);
+		if (chunk->key_id == copy->key_id)
+			chunk->tid = copy->tid;
+		copy = job_next(copy);
 	}
 	LWLockRelease(&w->ctl->state_lock);
 	/* the stream goes by its result table's name (see prepare_result) */
@@ -2076,13 +2094,13 @@ void
 CheckpointRunJob(FlowWorker *w, CheckpointJob *job)
 {
 	StateChunk **chunks = palloc(sizeof(StateChunk *) * (job->order.nlog + 1));
-	char	   *copy = (char *) job + CHECKPOINT_JOB_CHUNKS;
+	StateChunk *copy = job_first(job);
 	int			i;
 
 	for (i = 0; i < job->order.nlog; i++)
 	{
-		chunks[i] = (StateChunk *) copy;
-		copy += MAXALIGN(offsetof(StateChunk, data) + chunks[i]->capacity);
+		chunks[i] = copy;
+		copy = job_next(copy);
 	}
 	checkpoint_begin(w, job->lazy);
 	/* the worker's origin on the changes, not the commit (see writer.c) */

@@ -318,6 +318,18 @@ WriterPost(FlowWorker *w)
 		SetLatch(latch);
 }
 
+/* Has the writer done every job posted? */
+static bool
+jobs_done(StreamCtl *ctl)
+{
+	bool		done;
+
+	SpinLockAcquire(&ctl->mutex);
+	done = ctl->job_done == ctl->job_posted;
+	SpinLockRelease(&ctl->mutex);
+	return done;
+}
+
 /*
  * Is the job posted done?  With wait, wait until it is.  A writer that
  * exited without finishing it is an error.
@@ -329,20 +341,14 @@ WriterJobDone(FlowWorker *w, bool wait)
 
 	for (;;)
 	{
-		bool		done;
 		pid_t		pid;
 
-		SpinLockAcquire(&w->ctl->mutex);
-		done = w->ctl->job_done == w->ctl->job_posted;
-		SpinLockRelease(&w->ctl->mutex);
-		if (done)
+		if (jobs_done(w->ctl))
 			break;
 		if (GetBackgroundWorkerPid(w->writer, &pid) != BGWH_STARTED)
 		{
-			SpinLockAcquire(&w->ctl->mutex);
-			done = w->ctl->job_done == w->ctl->job_posted;
-			SpinLockRelease(&w->ctl->mutex);
-			if (done)
+			/* it may have finished the job, then exited */
+			if (jobs_done(w->ctl))
 				break;
 			w->job_inflight = false;
 			ereport(ERROR,
