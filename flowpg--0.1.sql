@@ -236,7 +236,8 @@ CREATE FUNCTION flowpg.stream_status(
     OUT last_error_at timestamptz,
     OUT ignored_updates bigint,
     OUT ignored_deletes bigint,
-    OUT ignored_truncates bigint)
+    OUT ignored_truncates bigint,
+    OUT writer_pid integer)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'flowpg_stream_status'
 LANGUAGE C VOLATILE
@@ -283,6 +284,7 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
             ELSE COALESCE(st.status, 'starting') END AS status,
        s.failure IS NOT NULL OR lost.slot IS NOT NULL AS stale,
        st.pid,
+       st.writer_pid,
        COALESCE(s.checkpoint_interval,
                 pg_catalog.current_setting('flowpg.checkpoint_interval')::pg_catalog.interval)
            AS checkpoint_interval,

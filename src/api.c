@@ -978,7 +978,7 @@ flowpg_live(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
-#define STATUS_COLUMNS 22
+#define STATUS_COLUMNS 23
 
 /* flowpg.stream_status(): this database's StreamCtl entries. */
 Datum
@@ -1055,6 +1055,8 @@ flowpg_stream_status(PG_FUNCTION_ARGS)
 		values[19] = Int64GetDatum((int64) copy.ignored_updates);
 		values[20] = Int64GetDatum((int64) copy.ignored_deletes);
 		values[21] = Int64GetDatum((int64) copy.ignored_truncates);
+		values[22] = Int32GetDatum(copy.writer_pid);
+		nulls[22] = copy.writer_pid == 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -3,10 +3,11 @@
 # for a row lock a session holds on the result table) the worker goes on
 # and flowpg.live follows new rows; a worker stopped meanwhile takes its
 # writer with it, and the next one starts from the last checkpoint
-# committed; kill -9 of the writer, its termination under load, and
-# flowpg.checkpoint_writer = off; writers give their background worker
-# slots up when a stream's worker needs one.  The oracle after every
-# step: the result table equals the stream's query run as a batch.
+# committed, and so after a kill -9 of the postmaster meanwhile; kill -9
+# of the writer, its termination under load, and flowpg.checkpoint_writer
+# = off; writers give their background worker slots up when a stream's
+# worker needs one.  The oracle after every step: the result table equals
+# the stream's query run as a batch.
 use strict;
 use warnings;
 
@@ -36,6 +37,9 @@ is(sql(q{SELECT application_name || ' ' || usename FROM pg_stat_activity
           WHERE backend_type = 'flowpg checkpoint writer'}),
 	'public.spend ' . sql('SELECT current_user'),
 	'the checkpoint writer runs as the stream owner, named after the stream');
+is(sql(q{SELECT s.writer_pid = a.pid FROM flowpg.streams s, pg_stat_activity a
+          WHERE a.backend_type = 'flowpg checkpoint writer'}),
+	't', 'flowpg.streams.writer_pid is the writer');
 sql("INSERT INTO clicks (campaign, cost) SELECT g % 10, g % 7 FROM generate_series(1, 1000) g");
 oracle_ok($node, 'spend', $query, 'periodic checkpoints by the writer');
 
@@ -72,6 +76,29 @@ $holder->query_safe('COMMIT');
 $holder->quit;
 sql("INSERT INTO clicks (campaign, cost) VALUES (3, 1)");
 oracle_ok($node, 'spend', $query, 'worker stopped while its writer waited');
+
+# 3b. kill -9 of the postmaster while a checkpoint waits in the writer and
+#     the worker has gone on past it (flowpg.live has rows the waiting
+#     checkpoint does not): the checkpoint's transaction is lost with the
+#     crash, the stream starts again from the last one committed, and
+#     every row is counted once.
+$node->poll_query_until('postgres', "SELECT $writers = 1")
+  or die 'no checkpoint writer after the worker restarted';
+$holder = $node->background_psql('postgres', on_error_stop => 0);
+$holder->query_safe('BEGIN; UPDATE spend SET clicks = -1 WHERE campaign = 6');
+sql("INSERT INTO clicks (campaign, cost) VALUES (6, 1)");
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity
+	   WHERE backend_type = 'flowpg checkpoint writer' AND wait_event = 'transactionid'})
+  or die 'the checkpoint did not wait for the row lock in the writer';
+sql("INSERT INTO clicks (campaign, cost) VALUES (7, 3), (7, 4)");
+$live_q = q{SELECT (SELECT clicks FROM flowpg.live(NULL::spend) WHERE campaign = 7) =
+                   (SELECT count(*) FROM clicks WHERE campaign = 7)};
+$node->poll_query_until('postgres', $live_q)
+  or die 'the worker did not go on while its writer waited';
+crash_restart($node);
+eval { $holder->quit };
+oracle_ok($node, 'spend', $query, 'kill -9 of the postmaster while a checkpoint waited in the writer');
 
 # 4. kill -9 of the writer under load: the server restarts, the stream
 #    comes back exact.
@@ -119,6 +146,7 @@ ok($node->poll_query_until('postgres',
 	"SELECT count(*) > 0 FROM flowpg.checkpoints WHERE kind = 'periodic' AND id > $last"),
 	'with flowpg.checkpoint_writer = off the worker takes periodic checkpoints itself');
 is(sql("SELECT $writers"), '0', '... and no checkpoint writer runs');
+is(sql("SELECT writer_pid IS NULL FROM flowpg.streams"), 't', '... and flowpg.streams.writer_pid is NULL');
 oracle_ok($node, 'spend', $query, 'flowpg.checkpoint_writer = off');
 $node->stop;
 
