@@ -102,13 +102,21 @@
 #define CHECKPOINT_CHUNK	10000
 
 /*
- * Dirty keys beyond which the worker writes a checkpoint itself rather
- * than hand it to the writer: the copy into the shared area then costs a
- * good part of what writing it does (the first copy of 1,000,000 keys
- * faults in some 100 MB of fresh memory, in the worker and again in the
- * writer: a fresh stream's catch-up of 1,000,000 distinct keys went from
- * 184 k to 116-162 k events/s, 2026-12-06), and such checkpoints come
- * when a stream starts or catches up on new keys, not while it keeps up.
+ * Dirty keys beyond which the writer writes a checkpoint from the keys'
+ * own chunks while the worker waits, rather than from a copy while the
+ * worker goes on: the copy would cost a good part of what writing it does
+ * (the first copy of 1,000,000 keys faults in some 100 MB of fresh
+ * memory, in the worker and again in the writer: a fresh stream's
+ * catch-up of 1,000,000 distinct keys went from 184 k to 116-162 k
+ * events/s, 2026-12-06), and such checkpoints come when a stream starts
+ * or catches up on new keys, not while it keeps up.  The writer still
+ * writes them, so that the worker never touches the result table's and
+ * the state log's pages: a process's first touch of a shared buffer's
+ * pages costs a page fault, about 10 us a 4 kB page on these VMs, and
+ * when the worker wrote these checkpoints itself the writer's next ones
+ * paid for every page it had written (a checkpoint of 10,000 keys among
+ * 1,000,000 took 200 ms, then 30-39 ms for several more, against 15-21 ms
+ * in the worker; development cluster, 2026-12-06).
  */
 #define HANDOFF_MAX_KEYS	100000
 
@@ -1957,6 +1965,13 @@ job_next(StateChunk *copy)
 	return (StateChunk *) ((char *) copy + MAXALIGN(chunk_used(copy)));
 }
 
+/* An in-place job's directory slots. */
+static inline uint32 *
+job_slots(CheckpointJob *job)
+{
+	return (uint32 *) job_first(job);
+}
+
 /*
  * Take a periodic or forced checkpoint: hand it to the stream's
  * checkpoint writer (writer.c) if it has one ready, else write it here.
@@ -1965,13 +1980,16 @@ job_next(StateChunk *copy)
  * the writer writes them on the other core; the worker collects it at its
  * next rounds (CheckpointCollect), and hands off the next one after that.
  * A forced checkpoint is committed synchronously, and published once
- * collected.  The caller has collected the one before.
+ * collected.  One of more than HANDOFF_MAX_KEYS keys is written from the
+ * chunks themselves, and the worker waits for it.  The caller has
+ * collected the one before.
  */
 void
 CheckpointHandOff(FlowWorker *w, const char *kind)
 {
 	bool		lazy = strcmp(kind, "periodic") == 0;
 	FlowState  *st = w->state;
+	bool		in_place = st->ndirty > HANDOFF_MAX_KEYS;
 	MemoryContext cxt;
 	MemoryContext oldcxt;
 	CheckpointOrder order;
@@ -1982,7 +2000,7 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 	int			i;
 
 	Assert(!w->job_inflight);
-	if (w->state->ndirty > HANDOFF_MAX_KEYS || !WriterReady(w))
+	if (!WriterReady(w))
 	{
 		CheckpointWrite(w, kind);
 		return;
@@ -1994,8 +2012,11 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 	oldcxt = MemoryContextSwitchTo(cxt);
 	chunks = checkpoint_choose(w, false, &order);
 	size = CHECKPOINT_JOB_CHUNKS;
-	for (i = 0; i < order.nlog; i++)
-		size += MAXALIGN(chunk_used(chunks[i]));
+	if (in_place)
+		size += sizeof(uint32) * order.nlog;
+	else
+		for (i = 0; i < order.nlog; i++)
+			size += MAXALIGN(chunk_used(chunks[i]));
 	job = WriterJobBuffer(w, size);
 	if (job == NULL)
 	{
@@ -2011,18 +2032,29 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 	}
 	job->order = order;
 	job->lazy = lazy;
+	job->in_place = in_place;
 	strlcpy(job->kind, kind, sizeof(job->kind));
 	job->commit_end = InvalidXLogRecPtr;
 	job->failed = false;
 	job->error[0] = '\0';
-	copy = job_first(job);
-	for (i = 0; i < order.nlog; i++)
+	if (in_place)
 	{
-		Size		len = chunk_used(chunks[i]);
+		uint32	   *slots = job_slots(job);
 
-		memcpy(copy, chunks[i], len);
-		copy->capacity = len - offsetof(StateChunk, data);
-		copy = job_next(copy);
+		for (i = 0; i < order.nlog; i++)
+			slots[i] = chunks[i]->slot;
+	}
+	else
+	{
+		copy = job_first(job);
+		for (i = 0; i < order.nlog; i++)
+		{
+			Size		len = chunk_used(chunks[i]);
+
+			memcpy(copy, chunks[i], len);
+			copy->capacity = len - offsetof(StateChunk, data);
+			copy = job_next(copy);
+		}
 	}
 	StateClearDirty(st);
 	MemoryContextSwitchTo(oldcxt);
@@ -2030,6 +2062,9 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 	WriterPost(w);
 	w->job_inflight = true;
 	w->job_worker_ms = (double) (GetCurrentTimestamp() - w->ckpt_started) / 1000.0;
+	/* the writer writes from the chunks: leave them be until it is done */
+	if (in_place)
+		(void) CheckpointCollect(w, true);
 }
 
 /*
@@ -2064,17 +2099,26 @@ CheckpointCollect(FlowWorker *w, bool wait)
 				 job->detail[0] ? errdetail_internal("%s", job->detail) : 0,
 				 job->hint[0] ? errhint("%s", job->hint) : 0,
 				 errcontext("checkpoint written by the stream's checkpoint writer")));
-	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
-	copy = job_first(job);
-	for (i = 0; i < job->order.nrows; i++)
+	if (job->in_place)
 	{
-		StateChunk *chunk = StateGetSlot(st, copy->slot);
-
-		if (chunk->key_id == copy->key_id)
-			chunk->tid = copy->tid;
-		copy = job_next(copy);
+		/* the writer has given the chunks their TIDs; the wait was ours */
+		w->job_worker_ms = 0;
+		start = w->ckpt_started;
 	}
-	LWLockRelease(&w->ctl->state_lock);
+	else
+	{
+		LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
+		copy = job_first(job);
+		for (i = 0; i < job->order.nrows; i++)
+		{
+			StateChunk *chunk = StateGetSlot(st, copy->slot);
+
+			if (chunk->key_id == copy->key_id)
+				chunk->tid = copy->tid;
+			copy = job_next(copy);
+		}
+		LWLockRelease(&w->ctl->state_lock);
+	}
 	/* the stream goes by its result table's name (see prepare_result) */
 	follow_result_name(w, job->result_name);
 	checkpoint_written(w, &job->order);
@@ -2088,7 +2132,8 @@ CheckpointCollect(FlowWorker *w, bool wait)
 /*
  * The writer's part (writer.c): write the checkpoint of `job`, in a
  * transaction of its own (a periodic one committed without waiting for
- * its flush), and fill in its results.
+ * its flush), and fill in its results.  The TIDs of the keys' new rows go
+ * into the job's copies, or, in place, into the chunks themselves.
  */
 void
 CheckpointRunJob(FlowWorker *w, CheckpointJob *job)
@@ -2097,11 +2142,27 @@ CheckpointRunJob(FlowWorker *w, CheckpointJob *job)
 	StateChunk *copy = job_first(job);
 	int			i;
 
-	for (i = 0; i < job->order.nlog; i++)
+	if (job->in_place)
 	{
-		chunks[i] = copy;
-		copy = job_next(copy);
+		/* the worker waits: its directory and chunks stay as they are */
+		uint32	   *slots = job_slots(job);
+		FlowState  *st;
+
+		LWLockAcquire(&w->ctl->state_lock, LW_SHARED);
+		st = StateAttach(w->ctl);
+		if (st == NULL)
+			elog(ERROR, "stream \"%s\" has no state in shared memory", w->def->name);
+		for (i = 0; i < job->order.nlog; i++)
+			chunks[i] = StateGetSlot(st, slots[i]);
+		StateDetach(st);
+		LWLockRelease(&w->ctl->state_lock);
 	}
+	else
+		for (i = 0; i < job->order.nlog; i++)
+		{
+			chunks[i] = copy;
+			copy = job_next(copy);
+		}
 	checkpoint_begin(w, job->lazy);
 	/* the worker's origin on the changes, not the commit (see writer.c) */
 	replorigin_session_origin = w->origin;

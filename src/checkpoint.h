@@ -40,13 +40,16 @@ typedef struct CheckpointOrder
  * A checkpoint handed to the stream's checkpoint writer
  * (writer.c), in the shared area: the order, then a copy of each of its
  * keys' chunks (MAXALIGNed StateChunks, capacity their size), whose TIDs
- * the writer updates as it writes their rows.
+ * the writer updates as it writes their rows; or, in_place, the keys'
+ * directory slots (uint32 each), and the writer writes from the chunks
+ * themselves while the worker waits.
  */
 typedef struct CheckpointJob
 {
 	Size		capacity;		/* bytes allocated, this header included */
 	CheckpointOrder order;
 	bool		lazy;			/* commit without waiting for the flush */
+	bool		in_place;		/* slots, not copies: the worker waits */
 	char		kind[16];		/* "periodic" or "forced" */
 	XLogRecPtr	commit_end;		/* end of the writer's commit record */
 	char		result_name[4 * NAMEDATALEN + 8];	/* the result table's

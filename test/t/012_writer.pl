@@ -100,6 +100,28 @@ crash_restart($node);
 eval { $holder->quit };
 oracle_ok($node, 'spend', $query, 'kill -9 of the postmaster while a checkpoint waited in the writer');
 
+# 3c. A checkpoint of more than 100,000 keys: the writer writes it from
+#     the keys' own chunks while the worker waits, and gives them the
+#     TIDs of their new rows, which the next checkpoint of the same keys
+#     updates.  Then one that waits for a row lock in the writer, and a
+#     kill -9 of the postmaster meanwhile.
+$node->poll_query_until('postgres', "SELECT $writers = 1")
+  or die 'no checkpoint writer after the crash';
+sql("INSERT INTO clicks (campaign, cost) SELECT 1000 + g, 1 FROM generate_series(1, 120000) g");
+oracle_ok($node, 'spend', $query, 'a checkpoint of 120,000 new keys by the writer');
+sql("INSERT INTO clicks (campaign, cost) SELECT 1000 + g, 2 FROM generate_series(1, 120000) g");
+oracle_ok($node, 'spend', $query, '... and of the same keys again, by their rows\' TIDs');
+$holder = $node->background_psql('postgres', on_error_stop => 0);
+$holder->query_safe('BEGIN; UPDATE spend SET clicks = -1 WHERE campaign = 1001');
+sql("INSERT INTO clicks (campaign, cost) SELECT 1000 + g, 3 FROM generate_series(1, 120000) g");
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity
+	   WHERE backend_type = 'flowpg checkpoint writer' AND wait_event = 'transactionid'})
+  or die 'the large checkpoint did not wait for the row lock in the writer';
+crash_restart($node);
+eval { $holder->quit };
+oracle_ok($node, 'spend', $query, 'kill -9 of the postmaster while a checkpoint of 120,000 keys waited in the writer');
+
 # 4. kill -9 of the writer under load: the server restarts, the stream
 #    comes back exact.
 my $dir = PostgreSQL::Test::Utils::tempdir;
