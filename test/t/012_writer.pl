@@ -28,6 +28,21 @@ sub sql { return $node->safe_psql('postgres', $_[0]); }
 my $writers = q{(SELECT count(*) FROM pg_stat_activity
                   WHERE backend_type = 'flowpg checkpoint writer')};
 
+# A session holds the result row of `campaign`, and the checkpoint after
+# `insert` waits for it in the writer; returns the session.
+sub checkpoint_waiting_for
+{
+	my ($campaign, $insert) = @_;
+	my $session = $node->background_psql('postgres', on_error_stop => 0);
+	$session->query_safe("BEGIN; UPDATE spend SET clicks = -1 WHERE campaign = $campaign");
+	sql($insert);
+	$node->poll_query_until('postgres',
+		q{SELECT count(*) = 1 FROM pg_stat_activity
+		   WHERE backend_type = 'flowpg checkpoint writer' AND wait_event = 'transactionid'})
+	  or die 'the checkpoint did not wait for the row lock in the writer';
+	return $session;
+}
+
 # 1. The stream has its writer, connected as the stream's owner, and its
 #    periodic checkpoints are the writer's.
 worker_pid($node, 'spend');
@@ -46,13 +61,7 @@ oracle_ok($node, 'spend', $query, 'periodic checkpoints by the writer');
 # 2. A checkpoint that waits for a row of the result table a session holds
 #    waits in the writer; the worker goes on decoding meanwhile, and
 #    flowpg.live shows rows committed after.
-my $holder = $node->background_psql('postgres', on_error_stop => 0);
-$holder->query_safe('BEGIN; UPDATE spend SET clicks = -1 WHERE campaign = 3');
-sql("INSERT INTO clicks (campaign, cost) VALUES (3, 1)");
-$node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity
-	   WHERE backend_type = 'flowpg checkpoint writer' AND wait_event = 'transactionid'})
-  or die 'the checkpoint did not wait for the row lock in the writer';
+my $holder = checkpoint_waiting_for(3, 'INSERT INTO clicks (campaign, cost) VALUES (3, 1)');
 pass('a checkpoint waiting for a row lock waits in the checkpoint writer');
 sql("INSERT INTO clicks (campaign, cost) VALUES (4, 100), (4, 100)");
 my $live_q = q{SELECT (SELECT clicks FROM flowpg.live(NULL::spend) WHERE campaign = 4) =
@@ -84,13 +93,7 @@ oracle_ok($node, 'spend', $query, 'worker stopped while its writer waited');
 #     every row is counted once.
 $node->poll_query_until('postgres', "SELECT $writers = 1")
   or die 'no checkpoint writer after the worker restarted';
-$holder = $node->background_psql('postgres', on_error_stop => 0);
-$holder->query_safe('BEGIN; UPDATE spend SET clicks = -1 WHERE campaign = 6');
-sql("INSERT INTO clicks (campaign, cost) VALUES (6, 1)");
-$node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity
-	   WHERE backend_type = 'flowpg checkpoint writer' AND wait_event = 'transactionid'})
-  or die 'the checkpoint did not wait for the row lock in the writer';
+$holder = checkpoint_waiting_for(6, 'INSERT INTO clicks (campaign, cost) VALUES (6, 1)');
 sql("INSERT INTO clicks (campaign, cost) VALUES (7, 3), (7, 4)");
 $live_q = q{SELECT (SELECT clicks FROM flowpg.live(NULL::spend) WHERE campaign = 7) =
                    (SELECT count(*) FROM clicks WHERE campaign = 7)};
@@ -111,13 +114,8 @@ sql("INSERT INTO clicks (campaign, cost) SELECT 1000 + g, 1 FROM generate_series
 oracle_ok($node, 'spend', $query, 'a checkpoint of 120,000 new keys by the writer');
 sql("INSERT INTO clicks (campaign, cost) SELECT 1000 + g, 2 FROM generate_series(1, 120000) g");
 oracle_ok($node, 'spend', $query, '... and of the same keys again, by their rows\' TIDs');
-$holder = $node->background_psql('postgres', on_error_stop => 0);
-$holder->query_safe('BEGIN; UPDATE spend SET clicks = -1 WHERE campaign = 1001');
-sql("INSERT INTO clicks (campaign, cost) SELECT 1000 + g, 3 FROM generate_series(1, 120000) g");
-$node->poll_query_until('postgres',
-	q{SELECT count(*) = 1 FROM pg_stat_activity
-	   WHERE backend_type = 'flowpg checkpoint writer' AND wait_event = 'transactionid'})
-  or die 'the large checkpoint did not wait for the row lock in the writer';
+$holder = checkpoint_waiting_for(1001,
+	'INSERT INTO clicks (campaign, cost) SELECT 1000 + g, 3 FROM generate_series(1, 120000) g');
 crash_restart($node);
 eval { $holder->quit };
 oracle_ok($node, 'spend', $query, 'kill -9 of the postmaster while a checkpoint of 120,000 keys waited in the writer');
