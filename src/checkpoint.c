@@ -2081,6 +2081,7 @@ CheckpointCollect(FlowWorker *w, bool wait)
 	FlowState  *st = w->state;
 	CheckpointJob *job;
 	TimestampTz start;
+	double		worker_ms;
 	StateChunk *copy;
 	int			i;
 
@@ -2099,13 +2100,8 @@ CheckpointCollect(FlowWorker *w, bool wait)
 				 job->detail[0] ? errdetail_internal("%s", job->detail) : 0,
 				 job->hint[0] ? errhint("%s", job->hint) : 0,
 				 errcontext("checkpoint written by the stream's checkpoint writer")));
-	if (job->in_place)
-	{
-		/* the writer has given the chunks their TIDs; the wait was ours */
-		w->job_worker_ms = 0;
-		start = w->ckpt_started;
-	}
-	else
+	/* in place, the writer has given the chunks their TIDs */
+	if (!job->in_place)
 	{
 		LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
 		copy = job_first(job);
@@ -2122,10 +2118,14 @@ CheckpointCollect(FlowWorker *w, bool wait)
 	/* the stream goes by its result table's name (see prepare_result) */
 	follow_result_name(w, job->result_name);
 	checkpoint_written(w, &job->order);
+	/* the worker's time: handing it off and collecting it, or, in place, all */
+	if (job->in_place)
+		worker_ms = (double) (GetCurrentTimestamp() - w->ckpt_started) / 1000.0;
+	else
+		worker_ms = w->job_worker_ms +
+			(double) (GetCurrentTimestamp() - start) / 1000.0;
 	checkpoint_published(w, job->order.id, job->order.lsn, job->commit_end,
-						 job->lazy, job->order.started,
-						 w->job_worker_ms +
-						 (double) (GetCurrentTimestamp() - start) / 1000.0);
+						 job->lazy, job->order.started, worker_ms);
 	return false;
 }
 

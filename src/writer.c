@@ -17,13 +17,16 @@
  *	   copies the chosen keys' chunks into a job buffer in the shared
  *	   area, clears their dirty marks, posts the job (ctl->job_posted)
  *	   and sets the writer's latch.  It goes on decoding: what changes
- *	   from then on is the next checkpoint's.
+ *	   from then on is the next checkpoint's.  A checkpoint of more than
+ *	   100,000 keys (HANDOFF_MAX_KEYS) is posted as the keys' directory
+ *	   slots instead, with no copy, and the worker waits for it: the
+ *	   writer writes from the chunks themselves.
  *	2. The writer writes the job in one transaction, with the statements
  *	   the worker's own checkpoints use (checkpoint_run), commits it (a
  *	   periodic one without waiting for its flush), records where its
  *	   commit record ends, marks the job done (ctl->job_done) and sets the
- *	   worker's latch.  It updates the copies' TIDs as it writes their
- *	   rows.
+ *	   worker's latch.  It updates the copies' TIDs (or the chunks') as
+ *	   it writes their rows.
  *	3. The worker collects it at its next round (CheckpointCollect): the
  *	   chunks get their rows' TIDs, the checkpoint is published, and it
  *	   is confirmed on the slot once its commit is flushed, as any
