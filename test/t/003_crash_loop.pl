@@ -100,9 +100,12 @@ is($rolled_back, '0', 'no rolled-back row was counted');
 # logical replication slot does), it reads the WAL up to a record that the
 # WAL writer has not flushed yet (here it never will: it is stopped, then
 # killed with the postmaster; and the transaction writes nothing a stream
-# would checkpoint, which would flush it).  The creating backend exits too
-# (it used to poll forever for that WAL, and the server could not start
-# again), and nothing of the stream is left.
+# would checkpoint, which would flush it; nor does the checkpointer: one
+# is done first, and the checkpointer stopped too, since a checkpoint
+# started by the WAL the crash loop wrote would flush it).  The creating
+# backend exits too (it used to poll forever for that WAL, and the server
+# could not start again), and nothing of the stream is left.
+$node->safe_psql('postgres', 'CHECKPOINT');
 my $holder = $node->background_psql('postgres', on_error_stop => 0);
 $holder->query_safe('BEGIN; SELECT pg_current_xact_id()');
 my $creator = $node->background_psql('postgres', on_error_stop => 0);
@@ -113,14 +116,15 @@ my $creating = q{SELECT count(*) FROM pg_stat_activity
 	WHERE query LIKE '%create_stream(''late''%' AND state = 'active'};
 $node->poll_query_until('postgres', "$creating AND wait_event_type = 'Lock'", 1)
   or die 'create_stream did not wait for the open transaction';
-my $walwriter = $node->safe_psql('postgres',
-	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'});
-kill 'STOP', $walwriter;
+my @flushers = split /\n/, $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity
+	WHERE backend_type IN ('walwriter', 'checkpointer')});
+kill 'STOP', @flushers;
 $holder->query_safe('COMMIT');
 $node->poll_query_until('postgres', "$creating AND wait_event_type IS DISTINCT FROM 'Lock'", 1)
   or die 'create_stream did not go on once the transaction ended';
 $node->kill9;
-kill 'KILL', $walwriter;
+kill 'KILL', @flushers;
 crash_restart($node);
 pass('the server starts again after kill -9 during create_stream');
 $holder->{run}->kill_kill;

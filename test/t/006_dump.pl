@@ -234,7 +234,7 @@ is($node->safe_psql('byhand', 'SELECT owner FROM flowpg.streams'), 'flowpg_erin'
 ok($node->poll_query_until('byhand', q{SELECT status = 'failed'
 	AND last_error = 'permission denied for table src' FROM flowpg.streams}),
 	'a rebuild that fails shows as failed, with its error');
-my ($wrc, $wout, $werr) = $node->psql('byhand', "SELECT flowpg.wait('res', '10 s')");
+my ($wrc, $wout, $werr) = $node->psql('byhand', "SELECT flowpg.wait('res', '120 s')");
 like($werr, qr/stream "public.res" could not be rebuilt from its source table.*permission denied for table src/s,
 	'flowpg.wait says why the rebuild failed');
 $node->safe_psql('byhand', 'GRANT SELECT ON src TO flowpg_erin');
