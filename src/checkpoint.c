@@ -2021,6 +2021,12 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 	if (job == NULL)
 	{
 		/* no room in the shared area for the copy: write it here */
+		if (!w->job_no_room)
+			ereport(LOG,
+					(errmsg("stream \"%s\" writes its checkpoints itself: flowpg.state_memory has no room for its checkpoint writer's copy of %d keys (%zu bytes)",
+							w->def->name, order.nlog, size),
+					 errhint("Raise flowpg.state_memory; with its checkpoints written by its writer, the worker goes on decoding while they are written.")));
+		w->job_no_room = true;
 		checkpoint_begin(w, lazy);
 		checkpoint_run(w, chunks, &order, false, kind);
 		checkpoint_commit();
@@ -2030,6 +2036,7 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 		CheckpointDone(w, order.id, lazy);
 		return;
 	}
+	w->job_no_room = false;
 	job->order = order;
 	job->lazy = lazy;
 	job->in_place = in_place;

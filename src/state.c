@@ -65,6 +65,9 @@ state_alloc(FlowState *st, Size size)
 {
 	dsa_pointer p = dsa_allocate_extended(st->area, size, DSA_ALLOC_NO_OOM);
 
+	/* the area is full: what the worker keeps for later goes first */
+	if (!DsaPointerIsValid(p) && st->reclaim != NULL && st->reclaim(st->reclaim_arg))
+		p = dsa_allocate_extended(st->area, size, DSA_ALLOC_NO_OOM);
 	if (!DsaPointerIsValid(p))
 		state_out_of_memory(st, size);
 	return p;

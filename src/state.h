@@ -63,6 +63,14 @@ typedef struct FlowState
 	int			maxdirty;
 	int64		next_key_id;
 	uint64		bytes;
+
+	/*
+	 * Worker only, optional: gives memory of the worker's own back to the
+	 * area when it is full (its checkpoint writer's idle job buffer);
+	 * returns whether it freed any.
+	 */
+	bool		(*reclaim) (void *arg);
+	void	   *reclaim_arg;
 } FlowState;
 
 extern void StateDestroy(StreamCtl *ctl);

@@ -223,6 +223,8 @@ restore_state(FlowWorker *w)
 	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	w->state = StateCreate(w->ctl);
+	w->state->reclaim = WriterReclaim;
+	w->state->reclaim_arg = w;
 	MemoryContextSwitchTo(oldcxt);
 	CheckpointRestore(w);
 	LWLockRelease(&w->ctl->state_lock);

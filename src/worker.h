@@ -104,6 +104,7 @@ typedef struct FlowWorker
 	uint64		forced_request; /* flowpg.checkpoint calls a forced
 								 * checkpoint handed off serves, or 0 */
 	double		job_worker_ms;	/* time the worker spent handing it off */
+	bool		job_no_room;	/* the last one did not fit: written here */
 } FlowWorker;
 
 extern PGDLLEXPORT void FlowWorkerMain(Datum main_arg);

@@ -300,6 +300,24 @@ WriterJobBuffer(FlowWorker *w, Size size)
 	return job;
 }
 
+/*
+ * Free the job buffer kept between jobs, unless a job in it is being
+ * written: the state area is full (FlowState.reclaim).  The next
+ * checkpoint allocates one again, or is written by the worker if there is
+ * no room for it.
+ */
+bool
+WriterReclaim(void *arg)
+{
+	FlowWorker *w = (FlowWorker *) arg;
+
+	if (w->job_inflight || !DsaPointerIsValid(w->job))
+		return false;
+	dsa_free(ControlArea(), w->job);
+	w->job = InvalidDsaPointer;
+	return true;
+}
+
 CheckpointJob *
 WriterJob(FlowWorker *w)
 {

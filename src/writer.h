@@ -16,6 +16,7 @@
 
 extern bool WriterReady(FlowWorker *w);
 extern CheckpointJob *WriterJobBuffer(FlowWorker *w, Size size);
+extern bool WriterReclaim(void *arg);
 extern CheckpointJob *WriterJob(FlowWorker *w);
 extern void WriterPost(FlowWorker *w);
 extern bool WriterJobDone(FlowWorker *w, bool wait);

@@ -13,6 +13,31 @@ use FlowpgTest;
 
 my $node = new_node('limits',
 	extra_conf => "flowpg.state_memory = 4MB\nflowpg.max_streams = 3\nflowpg.decoding_work_mem = 1MB\n");
+
+# Near the limit: the buffer a stream's checkpoint writer gets its copies
+# in is given back before the state is refused room (20,000 keys fit in
+# 4 MB, not with the copy of 15,000 kept), and a checkpoint whose copy does
+# not fit is written by the worker itself, and the log says so.
+$node->safe_psql('postgres', 'CREATE TABLE nev (k int, v int)');
+my $nq = 'SELECT k, count(*) AS n, sum(v) AS s FROM nev GROUP BY k';
+$node->safe_psql('postgres', "SELECT flowpg.create_stream('near', '$nq')");
+for my $n (15000, 20000)
+{
+	$node->safe_psql('postgres',
+		"INSERT INTO nev SELECT g, g FROM generate_series(1, $n) g");
+	oracle_ok($node, 'near', $nq, "$n keys in 4 MB");
+}
+ok( $node->log_contains(
+		'stream "public.near" writes its checkpoints itself: flowpg.state_memory has no room for its checkpoint writer\'s copy of 20000 keys'),
+	'a checkpoint whose copy does not fit is the worker\'s, and the log says so');
+$node->safe_psql('postgres',
+	'INSERT INTO nev SELECT g, 1 FROM generate_series(1, 100) g');
+oracle_ok($node, 'near', $nq, 'the next checkpoint, small');
+is($node->safe_psql('postgres',
+		q{SELECT status, restarts, last_error IS NULL, writer_pid IS NOT NULL
+		FROM flowpg.streams WHERE name = 'public.near'}),
+	'running|0|t|t', 'the stream ran all along, with its writer');
+$node->safe_psql('postgres', "SELECT flowpg.drop_stream('near')");
 $node->safe_psql('postgres', 'CREATE TABLE ev (k int, v int)');
 my $q = 'SELECT k, count(*) AS n, sum(v) AS s FROM ev GROUP BY k';
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('big', '$q')");
@@ -24,7 +49,7 @@ $node->poll_query_until('postgres',
 	"SELECT last_error LIKE 'stream state exceeds flowpg.state_memory%' FROM flowpg.streams WHERE name = 'public.big'")
   or die 'the stream did not fail on flowpg.state_memory';
 my ($rc, $out, $err) = $node->psql('postgres',
-	"\\set VERBOSITY verbose\nSELECT flowpg.wait('big', '5 s')");
+	"\\set VERBOSITY verbose\nSELECT flowpg.wait('big', '120 s')");
 like($err, qr/55000: stream "public.big" has failed/, 'wait says the stream failed');
 like($err, qr/exceeds flowpg.state_memory/, '... and why');
 ok($node->log_contains('HINT:  Raise flowpg.state_memory'), 'the log has the hint');
