@@ -109,6 +109,16 @@ StaticAssertDecl(sizeof(WriterIdentity) <= BGW_EXTRALEN,
 /* How long a worker that exits waits for its writer to be gone. */
 #define WRITER_STOP_WAIT_MS		60000
 
+/* Free the worker's job buffer, if it has one; no job may be in it. */
+static void
+job_buffer_free(FlowWorker *w)
+{
+	if (!DsaPointerIsValid(w->job))
+		return;
+	dsa_free(ControlArea(), w->job);
+	w->job = InvalidDsaPointer;
+}
+
 /*
  * Terminate the worker's writer, if it has one, and wait until it has
  * exited; then free the job buffer.  A before_shmem_exit callback of the
@@ -150,11 +160,7 @@ writer_stop(int code, Datum arg)
 		w->writer = NULL;
 	}
 	w->job_inflight = false;
-	if (DsaPointerIsValid(w->job))
-	{
-		dsa_free(ControlArea(), w->job);
-		w->job = InvalidDsaPointer;
-	}
+	job_buffer_free(w);
 }
 
 /* Register the worker's writer; logs why not if it cannot. */
@@ -288,8 +294,7 @@ WriterJobBuffer(FlowWorker *w, Size size)
 		if (job->capacity >= size &&
 			(job->capacity <= 4 * size || job->capacity <= 1024 * 1024))
 			return job;
-		dsa_free(area, w->job);
-		w->job = InvalidDsaPointer;
+		job_buffer_free(w);
 	}
 	size += size / 4;
 	w->job = dsa_allocate_extended(area, size, DSA_ALLOC_HUGE | DSA_ALLOC_NO_OOM);
@@ -313,8 +318,7 @@ WriterReclaim(void *arg)
 
 	if (w->job_inflight || !DsaPointerIsValid(w->job))
 		return false;
-	dsa_free(ControlArea(), w->job);
-	w->job = InvalidDsaPointer;
+	job_buffer_free(w);
 	return true;
 }
 
