@@ -177,6 +177,23 @@ PREPARE TRANSACTION 'flowpg_owner';
 BEGIN;
 DROP TABLE alice_view;
 PREPARE TRANSACTION 'flowpg_drop';
+-- nor a pause, a resume, a new checkpoint interval or a savepoint, whose
+-- lock on the stream a prepared transaction would keep (a restarting
+-- worker waits for it); the savepoint was taken at once, as ever
+BEGIN;
+SELECT flowpg.pause_stream('alice_view');
+PREPARE TRANSACTION 'flowpg_pause';
+BEGIN;
+SELECT flowpg.resume_stream('alice_view');
+PREPARE TRANSACTION 'flowpg_resume';
+BEGIN;
+SELECT flowpg.set_checkpoint_interval('alice_view', '5 s');
+PREPARE TRANSACTION 'flowpg_interval';
+BEGIN;
+SELECT flowpg.savepoint('alice_view', 'prepared') > 0 AS taken;
+PREPARE TRANSACTION 'flowpg_savepoint';
+SELECT flowpg.drop_savepoint('alice_view', 'prepared');
+SELECT status, checkpoint_interval FROM flowpg.streams WHERE name = 'public.alice_view';
 BEGIN;
 CREATE TABLE flowpg_scratch (k int);
 DROP TABLE flowpg_scratch;

@@ -9,8 +9,12 @@ SELECT flowpg.create_stream('svs', 'SELECT k, count(*) AS n, sum(v) AS s FROM sv
 SELECT flowpg.create_stream('svg', 'SELECT count(*) AS n, max(v) AS top FROM sv', '1 hour');
 SELECT flowpg.savepoint('svg', 'empty') > 0 AS savepoint_of_nothing;
 INSERT INTO sv SELECT g % 4, g FROM generate_series(1, 100) g;
+-- (created_at: when it was taken, in its worker's transaction, which
+-- began after this statement; not when the worker started)
+SELECT clock_timestamp() AS before_first \gset
 SELECT flowpg.savepoint('svs', 'first') AS first_id \gset
-SELECT stream, name, keys, bytes > 0 AS has_bytes, restorable, retained_wal > 0 AS keeps_wal
+SELECT stream, name, keys, bytes > 0 AS has_bytes, restorable, retained_wal > 0 AS keeps_wal,
+       created_at > :'before_first' AS taken_then
   FROM flowpg.savepoints ORDER BY stream, name;
 SELECT kind, keys FROM flowpg.checkpoints WHERE id = :first_id;
 INSERT INTO sv SELECT g % 6, g FROM generate_series(1, 60) g;

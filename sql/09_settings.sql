@@ -57,3 +57,34 @@ SELECT count(*) > 0 AS differs
 
 SELECT flowpg.drop_stream('daily');
 DROP TABLE readings_tz;
+
+-- rebuilt from its source table (flowpg.rebuild_stream, and so after a
+-- pg_restore or on a copy of the cluster), a stream is compiled with its
+-- search_path too: a SQL function that PostgreSQL inlines, whose body
+-- names a function of another schema unqualified, and an immutable
+-- function that PostgreSQL evaluates once, when it compiles the query
+CREATE SCHEMA flowpg_helpers;
+CREATE FUNCTION flowpg_helpers.tenfold(int) RETURNS int IMMUTABLE LANGUAGE sql
+    AS 'SELECT $1 * 10';
+SET search_path = flowpg_helpers, public;
+CREATE FUNCTION public.scaled(int) RETURNS int IMMUTABLE LANGUAGE sql
+    AS 'SELECT tenfold($1) + 1';
+CREATE FUNCTION public.path_seen() RETURNS text IMMUTABLE LANGUAGE plpgsql
+    AS $$BEGIN RETURN current_setting('search_path'); END$$;
+CREATE TABLE public.path_src (k int);
+SELECT flowpg.create_stream('public.by_scaled', $$
+    SELECT scaled(k) AS s, path_seen() AS p, count(*) AS n FROM path_src GROUP BY 1, 2 $$);
+RESET search_path;
+INSERT INTO path_src SELECT g % 3 FROM generate_series(1, 30) g;
+SELECT flowpg.wait('by_scaled');
+SELECT flowpg.rebuild_stream('by_scaled');
+INSERT INTO path_src VALUES (5);
+SELECT flowpg.wait('by_scaled');
+TABLE by_scaled ORDER BY s;
+SET search_path = flowpg_helpers, public;
+SELECT oracle('by_scaled');
+RESET search_path;
+SELECT flowpg.drop_stream('by_scaled');
+DROP TABLE path_src;
+DROP FUNCTION scaled(int), path_seen();
+DROP SCHEMA flowpg_helpers CASCADE;

@@ -258,7 +258,7 @@ adopt_check(StreamIdentity *ident)
 	StreamDef  *def = NULL;
 	AdoptCheck	result;
 
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (OidIsValid(get_extension_oid("flowpg", true)))
 		def = CatalogReadStream(ident->stream_id);
@@ -347,7 +347,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 	Relation	source;
 	int64		id;
 
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	XactIsoLevel = XACT_REPEATABLE_READ;
 	/* a stream rebuilt on its server (flowpg.rebuild_stream) has one */
 	DecodeDropSlot(w->slot_name);
@@ -439,7 +439,7 @@ AdoptScanMain(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (OidIsValid(get_extension_oid("flowpg", true)))
 	{

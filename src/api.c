@@ -437,7 +437,8 @@ ApiWakeWorker(StreamCtl *ctl)
 
 /*
  * The stream named by the first argument, locked until the end of the
- * transaction, for the current user to change.
+ * transaction (which cannot be prepared, then), for the current user to
+ * change.
  */
 StreamDef *
 ApiStreamToChange(FunctionCallInfo fcinfo)
@@ -449,6 +450,7 @@ ApiStreamToChange(FunctionCallInfo fcinfo)
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	FlowpgLockStream(def->id, AccessExclusiveLock);
+	CatalogPendingLocked();
 	return def;
 }
 

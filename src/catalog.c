@@ -112,6 +112,8 @@ static struct
 	List	   *given;			/* StreamIdentity of streams given to
 								 * another owner */
 	bool		copied_db;		/* a database with streams was copied */
+	bool		locked;			/* a stream locked to change it, or for a
+								 * savepoint: no PREPARE */
 } pending;
 
 static XLogRecPtr last_woken_commit = InvalidXLogRecPtr;
@@ -689,6 +691,20 @@ CatalogPendingCreate(void)
 }
 
 /*
+ * The transaction changes a stream that its worker rereads at commit
+ * (pause, resume, checkpoint interval), or took a savepoint: it holds the
+ * stream's lock to its end, which a prepared transaction would hold until
+ * COMMIT PREPARED, keeping a restarting worker waiting, and the worker's
+ * reload is asked for at commit, which COMMIT PREPARED in another session
+ * would not ask for.
+ */
+void
+CatalogPendingLocked(void)
+{
+	pending.locked = true;
+}
+
+/*
  * Keep the launcher from starting a worker for the stream until the
  * transaction ends (its entry goes on `list`, which the end of the
  * transaction walks), and signal the worker it has now, if any.  Returns
@@ -873,6 +889,7 @@ reset_pending(void)
 	pending.dropped_dbs = NIL;
 	pending.copied_db = false;
 	pending.given = NIL;
+	pending.locked = false;
 }
 
 /* A stream row came from a dump: rebuild the stream once we commit. */
@@ -968,11 +985,11 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			if (pending.create_active || drops_result_table() ||
 				pending.extension_dropped || pending.held != NIL ||
 				pending.slots_to_drop != NIL || pending.adopt != NIL ||
-				pending.given != NIL)
+				pending.given != NIL || pending.locked)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot prepare a transaction that creates, drops, restores, rebuilds or gives away a flowpg stream, or creates or drops a savepoint"),
-						 errdetail("What flowpg does at commit (replication slots, workers) cannot wait for COMMIT PREPARED.")));
+						 errmsg("cannot prepare a transaction that changes a flowpg stream"),
+						 errdetail("The transaction creates, drops, pauses, resumes, restores, rebuilds or gives away a stream, changes its checkpoint interval, or creates or drops a savepoint: what flowpg does at commit (replication slots, workers) cannot wait for COMMIT PREPARED.")));
 			break;
 
 		case XACT_EVENT_COMMIT:
@@ -1234,7 +1251,8 @@ new_owner_context(void *arg)
  * SELECT on the source, no row security that applies, EXECUTE on the
  * aggregates and functions.  Compiling the plan may run the owner's
  * functions (on constants), so as REFRESH MATERIALIZED VIEW does, in a
- * security-restricted operation whose settings do not outlive it.  A
+ * security-restricted operation whose settings (the stream's) do not
+ * outlive it.  A
  * restored stream not rebuilt yet has no plan: its adopter checks, as the
  * new owner.
  */
@@ -1258,6 +1276,8 @@ check_new_owner(StreamDef *def)
 		GetUserIdAndSecContext(&save_user, &save_sec);
 		SetUserIdAndSecContext(def->owner, save_sec | SECURITY_RESTRICTED_OPERATION);
 		nest = NewGUCNestLevel();
+		/* with the stream's settings, as its worker compiles it */
+		CompileApplySettings(def->settings, GUC_ACTION_SAVE);
 		fq = CompileQueryTree(stringToNode(def->plan));
 		CompileCheckPermissions(fq);
 		source = table_open(fq->source, AccessShareLock);

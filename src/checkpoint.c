@@ -1890,7 +1890,7 @@ CheckpointFlushUnconfirmed(FlowWorker *w)
 static void
 checkpoint_begin(FlowWorker *w, bool lazy)
 {
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	if (lazy)
 		(void) set_config_option("synchronous_commit", "off", PGC_USERSET,
 								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
@@ -2210,13 +2210,13 @@ CheckpointSavepoint(FlowWorker *w, const char *name)
 	Datum		args[6];
 
 	FlowpgSavepointSlotName(sp_slot, MyDatabaseId, w->def->id, id);
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	DecodeCopyOwnSlot(w, sp_slot);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	oldcxt = MemoryContextSwitchTo(cxt);

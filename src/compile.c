@@ -822,12 +822,12 @@ CompileQueryTree(Query *query)
 }
 
 /* Parse and analyze a stream's query text, then compile it. */
-FlowQuery *
-CompileQueryText(const char *sql)
+/* The one SELECT statement of sql, parsed and analyzed. */
+static Query *
+analyze_text(const char *sql)
 {
 	List	   *raw = pg_parse_query(sql);
 	RawStmt    *stmt;
-	Query	   *query;
 
 	if (list_length(raw) != 1)
 		ereport(ERROR,
@@ -842,8 +842,13 @@ CompileQueryText(const char *sql)
 				 errdetail("The query is a %s statement.",
 						   GetCommandTagName(CreateCommandTag(stmt->stmt)))));
 
-	query = parse_analyze_fixedparams(stmt, sql, NULL, 0, NULL);
-	return CompileQueryTree(query);
+	return parse_analyze_fixedparams(stmt, sql, NULL, 0, NULL);
+}
+
+FlowQuery *
+CompileQueryText(const char *sql)
+{
+	return CompileQueryTree(analyze_text(sql));
 }
 
 /*
@@ -879,19 +884,26 @@ CompileDeparse(Query *query)
 }
 
 /*
- * Compile the text CompileDeparse made, with the same empty search_path.
+ * Compile the text CompileDeparse made: its names are read with the same
+ * empty search_path, then the query is compiled with the settings in
+ * force, which the caller has made the stream's.  Compiling inlines SQL
+ * functions, whose bodies are parsed then, and evaluates calls of
+ * immutable functions on constants: with the stream's search_path, as its
+ * worker's compile does, so that a rebuilt stream computes what the
+ * stream computed (a function body naming public's objects unqualified
+ * failed the rebuild, with an empty one).
  */
 FlowQuery *
 CompileDefinition(const char *definition)
 {
 	int			nest = NewGUCNestLevel();
-	FlowQuery  *fq;
+	Query	   *query;
 
 	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
-	fq = CompileQueryText(definition);
+	query = analyze_text(definition);
 	AtEOXact_GUC(true, nest);
-	return fq;
+	return CompileQueryTree(query);
 }
 
 /*

@@ -15,6 +15,7 @@
 
 #include <limits.h>
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -307,4 +308,19 @@ FlowpgLockStream(int32 stream_id, LOCKMODE mode)
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) stream_id, 0,
 						 FLOWPG_LOCK_CLASS);
 	(void) LockAcquire(&tag, mode, false, false);
+}
+
+/*
+ * Start a transaction in one of flowpg's background processes.  A backend
+ * marks the start of each statement it receives, and a transaction's
+ * start (now(), pg_stat_activity.xact_start) is its first statement's; a
+ * background process must mark it itself, or every transaction it starts
+ * would seem to have started with the process (flowpg.savepoints'
+ * created_at and flowpg.streams' last_error_at showed the worker's start).
+ */
+void
+FlowpgStartTransaction(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
 }

@@ -193,7 +193,7 @@ queue_scans(void)
 	TableScanDesc scan;
 	HeapTuple	tuple;
 
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	(void) GetTransactionSnapshot();
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);

@@ -138,6 +138,7 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 	ApiCheckNotFailed(def);
 	/* one savepoint of a stream at a time; workers are not blocked */
 	FlowpgLockStream(def->id, ShareUpdateExclusiveLock);
+	CatalogPendingLocked();
 	if (savepoint_find(def, name, &sp))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),

@@ -107,7 +107,7 @@ drop_orphan(FlowWorker *w)
 	ereport(LOG,
 			(errmsg("flowpg: dropping replication slot \"%s\": its stream does not exist",
 					w->slot_name)));
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	DecodeDropSlot(w->slot_name);
 	replorigin_drop_by_name(w->slot_name, true, false);
 	CommitTransactionCommand();
@@ -122,7 +122,7 @@ release_slots(FlowWorker *w, bool held)
 {
 	if (held)
 		ReplicationSlotRelease();
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	DecodeDropSlot(w->slot_name);
 	DecodeDropSavepointSlots(MyDatabaseId, w->def->id);
 	CommitTransactionCommand();
@@ -144,7 +144,7 @@ fail_for_good(FlowWorker *w, int sqlerrcode, const char *message, const char *hi
 			(errcode(sqlerrcode),
 			 errmsg_internal("flowpg: %s", message),
 			 errhint("%s", hint)));
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	CatalogMarkFailed(w->def->id, message);
 	PopActiveSnapshot();
@@ -247,7 +247,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	w->reload_seen = w->ctl->reload_requested;
 	SpinLockRelease(&w->ctl->mutex);
 
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	w->def_cxt = AllocSetContextCreate(w->cxt, "flowpg stream definition",
@@ -312,7 +312,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	replorigin_session_origin = origin;
 	w->origin = origin;
 
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	usable = DecodeStart(w);
 	CommitTransactionCommand();
 	if (!usable)
@@ -369,7 +369,7 @@ WorkerMergeBatch(FlowWorker *w)
 	if (xact)
 	{
 		DecodeIgnoreXacts(true);
-		StartTransactionCommand();
+		FlowpgStartTransaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
 	}
 	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
@@ -583,7 +583,7 @@ reload_definition(FlowWorker *w)
 	MemoryContext def_cxt = AllocSetContextCreate(w->cxt, "flowpg stream definition",
 												  ALLOCSET_SMALL_SIZES);
 
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	FlowpgLockStream(w->def->id, AccessShareLock);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	oldcxt = MemoryContextSwitchTo(def_cxt);
@@ -738,6 +738,9 @@ worker_loop(FlowWorker *w)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			apply_settings();
+			/* stops the checkpoint writer if it was turned off */
+			if (!flowpg_checkpoint_writer)
+				(void) WriterReady(w);
 		}
 		if (w->ctl->dropping)
 			proc_exit(0);

@@ -222,7 +222,10 @@ writer_start(FlowWorker *w)
 
 /*
  * Has the worker a writer ready for a job?  Starts one the first time it
- * is asked (the worker writes its checkpoints itself until it is ready).
+ * is asked (the worker writes its checkpoints itself until it is ready),
+ * and stops it, once it has no job, when flowpg.checkpoint_writer has been
+ * turned off (a reload): the stream's writer_pid is NULL then, and its
+ * background worker slot free.  Turned on again, it starts a new one.
  */
 bool
 WriterReady(FlowWorker *w)
@@ -230,7 +233,18 @@ WriterReady(FlowWorker *w)
 	pid_t		pid;
 	bool		ready;
 
-	if (!flowpg_checkpoint_writer || w->writer_unavailable)
+	if (!flowpg_checkpoint_writer)
+	{
+		if (w->writer != NULL && !w->job_inflight)
+		{
+			writer_stop(0, PointerGetDatum(w));
+			ereport(LOG,
+					(errmsg("flowpg: stream \"%s\" writes its checkpoints itself: flowpg.checkpoint_writer is off",
+							w->def->name)));
+		}
+		return false;
+	}
+	if (w->writer_unavailable)
 		return false;
 	if (w->writer == NULL)
 	{
@@ -429,7 +443,7 @@ writer_setup(FlowWorker *w, WriterIdentity *who)
 	MemoryContext oldcxt;
 	char		origin_name[NAMEDATALEN];
 
-	StartTransactionCommand();
+	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	w->def_cxt = AllocSetContextCreate(w->cxt, "flowpg stream definition",

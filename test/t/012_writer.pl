@@ -149,17 +149,20 @@ oracle_ok($node, 'spend', $query, 'checkpoint writer terminated under load');
 sql("INSERT INTO clicks (campaign, cost) VALUES (5, 5)");
 oracle_ok($node, 'spend', $query, '... and after');
 
-# 6. flowpg.checkpoint_writer = off: the next worker writes its
-#    checkpoints itself.
+# 6. flowpg.checkpoint_writer = off, at a reload: the running worker
+#    stops its writer and writes its checkpoints itself, and so does the
+#    next worker; on again, the worker starts a writer.
 $node->append_conf('postgresql.conf', "flowpg.checkpoint_writer = off\n");
 $node->reload;
+$node->poll_query_until('postgres', "SELECT $writers = 0")
+  or die 'the checkpoint writer did not stop';
+is(sql("SELECT writer_pid IS NULL FROM flowpg.streams"), 't',
+	'turned off at a reload, the running worker stops its checkpoint writer');
 $old = worker_pid($node, 'spend');
 sql("SELECT pg_terminate_backend($old)");
 $node->poll_query_until('postgres',
 	"SELECT pid IS DISTINCT FROM $old AND status = 'running' FROM flowpg.streams WHERE name = 'public.spend'")
   or die 'the worker did not start again';
-$node->poll_query_until('postgres', "SELECT $writers = 0")
-  or die 'a checkpoint writer is still running';
 my $last = sql('SELECT coalesce(max(id), 0) FROM flowpg.checkpoints');
 sql("INSERT INTO clicks (campaign, cost) SELECT g % 10, 1 FROM generate_series(1, 100) g");
 ok($node->poll_query_until('postgres',
@@ -168,6 +171,14 @@ ok($node->poll_query_until('postgres',
 is(sql("SELECT $writers"), '0', '... and no checkpoint writer runs');
 is(sql("SELECT writer_pid IS NULL FROM flowpg.streams"), 't', '... and flowpg.streams.writer_pid is NULL');
 oracle_ok($node, 'spend', $query, 'flowpg.checkpoint_writer = off');
+$node->append_conf('postgresql.conf', "flowpg.checkpoint_writer = on\n");
+$node->reload;
+sql("INSERT INTO clicks (campaign, cost) SELECT g % 10, 2 FROM generate_series(1, 100) g");
+ok($node->poll_query_until('postgres',
+	"SELECT writer_pid IS NOT NULL AND $writers = 1 FROM flowpg.streams"),
+	'turned on again, the worker starts a checkpoint writer');
+sql("INSERT INTO clicks (campaign, cost) SELECT g % 10, 3 FROM generate_series(1, 100) g");
+oracle_ok($node, 'spend', $query, 'flowpg.checkpoint_writer on again');
 $node->stop;
 
 # 7. Background worker slots: a writer takes one only while another stays
