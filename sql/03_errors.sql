@@ -66,6 +66,10 @@ SELECT try_create('bad', '   ');
 SELECT try_create('bad', 'SELECT count(*) FROM src', '0 s');
 SELECT try_create('bad', 'SELECT count(*) FROM src', '-1 s');
 SELECT try_create('bad', 'SELECT count(*) FROM src', '100 years');
+-- intervals of more microseconds than a bigint holds, either way
+SELECT try_create('bad', 'SELECT count(*) FROM src', '300000 years');
+SELECT try_create('bad', 'SELECT count(*) FROM src', '-300000 years');
+SELECT try_create('bad', 'SELECT count(*) FROM src', '7116800 mons -1526289.448384 secs');
 SELECT try_create(repeat('x', 70), 'SELECT count(*) FROM src');
 SELECT try_create('"bad', 'SELECT count(*) FROM src');
 SELECT try_create('taken', 'SELECT count(*) FROM src');

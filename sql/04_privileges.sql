@@ -33,8 +33,32 @@ SELECT flowpg.checkpoint('alice_view');
 SELECT flowpg.pause_stream('alice_view');
 SELECT flowpg.resume_stream('alice_view');
 SELECT * FROM flowpg.live(NULL::alice_view);
+SELECT flowpg.wait('alice_view');
 SELECT name, status FROM flowpg.streams;
 RESET ROLE;
+
+-- flowpg.live runs the stream's final functions and output expressions
+-- as its owner, whoever calls it (here a superuser), and is refused to a
+-- user whom the result table's row security would filter
+CREATE TABLE sightings (who text);
+GRANT SELECT ON sightings TO flowpg_alice;
+SET ROLE flowpg_alice;
+SELECT flowpg.create_stream('alice_seen',
+    $$SELECT who, current_user || ':' || count(*) AS seen FROM sightings GROUP BY who$$);
+RESET ROLE;
+INSERT INTO sightings VALUES ('x'), ('y'), ('x');
+SELECT flowpg.wait('alice_seen');
+SELECT * FROM flowpg.live(NULL::alice_seen) ORDER BY who;
+GRANT SELECT ON alice_seen TO flowpg_bob;
+ALTER TABLE alice_seen ENABLE ROW LEVEL SECURITY;
+CREATE POLICY only_x ON alice_seen FOR SELECT TO flowpg_bob USING (who = 'x');
+SET ROLE flowpg_bob;
+SELECT flowpg.wait('alice_seen');
+TABLE alice_seen;
+SELECT * FROM flowpg.live(NULL::alice_seen);
+RESET ROLE;
+SELECT flowpg.drop_stream('alice_seen');
+DROP TABLE sightings;
 
 -- a source whose row security applies to the owner is refused: the stream
 -- would see rows the owner cannot

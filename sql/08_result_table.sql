@@ -155,9 +155,27 @@ CREATE TRIGGER cold_logged AFTER UPDATE ON cold FOR EACH ROW EXECUTE FUNCTION co
 INSERT INTO cs VALUES (1, 1), (2, 2), (2, 3);
 SELECT oracle('cold');
 TABLE cold_log ORDER BY k;
+-- a trigger that writes into the stream's own source, in the checkpoint's
+-- transaction: those rows count too (the checkpoints of a result table
+-- with triggers are decoded by their stream); here each new key's row
+-- brings a row of the opposite key, which the next checkpoint writes
+CREATE FUNCTION cold_echo() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.k > 0 THEN
+        INSERT INTO cs VALUES (-NEW.k, 100);
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER cold_echo AFTER INSERT ON cold FOR EACH ROW EXECUTE FUNCTION cold_echo();
+INSERT INTO cs VALUES (2001, 1), (2003, 2);
+SELECT flowpg.wait('cold');
+INSERT INTO cs VALUES (2001, 1);
+SELECT oracle('cold');
+SELECT * FROM cold WHERE abs(k) > 2000 ORDER BY k;
 SELECT flowpg.drop_stream('cold');
 DROP PROCEDURE cold_rounds;
 DROP FUNCTION cold_logged() CASCADE;
+DROP FUNCTION cold_echo() CASCADE;
 DROP TABLE cs, cold_log;
 DROP EXTENSION amcheck;
 

@@ -157,6 +157,32 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Refuse to rebuild a stream that has no slot (a stale one) when as many
+ * streams as flowpg.max_streams have theirs: it could not run, as a new
+ * stream could not (create_stream refuses the same way).
+ */
+static void
+check_rebuild_room(StreamDef *def)
+{
+	List	   *slots = ControlListSlots(InvalidOid);
+	ListCell   *lc;
+
+	foreach(lc, slots)
+	{
+		StreamIdentity *ident = lfirst(lc);
+
+		if (ident->dboid == MyDatabaseId && ident->stream_id == def->id)
+			return;
+	}
+	if (list_length(slots) >= flowpg_max_streams)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("cannot rebuild stream \"%s\": %d streams run already, as many as flowpg.max_streams allows",
+						def->name, list_length(slots)),
+				 errhint("Drop a stream, or raise flowpg.max_streams and restart the server.")));
+}
+
+/*
  * flowpg.rebuild_stream(name text): rebuild the stream from its source
  * table, as a restored one, once this transaction commits.  Its results
  * become its query over every row of the table (rows from before the
@@ -172,6 +198,7 @@ flowpg_rebuild_stream(PG_FUNCTION_ARGS)
 
 	FlowpgCheckPrerequisites();
 	def = ApiStreamToChange(fcinfo);
+	check_rebuild_room(def);
 	/* a stream being rebuilt already is left to its adopter */
 	if (!def->restored)
 		StreamHold(MyDatabaseId, def->id);

@@ -48,6 +48,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
+#include "utils/rls.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 #include "utils/syscache.h"
@@ -766,9 +767,14 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	XLogRecPtr	target;
 	TimestampTz deadline;
 	int			timeout;
+	AclResult	aclresult;
 
 	FlowpgCheckLoaded();
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+	/* it waits to read the result table, and may force a checkpoint */
+	aclresult = pg_class_aclcheck(def->result, GetUserId(), ACL_SELECT);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_TABLE, get_rel_name(def->result));
 	timeout = interval_arg(fcinfo, 1, "timeout", false, false);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout);
 	ApiCheckNotFailed(def);
@@ -919,6 +925,8 @@ flowpg_live(PG_FUNCTION_ARGS)
 	bool	   *nulls;
 	AclResult	aclresult;
 	int			nest;
+	Oid			save_user;
+	int			save_sec;
 
 	FlowpgCheckLoaded();
 	if (!OidIsValid(relid))
@@ -934,6 +942,14 @@ flowpg_live(PG_FUNCTION_ARGS)
 	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_TABLE, get_rel_name(relid));
+	/* the rows come from shared memory, where no policy can filter them */
+	if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("flowpg.live cannot apply the row-level security of table \"%s\"",
+						get_rel_name(relid)),
+				 errdetail("Row security policies of the table apply to the current user."),
+				 errhint("Read the result table itself.")));
 
 	ApiCheckNotFailed(def);
 	ctl = ControlFind(MyDatabaseId, def->id);
@@ -945,7 +961,15 @@ flowpg_live(PG_FUNCTION_ARGS)
 				 errdetail("Its worker has not started yet."),
 				 errhint("Read the result table, or try again once the stream is running.")));
 
-	/* final functions and output expressions, as the worker evaluates them */
+	/*
+	 * Final functions and output expressions, as the worker evaluates them:
+	 * as the stream's owner, with the stream's settings, in a
+	 * security-restricted operation (as REFRESH MATERIALIZED VIEW runs a
+	 * view's query), so that a caller with more privileges never runs the
+	 * owner's functions with them.
+	 */
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(def->owner, save_sec | SECURITY_RESTRICTED_OPERATION);
 	nest = NewGUCNestLevel();
 	CompileApplySettings(def->settings, GUC_ACTION_SAVE);
 	fq = CompileQueryTree(stringToNode(def->plan));
@@ -972,6 +996,7 @@ flowpg_live(PG_FUNCTION_ARGS)
 	}
 	MemoryContextDelete(plan->cxt);
 	AtEOXact_GUC(true, nest);
+	SetUserIdAndSecContext(save_user, save_sec);
 	return (Datum) 0;
 }
 

@@ -508,6 +508,7 @@ prepare_result(FlowWorker *w)
 	check_result_table(w, rel, table);
 	check_key_index(w, rel, table);
 	needs_identity = needs_replica_identity(rel);
+	w->result_triggers = rel->trigdesc != NULL;
 	table_close(rel, AccessShareLock);
 	if (needs_identity)
 		set_replica_identity_full(table);
@@ -1881,16 +1882,37 @@ CheckpointFlushUnconfirmed(FlowWorker *w)
 	w->unconfirmed_commit = InvalidXLogRecPtr;
 }
 
+/* The replication origin of the worker's session, while a checkpoint runs */
+static RepOriginId origin_before_checkpoint = InvalidRepOriginId;
+
+/*
+ * The replication origin a checkpoint's changes carry: the worker's, so
+ * that its decoding drops them unread, unless the result table has
+ * triggers.  A trigger may write rows into the stream's own source, in
+ * the checkpoint's transaction, which the stream must count: the stream
+ * then decodes its checkpoints' changes too, and ignores the rest of them
+ * (rows of its result table and of flowpg's tables).
+ */
+static RepOriginId
+checkpoint_origin(FlowWorker *w)
+{
+	return w->result_triggers ? InvalidRepOriginId : w->origin;
+}
+
 /*
  * Begin a checkpoint's transaction, as the worker or the writer: lazy
  * ones commit without waiting for their flush; the owner must still be
  * allowed to read the source; the result table's definition is current.
- * SPI is connected and a snapshot pushed.
+ * SPI is connected and a snapshot pushed.  In the worker, whose session
+ * has its origin, the transaction, commit included, carries
+ * checkpoint_origin's (a commit with the worker's origin would drop the
+ * whole transaction from its decoding).
  */
 static void
 checkpoint_begin(FlowWorker *w, bool lazy)
 {
 	FlowpgStartTransaction();
+	origin_before_checkpoint = replorigin_session_origin;
 	if (lazy)
 		(void) set_config_option("synchronous_commit", "off", PGC_USERSET,
 								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
@@ -1901,6 +1923,8 @@ checkpoint_begin(FlowWorker *w, bool lazy)
 	LockRelationOid(w->def->result, RowExclusiveLock);
 	while (w->result_changed)
 		prepare_result(w);
+	if (replorigin_session_origin != InvalidRepOriginId)
+		replorigin_session_origin = checkpoint_origin(w);
 	PushActiveSnapshot(GetTransactionSnapshot());
 }
 
@@ -1910,6 +1934,7 @@ checkpoint_commit(void)
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
+	replorigin_session_origin = origin_before_checkpoint;
 }
 
 /*
@@ -2172,7 +2197,7 @@ CheckpointRunJob(FlowWorker *w, CheckpointJob *job)
 		}
 	checkpoint_begin(w, job->lazy);
 	/* the worker's origin on the changes, not the commit (see writer.c) */
-	replorigin_session_origin = w->origin;
+	replorigin_session_origin = checkpoint_origin(w);
 	PG_TRY();
 	{
 		checkpoint_run(w, chunks, &job->order, false, job->kind);

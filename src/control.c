@@ -623,18 +623,32 @@ ControlListSlots(Oid dboid)
 	return slots;
 }
 
+/* Lower *oldest to lsn, if lsn is valid and older (or *oldest invalid). */
+static void
+keep_oldest(XLogRecPtr *oldest, XLogRecPtr lsn)
+{
+	if (!XLogRecPtrIsInvalid(lsn) &&
+		(XLogRecPtrIsInvalid(*oldest) || lsn < *oldest))
+		*oldest = lsn;
+}
+
 /*
  * The slots of a stream: its savepoints' (and its own too, with `own`).
  * Returns their names (palloc'd NameData); sets *oldest to the oldest
- * restart_lsn among them, the WAL they keep (invalid if none).
+ * restart_lsn among them, the WAL they keep, and *applied (unless NULL) to
+ * the oldest confirmed_flush_lsn, the position up to which their stream
+ * has applied what they keep (invalid if none).
  */
 static List *
-stream_slots(Oid dboid, int32 stream_id, bool own, XLogRecPtr *oldest)
+stream_slots(Oid dboid, int32 stream_id, bool own, XLogRecPtr *oldest,
+			 XLogRecPtr *applied)
 {
 	List	   *names = NIL;
 	int			i;
 
 	*oldest = InvalidXLogRecPtr;
+	if (applied != NULL)
+		*applied = InvalidXLogRecPtr;
 	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
 	for (i = 0; i < max_replication_slots; i++)
 	{
@@ -644,6 +658,7 @@ stream_slots(Oid dboid, int32 stream_id, bool own, XLogRecPtr *oldest)
 		int64		spid;
 		bool		ours;
 		XLogRecPtr	restart;
+		XLogRecPtr	confirmed;
 		NameData	name;
 
 		if (!s->in_use)
@@ -651,6 +666,7 @@ stream_slots(Oid dboid, int32 stream_id, bool own, XLogRecPtr *oldest)
 		SpinLockAcquire(&s->mutex);
 		name = s->data.name;
 		restart = s->data.restart_lsn;
+		confirmed = s->data.confirmed_flush;
 		SpinLockRelease(&s->mutex);
 		ours = ((own && FlowpgParseSlotName(NameStr(name), &db, &id)) ||
 				FlowpgParseSavepointSlotName(NameStr(name), &db, &id, &spid)) &&
@@ -658,9 +674,9 @@ stream_slots(Oid dboid, int32 stream_id, bool own, XLogRecPtr *oldest)
 		if (!ours)
 			continue;
 		names = lappend(names, memcpy(palloc(sizeof(NameData)), &name, sizeof(NameData)));
-		if (!XLogRecPtrIsInvalid(restart) &&
-			(XLogRecPtrIsInvalid(*oldest) || restart < *oldest))
-			*oldest = restart;
+		keep_oldest(oldest, restart);
+		if (applied != NULL)
+			keep_oldest(applied, confirmed);
 	}
 	LWLockRelease(ReplicationSlotControlLock);
 	return names;
@@ -689,6 +705,18 @@ ControlSlotUsable(const char *slot_name)
 	return usable;
 }
 
+/* Bytes of WAL from lsn to the current WAL position; -1 if lsn is invalid. */
+static int64
+wal_since(XLogRecPtr lsn)
+{
+	XLogRecPtr	now;
+
+	if (XLogRecPtrIsInvalid(lsn))
+		return -1;
+	now = RecoveryInProgress() ? GetXLogReplayRecPtr(NULL) : GetXLogInsertRecPtr();
+	return now > lsn ? (int64) (now - lsn) : 0;
+}
+
 /*
  * Bytes of WAL a stream's slots, its own and its savepoints', keep from
  * being removed (from the oldest restart_lsn among them to the current WAL
@@ -698,13 +726,28 @@ int64
 ControlRetainedWal(Oid dboid, int32 stream_id)
 {
 	XLogRecPtr	oldest;
-	XLogRecPtr	now;
 
-	list_free_deep(stream_slots(dboid, stream_id, true, &oldest));
-	if (XLogRecPtrIsInvalid(oldest))
-		return -1;
-	now = RecoveryInProgress() ? GetXLogReplayRecPtr(NULL) : GetXLogInsertRecPtr();
-	return now > oldest ? (int64) (now - oldest) : 0;
+	list_free_deep(stream_slots(dboid, stream_id, true, &oldest, NULL));
+	return wal_since(oldest);
+}
+
+/*
+ * Bytes of WAL a stream's slots keep because the stream has not applied
+ * it (from the oldest confirmed position among them, its own or a
+ * savepoint's, to the current WAL position); -1 if the stream has no slot.
+ * What flowpg.max_retained_wal bounds.  The slots may keep more: a slot's
+ * restart_lsn cannot pass the start of a transaction still open, on any
+ * table of the server, and that WAL is kept for as long as it stays open,
+ * however far the stream has got.
+ */
+int64
+ControlUnappliedWal(Oid dboid, int32 stream_id)
+{
+	XLogRecPtr	oldest;
+	XLogRecPtr	applied;
+
+	list_free_deep(stream_slots(dboid, stream_id, true, &oldest, &applied));
+	return wal_since(applied);
 }
 
 /* Names of the savepoint slots of a stream (palloc'd NameData). */
@@ -713,5 +756,5 @@ ControlListSavepointSlots(Oid dboid, int32 stream_id)
 {
 	XLogRecPtr	oldest;
 
-	return stream_slots(dboid, stream_id, false, &oldest);
+	return stream_slots(dboid, stream_id, false, &oldest, NULL);
 }

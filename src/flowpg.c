@@ -16,6 +16,7 @@
 #include <limits.h>
 
 #include "access/xact.h"
+#include "common/int.h"
 #include "access/xlog.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -291,8 +292,20 @@ FlowpgParseSavepointSlotName(const char *name, Oid *dboid, int32 *stream_id,
 int64
 FlowpgIntervalUsecs(const Interval *iv)
 {
-	return iv->time + iv->day * USECS_PER_DAY +
-		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	/* an interval can hold more microseconds than an int64: first roughly */
+	double		approx = (double) iv->time + (double) iv->day * USECS_PER_DAY +
+		(double) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	int64		days = (int64) iv->month * DAYS_PER_MONTH + iv->day;
+	int64		usecs;
+
+	if (approx >= (double) PG_INT64_MAX / 2)
+		return PG_INT64_MAX;
+	if (approx <= (double) PG_INT64_MIN / 2)
+		return PG_INT64_MIN;
+	if (pg_mul_s64_overflow(days, USECS_PER_DAY, &usecs) ||
+		pg_add_s64_overflow(usecs, iv->time, &usecs))
+		return approx > 0 ? PG_INT64_MAX : PG_INT64_MIN;
+	return usecs;
 }
 
 /*

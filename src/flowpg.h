@@ -84,7 +84,10 @@ extern void FlowpgSavepointSlotName(char *buf, Oid dboid, int32 stream_id,
 extern bool FlowpgParseSavepointSlotName(const char *name, Oid *dboid,
 										 int32 *stream_id, int64 *savepoint_id);
 
-/* The length of an interval in microseconds (a month is 30 days). */
+/*
+ * The length of an interval in microseconds (a month is 30 days), PG_INT64_MAX
+ * or PG_INT64_MIN past what an int64 holds.
+ */
 extern int64 FlowpgIntervalUsecs(const Interval *iv);
 
 /* Transaction-scoped lock that serializes create, drop and worker start. */

@@ -615,8 +615,11 @@ set_status(FlowWorker *w, StreamStatus status)
 
 /*
  * Never fill the disk: if the stream's slots keep more WAL than
- * flowpg.max_retained_wal, the stream fails for good.  Checked about once
- * a second.
+ * flowpg.max_retained_wal because the stream has not applied it (paused,
+ * failing, or behind; a savepoint's position), the stream fails for good.
+ * WAL they keep only because a transaction is still open does not count:
+ * that is no fault of the stream's, and goes once the transaction ends.
+ * Checked about once a second.
  */
 static void
 check_retained_wal(FlowWorker *w)
@@ -629,11 +632,11 @@ check_retained_wal(FlowWorker *w)
 		!TimestampDifferenceExceeds(w->wal_checked_at, now, 1000))
 		return;
 	w->wal_checked_at = now;
-	retained = ControlRetainedWal(MyDatabaseId, w->def->id);
+	retained = ControlUnappliedWal(MyDatabaseId, w->def->id);
 	if (retained <= (int64) flowpg_max_retained_wal * 1024 * 1024)
 		return;
 
-	message = psprintf("stream \"%s\" retained " INT64_FORMAT " MB of WAL, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
+	message = psprintf("stream \"%s\" kept " INT64_FORMAT " MB of WAL it has not applied, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
 					   w->def->name, retained / (1024 * 1024), flowpg_max_retained_wal);
 	fail_for_good(w, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, message,
 				  "Drop the stream and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.");

@@ -67,6 +67,7 @@ typedef struct FlowWorker
 
 	/* Checkpoint statements (checkpoint.c) */
 	bool		result_changed; /* result table's definition invalidated */
+	bool		result_triggers;	/* the result table has triggers */
 	TupleDesc	resultdesc;
 	Oid			result_rowtype;
 	SPIPlanPtr	result_delete;	/* empties the result table */
