@@ -1252,9 +1252,8 @@ new_owner_context(void *arg)
  * aggregates and functions.  Compiling the plan may run the owner's
  * functions (on constants), so as REFRESH MATERIALIZED VIEW does, in a
  * security-restricted operation whose settings (the stream's) do not
- * outlive it.  A
- * restored stream not rebuilt yet has no plan: its adopter checks, as the
- * new owner.
+ * outlive it.  A restored stream not rebuilt yet has no plan: its adopter
+ * checks, as the new owner.
  */
 static void
 check_new_owner(StreamDef *def)

@@ -821,7 +821,6 @@ CompileQueryTree(Query *query)
 	return fq;
 }
 
-/* Parse and analyze a stream's query text, then compile it. */
 /* The one SELECT statement of sql, parsed and analyzed. */
 static Query *
 analyze_text(const char *sql)
@@ -845,6 +844,7 @@ analyze_text(const char *sql)
 	return parse_analyze_fixedparams(stmt, sql, NULL, 0, NULL);
 }
 
+/* Parse and analyze a stream's query text, then compile it. */
 FlowQuery *
 CompileQueryText(const char *sql)
 {

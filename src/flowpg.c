@@ -16,8 +16,8 @@
 #include <limits.h>
 
 #include "access/xact.h"
-#include "common/int.h"
 #include "access/xlog.h"
+#include "common/int.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "replication/slot.h"

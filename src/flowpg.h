@@ -85,8 +85,8 @@ extern bool FlowpgParseSavepointSlotName(const char *name, Oid *dboid,
 										 int32 *stream_id, int64 *savepoint_id);
 
 /*
- * The length of an interval in microseconds (a month is 30 days), PG_INT64_MAX
- * or PG_INT64_MIN past what an int64 holds.
+ * The length of an interval in microseconds (a month is 30 days);
+ * PG_INT64_MAX or PG_INT64_MIN past what an int64 holds.
  */
 extern int64 FlowpgIntervalUsecs(const Interval *iv);
 
