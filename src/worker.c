@@ -625,19 +625,19 @@ static void
 check_retained_wal(FlowWorker *w)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	int64		retained;
+	int64		unapplied;
 	char	   *message;
 
 	if (flowpg_max_retained_wal < 0 ||
 		!TimestampDifferenceExceeds(w->wal_checked_at, now, 1000))
 		return;
 	w->wal_checked_at = now;
-	retained = ControlUnappliedWal(MyDatabaseId, w->def->id);
-	if (retained <= (int64) flowpg_max_retained_wal * 1024 * 1024)
+	unapplied = ControlUnappliedWal(MyDatabaseId, w->def->id);
+	if (unapplied <= (int64) flowpg_max_retained_wal * 1024 * 1024)
 		return;
 
 	message = psprintf("stream \"%s\" kept " INT64_FORMAT " MB of WAL it has not applied, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
-					   w->def->name, retained / (1024 * 1024), flowpg_max_retained_wal);
+					   w->def->name, unapplied / (1024 * 1024), flowpg_max_retained_wal);
 	fail_for_good(w, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, message,
 				  "Drop the stream and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.");
 }
