@@ -366,10 +366,11 @@ result_invalidated(Datum arg, Oid relid)
 /*
  * Is index the unique index that makes a key's result row unique: valid,
  * immediate, not partial, on exactly the key columns with NULLs not
- * distinct (on the constant true for a global aggregate)?
+ * distinct (on the constant true for a global aggregate)?  If so, cols[j]
+ * is the key in its column j.
  */
 static bool
-is_key_index(FlowWorker *w, Relation index)
+is_key_index(FlowWorker *w, Relation index, int *cols)
 {
 	Form_pg_index form = index->rd_index;
 	int			nkeys = w->plan->nkeys;
@@ -397,6 +398,7 @@ is_key_index(FlowWorker *w, Relation index)
 				break;
 		if (j == nkeys)
 			return false;
+		cols[j] = k;
 	}
 	return true;
 }
@@ -414,6 +416,7 @@ check_key_index(FlowWorker *w, Relation rel, const char *table)
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
 	bool		found = false;
+	int			map[INDEX_MAX_KEYS];
 	StringInfoData cols;
 	int			k;
 
@@ -421,7 +424,9 @@ check_key_index(FlowWorker *w, Relation rel, const char *table)
 	{
 		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
 
-		found = is_key_index(w, index);
+		found = is_key_index(w, index, map);
+		if (found)
+			PlanSetKeyIndex(w->plan, index, map);
 		index_close(index, AccessShareLock);
 		if (found)
 			break;
@@ -1145,8 +1150,9 @@ find_rows_by_key(FlowWorker *w, StateChunk **chunks, Datum *rows, int *probe,
 	foreach(lc, indexes)
 	{
 		Relation	candidate = index_open(lfirst_oid(lc), AccessShareLock);
+		int			cols[INDEX_MAX_KEYS];
 
-		if (is_key_index(w, candidate))
+		if (is_key_index(w, candidate, cols))
 		{
 			index = candidate;
 			break;

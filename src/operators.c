@@ -55,8 +55,10 @@
 
 #include "access/detoast.h"
 #include "access/heaptoast.h"
+#include "access/itup.h"
 #include "access/nbtree.h"
 #include "catalog/pg_aggregate.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/executor.h"
@@ -71,6 +73,7 @@
 #include "utils/expandeddatum.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
@@ -702,6 +705,100 @@ PlanEmptyKey(FlowPlan *plan)
 	return heap_form_minimal_tuple(plan->keydesc, NULL, NULL);
 }
 
+/*
+ * The result table's unique index on the keys (cols[j] is the key in its
+ * column j), into which a checkpoint inserts each new key's entry.  A
+ * btree entry takes at most about a third of a page: a longer key would
+ * fail every checkpoint, in a statement that names neither the key nor
+ * the row.  check_key_size checks each new key at its row instead, which
+ * fails the row's transaction as any error of a row's operators does.
+ * Only keys of variable length can be too long.
+ */
+void
+PlanSetKeyIndex(FlowPlan *plan, Relation index, const int *cols)
+{
+	MemoryContext oldcxt;
+	PageHeaderData page;
+	bool		varlena = false;
+	int			j;
+
+	if (plan->key_index_desc != NULL)
+	{
+		FreeTupleDesc(plan->key_index_desc);
+		pfree(plan->key_index_cols);
+		pfree(plan->key_index_name);
+		plan->key_index_desc = NULL;
+	}
+	for (j = 0; j < plan->nkeys; j++)
+		if (TupleDescAttr(plan->keydesc, j)->attlen < 0)
+			varlena = true;
+	/* an index with INCLUDE columns takes values the key does not have */
+	if (!varlena || index->rd_rel->relam != BTREE_AM_OID ||
+		RelationGetDescr(index)->natts != plan->nkeys)
+		return;
+
+	oldcxt = MemoryContextSwitchTo(plan->cxt);
+	plan->key_index_desc = CreateTupleDescCopy(RelationGetDescr(index));
+	plan->key_index_cols = palloc(sizeof(int) * plan->nkeys);
+	memcpy(plan->key_index_cols, cols, sizeof(int) * plan->nkeys);
+	plan->key_index_name = pstrdup(RelationGetRelationName(index));
+	MemoryContextSwitchTo(oldcxt);
+	PageSetPageSizeAndVersion((Page) &page, BLCKSZ, PG_PAGE_LAYOUT_VERSION);
+	plan->key_index_max = BTMaxItemSize((Page) &page);
+}
+
+static void
+key_size_context(void *arg)
+{
+	errcontext("checking that a new group key fits in index \"%s\" of the stream's result table",
+			   (const char *) arg);
+}
+
+/*
+ * Does the new key in plan->keyvals/keynulls fit in the result table's
+ * unique index?  Its entry is formed as the index forms it at a
+ * checkpoint (from the key's values detoasted, as the state keeps them,
+ * compressed as the index compresses them); index_form_tuple itself
+ * refuses one past the largest any index takes.  In the per-row memory.
+ */
+static void
+check_key_size(FlowPlan *plan)
+{
+	TupleDesc	desc = plan->key_index_desc;
+	Datum		values[INDEX_MAX_KEYS];
+	bool		isnull[INDEX_MAX_KEYS];
+	ErrorContextCallback callback;
+	IndexTuple	itup;
+	Size		size;
+	int			j;
+
+	for (j = 0; j < desc->natts; j++)
+	{
+		int			k = plan->key_index_cols[j];
+
+		isnull[j] = plan->keynulls[k];
+		values[j] = plan->keyvals[k];
+		if (!isnull[j] && TupleDescAttr(desc, j)->attlen == -1)
+			values[j] = PointerGetDatum(PG_DETOAST_DATUM(values[j]));
+	}
+	callback.callback = key_size_context;
+	callback.arg = plan->key_index_name;
+	callback.previous = error_context_stack;
+	error_context_stack = &callback;
+	itup = index_form_tuple(desc, values, isnull);
+	size = MAXALIGN(IndexTupleSize(itup));
+	if (size > plan->key_index_max)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("group key too long for index \"%s\" of the stream's result table",
+						plan->key_index_name),
+				 errdetail("The key's index entry would take %zu bytes; an entry of a btree index takes at most %zu.",
+						   size, plan->key_index_max),
+				 errhint("Group by a shorter expression of the key, such as md5() of a long text.")));
+	error_context_stack = callback.previous;
+	pfree(itup);
+}
+
 /* ---------------------------------------------------------------------
  * Aggregate support functions, called as nodeAgg.c calls them
  * ---------------------------------------------------------------------
@@ -1263,6 +1360,8 @@ batch_group(FlowBatch *batch, FlowState *st, uint32 hash)
 	}
 	entry->ref.group = batch->ngroups;
 	batch->groups[batch->ngroups++] = group;
+	if (!found && plan->key_index_desc != NULL)
+		check_key_size(plan);
 	return group;
 }
 

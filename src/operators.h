@@ -17,6 +17,7 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "nodes/execnodes.h"
+#include "utils/relcache.h"
 
 #include "compile.h"
 #include "state.h"
@@ -94,6 +95,11 @@ typedef struct FlowPlan
 	Oid		   *key_coll;
 	Datum	   *keyvals;		/* scratch */
 	bool	   *keynulls;
+	/* the result table's unique index, to check the entry of a new key */
+	TupleDesc	key_index_desc; /* NULL: not known, or no key is a varlena */
+	int		   *key_index_cols; /* per index column: its key */
+	char	   *key_index_name;
+	Size		key_index_max;	/* the largest entry a btree page takes */
 
 	/* the aggregate support functions' view of their caller */
 	AggState   *aggstate;
@@ -114,6 +120,7 @@ typedef struct FlowBatch FlowBatch;
 
 extern FlowPlan *PlanBuild(FlowQuery *fq, TupleDesc srcdesc);
 extern void PlanSetSourceDesc(FlowPlan *plan, TupleDesc desc);
+extern void PlanSetKeyIndex(FlowPlan *plan, Relation index, const int *cols);
 extern TupleTableSlot *PlanFinalize(FlowPlan *plan, MinimalTuple key,
 									const char *image, Size len);
 extern uint32 PlanKeyHash(FlowPlan *plan, Datum *values, bool *isnull);
