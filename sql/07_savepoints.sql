@@ -72,10 +72,17 @@ SELECT count(*) AS savepoints_carol_sees FROM flowpg.savepoints;
 RESET ROLE;
 DROP ROLE flowpg_carol;
 
--- dropping a savepoint releases its slot; a rollback keeps both
+-- dropping a savepoint releases its slot; a rollback keeps both, and so
+-- does a rollback to a savepoint of the transaction, which commits
 BEGIN;
 SELECT flowpg.drop_savepoint('svs', 'first');
 ROLLBACK;
+SELECT name, restorable FROM flowpg.savepoints WHERE stream = 'public.svs';
+BEGIN;
+SAVEPOINT keep_it;
+SELECT flowpg.drop_savepoint('svs', 'first');
+ROLLBACK TO keep_it;
+COMMIT;
 SELECT name, restorable FROM flowpg.savepoints WHERE stream = 'public.svs';
 SELECT flowpg.drop_savepoint('svs', 'first');
 SELECT count(*) AS savepoints, (SELECT count(*) FROM pg_replication_slots
@@ -89,6 +96,16 @@ BEGIN;
 SELECT flowpg.rebuild_stream('svg');
 ROLLBACK;
 SELECT name FROM flowpg.savepoints WHERE stream = 'public.svg';
+BEGIN;
+SAVEPOINT keep_it;
+SELECT flowpg.rebuild_stream('svg');
+ROLLBACK TO keep_it;
+COMMIT;
+SELECT s.name, s.restorable, t.stale FROM flowpg.savepoints s
+  JOIN flowpg.streams t ON t.name = s.stream WHERE s.stream = 'public.svg';
+SELECT pg_sleep(1);
+SELECT flowpg.wait('svg');
+SELECT kind FROM flowpg.checkpoints WHERE stream = 'public.svg' ORDER BY id DESC LIMIT 1;
 SELECT flowpg.rebuild_stream('svg');
 SELECT oracle('svg');
 SELECT name, status, stale FROM flowpg.streams WHERE name = 'public.svg';
@@ -111,6 +128,20 @@ SELECT flowpg.wait('early_n');
 TABLE early_n ORDER BY k;
 SELECT flowpg.drop_stream('early_n');
 DROP TABLE early;
+-- a savepoint of a stream being rebuilt is refused at once: its worker
+-- starts once the rebuild is done, and the rebuild does not wait for it
+-- (it waited out the savepoint's timeout, which then took it all the same)
+CREATE TABLE rb (v int);
+INSERT INTO rb SELECT generate_series(1, 300000);
+SELECT flowpg.create_stream('rb_n', 'SELECT count(*) AS n FROM rb');
+SELECT flowpg.rebuild_stream('rb_n');
+SELECT try($$SELECT flowpg.savepoint('rb_n', 'during')$$);
+SELECT flowpg.wait('rb_n');
+TABLE rb_n;
+SELECT flowpg.savepoint('rb_n', 'after') > 0 AS taken;
+SELECT name FROM flowpg.savepoints WHERE stream = 'public.rb_n';
+SELECT flowpg.drop_stream('rb_n');
+DROP TABLE rb;
 SELECT try($$SELECT flowpg.rebuild_stream('nope')$$);
 SELECT try($$SELECT flowpg.rebuild_stream(NULL)$$);
 CREATE ROLE flowpg_carol LOGIN;

@@ -25,10 +25,14 @@
  *	  it (drop_stream, DROP TABLE, DROP ... CASCADE, DROP EXTENSION, which
  *	  drops result tables through their automatic dependency).  The object
  *	  access hook notes every dropped table; at PRE_COMMIT, for each one
- *	  that was a result table, the stream's worker is stopped, its slot and
- *	  origin dropped and its catalog rows deleted.  The stream's lock (see
- *	  FlowpgLockStream) is held meanwhile so no worker can start.  Lock
- *	  order: tables first, then the stream (CatalogLockStream).
+ *	  that was a result table, the stream's worker is stopped, its origin
+ *	  dropped and its catalog rows deleted; its slots are dropped at
+ *	  COMMIT, after the commit record, since a transaction can still fail
+ *	  after PRE_COMMIT (a serialization failure, NOTIFY's queue, a crash)
+ *	  and a dropped slot cannot come back.  The slots of dropped savepoints
+ *	  go the same way.  The stream's lock (see FlowpgLockStream) is held
+ *	  meanwhile so no worker can start.  Lock order: tables first, then the
+ *	  stream (CatalogLockStream).
  *
  *	rename: a stream's definition (the text pg_dump carries) names the
  *	  objects its query uses; after any statement that renames an object or
@@ -106,7 +110,7 @@ static struct
 	Oid			dropped_extension;	/* its oid */
 	List	   *stopped;		/* StreamCtl entries marked dropping */
 	List	   *held;			/* StreamCtl entries held by a restore */
-	List	   *slots_to_drop;	/* savepoint slots (NameData) to drop */
+	List	   *slots_to_drop;	/* slots (NameData) to drop at COMMIT */
 	List	   *adopt;			/* StreamIdentity of restored streams */
 	List	   *dropped_dbs;	/* databases dropped (Oid) */
 	List	   *given;			/* StreamIdentity of streams given to
@@ -526,7 +530,7 @@ delete_savepoints(int32 id)
 	delete_stream_rows(id, sql, lengthof(sql));
 }
 
-/* Drop a replication slot at PRE_COMMIT. */
+/* Drop a replication slot at COMMIT (see DecodeDropSlotAtCommit). */
 static void
 pend_slot_drop(const char *slot_name)
 {
@@ -731,20 +735,26 @@ stop_worker(StreamCtl *ctl, List **list)
 }
 
 /*
- * Stop a stream's worker and drop its slot and origin: the non
- * transactional part of dropping a stream.  Runs at PRE_COMMIT.
+ * Stop a stream's worker and drop its origin, and its slots at COMMIT: the
+ * non transactional part of dropping a stream.  Runs at PRE_COMMIT.  The
+ * savepoints' slots go first, so that a crash before the last of them
+ * leaves the stream's own, whose next worker drops the rest (drop_orphan
+ * in worker.c).
  */
 void
 StreamStopAndDrop(Oid dboid, int32 stream_id)
 {
 	char		slot_name[NAMEDATALEN];
 	StreamCtl  *ctl = ControlAcquire(dboid, stream_id);
+	ListCell   *lc;
 
 	FlowpgSlotName(slot_name, dboid, stream_id);
 	if (ctl != NULL)
 		stop_worker(ctl, &pending.stopped);
-	DecodeDropSlot(slot_name);
-	DecodeDropSavepointSlots(dboid, stream_id);
+	foreach(lc, ControlListSavepointSlots(dboid, stream_id))
+		pend_slot_drop(NameStr(*(NameData *) lfirst(lc)));
+	pend_slot_drop(slot_name);
+	DecodeAwaitSlotFree(slot_name);
 	replorigin_drop_by_name(slot_name, true, false);
 
 	/* the worker has let go of its slot: it is gone, free its state */
@@ -906,7 +916,7 @@ CatalogPendingAdopt(int32 stream_id)
 	MemoryContextSwitchTo(oldcxt);
 }
 
-/* A dropped savepoint: drop its slot at PRE_COMMIT. */
+/* A dropped savepoint: drop its slot at COMMIT. */
 void
 CatalogPendingSlotDrop(Oid dboid, int32 stream_id, int64 savepoint_id)
 {
@@ -941,6 +951,41 @@ drops_result_table(void)
 	return found;
 }
 
+/*
+ * PRE_COMMIT: what a subtransaction asked for and then rolled back is not
+ * done: keep the slots of savepoints whose rows are gone (drop_savepoint,
+ * rebuild_stream), and the rebuilds of streams still marked restored.
+ */
+static void
+keep_pending_committed(void)
+{
+	List	   *slots = NIL;
+	List	   *adopt = NIL;
+	ListCell   *lc;
+
+	if (!OidIsValid(get_extension_oid("flowpg", true)))
+		return;					/* the rows went with the extension */
+	foreach(lc, pending.slots_to_drop)
+	{
+		Oid			db;
+		int32		id;
+		int64		spid;
+
+		if (!FlowpgParseSavepointSlotName(NameStr(*(NameData *) lfirst(lc)), &db, &id, &spid) ||
+			!CatalogSavepointExists(spid))
+			slots = lappend(slots, lfirst(lc));
+	}
+	foreach(lc, pending.adopt)
+	{
+		StreamDef  *def = CatalogReadStream(((StreamIdentity *) lfirst(lc))->stream_id);
+
+		if (def != NULL && def->restored)
+			adopt = lappend(adopt, lfirst(lc));
+	}
+	pending.slots_to_drop = slots;
+	pending.adopt = adopt;
+}
+
 static void
 flowpg_xact_callback(XactEvent event, void *arg)
 {
@@ -956,16 +1001,15 @@ flowpg_xact_callback(XactEvent event, void *arg)
 				pending.create_active = false;
 				pending.created = true;
 			}
-			foreach(lc, pending.slots_to_drop)
-				DecodeDropSlot(NameStr(*(NameData *) lfirst(lc)));
-			pending.slots_to_drop = NIL;
 			foreach(lc, pending.dropped_dbs)
 				forget_adopting(lfirst_oid(lc));
 			if (pending.dropped_relids != NIL || pending.extension_dropped ||
-				pending.given != NIL)
+				pending.given != NIL || pending.slots_to_drop != NIL ||
+				pending.adopt != NIL)
 			{
 				/* the portal and its snapshot are gone by now */
 				PushActiveSnapshot(GetTransactionSnapshot());
+				keep_pending_committed();
 				process_drops();
 				/* a change in a subtransaction rolled back is no change */
 				foreach(lc, pending.given)
@@ -979,6 +1023,9 @@ flowpg_xact_callback(XactEvent event, void *arg)
 				}
 				PopActiveSnapshot();
 			}
+			/* none may be held at COMMIT */
+			foreach(lc, pending.slots_to_drop)
+				DecodeAwaitSlotFree(NameStr(*(NameData *) lfirst(lc)));
 			break;
 
 		case XACT_EVENT_PRE_PREPARE:
@@ -993,6 +1040,9 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			break;
 
 		case XACT_EVENT_COMMIT:
+			/* before the dropped streams' entries are freed for others */
+			foreach(lc, pending.slots_to_drop)
+				DecodeDropSlotAtCommit(NameStr(*(NameData *) lfirst(lc)));
 			if (pending.created)
 				ControlWakeLauncher();
 			foreach(lc, pending.stopped)

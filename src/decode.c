@@ -550,6 +550,73 @@ DecodeDropSlot(const char *slot_name)
 		ReplicationSlotDrop(slot_name, false);
 }
 
+/*
+ * Wait until no process holds the slot (a worker that was told to stop),
+ * so that DecodeDropSlotAtCommit finds it free.  The caller keeps workers
+ * from taking it again (the stream's lock, StreamCtl.dropping).
+ */
+void
+DecodeAwaitSlotFree(const char *slot_name)
+{
+	if (SearchNamedReplicationSlot(slot_name, true) == NULL)
+		return;
+	ReplicationSlotAcquire(slot_name, false);
+	ReplicationSlotRelease();
+}
+
+/*
+ * Drop a slot as the transaction that dropped its stream or savepoint
+ * commits, after its commit record: dropped before (at PRE_COMMIT), a
+ * transaction that then failed to commit (a serialization failure, a
+ * crash) left the stream or savepoint without its slot.  Nothing here may
+ * raise an error, which would be a PANIC after the commit: the slot is
+ * claimed as ReplicationSlotAcquire claims it, without its error if some
+ * other process holds it (DecodeAwaitSlotFree left it free; only a slot
+ * taken by hand since can be held), and such a slot is left to the next
+ * worker, which drops the slots of streams and savepoints that do not
+ * exist.  Claimed, ReplicationSlotDrop acquires it as ours and drops it.
+ * An I/O error removing the slot's directory is a PANIC, as PostgreSQL's
+ * own failures to sync it are.
+ */
+void
+DecodeDropSlotAtCommit(const char *slot_name)
+{
+	ReplicationSlot *slot;
+	bool		claimed = false;
+
+	if (MyReplicationSlot != NULL)
+	{
+		ereport(WARNING,
+				(errmsg("flowpg could not drop replication slot \"%s\": this session holds replication slot \"%s\"",
+						slot_name, NameStr(MyReplicationSlot->data.name))));
+		return;
+	}
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	slot = SearchNamedReplicationSlot(slot_name, false);
+	if (slot != NULL)
+	{
+		SpinLockAcquire(&slot->mutex);
+		if (slot->active_pid == 0)
+		{
+			slot->active_pid = MyProcPid;
+			claimed = true;
+		}
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	if (slot == NULL)
+		return;
+	if (!claimed)
+	{
+		ereport(WARNING,
+				(errmsg("flowpg could not drop replication slot \"%s\": another process holds it",
+						slot_name),
+				 errdetail("flowpg drops it once it is free.")));
+		return;
+	}
+	ReplicationSlotDrop(slot_name, true);
+}
+
 /* Drop every savepoint slot of a stream. */
 void
 DecodeDropSavepointSlots(Oid dboid, int32 stream_id)

@@ -17,6 +17,8 @@
 
 extern void DecodeCreateSlot(const char *slot_name, Snapshot *snapshot);
 extern void DecodeDropSlot(const char *slot_name);
+extern void DecodeAwaitSlotFree(const char *slot_name);
+extern void DecodeDropSlotAtCommit(const char *slot_name);
 extern void DecodeDropSavepointSlots(Oid dboid, int32 stream_id);
 extern void DecodeCopySlot(const char *src, const char *dst);
 extern void DecodeCopyOwnSlot(FlowWorker *w, const char *dst);

@@ -115,6 +115,43 @@ savepoint_missing(StreamDef *def, const char *name)
 }
 
 /*
+ * A stream being rebuilt (rebuild_stream, a restore, a copy) has no worker
+ * to take a savepoint until its adopter is done, and the adopter waits for
+ * the stream lock a savepoint holds: refuse, rather than wait out the
+ * timeout and hold the rebuild back meanwhile.
+ */
+static void
+check_not_rebuilding(StreamDef *def, StreamCtl *ctl)
+{
+	bool		adopting;
+
+	LWLockAcquire(&FlowCtl->lock, LW_SHARED);
+	adopting = ctl->adopting;
+	LWLockRelease(&FlowCtl->lock);
+	if (adopting || def->restored)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("stream \"%s\" is being rebuilt from its source table", def->name),
+				 errdetail("A savepoint is a checkpoint that the stream's worker takes, and the worker starts once the rebuild is done."),
+				 errhint("Wait for the rebuild with flowpg.wait, then take the savepoint.")));
+}
+
+/*
+ * Take back a savepoint request that failed (a timeout, a cancel, the
+ * stream failing or being rebuilt) if the worker has not begun it, so that
+ * no worker takes the savepoint after its caller was told it failed.
+ * Requests come one at a time (the stream lock): the count goes back.
+ */
+static void
+withdraw_request(StreamCtl *ctl, uint64 request)
+{
+	SpinLockAcquire(&ctl->mutex);
+	if (ctl->sp_requested == request && ctl->sp_attempted < request)
+		ctl->sp_requested = request - 1;
+	SpinLockRelease(&ctl->mutex);
+}
+
+/*
  * flowpg.savepoint(stream text, savepoint text) RETURNS bigint: the
  * worker takes a checkpoint and keeps it as the savepoint.  Like
  * flowpg.checkpoint it takes effect at once, whatever becomes of the
@@ -132,6 +169,7 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 	int64		id;
 
 	FlowpgCheckPrerequisites();
+	FlowpgCheckNotStandby(fcinfo);
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	name = savepoint_arg(fcinfo);
@@ -147,34 +185,45 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 	ctl = ApiAwaitControl(def, deadline);
+	check_not_rebuilding(def, ctl);
 	ApiRequestTarget(ctl);
 	SpinLockAcquire(&ctl->mutex);
 	strlcpy(ctl->sp_name, name, NAMEDATALEN);
 	request = ++ctl->sp_requested;
 	SpinLockRelease(&ctl->mutex);
-	for (;;)
+	PG_TRY();
 	{
-		bool		done;
-		bool		abandoned;
+		for (;;)
+		{
+			bool		done;
+			bool		abandoned;
 
-		SpinLockAcquire(&ctl->mutex);
-		done = ctl->sp_done >= request;
-		id = ctl->sp_id;
-		abandoned = ctl->sp_abandoned >= request;
-		SpinLockRelease(&ctl->mutex);
-		if (done)
-			break;
-		ApiRaiseIfFailed(def, ctl);
-		if (abandoned)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("the worker of stream \"%s\" restarted while taking savepoint \"%s\"",
-							def->name, name),
-					 errhint("See last_error in flowpg.streams, then take the savepoint again.")));
-		ApiWakeWorker(ctl);
-		ApiSleepUntil(def, ctl, deadline, "a savepoint", InvalidXLogRecPtr);
-		CHECK_FOR_INTERRUPTS();
+			SpinLockAcquire(&ctl->mutex);
+			done = ctl->sp_done >= request;
+			id = ctl->sp_id;
+			abandoned = ctl->sp_abandoned >= request;
+			SpinLockRelease(&ctl->mutex);
+			if (done)
+				break;
+			ApiRaiseIfFailed(def, ctl);
+			if (abandoned)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("the worker of stream \"%s\" restarted while taking savepoint \"%s\"",
+								def->name, name),
+						 errhint("See last_error in flowpg.streams, then take the savepoint again.")));
+			check_not_rebuilding(def, ctl);
+			ApiWakeWorker(ctl);
+			ApiSleepUntil(def, ctl, deadline, "a savepoint", InvalidXLogRecPtr);
+			CHECK_FOR_INTERRUPTS();
+		}
 	}
+	PG_CATCH();
+	{
+		withdraw_request(ctl, request);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	ConditionVariableCancelSleep();
 	PG_RETURN_INT64(id);
 }

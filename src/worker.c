@@ -109,6 +109,7 @@ drop_orphan(FlowWorker *w)
 					w->slot_name)));
 	FlowpgStartTransaction();
 	DecodeDropSlot(w->slot_name);
+	DecodeDropSavepointSlots(w->ctl->dboid, w->ctl->stream_id);
 	replorigin_drop_by_name(w->slot_name, true, false);
 	CommitTransactionCommand();
 }

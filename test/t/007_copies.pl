@@ -85,7 +85,8 @@ like($err, qr/stream "public.spend" does not run on a standby/,
 	'flowpg.wait on the standby says so');
 for my $call ("flowpg.create_stream('t2', 'SELECT count(*) AS n FROM clicks')",
 	"flowpg.drop_stream('spend')", "flowpg.pause_stream('spend')",
-	"flowpg.rebuild_stream('spend')", "flowpg.drop_savepoint('spend', 'before')")
+	"flowpg.rebuild_stream('spend')", "flowpg.drop_savepoint('spend', 'before')",
+	"flowpg.savepoint('spend', 'on_standby')")
 {
 	($rc, $out, $err) = $standby->psql('postgres', "SELECT $call");
 	my ($fn) = $call =~ /^(flowpg\.\w+)/;
