@@ -174,3 +174,38 @@ UNION ALL
 (SELECT body, count(*), sum(n) FROM notes GROUP BY body EXCEPT TABLE note_counts);
 SELECT flowpg.drop_stream('note_counts');
 DROP TABLE notes;
+
+-- CREATE OR REPLACE AGGREGATE may change an aggregate's state type, and a
+-- stream's states are of the old one (read as the new one, they crashed the
+-- server at the worker's next start, again and again): the worker, and
+-- flowpg.live, stop with an error instead, until the aggregate is as it
+-- was or the stream is rebuilt over its source
+CREATE TABLE agg_src (k int, v int);
+CREATE FUNCTION my_t1(bigint, int) RETURNS bigint LANGUAGE sql IMMUTABLE AS 'SELECT coalesce($1, 0) + $2';
+CREATE FUNCTION my_c1(bigint, bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS 'SELECT coalesce($1, 0) + coalesce($2, 0)';
+CREATE AGGREGATE my_sum(int) (sfunc = my_t1, stype = bigint, combinefunc = my_c1);
+SELECT flowpg.create_stream('my_sums', 'SELECT k, my_sum(v) AS s FROM agg_src GROUP BY k');
+INSERT INTO agg_src VALUES (1, 1), (2, 2);
+SELECT flowpg.wait('my_sums');
+CREATE FUNCTION my_t2(numeric, int) RETURNS numeric LANGUAGE sql IMMUTABLE AS 'SELECT coalesce($1, 0) + $2';
+CREATE FUNCTION my_c2(numeric, numeric) RETURNS numeric LANGUAGE sql IMMUTABLE AS 'SELECT coalesce($1, 0) + coalesce($2, 0)';
+CREATE FUNCTION my_f2(numeric) RETURNS bigint LANGUAGE sql IMMUTABLE AS 'SELECT $1::bigint';
+CREATE OR REPLACE AGGREGATE my_sum(int) (sfunc = my_t2, stype = numeric, combinefunc = my_c2, finalfunc = my_f2);
+SELECT try($$SELECT * FROM flowpg.live(NULL::my_sums)$$);
+SELECT pg_terminate_backend(pid) AS restarted FROM flowpg.streams WHERE name = 'public.my_sums';
+INSERT INTO agg_src VALUES (1, 10);
+SELECT try($$SELECT flowpg.wait('my_sums')$$);
+SELECT status, last_error FROM flowpg.streams WHERE name = 'public.my_sums';
+TABLE my_sums ORDER BY k;
+SELECT flowpg.rebuild_stream('my_sums');
+SELECT flowpg.wait('my_sums');
+INSERT INTO agg_src VALUES (2, 20);
+SELECT flowpg.wait('my_sums');
+TABLE my_sums ORDER BY k;
+(TABLE my_sums EXCEPT SELECT k, my_sum(v) FROM agg_src GROUP BY k)
+UNION ALL
+(SELECT k, my_sum(v) FROM agg_src GROUP BY k EXCEPT TABLE my_sums);
+SELECT flowpg.drop_stream('my_sums');
+DROP TABLE agg_src;
+DROP AGGREGATE my_sum(int);
+DROP FUNCTION my_t1(bigint, int), my_c1(bigint, bigint), my_t2(numeric, int), my_c2(numeric, numeric), my_f2(numeric);

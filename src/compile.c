@@ -42,6 +42,7 @@
 #include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
 #include "parser/analyze.h"
+#include "parser/parse_agg.h"
 #include "parser/parse_clause.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
@@ -542,7 +543,14 @@ find_grouping_walker(Node *node, void *context)
 	return expression_tree_walker(node, find_grouping_walker, context);
 }
 
-/* Refuse aggregates that cannot be computed by transition + combine. */
+/*
+ * Refuse aggregates that cannot be computed by transition + combine.  And
+ * keep the state type of each in its Aggref (aggtranstype, which only the
+ * planner sets otherwise), so that the plan a stream stores records it:
+ * the states in its checkpoints and shared memory are of that type, and
+ * CREATE OR REPLACE AGGREGATE may change it since.  Read as another type,
+ * a state would crash the server (a worker restarting, flowpg.live).
+ */
 static void
 check_aggregate(Aggref *aggref)
 {
@@ -552,6 +560,9 @@ check_aggregate(Aggref *aggref)
 	bool		combine,
 				serialize;
 	Oid			support[5];
+	Oid			input_types[FUNC_MAX_ARGS];
+	Oid			transtype;
+	int			nargs;
 	int			i;
 
 	if (aggref->aggkind != AGGKIND_NORMAL)
@@ -580,9 +591,21 @@ check_aggregate(Aggref *aggref)
 	support[2] = form->aggserialfn;
 	support[3] = form->aggdeserialfn;
 	support[4] = form->aggfinalfn;
+	nargs = get_aggregate_argtypes(aggref, input_types);
+	transtype = resolve_aggregate_transtype(aggref->aggfnoid, form->aggtranstype,
+											input_types, nargs);
 	ReleaseSysCache(tuple);
 	for (i = 0; i < lengthof(support); i++)
 		check_support_function(support[i], name);
+	if (!OidIsValid(aggref->aggtranstype))
+		aggref->aggtranstype = transtype;
+	else if (aggref->aggtranstype != transtype)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("aggregate %s has changed its state type since the stream was created", name),
+				 errdetail("The stream's states of it are of type %s; the aggregate's are of type %s now.",
+						   format_type_be(aggref->aggtranstype), format_type_be(transtype)),
+				 errhint("Define the aggregate as it was, or rebuild the stream from its source table with flowpg.rebuild_stream.")));
 
 	if (!combine || !serialize)
 		ereport(ERROR,
@@ -663,6 +686,31 @@ deparse_key(FlowQuery *fq, Expr *expr)
 	return deparse_expression((Node *) expr, dpcontext, false, false);
 }
 
+/*
+ * Is a value of this type, or of a type it is made of (an array's
+ * elements, a domain's base type, a range's bounds), a composite value?
+ * PostgreSQL hashes a composite value over the attributes its type has
+ * when it hashes it: after ALTER TYPE ... ADD or DROP ATTRIBUTE, a key
+ * equal to one in a stream's state hashes otherwise, and the stream would
+ * keep it twice.
+ */
+static bool
+type_has_composite(Oid type)
+{
+	Oid			elem;
+
+	type = getBaseType(type);
+	if (type == RECORDOID || type_is_rowtype(type))
+		return true;
+	if (OidIsValid(elem = get_element_type(type)))
+		return type_has_composite(elem);
+	if (type_is_range(type))
+		return type_has_composite(get_range_subtype(type));
+	if (type_is_multirange(type))
+		return type_has_composite(get_multirange_range(type));
+	return false;
+}
+
 /* Collect GROUP BY keys; each must also be an output column. */
 static void
 compile_keys(FlowQuery *fq, Query *query)
@@ -689,6 +737,20 @@ compile_keys(FlowQuery *fq, Query *query)
 					 errmsg("GROUP BY key of type %s is not supported in a stream",
 							format_type_be(exprType((Node *) tle->expr))),
 					 errdetail("flowpg needs a hashable equality operator for every key.")));
+		if (!OidIsValid(GetDefaultOpClass(exprType((Node *) tle->expr), BTREE_AM_OID)))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("GROUP BY key of type %s is not supported in a stream",
+							format_type_be(exprType((Node *) tle->expr))),
+					 errdetail("The result table has a unique index on its keys, and the type has no default operator class for a btree index."),
+					 errhint("Group by the key cast to a type that has one, such as text.")));
+		if (type_has_composite(exprType((Node *) tle->expr)))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("GROUP BY key of composite type %s is not supported in a stream",
+							format_type_be(exprType((Node *) tle->expr))),
+					 errdetail("A composite value hashes over the attributes its type has now: after ALTER TYPE adds or drops one, the stream could not find its keys."),
+					 errhint("Group by the composite's fields, such as (col).a, (col).b.")));
 		fq->keys = lappend(fq->keys, tle->expr);
 		fq->key_eqops = lappend_oid(fq->key_eqops, sgc->eqop);
 		fq->key_outcol[i++] = tle->resno;
