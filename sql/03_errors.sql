@@ -180,6 +180,8 @@ DROP TABLE pairs;
 DROP DOMAIN pair_d;
 DROP TYPE pair;
 
+-- flowpg's schema keeps its name
+SELECT try($$ALTER SCHEMA flowpg RENAME TO fp$$);
 -- a stream cannot read another stream's result table
 SELECT flowpg.create_stream('good', 'SELECT k, count(*) AS n FROM src GROUP BY k');
 SELECT try_create('bad', 'SELECT count(*) FROM good');

@@ -41,6 +41,7 @@
 #include "nodes/makefuncs.h"
 #include "pgstat.h"
 #include "replication/origin.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/backend_status.h"
@@ -411,9 +412,22 @@ flowpg_drop_stream(PG_FUNCTION_ARGS)
 
 	FlowpgCheckLoaded();
 	FlowpgCheckNotStandby(fcinfo);
-	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
-	CatalogCheckOwner(def);
-	/* the stream's lock comes after its table's, as it commits */
+
+	/*
+	 * The stream's lock comes after its table's, as it commits.  A drop of
+	 * the stream that committed while this one waited for the table's lock
+	 * took the table: look the name up again (it says the stream does not
+	 * exist, or finds a stream created since).
+	 */
+	for (;;)
+	{
+		def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
+		CatalogCheckOwner(def);
+		LockRelationOid(def->result, AccessExclusiveLock);
+		if (SearchSysCacheExists1(RELOID, ObjectIdGetDatum(def->result)))
+			break;
+		UnlockRelationOid(def->result, AccessExclusiveLock);
+	}
 	ObjectAddressSet(table, RelationRelationId, def->result);
 	performDeletion(&table, DROP_RESTRICT, 0);
 	PG_RETURN_VOID();
@@ -709,6 +723,8 @@ ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("timed out waiting for %s of stream \"%s\"", what, def->name),
+				 XLogRecPtrIsInvalid(target) ?
+				 errdetail("The stream's worker has not taken it yet.") :
 				 errdetail("The result table is exact up to WAL position %X/%X; the wait needs %X/%X.",
 						   LSN_FORMAT_ARGS(result), LSN_FORMAT_ARGS(target)),
 				 errhint("Check the stream's status in flowpg.streams, or wait longer.")));

@@ -1960,6 +1960,22 @@ renames_objects(Node *stmt)
 	return IsA(stmt, AlterEnumStmt) && ((AlterEnumStmt *) stmt)->oldVal != NULL;
 }
 
+/*
+ * flowpg's SQL, its workers' and its functions', names its schema: it is
+ * not relocatable, and renaming the schema would leave the catalog where
+ * nothing finds it.
+ */
+static void
+check_rename_schema(RenameStmt *stmt)
+{
+	if (strcmp(stmt->subname, "flowpg") == 0 &&
+		OidIsValid(get_extension_oid("flowpg", true)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot rename schema \"flowpg\" of extension flowpg"),
+				 errdetail("flowpg finds its catalog and functions in the schema by its name.")));
+}
+
 static void
 flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   bool readOnlyTree, ProcessUtilityContext context,
@@ -1979,6 +1995,9 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 	else if (IsA(pstmt->utilityStmt, RenameStmt) &&
 			 ((RenameStmt *) pstmt->utilityStmt)->renameType == OBJECT_DATABASE)
 		(void) hold_database_streams(((RenameStmt *) pstmt->utilityStmt)->subname);
+	else if (IsA(pstmt->utilityStmt, RenameStmt) &&
+			 ((RenameStmt *) pstmt->utilityStmt)->renameType == OBJECT_SCHEMA)
+		check_rename_schema((RenameStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, AlterDatabaseStmt) &&
 			 moves_database((AlterDatabaseStmt *) pstmt->utilityStmt))
 		(void) hold_database_streams(((AlterDatabaseStmt *) pstmt->utilityStmt)->dbname);

@@ -303,6 +303,9 @@ flowpg_restore(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("savepoint \"%s\" of stream \"%s\" can no longer be restored",
 						name, def->name),
+				 SearchNamedReplicationSlot(sp_slot, true) != NULL ?
+				 errdetail("The WAL since its position %X/%X is no longer kept: PostgreSQL invalidated its replication slot \"%s\" (max_slot_wal_keep_size).",
+						   LSN_FORMAT_ARGS(sp.lsn), sp_slot) :
 				 errdetail("The WAL since its position %X/%X is no longer kept: its replication slot \"%s\" is gone.",
 						   LSN_FORMAT_ARGS(sp.lsn), sp_slot),
 				 def->failure != NULL ?
