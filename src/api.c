@@ -481,15 +481,6 @@ update_stream(StreamDef *def)
 	ControlRequestReload(MyDatabaseId, def->id, InvalidOid);
 }
 
-static void
-set_paused(FunctionCallInfo fcinfo, bool paused)
-{
-	StreamDef  *def = ApiStreamToChange(fcinfo);
-
-	def->paused = paused;
-	update_stream(def);
-}
-
 /*
  * flowpg.pause_stream(name text): the worker takes a checkpoint and stops
  * applying the source; it keeps its state and its place in the WAL (which
@@ -498,15 +489,26 @@ set_paused(FunctionCallInfo fcinfo, bool paused)
 Datum
 flowpg_pause_stream(PG_FUNCTION_ARGS)
 {
-	set_paused(fcinfo, true);
+	StreamDef  *def = ApiStreamToChange(fcinfo);
+
+	def->paused = true;
+	update_stream(def);
 	PG_RETURN_VOID();
 }
 
-/* flowpg.resume_stream(name text): catch up from where it paused. */
+/*
+ * flowpg.resume_stream(name text): catch up from where it paused.  A
+ * stream that failed for good, or lost its slot, has nothing to resume
+ * from: say so, as flowpg.wait would.
+ */
 Datum
 flowpg_resume_stream(PG_FUNCTION_ARGS)
 {
-	set_paused(fcinfo, false);
+	StreamDef  *def = ApiStreamToChange(fcinfo);
+
+	ApiCheckNotFailed(def);
+	def->paused = false;
+	update_stream(def);
 	PG_RETURN_VOID();
 }
 
@@ -573,6 +575,12 @@ ApiCheckNotFailed(StreamDef *def)
 		return;
 	}
 	FlowpgLockStream(def->id, AccessShareLock);
+	/* a drop of the stream, committed meanwhile, dropped the slot */
+	if (CatalogReadStream(def->id) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("stream \"%s\" does not exist", def->name),
+				 errdetail("It was dropped while this call looked it up.")));
 	if (!ControlSlotUsable(slot_name))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -224,6 +224,9 @@ is(sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%'
 is(sql("SELECT sum(clicks) FROM spend"), $before, 'its results stay as they were');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.wait('spend')");
 like($err, qr/stream "public.spend" has failed for good/, 'flowpg.wait refuses a stale stream');
+($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.resume_stream('spend')");
+like($err, qr/stream "public.spend" has failed for good/,
+	'resume_stream of the paused stale stream says it cannot resume');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.restore('spend', 'last')");
 like($err, qr/can no longer be restored/, 'restore refuses: the WAL is gone');
 $node->restart;
