@@ -91,7 +91,8 @@ typedef struct StreamCtl
 	uint64		sp_requested;	/* flowpg.savepoint calls so far */
 	uint64		sp_attempted;	/* requests a worker began to serve */
 	uint64		sp_done;		/* requests served */
-	uint64		sp_abandoned;	/* requests a failed worker left undone */
+	uint64		sp_abandoned;	/* requests a failed worker left undone,
+								 * or their callers withdrew */
 	int64		sp_id;			/* id of the last savepoint taken */
 	char		sp_name[NAMEDATALEN];	/* name of the requested savepoint */
 

@@ -139,15 +139,15 @@ check_not_rebuilding(StreamDef *def, StreamCtl *ctl)
 /*
  * Take back a savepoint request that failed (a timeout, a cancel, the
  * stream failing or being rebuilt) if the worker has not begun it, so that
- * no worker takes the savepoint after its caller was told it failed.
- * Requests come one at a time (the stream lock): the count goes back.
+ * no worker takes the savepoint after its caller was told it failed: it
+ * counts as abandoned, which a worker checks as it begins one.
  */
 static void
 withdraw_request(StreamCtl *ctl, uint64 request)
 {
 	SpinLockAcquire(&ctl->mutex);
-	if (ctl->sp_requested == request && ctl->sp_attempted < request)
-		ctl->sp_requested = request - 1;
+	if (ctl->sp_attempted < request && ctl->sp_abandoned < request)
+		ctl->sp_abandoned = request;
 	SpinLockRelease(&ctl->mutex);
 }
 

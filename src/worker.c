@@ -464,17 +464,24 @@ maybe_checkpoint(FlowWorker *w)
 	if (ready && sp_requested > w->sp_seen)
 	{
 		int64		id;
+		bool		withdrawn;
 
 		w->sp_seen = sp_requested;
 		SpinLockAcquire(&ctl->mutex);
-		ctl->sp_attempted = sp_requested;
+		/* its caller gave up on it (see withdraw_request in savepoint.c) */
+		withdrawn = ctl->sp_abandoned >= sp_requested;
+		if (!withdrawn)
+			ctl->sp_attempted = sp_requested;
 		SpinLockRelease(&ctl->mutex);
-		id = CheckpointSavepoint(w, sp_name);
-		SpinLockAcquire(&ctl->mutex);
-		ctl->sp_id = id;
-		ctl->sp_done = sp_requested;
-		SpinLockRelease(&ctl->mutex);
-		ConditionVariableBroadcast(&ctl->cv);
+		if (!withdrawn)
+		{
+			id = CheckpointSavepoint(w, sp_name);
+			SpinLockAcquire(&ctl->mutex);
+			ctl->sp_id = id;
+			ctl->sp_done = sp_requested;
+			SpinLockRelease(&ctl->mutex);
+			ConditionVariableBroadcast(&ctl->cv);
+		}
 	}
 	else if (inflight)
 	{
