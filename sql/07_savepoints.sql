@@ -84,6 +84,13 @@ SELECT flowpg.drop_savepoint('svs', 'first');
 ROLLBACK TO keep_it;
 COMMIT;
 SELECT name, restorable FROM flowpg.savepoints WHERE stream = 'public.svs';
+-- a savepoint in the transaction that dropped one (the worker's insert of
+-- the new row waited for this transaction's delete: 60 s, and then the
+-- savepoint was taken all the same)
+BEGIN;
+SELECT flowpg.drop_savepoint('svs', 'first');
+SELECT try($$SELECT flowpg.savepoint('svs', 'first')$$);
+ROLLBACK;
 SELECT flowpg.drop_savepoint('svs', 'first');
 SELECT count(*) AS savepoints, (SELECT count(*) FROM pg_replication_slots
                                  WHERE slot_name LIKE 'flowpg\_sp\_%') AS slots
@@ -166,6 +173,17 @@ SELECT flowpg.drop_stream('dave_n');
 DROP TABLE dv;
 REVOKE CREATE ON SCHEMA public FROM flowpg_dave;
 DROP ROLE flowpg_dave;
+-- a savepoint needs a replication slot of its own: with none free it is
+-- refused, and the stream's worker goes on (it failed, taking it)
+SELECT restarts AS restarts_before FROM flowpg.streams WHERE name = 'public.svs' \gset
+SELECT count(pg_create_physical_replication_slot('flowpg_test_fill_' || g)) > 0 AS filled
+  FROM generate_series(1, (SELECT setting::int FROM pg_settings WHERE name = 'max_replication_slots')
+                          - (SELECT count(*) FROM pg_replication_slots)) g;
+SELECT try($$SELECT flowpg.savepoint('svs', 'no_room')$$);
+SELECT count(pg_drop_replication_slot(slot_name)) > 0 AS freed
+  FROM pg_replication_slots WHERE slot_name LIKE 'flowpg\_test\_fill\_%';
+SELECT flowpg.wait('svs');
+SELECT status, restarts = :restarts_before AS not_restarted FROM flowpg.streams WHERE name = 'public.svs';
 SELECT try($$SELECT flowpg.rebuild_stream('nope')$$);
 SELECT try($$SELECT flowpg.rebuild_stream(NULL)$$);
 CREATE ROLE flowpg_carol LOGIN;

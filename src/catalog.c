@@ -456,6 +456,17 @@ CatalogUpdateStream(StreamDef *def)
 	SPI_finish();
 }
 
+/* Replace a stream's stored plan (see recorded_transtypes in compile.h). */
+void
+CatalogStorePlan(int32 id, const char *plan)
+{
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		values[2] = {Int32GetDatum(id), CStringGetTextDatum(plan)};
+
+	CatalogExec("UPDATE flowpg.stream SET plan = $2 WHERE id OPERATOR(pg_catalog.=) $1",
+				2, types, values, SPI_OK_UPDATE);
+}
+
 /* Run one catalog statement as the extension owner; returns SPI_processed. */
 uint64
 CatalogExec(const char *sql, int nargs, Oid *types, Datum *values, int expected)
@@ -914,6 +925,37 @@ CatalogPendingAdopt(int32 stream_id)
 	ident->owner = InvalidOid;	/* the adopter reads it */
 	pending.adopt = lappend(pending.adopt, ident);
 	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Has this transaction restored the stream (its worker is held until the
+ * transaction ends) or dropped one of its savepoints (whose row it has
+ * deleted, not committed)?  Then a savepoint, which the worker takes in
+ * a transaction of its own, would wait for this one.
+ */
+bool
+CatalogPendingChanges(int32 stream_id)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending.held)
+	{
+		StreamCtl  *ctl = lfirst(lc);
+
+		if (ctl->dboid == MyDatabaseId && ctl->stream_id == stream_id)
+			return true;
+	}
+	foreach(lc, pending.slots_to_drop)
+	{
+		Oid			db;
+		int32		id;
+		int64		spid;
+
+		if (FlowpgParseSavepointSlotName(NameStr(*(NameData *) lfirst(lc)), &db, &id, &spid) &&
+			db == MyDatabaseId && id == stream_id)
+			return true;
+	}
+	return false;
 }
 
 /* A dropped savepoint: drop its slot at COMMIT. */

@@ -45,6 +45,8 @@ extern void CatalogBecomeOwner(CatalogPrivilege *priv);
 extern void CatalogRestoreUser(CatalogPrivilege *priv);
 
 extern StreamDef *CatalogReadStream(int32 id);
+extern void CatalogStorePlan(int32 id, const char *plan);
+extern bool CatalogPendingChanges(int32 stream_id);
 extern StreamDef *CatalogLockStream(int32 id, LOCKMODE mode);
 extern StreamDef *CatalogFindByResult(Oid result);
 extern StreamDef *CatalogLookup(text *name);

@@ -550,8 +550,9 @@ find_grouping_walker(Node *node, void *context)
  * the states in its checkpoints and shared memory are of that type, and
  * CREATE OR REPLACE AGGREGATE may change it since.  Read as another type,
  * a state would crash the server (a worker restarting, flowpg.live).
+ * Returns whether it recorded the state type (the Aggref had none).
  */
-static void
+static bool
 check_aggregate(Aggref *aggref)
 {
 	const char *name = format_procedure(aggref->aggfnoid);
@@ -597,15 +598,6 @@ check_aggregate(Aggref *aggref)
 	ReleaseSysCache(tuple);
 	for (i = 0; i < lengthof(support); i++)
 		check_support_function(support[i], name);
-	if (!OidIsValid(aggref->aggtranstype))
-		aggref->aggtranstype = transtype;
-	else if (aggref->aggtranstype != transtype)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("aggregate %s has changed its state type since the stream was created", name),
-				 errdetail("The stream's states of it are of type %s; the aggregate's are of type %s now.",
-						   format_type_be(aggref->aggtranstype), format_type_be(transtype)),
-				 errhint("Define the aggregate as it was, or rebuild the stream from its source table with flowpg.rebuild_stream.")));
 
 	if (!combine || !serialize)
 		ereport(ERROR,
@@ -615,12 +607,26 @@ check_aggregate(Aggref *aggref)
 						   "It has no combine function." :
 						   "Its transition state is internal and it has no serialization functions."),
 				 errhint("flowpg merges partial aggregates, so it needs aggregates with a combine function (and serialization functions for an internal state), such as count, sum, avg, min, max and the stddev and variance families.")));
+	if (!OidIsValid(aggref->aggtranstype))
+	{
+		aggref->aggtranstype = transtype;
+		return true;
+	}
+	if (aggref->aggtranstype != transtype)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("aggregate %s has changed its state type since the stream was created", name),
+				 errdetail("The stream's states of it are of type %s; the aggregate's are of type %s now.",
+						   format_type_be(aggref->aggtranstype), format_type_be(transtype)),
+				 errhint("Define the aggregate as it was, or rebuild the stream from its source table with flowpg.rebuild_stream.")));
+	return false;
 }
 
 typedef struct OutputContext
 {
 	List	   *keys;
 	List	   *aggs;
+	bool		recorded_transtypes;
 } OutputContext;
 
 /*
@@ -647,7 +653,8 @@ output_mutator(Node *node, OutputContext *cxt)
 		}
 		if (lc == NULL)
 		{
-			check_aggregate(aggref);
+			if (check_aggregate(aggref))
+				cxt->recorded_transtypes = true;
 			cxt->aggs = lappend(cxt->aggs, aggref);
 		}
 		return (Node *) makeVar(OUTER_VAR, list_length(cxt->keys) + i + 1,
@@ -761,7 +768,7 @@ compile_keys(FlowQuery *fq, Query *query)
 static void
 compile_output(FlowQuery *fq, Query *query)
 {
-	OutputContext cxt = {fq->keys, NIL};
+	OutputContext cxt = {fq->keys, NIL, false};
 	ListCell   *lc;
 	int			resno = 0;
 
@@ -784,6 +791,7 @@ compile_output(FlowQuery *fq, Query *query)
 		fq->output = lappend(fq->output, out);
 	}
 	fq->aggs = cxt.aggs;
+	fq->recorded_transtypes = cxt.recorded_transtypes;
 }
 
 /* Run PostgreSQL's expression preprocessing, as for index expressions. */

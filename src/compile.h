@@ -36,6 +36,9 @@ typedef struct FlowQuery
 	List	   *output;			/* TargetEntry list, resno 1..n */
 	TupleDesc	outdesc;		/* names and types of the output columns */
 	int		   *key_outcol;		/* output column (1-based) of each key */
+	bool		recorded_transtypes;	/* this compile recorded aggregate
+										 * state types the query lacked (a
+										 * plan stored by an older flowpg) */
 } FlowQuery;
 
 extern FlowQuery *CompileQueryText(const char *sql);

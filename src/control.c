@@ -733,21 +733,39 @@ ControlRetainedWal(Oid dboid, int32 stream_id)
 
 /*
  * Bytes of WAL a stream's slots keep because the stream has not applied
- * it (from the oldest confirmed position among them, its own or a
- * savepoint's, to the current WAL position); -1 if the stream has no slot.
- * What flowpg.max_retained_wal bounds.  The slots may keep more: a slot's
- * restart_lsn cannot pass the start of a transaction still open, on any
- * table of the server, and that WAL is kept for as long as it stays open,
- * however far the stream has got.
+ * it: from the oldest of its worker's position (`processed`, what it has
+ * decoded and applied) and its savepoints' positions, to the current WAL
+ * position.  What flowpg.max_retained_wal bounds.  The slots may keep
+ * more: the stream's own slot is confirmed only once a checkpoint holds
+ * what it applied (a checkpoint interval's WAL, of the whole server,
+ * behind), and a slot's restart_lsn cannot pass the start of a
+ * transaction still open, on any table of the server, however far the
+ * stream has got.
  */
 int64
-ControlUnappliedWal(Oid dboid, int32 stream_id)
+ControlUnappliedWal(Oid dboid, int32 stream_id, XLogRecPtr processed)
 {
 	XLogRecPtr	oldest;
 	XLogRecPtr	applied;
 
-	list_free_deep(stream_slots(dboid, stream_id, true, &oldest, &applied));
+	list_free_deep(stream_slots(dboid, stream_id, false, &oldest, &applied));
+	keep_oldest(&applied, processed);
 	return wal_since(applied);
+}
+
+/* Replication slots not in use: room for as many new slots. */
+int
+ControlFreeReplicationSlots(void)
+{
+	int			free = 0;
+	int			i;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (i = 0; i < max_replication_slots; i++)
+		if (!ReplicationSlotCtl->replication_slots[i].in_use)
+			free++;
+	LWLockRelease(ReplicationSlotControlLock);
+	return free;
 }
 
 /* Names of the savepoint slots of a stream (palloc'd NameData). */

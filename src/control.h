@@ -179,7 +179,9 @@ extern void ControlRetryNow(StreamCtl *ctl);
 extern List *ControlListAdopting(Oid dboid);
 extern bool ControlSlotUsable(const char *slot_name);
 extern int64 ControlRetainedWal(Oid dboid, int32 stream_id);
-extern int64 ControlUnappliedWal(Oid dboid, int32 stream_id);
+extern int	ControlFreeReplicationSlots(void);
+extern int64 ControlUnappliedWal(Oid dboid, int32 stream_id,
+								 XLogRecPtr processed);
 extern List *ControlListSavepointSlots(Oid dboid, int32 stream_id);
 
 #endif							/* FLOWPG_CONTROL_H */

@@ -732,13 +732,16 @@ PlanSetKeyIndex(FlowPlan *plan, Relation index, const int *cols)
 	for (j = 0; j < plan->nkeys; j++)
 		if (TupleDescAttr(plan->keydesc, j)->attlen < 0)
 			varlena = true;
-	/* an index with INCLUDE columns takes values the key does not have */
-	if (!varlena || index->rd_rel->relam != BTREE_AM_OID ||
-		RelationGetDescr(index)->natts != plan->nkeys)
+	if (!varlena || index->rd_rel->relam != BTREE_AM_OID)
 		return;
 
 	oldcxt = MemoryContextSwitchTo(plan->cxt);
 	plan->key_index_desc = CreateTupleDescCopy(RelationGetDescr(index));
+	/*
+	 * Of an index with INCLUDE columns (made by hand), the key columns,
+	 * which come first: their entry must fit, whatever the others add.
+	 */
+	plan->key_index_desc->natts = plan->nkeys;
 	plan->key_index_cols = palloc(sizeof(int) * plan->nkeys);
 	memcpy(plan->key_index_cols, cols, sizeof(int) * plan->nkeys);
 	plan->key_index_name = pstrdup(RelationGetRelationName(index));

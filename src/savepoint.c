@@ -174,6 +174,13 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 	CatalogCheckOwner(def);
 	name = savepoint_arg(fcinfo);
 	ApiCheckNotFailed(def);
+	if (CatalogPendingChanges(def->id))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot take a savepoint of stream \"%s\" in the transaction that restored it or dropped one of its savepoints",
+						def->name),
+				 errdetail("The stream's worker takes the savepoint, in a transaction that would wait for this one."),
+				 errhint("Commit this transaction first.")));
 	/* one savepoint of a stream at a time; workers are not blocked */
 	FlowpgLockStream(def->id, ShareUpdateExclusiveLock);
 	CatalogPendingLocked();
@@ -183,6 +190,13 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 				 errmsg("savepoint \"%s\" of stream \"%s\" already exists", name, def->name),
 				 errhint("Drop it with flowpg.drop_savepoint first, or choose another name.")));
 
+	/* the worker copies its slot for the savepoint: fail here, not there */
+	if (ControlFreeReplicationSlots() == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("all replication slots are in use"),
+				 errdetail("A savepoint keeps a replication slot of its own."),
+				 errhint("Free one or increase max_replication_slots.")));
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 	ctl = ApiAwaitControl(def, deadline);
 	check_not_rebuilding(def, ctl);

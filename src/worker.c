@@ -303,6 +303,9 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	pgstat_report_activity(STATE_RUNNING, w->def->query);
 
 	compile_stream(w);
+	/* a plan stored by an older flowpg lacked its aggregates' state types */
+	if (w->fq->recorded_transtypes)
+		CatalogStorePlan(w->def->id, nodeToString(w->fq->query));
 	restore_state(w);
 	origin = replorigin_by_name(w->slot_name, false);
 	SPI_finish();
@@ -625,9 +628,11 @@ set_status(FlowWorker *w, StreamStatus status)
  * Never fill the disk: if the stream's slots keep more WAL than
  * flowpg.max_retained_wal because the stream has not applied it (paused,
  * failing, or behind; a savepoint's position), the stream fails for good.
- * WAL they keep only because a transaction is still open does not count:
- * that is no fault of the stream's, and goes once the transaction ends.
- * Checked about once a second.
+ * WAL they keep only because a transaction is still open, or because the
+ * next checkpoint has not confirmed what the worker applied, does not
+ * count: that is no fault of the stream's, and goes by itself (a burst of
+ * WAL on another database failed caught-up streams whose slot was only
+ * waiting for its next checkpoint).  Checked about once a second.
  */
 static void
 check_retained_wal(FlowWorker *w)
@@ -640,7 +645,7 @@ check_retained_wal(FlowWorker *w)
 		!TimestampDifferenceExceeds(w->wal_checked_at, now, 1000))
 		return;
 	w->wal_checked_at = now;
-	unapplied = ControlUnappliedWal(MyDatabaseId, w->def->id);
+	unapplied = ControlUnappliedWal(MyDatabaseId, w->def->id, w->processed_lsn);
 	if (unapplied <= (int64) flowpg_max_retained_wal * 1024 * 1024)
 		return;
 
