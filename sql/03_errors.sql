@@ -169,6 +169,7 @@ SELECT try_create('bad', 'SELECT pd, count(*) AS n FROM pairs GROUP BY pd');
 -- keys of a type with no btree operator class, which the result table's
 -- unique index needs
 SELECT try_create('bad', 'SELECT (n::text)::xid AS x, count(*) AS n FROM pairs GROUP BY 1');
+SELECT try_create('bad', 'SELECT ARRAY[(n::text)::xid] AS x, count(*) AS n FROM pairs GROUP BY 1');
 SELECT flowpg.create_stream('pair_parts', 'SELECT (p).a, (p).b, count(*) AS n, sum(n) AS total FROM pairs GROUP BY (p).a, (p).b');
 INSERT INTO pairs VALUES (row(1, 'x'), NULL, NULL, 1);
 ALTER TYPE pair ADD ATTRIBUTE c int;

@@ -91,6 +91,10 @@ BEGIN;
 SELECT flowpg.drop_savepoint('svs', 'first');
 SELECT try($$SELECT flowpg.savepoint('svs', 'first')$$);
 ROLLBACK;
+BEGIN;
+SELECT flowpg.pause_stream('svs');
+SELECT try($$SELECT flowpg.savepoint('svs', 'paused')$$);
+ROLLBACK;
 SELECT flowpg.drop_savepoint('svs', 'first');
 SELECT count(*) AS savepoints, (SELECT count(*) FROM pg_replication_slots
                                  WHERE slot_name LIKE 'flowpg\_sp\_%') AS slots

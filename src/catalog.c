@@ -928,15 +928,20 @@ CatalogPendingAdopt(int32 stream_id)
 }
 
 /*
- * Has this transaction restored the stream (its worker is held until the
- * transaction ends) or dropped one of its savepoints (whose row it has
- * deleted, not committed)?  Then a savepoint, which the worker takes in
- * a transaction of its own, would wait for this one.
+ * Has this transaction changed the stream (paused, resumed, restored it,
+ * changed its interval: the stream's lock, which a worker that reloads
+ * its definition or starts waits for, is held until the transaction ends)
+ * or dropped one of its savepoints (whose row it has deleted, not
+ * committed)?  Then a savepoint, which the worker takes in a transaction
+ * of its own, would wait for this one.
  */
 bool
 CatalogPendingChanges(int32 stream_id)
 {
 	ListCell   *lc;
+
+	if (FlowpgStreamLockHeld(stream_id, AccessExclusiveLock))
+		return true;
 
 	foreach(lc, pending.held)
 	{
@@ -994,9 +999,10 @@ drops_result_table(void)
 }
 
 /*
- * PRE_COMMIT: what a subtransaction asked for and then rolled back is not
- * done: keep the slots of savepoints whose rows are gone (drop_savepoint,
- * rebuild_stream), and the rebuilds of streams still marked restored.
+ * PRE_COMMIT, after process_drops: what a subtransaction asked for and
+ * then rolled back is not done: drop the slots of the streams dropped and
+ * of the savepoints whose rows are gone (drop_savepoint, rebuild_stream),
+ * and rebuild the streams still there and marked restored.
  */
 static void
 keep_pending_committed(void)
@@ -1051,8 +1057,8 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			{
 				/* the portal and its snapshot are gone by now */
 				PushActiveSnapshot(GetTransactionSnapshot());
-				keep_pending_committed();
 				process_drops();
+				keep_pending_committed();
 				/* a change in a subtransaction rolled back is no change */
 				foreach(lc, pending.given)
 				{

@@ -53,6 +53,7 @@
 #include "utils/ruleutils.h"
 #include "utils/rls.h"
 #include "utils/syscache.h"
+#include "utils/typcache.h"
 
 #include "compile.h"
 
@@ -744,12 +745,13 @@ compile_keys(FlowQuery *fq, Query *query)
 					 errmsg("GROUP BY key of type %s is not supported in a stream",
 							format_type_be(exprType((Node *) tle->expr))),
 					 errdetail("flowpg needs a hashable equality operator for every key.")));
-		if (!OidIsValid(GetDefaultOpClass(exprType((Node *) tle->expr), BTREE_AM_OID)))
+		if (!OidIsValid(lookup_type_cache(getBaseType(exprType((Node *) tle->expr)),
+										  TYPECACHE_CMP_PROC)->cmp_proc))
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("GROUP BY key of type %s is not supported in a stream",
 							format_type_be(exprType((Node *) tle->expr))),
-					 errdetail("The result table has a unique index on its keys, and the type has no default operator class for a btree index."),
+					 errdetail("The result table has a unique index on its keys, and the type (or its elements') has no default operator class for a btree index."),
 					 errhint("Group by the key cast to a type that has one, such as text.")));
 		if (type_has_composite(exprType((Node *) tle->expr)))
 			ereport(ERROR,

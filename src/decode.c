@@ -558,10 +558,28 @@ DecodeDropSlot(const char *slot_name)
 void
 DecodeAwaitSlotFree(const char *slot_name)
 {
-	if (SearchNamedReplicationSlot(slot_name, true) == NULL)
-		return;
-	ReplicationSlotAcquire(slot_name, false);
-	ReplicationSlotRelease();
+	for (;;)
+	{
+		ReplicationSlot *slot;
+		pid_t		active = 0;
+
+		/* gone meanwhile (its worker failed for good, say): nothing to wait for */
+		LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+		slot = SearchNamedReplicationSlot(slot_name, false);
+		if (slot != NULL)
+		{
+			SpinLockAcquire(&slot->mutex);
+			active = slot->active_pid;
+			SpinLockRelease(&slot->mutex);
+		}
+		LWLockRelease(ReplicationSlotControlLock);
+		if (slot == NULL || active == 0 || active == MyProcPid)
+			break;
+		(void) ConditionVariableTimedSleep(&slot->active_cv, 100,
+										   WAIT_EVENT_REPLICATION_SLOT_DROP);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ConditionVariableCancelSleep();
 }
 
 /*

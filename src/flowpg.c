@@ -323,6 +323,17 @@ FlowpgLockStream(int32 stream_id, LOCKMODE mode)
 	(void) LockAcquire(&tag, mode, false, false);
 }
 
+/* Does this transaction hold the stream's lock in `mode`? */
+bool
+FlowpgStreamLockHeld(int32 stream_id, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) stream_id, 0,
+						 FLOWPG_LOCK_CLASS);
+	return LockHeldByMe(&tag, mode);
+}
+
 /*
  * Start a transaction in one of flowpg's background processes.  A backend
  * marks the start of each statement it receives, and a transaction's

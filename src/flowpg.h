@@ -92,6 +92,7 @@ extern int64 FlowpgIntervalUsecs(const Interval *iv);
 
 /* Transaction-scoped lock that serializes create, drop and worker start. */
 extern void FlowpgLockStream(int32 stream_id, LOCKMODE mode);
+extern bool FlowpgStreamLockHeld(int32 stream_id, LOCKMODE mode);
 
 /* StartTransactionCommand, the transaction's start time marked first. */
 extern void FlowpgStartTransaction(void);

@@ -177,7 +177,7 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 	if (CatalogPendingChanges(def->id))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot take a savepoint of stream \"%s\" in the transaction that restored it or dropped one of its savepoints",
+				 errmsg("cannot take a savepoint of stream \"%s\" in a transaction that changed the stream or dropped one of its savepoints",
 						def->name),
 				 errdetail("The stream's worker takes the savepoint, in a transaction that would wait for this one."),
 				 errhint("Commit this transaction first.")));

@@ -331,7 +331,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	SpinLockAcquire(&w->ctl->mutex);
 	/* a savepoint a failed worker began is not tried again: it failed */
 	if (w->ctl->sp_attempted > w->ctl->sp_done)
-		w->ctl->sp_abandoned = w->ctl->sp_attempted;
+		w->ctl->sp_abandoned = Max(w->ctl->sp_abandoned, w->ctl->sp_attempted);
 	w->sp_seen = w->ctl->sp_attempted;
 	w->ctl->processed_lsn = w->processed_lsn;
 	w->ctl->checkpoint_lsn = w->restored_lsn;
