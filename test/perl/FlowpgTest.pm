@@ -12,7 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 use Exporter 'import';
-our @EXPORT = qw(new_node oracle_ok wait_stream start_load stop_load crash_restart pg_ctl_restart worker_pid write_scripts click_scripts);
+our @EXPORT = qw(new_node oracle_ok wait_stream start_load stop_load crash_restart server_back pg_ctl_restart worker_pid write_scripts click_scripts);
 
 # A started node with flowpg in shared_preload_libraries, wal_level =
 # logical, and CREATE EXTENSION flowpg done in database postgres.
@@ -84,6 +84,23 @@ sub crash_restart
 		return if $node->start(fail_ok => 1);
 	}
 	BAIL_OUT('the server did not start again after kill -9');
+}
+
+# Wait until the server accepts connections again after a crash restart
+# (kill -9 of any of its processes restarts them all).  While it
+# restarts, psql may exit before it reads its query, and IPC::Run then
+# dies of the broken pipe (seen under the assertion-enabled build): try
+# again.
+sub server_back
+{
+	my ($node) = @_;
+	for (1 .. 10)
+	{
+		my $back = eval { $node->poll_query_until('postgres', 'SELECT true') };
+		return 1 if $back;
+		sleep 1;
+	}
+	return 0;
 }
 
 # pg_ctl restart -m $mode (fast or immediate), as a DBA runs it.

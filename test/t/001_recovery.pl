@@ -113,7 +113,7 @@ for my $f (@failures)
 	sleep 2;
 	$fail->();
 	stop_load($load);
-	$node->poll_query_until('postgres', 'SELECT true') or die 'server did not come back';
+	server_back($node) or die 'server did not come back';
 	$load = start_load($node, 2, 2, @script_args);
 	stop_load($load);
 	check_all($label);

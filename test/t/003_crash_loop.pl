@@ -75,7 +75,7 @@ for my $round (1 .. 24)
 		}
 	}
 	stop_load($load);
-	$node->poll_query_until('postgres', 'SELECT true')
+	server_back($node)
 	  or die 'the server did not come back';
 	$count{$kind}++;
 	note(sprintf('round %d: %s (%s) after %.1f s', $round, $kinds{$kind}, $victim, $delay));

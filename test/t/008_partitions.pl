@@ -89,7 +89,7 @@ sleep 2;
 kill 'KILL', worker_pid($node, 'spend');
 # (the postmaster restarts every process after it)
 sleep 1;
-$node->poll_query_until('postgres', 'SELECT true') or die 'server did not come back';
+server_back($node) or die 'server did not come back';
 $node->safe_psql('postgres', q{
 	CREATE TABLE clicks_100 PARTITION OF clicks FOR VALUES FROM (100) TO (200);
 	CREATE TABLE clicks_200 (region text, campaign int NOT NULL, cost numeric, id bigint NOT NULL);
@@ -99,7 +99,7 @@ $node->safe_psql('postgres', q{
 sleep 2;
 crash_restart($node);
 stop_load($load);
-$node->poll_query_until('postgres', 'SELECT true') or die 'server did not come back';
+server_back($node) or die 'server did not come back';
 check_all('DDL under load, worker and postmaster killed');
 
 # Round 2: rows into every partition, new ones included; the postmaster
@@ -110,7 +110,7 @@ for my $round (1 .. 2)
 	sleep 2;
 	crash_restart($node);
 	stop_load($load);
-	$node->poll_query_until('postgres', 'SELECT true') or die 'server did not come back';
+	server_back($node) or die 'server did not come back';
 	$load = start_load($node, 2, 2, @phase2);
 	stop_load($load);
 	check_all("new partitions, postmaster killed ($round)");

@@ -289,7 +289,7 @@ for my $step (1 .. $steps)
 		if (defined $child && $error =~ $crashed)
 		{
 			note("step $step: $what on $s failed as the server crashed: " . (split /\n/, $error)[0]);
-			$node->poll_query_until('postgres', 'SELECT true')
+			server_back($node)
 			  or die 'the server did not come back';
 			finish($what, $s);
 		}
@@ -299,7 +299,7 @@ for my $step (1 .. $steps)
 		}
 	}
 	stop_load($load);
-	$node->poll_query_until('postgres', 'SELECT true')
+	server_back($node)
 	  or die 'the server did not come back';
 	refresh();
 	$count{$what}++;

@@ -131,7 +131,7 @@ sleep 1;
 my $writer = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'flowpg checkpoint writer'});
 kill 'KILL', $writer;
 stop_load($load);
-$node->poll_query_until('postgres', 'SELECT true')
+server_back($node)
   or die 'the server did not come back after the writer was killed';
 oracle_ok($node, 'spend', $query, 'kill -9 of the checkpoint writer under load');
 
