@@ -366,8 +366,8 @@ result_invalidated(Datum arg, Oid relid)
 /*
  * Is index the unique index that makes a key's result row unique: valid,
  * immediate, not partial, on exactly the key columns with NULLs not
- * distinct (on the constant true for a global aggregate)?  If so, cols[j]
- * is the key in its column j.
+ * distinct (on the constant true for a global aggregate)?  If so, and
+ * cols is not NULL, cols[j] is the key in its column j.
  */
 static bool
 is_key_index(FlowWorker *w, Relation index, int *cols)
@@ -398,7 +398,8 @@ is_key_index(FlowWorker *w, Relation index, int *cols)
 				break;
 		if (j == nkeys)
 			return false;
-		cols[j] = k;
+		if (cols != NULL)
+			cols[j] = k;
 	}
 	return true;
 }
@@ -1150,9 +1151,8 @@ find_rows_by_key(FlowWorker *w, StateChunk **chunks, Datum *rows, int *probe,
 	foreach(lc, indexes)
 	{
 		Relation	candidate = index_open(lfirst_oid(lc), AccessShareLock);
-		int			cols[INDEX_MAX_KEYS];
 
-		if (is_key_index(w, candidate, cols))
+		if (is_key_index(w, candidate, NULL))
 		{
 			index = candidate;
 			break;

@@ -731,6 +731,7 @@ compile_keys(FlowQuery *fq, Query *query)
 	{
 		SortGroupClause *sgc = lfirst(lc);
 		TargetEntry *tle = get_sortgroupclause_tle(sgc, query->targetList);
+		Oid			type = exprType((Node *) tle->expr);
 
 		if (tle->resjunk)
 			ereport(ERROR,
@@ -743,21 +744,20 @@ compile_keys(FlowQuery *fq, Query *query)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("GROUP BY key of type %s is not supported in a stream",
-							format_type_be(exprType((Node *) tle->expr))),
+							format_type_be(type)),
 					 errdetail("flowpg needs a hashable equality operator for every key.")));
-		if (!OidIsValid(lookup_type_cache(getBaseType(exprType((Node *) tle->expr)),
-										  TYPECACHE_CMP_PROC)->cmp_proc))
+		if (!OidIsValid(lookup_type_cache(getBaseType(type), TYPECACHE_CMP_PROC)->cmp_proc))
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("GROUP BY key of type %s is not supported in a stream",
-							format_type_be(exprType((Node *) tle->expr))),
+							format_type_be(type)),
 					 errdetail("The result table has a unique index on its keys, and the type (or its elements') has no default operator class for a btree index."),
 					 errhint("Group by the key cast to a type that has one, such as text.")));
-		if (type_has_composite(exprType((Node *) tle->expr)))
+		if (type_has_composite(type))
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("GROUP BY key of composite type %s is not supported in a stream",
-							format_type_be(exprType((Node *) tle->expr))),
+							format_type_be(type)),
 					 errdetail("A composite value hashes over the attributes its type has now: after ALTER TYPE adds or drops one, the stream could not find its keys."),
 					 errhint("Group by the composite's fields, such as (col).a, (col).b.")));
 		fq->keys = lappend(fq->keys, tle->expr);

@@ -551,6 +551,32 @@ DecodeDropSlot(const char *slot_name)
 }
 
 /*
+ * The slot named slot_name, NULL if there is none, and in *holder the pid
+ * of the process that holds it (0: none).  With claim, a free slot is
+ * taken by this process, as ReplicationSlotAcquire takes it but without
+ * its error if another holds it.
+ */
+static ReplicationSlot *
+slot_holder(const char *slot_name, bool claim, pid_t *holder)
+{
+	ReplicationSlot *slot;
+
+	*holder = 0;
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	slot = SearchNamedReplicationSlot(slot_name, false);
+	if (slot != NULL)
+	{
+		SpinLockAcquire(&slot->mutex);
+		if (claim && slot->active_pid == 0)
+			slot->active_pid = MyProcPid;
+		*holder = slot->active_pid;
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return slot;
+}
+
+/*
  * Wait until no process holds the slot (a worker that was told to stop),
  * so that DecodeDropSlotAtCommit finds it free.  The caller keeps workers
  * from taking it again (the stream's lock, StreamCtl.dropping).
@@ -560,20 +586,11 @@ DecodeAwaitSlotFree(const char *slot_name)
 {
 	for (;;)
 	{
-		ReplicationSlot *slot;
-		pid_t		active = 0;
+		pid_t		holder;
+		ReplicationSlot *slot = slot_holder(slot_name, false, &holder);
 
 		/* gone meanwhile (its worker failed for good, say): nothing to wait for */
-		LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
-		slot = SearchNamedReplicationSlot(slot_name, false);
-		if (slot != NULL)
-		{
-			SpinLockAcquire(&slot->mutex);
-			active = slot->active_pid;
-			SpinLockRelease(&slot->mutex);
-		}
-		LWLockRelease(ReplicationSlotControlLock);
-		if (slot == NULL || active == 0 || active == MyProcPid)
+		if (slot == NULL || holder == 0 || holder == MyProcPid)
 			break;
 		(void) ConditionVariableTimedSleep(&slot->active_cv, 100,
 										   WAIT_EVENT_REPLICATION_SLOT_DROP);
@@ -588,19 +605,18 @@ DecodeAwaitSlotFree(const char *slot_name)
  * transaction that then failed to commit (a serialization failure, a
  * crash) left the stream or savepoint without its slot.  Nothing here may
  * raise an error, which would be a PANIC after the commit: the slot is
- * claimed as ReplicationSlotAcquire claims it, without its error if some
- * other process holds it (DecodeAwaitSlotFree left it free; only a slot
- * taken by hand since can be held), and such a slot is left to the next
- * worker, which drops the slots of streams and savepoints that do not
- * exist.  Claimed, ReplicationSlotDrop acquires it as ours and drops it.
- * An I/O error removing the slot's directory is a PANIC, as PostgreSQL's
- * own failures to sync it are.
+ * claimed (slot_holder), and one that some other process holds
+ * (DecodeAwaitSlotFree left it free; only a slot taken by hand since can
+ * be held) is left to flowpg's sweeps of slots whose stream or savepoint
+ * does not exist: a stream's within a second, a savepoint's when its
+ * stream's worker next starts.  Claimed, ReplicationSlotDrop acquires it
+ * as ours and drops it.  An I/O error removing the slot's directory is a
+ * PANIC, as PostgreSQL's own failures to sync it are.
  */
 void
 DecodeDropSlotAtCommit(const char *slot_name)
 {
-	ReplicationSlot *slot;
-	bool		claimed = false;
+	pid_t		holder;
 
 	if (MyReplicationSlot != NULL)
 	{
@@ -609,27 +625,14 @@ DecodeDropSlotAtCommit(const char *slot_name)
 						slot_name, NameStr(MyReplicationSlot->data.name))));
 		return;
 	}
-	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
-	slot = SearchNamedReplicationSlot(slot_name, false);
-	if (slot != NULL)
-	{
-		SpinLockAcquire(&slot->mutex);
-		if (slot->active_pid == 0)
-		{
-			slot->active_pid = MyProcPid;
-			claimed = true;
-		}
-		SpinLockRelease(&slot->mutex);
-	}
-	LWLockRelease(ReplicationSlotControlLock);
-	if (slot == NULL)
+	if (slot_holder(slot_name, true, &holder) == NULL)
 		return;
-	if (!claimed)
+	if (holder != MyProcPid)
 	{
 		ereport(WARNING,
-				(errmsg("flowpg could not drop replication slot \"%s\": another process holds it",
-						slot_name),
-				 errdetail("flowpg drops it once it is free.")));
+				(errmsg("flowpg could not drop replication slot \"%s\": process %d holds it",
+						slot_name, (int) holder),
+				 errdetail("flowpg drops it later: once it is free if its stream was dropped, else when the stream's worker next starts.")));
 		return;
 	}
 	ReplicationSlotDrop(slot_name, true);

@@ -308,6 +308,14 @@ FlowpgIntervalUsecs(const Interval *iv)
 	return usecs;
 }
 
+/* The tag of a stream's lock (FlowpgLockStream), in this database. */
+static void
+stream_locktag(LOCKTAG *tag, int32 stream_id)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) stream_id, 0,
+						 FLOWPG_LOCK_CLASS);
+}
+
 /*
  * Take the stream's lock for the rest of the transaction.  create_stream
  * and drops hold it exclusively; a starting worker takes it shared, so it
@@ -318,8 +326,7 @@ FlowpgLockStream(int32 stream_id, LOCKMODE mode)
 {
 	LOCKTAG		tag;
 
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) stream_id, 0,
-						 FLOWPG_LOCK_CLASS);
+	stream_locktag(&tag, stream_id);
 	(void) LockAcquire(&tag, mode, false, false);
 }
 
@@ -329,8 +336,7 @@ FlowpgStreamLockHeld(int32 stream_id, LOCKMODE mode)
 {
 	LOCKTAG		tag;
 
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) stream_id, 0,
-						 FLOWPG_LOCK_CLASS);
+	stream_locktag(&tag, stream_id);
 	return LockHeldByMe(&tag, mode);
 }
 
