@@ -307,18 +307,32 @@ CatalogReadStream(int32 id)
  * source and result tables first, then the stream.  DROP TABLE of a source
  * (with CASCADE) or of a result table locks the table, and the stream only
  * as it commits (process_drops); a worker that held the stream's lock
- * while it waited for one of the tables deadlocked with it.  Returns the
- * stream's catalog row as it is once locked, or NULL if it is gone.
+ * while it waited for one of the tables deadlocked with it.
+ *
+ * A user's transaction may also take the two tables in either order:
+ * drop_stream locks the result table, and a DROP TABLE of the source after
+ * it in the same transaction locks the source then.  So the caller (a
+ * worker, a checkpoint writer or an adopter, as it starts) never waits for
+ * one table while it holds the other: if the result table is taken, it
+ * lets the source go, waits for the result table alone, and starts again.
+ * Returns the stream's catalog row as it is once locked, or NULL if it is
+ * gone.
  */
 StreamDef *
 CatalogLockStream(int32 id, LOCKMODE mode)
 {
 	StreamDef  *def = CatalogReadStream(id);
 
-	if (def != NULL)
+	while (def != NULL)
 	{
 		LockRelationOid(def->source, AccessShareLock);
+		if (ConditionalLockRelationOid(def->result, AccessShareLock))
+			break;
+		UnlockRelationOid(def->source, AccessShareLock);
 		LockRelationOid(def->result, AccessShareLock);
+		UnlockRelationOid(def->result, AccessShareLock);
+		/* the tables may have been dropped or given to another stream */
+		def = CatalogReadStream(id);
 	}
 	FlowpgLockStream(id, mode);
 	return CatalogReadStream(id);
