@@ -734,8 +734,9 @@ ControlRetainedWal(Oid dboid, int32 stream_id)
 /*
  * Bytes of WAL a stream's slots keep because the stream has not applied
  * it: from the oldest of its worker's position (`processed`, what it has
- * decoded and applied) and its savepoints' positions, to the current WAL
- * position.  What flowpg.max_retained_wal bounds.  The slots may keep
+ * decoded and applied; if invalid, the position its own slot confirmed)
+ * and its savepoints' positions, to the current WAL position.  What
+ * flowpg.max_retained_wal bounds.  The slots may keep
  * more: the stream's own slot is confirmed only once a checkpoint holds
  * what it applied (a checkpoint interval's WAL, of the whole server,
  * behind), and a slot's restart_lsn cannot pass the start of a
@@ -748,7 +749,8 @@ ControlUnappliedWal(Oid dboid, int32 stream_id, XLogRecPtr processed)
 	XLogRecPtr	oldest;
 	XLogRecPtr	applied;
 
-	list_free_deep(stream_slots(dboid, stream_id, false, &oldest, &applied));
+	list_free_deep(stream_slots(dboid, stream_id, XLogRecPtrIsInvalid(processed),
+								&oldest, &applied));
 	keep_oldest(&applied, processed);
 	return wal_since(applied);
 }

@@ -135,11 +135,12 @@ release_slots(FlowWorker *w, bool held)
 /*
  * The stream cannot go on exactly: it fails for good.  Its failure is
  * recorded in its catalog row first (its results stay, marked stale), then
- * its slots (the worker holds its own) go, so that a crash in between drops
- * them at the next start.  Raises the error.
+ * its slots (the worker holds its own if `held`) go, so that a crash in
+ * between drops them at the next start.  Raises the error.
  */
 static void
-fail_for_good(FlowWorker *w, int sqlerrcode, const char *message, const char *hint)
+fail_for_good(FlowWorker *w, int sqlerrcode, const char *message,
+			  const char *hint, bool held)
 {
 	ereport(WARNING,
 			(errcode(sqlerrcode),
@@ -150,11 +151,32 @@ fail_for_good(FlowWorker *w, int sqlerrcode, const char *message, const char *hi
 	CatalogMarkFailed(w->def->id, message);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	release_slots(w, true);
+	release_slots(w, held);
 	ereport(ERROR,
 			(errcode(sqlerrcode),
 			 errmsg_internal("%s", message),
 			 errhint("Drop the stream and create it again.")));
+}
+
+/* The stream kept `unapplied` bytes of WAL, past flowpg.max_retained_wal: it fails for good. */
+static void
+fail_retained_wal(FlowWorker *w, int64 unapplied, bool held)
+{
+	char	   *message;
+
+	message = psprintf("stream \"%s\" kept " INT64_FORMAT " MB of WAL it has not applied, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
+					   w->def->name, unapplied / (1024 * 1024), flowpg_max_retained_wal);
+	fail_for_good(w, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, message,
+				  "Drop the stream and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.",
+				  held);
+}
+
+/* More than flowpg.max_retained_wal bytes? */
+static bool
+over_retained_wal(int64 unapplied)
+{
+	return flowpg_max_retained_wal >= 0 &&
+		unapplied > (int64) flowpg_max_retained_wal * 1024 * 1024;
 }
 
 /*
@@ -232,6 +254,30 @@ restore_state(FlowWorker *w)
 	StatePublish(w->state);
 }
 
+/*
+ * The WAL a stream keeps unapplied, as its worker starts after two failed
+ * starts in a row with no checkpoint between (0 otherwise).  A worker that
+ * fails as it starts, every time (its owner lost a privilege, an aggregate
+ * changed, its state does not fit in flowpg.state_memory), never reaches
+ * check_retained_wal: this counts from the position its own slot
+ * confirmed, which is all the stream has applied for sure.  Not at the
+ * first start, nor after a single failure: a stream that is only
+ * restarting would have read past the WAL it has nothing to apply in
+ * (another database's) at once.
+ */
+static int64
+setup_unapplied_wal(FlowWorker *w)
+{
+	int32		failures;
+
+	SpinLockAcquire(&w->ctl->mutex);
+	failures = w->ctl->failures;
+	SpinLockRelease(&w->ctl->mutex);
+	if (failures < 2 || flowpg_max_retained_wal < 0)
+		return 0;
+	return ControlUnappliedWal(MyDatabaseId, w->def->id, InvalidXLogRecPtr);
+}
+
 /* Steps 1 to 4; returns false if the stream does not exist. */
 static bool
 worker_setup(FlowWorker *w, StreamIdentity *ident)
@@ -239,6 +285,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	MemoryContext oldcxt;
 	RepOriginId origin;
 	bool		usable;
+	int64		unapplied;
 
 	/*
 	 * Before reading the catalog row: a change asked for from now on is
@@ -296,6 +343,14 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		release_slots(w, false);
 		return false;
 	}
+	unapplied = setup_unapplied_wal(w);
+	if (over_retained_wal(unapplied))
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		fail_retained_wal(w, unapplied, false);
+	}
 	drop_orphan_savepoint_slots(w);
 	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
 	CompileApplySettings(w->def->settings, GUC_ACTION_SET);
@@ -323,7 +378,8 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		fail_for_good(w, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 					  psprintf("the replication slot \"%s\" of stream \"%s\" was invalidated: PostgreSQL removed WAL the stream had not applied (max_slot_wal_keep_size); it has stopped for good and its results are stale",
 								  w->slot_name, w->def->name),
-					  "Drop the stream and create it again; set max_slot_wal_keep_size to -1 (flowpg.max_retained_wal bounds the WAL streams keep), or above it, to avoid this.");
+					  "Drop the stream and create it again; set max_slot_wal_keep_size to -1 (flowpg.max_retained_wal bounds the WAL streams keep), or above it, to avoid this.",
+					  true);
 	/* the slot may lie before the checkpoint: see checkpoint.c */
 	if (w->processed_lsn < w->restored_lsn)
 		w->processed_lsn = w->restored_lsn;
@@ -632,27 +688,22 @@ set_status(FlowWorker *w, StreamStatus status)
  * next checkpoint has not confirmed what the worker applied, does not
  * count: that is no fault of the stream's, and goes by itself (a burst of
  * WAL on another database failed caught-up streams whose slot was only
- * waiting for its next checkpoint).  Checked about once a second.
+ * waiting for its next checkpoint).  Checked about once a second; for a
+ * worker that keeps failing as it starts, in worker_setup (setup_unapplied_wal).
  */
 static void
 check_retained_wal(FlowWorker *w)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	int64		unapplied;
-	char	   *message;
 
 	if (flowpg_max_retained_wal < 0 ||
 		!TimestampDifferenceExceeds(w->wal_checked_at, now, 1000))
 		return;
 	w->wal_checked_at = now;
 	unapplied = ControlUnappliedWal(MyDatabaseId, w->def->id, w->processed_lsn);
-	if (unapplied <= (int64) flowpg_max_retained_wal * 1024 * 1024)
-		return;
-
-	message = psprintf("stream \"%s\" kept " INT64_FORMAT " MB of WAL it has not applied, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
-					   w->def->name, unapplied / (1024 * 1024), flowpg_max_retained_wal);
-	fail_for_good(w, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, message,
-				  "Drop the stream and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.");
+	if (over_retained_wal(unapplied))
+		fail_retained_wal(w, unapplied, true);
 }
 
 /*

@@ -270,6 +270,45 @@ oracle_ok($node, 'spend', $streams{spend}, 'a stale stream rebuilt under load');
 is(sql("SELECT status || ' ' || stale || ' ' || (SELECT count(*) FROM flowpg.savepoints) "
 	  . "FROM flowpg.streams WHERE name = 'public.spend'"),
 	'running false 0', 'it runs again, not stale, without its savepoints');
+# A stream whose worker fails as it starts, every time (here its owner
+# lost SELECT on the source), applies nothing and never reaches the
+# running worker's check: after two such failures in a row, the WAL its
+# slots keep counts from its slot's confirmed position, and past the limit
+# it fails for good too (its slots kept the WAL until the cause was fixed).
+sql(q{CREATE ROLE flowpg_owner LOGIN;
+	GRANT SELECT ON clicks TO flowpg_owner;
+	GRANT CREATE ON SCHEMA public TO flowpg_owner;
+	SET ROLE flowpg_owner;
+	SELECT flowpg.create_stream('owned', 'SELECT campaign, count(*) AS n FROM clicks GROUP BY campaign');});
+my $owned = q{SELECT campaign, count(*) AS n FROM clicks GROUP BY campaign};
+wait_stream($node, 'owned');
+sql("REVOKE SELECT ON clicks FROM flowpg_owner");
+sql("INSERT INTO clicks (campaign, cost) VALUES (8, 8)");
+$node->poll_query_until('postgres',
+	"SELECT status = 'failed' AND last_error LIKE 'permission denied%' FROM flowpg.streams WHERE name = 'public.owned'")
+  or die 'owned did not fail on the revoked privilege';
+$limit = 2 + unapplied_mb();
+sql("ALTER SYSTEM SET flowpg.max_retained_wal = '${limit}MB'");
+$node->reload;
+sql("INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 30000) g");
+$node->poll_query_until('postgres',
+	"SELECT status = 'failed' AND stale FROM flowpg.streams WHERE name = 'public.owned'")
+  or die 'owned did not fail for good past flowpg.max_retained_wal';
+like(sql("SELECT last_error FROM flowpg.streams WHERE name = 'public.owned'"),
+	qr/kept \d+ MB of WAL it has not applied, more than flowpg.max_retained_wal \($limit MB\)/,
+	'a stream failing as it starts fails for good past flowpg.max_retained_wal');
+is(sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%'"),
+	1, 'its slot is gone: only the running stream keeps one');
+is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.spend'"),
+	'running false', 'the running stream runs on');
+sql("ALTER SYSTEM RESET flowpg.max_retained_wal");
+$node->reload;
+sql("GRANT SELECT ON clicks TO flowpg_owner");
+sql("SET ROLE flowpg_owner; SELECT flowpg.rebuild_stream('owned')");
+oracle_ok($node, 'owned', $owned, 'rebuilt once the privilege is back');
+sql("SET ROLE flowpg_owner; SELECT flowpg.drop_stream('owned')");
+sql("REVOKE ALL ON clicks FROM flowpg_owner; REVOKE ALL ON SCHEMA public FROM flowpg_owner; DROP ROLE flowpg_owner");
+
 sql("SELECT flowpg.drop_stream('spend')");
 is(sql("SELECT count(*) FROM flowpg.stream"), 0, 'a rebuilt stream can be dropped');
 
