@@ -58,6 +58,42 @@ SELECT count(*) > 0 AS differs
 SELECT flowpg.drop_stream('daily');
 DROP TABLE readings_tz;
 
+-- and the settings that change how values are read and written out:
+-- timezone_abbreviations (IST is India's time, not Israel's),
+-- array_nulls ({NULL} holds the string NULL) and quote_all_identifiers
+CREATE TABLE read_src (t text);
+SET timezone_abbreviations = 'India';
+SET TimeZone = 'UTC';
+SET array_nulls = off;
+SET quote_all_identifiers = on;
+SELECT flowpg.create_stream('read_as', $$
+    SELECT CASE WHEN t NOT LIKE '{%' THEN t::timestamptz END AS ts,
+           CASE WHEN t LIKE '{%' THEN (t::text[])[1] IS NULL END AS null_element,
+           'read_src'::regclass::text AS source, count(*) AS n
+      FROM read_src GROUP BY 1, 2, 3 $$);
+RESET timezone_abbreviations;
+RESET TimeZone;
+RESET array_nulls;
+RESET quote_all_identifiers;
+SELECT s FROM flowpg.streams, unnest(settings) s
+ WHERE name = 'public.read_as'
+   AND s ~ '^(timezone_abbreviations|array_nulls|quote_all_identifiers)=';
+INSERT INTO read_src VALUES ('2024-01-01 12:00 IST'), ('2024-01-01 06:30 UTC'),
+    ('2024-01-01 10:00 UTC'), ('{NULL}'), ('{"NULL"}');
+SELECT flowpg.wait('read_as');
+SET timezone_abbreviations = 'India';
+SET TimeZone = 'UTC';
+SET array_nulls = off;
+SET quote_all_identifiers = on;
+TABLE read_as ORDER BY ts, null_element;
+SELECT oracle('read_as');
+RESET timezone_abbreviations;
+RESET TimeZone;
+RESET array_nulls;
+RESET quote_all_identifiers;
+SELECT flowpg.drop_stream('read_as');
+DROP TABLE read_src;
+
 -- rebuilt from its source table (flowpg.rebuild_stream, and so after a
 -- pg_restore or on a copy of the cluster), a stream is compiled with its
 -- search_path too: a SQL function that PostgreSQL inlines, whose body

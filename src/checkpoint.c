@@ -360,7 +360,7 @@ result_invalidated(Datum arg, Oid relid)
 	FlowWorker *w = invalidated_worker;
 
 	if (w != NULL && (relid == InvalidOid || relid == w->def->result))
-		w->result_changed = true;
+		w->result_changed = w->key_index_stale = true;
 }
 
 /*
@@ -405,22 +405,19 @@ is_key_index(FlowWorker *w, Relation index, int *cols)
 }
 
 /*
- * A checkpoint inserts the rows of keys it knows no row of, and relies on
- * the unique index on the key columns to turn an insert of a key that has
- * a row after all into an update (see insert_in_place): without it, that
- * key would have two rows.  DROP INDEX of it only warns (catalog.c), and
- * a restored result table may lack it: refuse to write such a table.
+ * Find the result table's key index (is_key_index), and give it to the
+ * plan, whose operators check each new key against it (PlanSetKeyIndex);
+ * false if there is none.
  */
-static void
-check_key_index(FlowWorker *w, Relation rel, const char *table)
+static bool
+find_key_index(FlowWorker *w, Relation rel)
 {
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
 	bool		found = false;
 	int			map[INDEX_MAX_KEYS];
-	StringInfoData cols;
-	int			k;
 
+	w->key_index_stale = false;
 	foreach(lc, indexes)
 	{
 		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
@@ -433,7 +430,48 @@ check_key_index(FlowWorker *w, Relation rel, const char *table)
 			break;
 	}
 	list_free(indexes);
-	if (found)
+	if (!found)
+		PlanSetKeyIndex(w->plan, NULL, NULL);
+	return found;
+}
+
+/*
+ * The worker checks each new key against the result table's key index as
+ * it decodes (check_key_size in operators.c).  While its checkpoint writer
+ * writes the checkpoints, the worker does not prepare the result table
+ * itself (prepare_result), and checked new keys against an index dropped
+ * since (the error named it): after an invalidation of the result table,
+ * it finds the key index again here, between two rounds.
+ */
+void
+CheckpointRefreshKeyIndex(FlowWorker *w)
+{
+	Relation	rel;
+
+	FlowpgStartTransaction();
+	rel = try_relation_open(w->def->result, AccessShareLock);
+	if (rel != NULL)
+	{
+		(void) find_key_index(w, rel);
+		relation_close(rel, AccessShareLock);
+	}
+	CommitTransactionCommand();
+}
+
+/*
+ * A checkpoint inserts the rows of keys it knows no row of, and relies on
+ * the unique index on the key columns to turn an insert of a key that has
+ * a row after all into an update (see insert_in_place): without it, that
+ * key would have two rows.  DROP INDEX of it only warns (catalog.c), and
+ * a restored result table may lack it: refuse to write such a table.
+ */
+static void
+check_key_index(FlowWorker *w, Relation rel, const char *table)
+{
+	StringInfoData cols;
+	int			k;
+
+	if (find_key_index(w, rel))
 		return;
 
 	initStringInfo(&cols);

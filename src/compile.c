@@ -983,16 +983,20 @@ CompileDefinition(const char *definition)
  * return: date_trunc('day', timestamptz) and casts between timestamptz and
  * date or text depend on TimeZone, to_char on DateStyle and the lc_
  * settings, float output on extra_float_digits, to_tsvector(text) on
- * default_text_search_config, casts of text to regclass on search_path, ...
- * A stream evaluates its query with the values the session that created it
- * had, wherever and whenever its worker runs (the worker's own defaults
- * come from the database and role, which can differ and change), so that
- * its results equal its query run in that session.
+ * default_text_search_config, casts of text to regclass on search_path,
+ * casts of text to timestamptz on timezone_abbreviations (what "IST"
+ * means), to arrays on array_nulls, of regclass to text on
+ * quote_all_identifiers, ...  A stream evaluates its query with the
+ * values the session that created it had, wherever and whenever its
+ * worker runs (the worker's own defaults come from the database and role,
+ * which can differ and change), so that its results equal its query run
+ * in that session.
  */
 static const char *const stream_settings[] = {
 	"TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
 	"lc_monetary", "lc_numeric", "lc_time", "bytea_output",
-	"default_text_search_config", "xmlbinary", "xmloption", "search_path"
+	"default_text_search_config", "xmlbinary", "xmloption", "search_path",
+	"timezone_abbreviations", "array_nulls", "quote_all_identifiers"
 };
 
 /* The current values of those settings: "name=value" strings. */

@@ -732,7 +732,8 @@ PlanSetKeyIndex(FlowPlan *plan, Relation index, const int *cols)
 	for (j = 0; j < plan->nkeys; j++)
 		if (TupleDescAttr(plan->keydesc, j)->attlen < 0)
 			varlena = true;
-	if (!varlena || index->rd_rel->relam != BTREE_AM_OID)
+	/* NULL: the table has no such index now (a checkpoint refuses it) */
+	if (index == NULL || !varlena || index->rd_rel->relam != BTREE_AM_OID)
 		return;
 
 	oldcxt = MemoryContextSwitchTo(plan->cxt);

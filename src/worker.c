@@ -827,6 +827,8 @@ worker_loop(FlowWorker *w)
 			continue;
 		}
 
+		if (w->key_index_stale)
+			CheckpointRefreshKeyIndex(w);
 		before = w->decoding->reader->EndRecPtr;
 		caught_up = DecodeRead(w, WORKER_READ_RECORDS);
 		WorkerMergeBatch(w);

@@ -67,6 +67,8 @@ typedef struct FlowWorker
 
 	/* Checkpoint statements (checkpoint.c) */
 	bool		result_changed; /* result table's definition invalidated */
+	bool		key_index_stale;	/* the same, for the plan's key index
+									 * (CheckpointRefreshKeyIndex) */
 	bool		result_triggers;	/* the result table has triggers */
 	TupleDesc	resultdesc;
 	Oid			result_rowtype;

@@ -203,6 +203,22 @@ is($few->safe_psql('postgres', "SELECT $writers"), '0', '... and no checkpoint w
 oracle_ok($few, 'one', 'SELECT k, count(*) AS n FROM ev GROUP BY k', 'writers gave their slots up');
 oracle_ok($few, 'two', 'SELECT count(*) AS n FROM ev', 'writers gave their slots up');
 oracle_ok($few, 'three', 'SELECT sum(k) AS s FROM ev', 'writers gave their slots up');
+# A rebuild when every slot is taken, one by a writer: the rebuild's
+# process (started as the stream's worker stops) finds no slot until the
+# writer has given its slot up; meanwhile the stream is starting, not
+# failing (flowpg.wait raised "no free background worker slot").
+$few->safe_psql('postgres', "SELECT flowpg.drop_stream('two'); SELECT flowpg.drop_stream('three')");
+$few->safe_psql('postgres', "SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.one'");
+$few->poll_query_until('postgres', "SELECT $writers = 1")
+  or die 'the first stream got no checkpoint writer again';
+$few->safe_psql('postgres', "SELECT flowpg.create_stream('three', 'SELECT sum(k) AS s FROM ev')");
+for my $round (1 .. 3)
+{
+	$few->safe_psql('postgres', "SELECT flowpg.rebuild_stream('three')");
+	my ($rc, $out, $err) = $few->psql('postgres', "SELECT flowpg.wait('three')");
+	is($err, '', "a rebuild with every slot taken, one by a writer ($round)");
+}
+oracle_ok($few, 'three', 'SELECT sum(k) AS s FROM ev', 'rebuilt with every slot taken');
 $few->stop;
 
 done_testing();
