@@ -303,6 +303,11 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
        COALESCE(st.keys, 0) AS keys,
        COALESCE(st.state_bytes, 0) AS state_bytes,
        COALESCE(st.restarts, 0) AS restarts,
+       -- an error may quote a source row: for the owner's members only, as
+       -- pg_stat_activity shows a session's query
+       CASE WHEN NOT pg_catalog.pg_has_role(s.owner, 'USAGE')
+                 AND NOT pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE')
+            THEN '<insufficient privilege>' ELSE
        COALESCE(s.failure,
                 CASE WHEN lost.slot IS NOT NULL THEN
                     pg_catalog.format('replication slot "%s" was dropped or invalidated outside flowpg: the WAL the stream had not applied may be gone; its results are stale (flowpg.rebuild_stream rebuilds it from its source table)',
@@ -310,7 +315,7 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
                 st.last_error,
                 CASE WHEN st.stream_id IS NULL AND e.none_free THEN
                     pg_catalog.format('all %s flowpg.max_streams entries are taken by other streams, so this one does not run (its slot keeps its WAL): raise flowpg.max_streams and restart the server',
-                                      pg_catalog.current_setting('flowpg.max_streams')) END) AS last_error,
+                                      pg_catalog.current_setting('flowpg.max_streams')) END) END AS last_error,
        CASE WHEN s.failure IS NOT NULL THEN s.failed_at ELSE st.last_error_at END AS last_error_at,
        COALESCE(st.ignored_updates, 0) AS ignored_updates,
        COALESCE(st.ignored_deletes, 0) AS ignored_deletes,

@@ -25,6 +25,17 @@ SELECT flowpg.create_stream('locked.alice_view', 'SELECT count(*) AS n FROM even
 RESET ROLE;
 DROP SCHEMA locked;
 
+-- streams and savepoints take replication slots, which the server shares:
+-- a server can keep them to some roles
+REVOKE EXECUTE ON FUNCTION flowpg.create_stream(text, text, interval),
+    flowpg.savepoint(text, text) FROM PUBLIC;
+SET ROLE flowpg_alice;
+SELECT flowpg.create_stream('alice_more', 'SELECT count(*) AS n FROM events');
+SELECT flowpg.savepoint('alice_view', 'sp');
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION flowpg.create_stream(text, text, interval),
+    flowpg.savepoint(text, text) TO PUBLIC;
+
 -- bob may not read the source, nor manage or read alice's stream
 SET ROLE flowpg_bob;
 SELECT flowpg.create_stream('bob_view', 'SELECT count(*) AS n FROM events');
@@ -58,6 +69,22 @@ TABLE alice_seen;
 SELECT * FROM flowpg.live(NULL::alice_seen);
 RESET ROLE;
 SELECT flowpg.drop_stream('alice_seen');
+-- ... with settings that end with the call: a SET by the owner's code (of
+-- search_path, where the owner could put functions of its own for the
+-- caller to run next) does not outlive it
+SET ROLE flowpg_alice;
+CREATE FUNCTION alice_sets(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql
+    AS $$BEGIN PERFORM pg_catalog.set_config('search_path', 'alice_trap', false); RETURN $1; END$$;
+SELECT flowpg.create_stream('alice_sets_path',
+    'SELECT who, alice_sets(count(*)) AS n FROM sightings GROUP BY who');
+RESET ROLE;
+INSERT INTO sightings VALUES ('z');
+SELECT flowpg.wait('alice_sets_path');
+SHOW search_path;
+SELECT * FROM flowpg.live(NULL::alice_sets_path);
+SHOW search_path;
+SELECT flowpg.drop_stream('alice_sets_path');
+DROP FUNCTION alice_sets(bigint);
 DROP TABLE sightings;
 
 -- a source whose row security applies to the owner is refused: the stream
@@ -104,6 +131,15 @@ REVOKE SELECT ON events FROM flowpg_alice;
 INSERT INTO events VALUES ('y', 100);
 SELECT FROM await_error('public.alice_view', '%');
 SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view';
+-- an error may quote a row of the source: only the owner's members (and
+-- pg_read_all_stats) read it
+SET ROLE flowpg_bob;
+SELECT status, last_error FROM flowpg.streams WHERE name = 'public.alice_view';
+RESET ROLE;
+SET ROLE flowpg_alice;
+SELECT last_error LIKE 'permission denied%' AS owner_reads_it
+  FROM flowpg.streams WHERE name = 'public.alice_view';
+RESET ROLE;
 -- flowpg.wait starts a failed worker again at once (not after the
 -- launcher's back-off of 1, 2, 4 s ...), and raises its error if it fails
 -- again: three calls, two restarts at least

@@ -1019,7 +1019,8 @@ flowpg_live(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	MemoryContextDelete(plan->cxt);
-	AtEOXact_GUC(true, nest);
+	/* false: a SET by the owner's code does not outlive the call */
+	AtEOXact_GUC(false, nest);
 	SetUserIdAndSecContext(save_user, save_sec);
 	return (Datum) 0;
 }

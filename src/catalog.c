@@ -169,7 +169,15 @@ catalog_owner(void)
 	return owner;
 }
 
-/* Run as the extension owner until CatalogRestoreUser. */
+/*
+ * Run as the extension owner until CatalogRestoreUser, with search_path
+ * pg_catalog, pg_temp.  flowpg's statements name everything with its
+ * schema, operators included; the search_path is pinned besides, because
+ * the session's may be anyone's: a stream's (its worker applies the
+ * owner's settings, and runs the owner's functions), or a database's (the
+ * scan process connects as the bootstrap superuser).  An operator found
+ * through it ran as the extension owner, a superuser.
+ */
 void
 CatalogBecomeOwner(CatalogPrivilege *priv)
 {
@@ -179,11 +187,16 @@ CatalogBecomeOwner(CatalogPrivilege *priv)
 	SetUserIdAndSecContext(owner, priv->saved_sec |
 						   SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
+	priv->nest = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 }
 
 void
 CatalogRestoreUser(CatalogPrivilege *priv)
 {
+	/* false: a setting changed meanwhile does not outlive it */
+	AtEOXact_GUC(false, priv->nest);
 	SetUserIdAndSecContext(priv->saved_user, priv->saved_sec);
 }
 
@@ -607,7 +620,7 @@ CatalogRebuildCopies(void)
 	ListCell   *lc;
 
 	foreach(lc, catalog_query(STREAM_SELECT "WHERE NOT s.restored AND s.failure IS NULL "
-							  "AND s.slot_origin IS DISTINCT FROM $1",
+							  "AND (s.slot_origin IS NULL OR s.slot_origin OPERATOR(pg_catalog.<>) $1)",
 							  TEXTOID, CStringGetTextDatum(FlowpgSlotOrigin())))
 	{
 		StreamDef  *def = lfirst(lc);

@@ -39,6 +39,7 @@ typedef struct CatalogPrivilege
 {
 	Oid			saved_user;
 	int			saved_sec;
+	int			nest;			/* GUC nest level of the pinned search_path */
 } CatalogPrivilege;
 
 extern void CatalogBecomeOwner(CatalogPrivilege *priv);

@@ -573,6 +573,7 @@ CheckpointPrepare(FlowWorker *w)
 	Oid			sp_state_types[4] = {INT8OID, INT4OID, INT4OID, BYTEAOID};
 	Oid			rewrite_types[1] = {INT4OID};
 	Oid			trim_types[2] = {INT4OID, INT8OID};
+	CatalogPrivilege priv;
 
 	if (invalidated_worker == NULL)
 		CacheRegisterRelcacheCallback(result_invalidated, (Datum) 0);
@@ -580,6 +581,13 @@ CheckpointPrepare(FlowWorker *w)
 	w->result_changed = true;
 	while (w->result_changed)
 		prepare_result(w);
+
+	/*
+	 * The catalog's statements run as the extension owner, with its pinned
+	 * search_path (CatalogBecomeOwner): prepared with the same, or each
+	 * execution would plan them again.
+	 */
+	CatalogBecomeOwner(&priv);
 	w->state_append = prepare_kept(
 								   "INSERT INTO flowpg.state (stream_id, checkpoint_id, seq, keys, data) "
 								   "VALUES ($1, $2, $3, $4, $5)",
@@ -620,6 +628,7 @@ CheckpointPrepare(FlowWorker *w)
 								   "UPDATE flowpg.stream SET rewrite = false "
 								   "WHERE id OPERATOR(pg_catalog.=) $1",
 								   1, rewrite_types);
+	CatalogRestoreUser(&priv);
 }
 
 /*
@@ -1121,7 +1130,7 @@ update_by_statement(FlowWorker *w, StateChunk **chunks, Datum *rows,
 	(void) set_config_option("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	rc = SPI_execute_plan(w->result_tid_update, args, NULL, false, 0);
-	AtEOXact_GUC(true, nest);
+	AtEOXact_GUC(false, nest);
 	if (rc != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "checkpoint statement failed: %s", SPI_result_code_string(rc));
 	for (i = 0; i < SPI_processed; i++)

@@ -951,7 +951,7 @@ CompileDeparse(Query *query)
 	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	text = pg_get_querydef(query, false);
-	AtEOXact_GUC(true, nest);
+	AtEOXact_GUC(false, nest);
 	return text;
 }
 
@@ -974,7 +974,7 @@ CompileDefinition(const char *definition)
 	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	query = analyze_text(definition);
-	AtEOXact_GUC(true, nest);
+	AtEOXact_GUC(false, nest);
 	return CompileQueryTree(query);
 }
 

@@ -156,5 +156,44 @@ oracle_ok($node, 'spend', $spend, 'failed streams given away');
 runs_ok('failed streams given away');
 counts_as('flowpg_alice', 'failed streams given away');
 
+# The owner of a database cannot have flowpg run its code as a superuser:
+# flowpg's scan of each database as the server starts connects as the
+# bootstrap superuser, with the database's settings, and an operator of
+# the database owner's, first in its search_path, was found by a
+# statement of flowpg's (IS DISTINCT FROM) and made its owner superuser.
+$node->safe_psql('postgres', q{
+	CREATE ROLE flowpg_dbowner LOGIN;
+	CREATE DATABASE owned_db OWNER flowpg_dbowner;
+});
+$node->safe_psql('owned_db', q{
+	CREATE EXTENSION flowpg;
+	SET ROLE flowpg_dbowner;
+	CREATE SCHEMA evil;
+	CREATE FUNCTION evil.grab() RETURNS void LANGUAGE plpgsql AS $f$
+	BEGIN
+		IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+			EXECUTE 'ALTER ROLE flowpg_dbowner SUPERUSER';
+		END IF;
+	END $f$;
+	CREATE FUNCTION evil.texteq(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $f$
+	BEGIN PERFORM evil.grab(); RETURN a OPERATOR(pg_catalog.=) b; END $f$;
+	CREATE FUNCTION evil.textne(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $f$
+	BEGIN PERFORM evil.grab(); RETURN a OPERATOR(pg_catalog.<>) b; END $f$;
+	CREATE FUNCTION evil.int4eq(a int4, b int4) RETURNS boolean LANGUAGE plpgsql AS $f$
+	BEGIN PERFORM evil.grab(); RETURN a OPERATOR(pg_catalog.=) b; END $f$;
+	CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.texteq);
+	CREATE OPERATOR evil.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.textne);
+	CREATE OPERATOR evil.= (LEFTARG = int4, RIGHTARG = int4, FUNCTION = evil.int4eq);
+	CREATE TABLE public.t (k int);
+	SELECT flowpg.create_stream('public.s', 'SELECT k, count(*) AS n FROM public.t GROUP BY k');
+	ALTER DATABASE owned_db SET search_path = evil, pg_catalog, public;
+});
+$node->restart;
+$node->safe_psql('owned_db', 'INSERT INTO t SELECT g % 3 FROM generate_series(1, 30) g');
+oracle_ok($node, 's', 'SELECT k, count(*) AS n FROM public.t GROUP BY k',
+	'a stream of a database whose search_path names its owner\'s operators first', 'owned_db');
+is($node->safe_psql('postgres', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'flowpg_dbowner'}),
+	'f', 'the database owner\'s operators never ran as a superuser');
+
 $node->stop;
 done_testing();
