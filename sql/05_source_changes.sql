@@ -149,6 +149,26 @@ TABLE quotients ORDER BY k;
 SELECT flowpg.drop_stream('quotients');
 DROP TABLE ratios;
 
+-- the transactions committed before the failing one since the last
+-- checkpoint count too: the next worker stops before the failing
+-- transaction and checkpoints them (they were applied and lost again at
+-- each start, and the results held none of them)
+CREATE TABLE ratios (k int, a int, b int);
+SELECT flowpg.create_stream('quotients', 'SELECT k, sum(a / b) AS q FROM ratios GROUP BY k', '1 hour');
+INSERT INTO ratios VALUES (1, 3, 1);
+INSERT INTO ratios VALUES (2, 8, 4);
+INSERT INTO ratios VALUES (1, 1, 0);
+DO $$
+BEGIN
+    FOR i IN 1 .. 600 LOOP
+        EXIT WHEN (SELECT count(*) FROM quotients) = 2;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+TABLE quotients ORDER BY k;
+SELECT flowpg.drop_stream('quotients');
+DROP TABLE ratios;
+
 -- a group key too long for the result table's unique index fails the same
 -- way, at its row: the batch query does not fail, but no result table can
 -- hold its row (before, the checkpoint writing the key failed, naming

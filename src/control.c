@@ -174,6 +174,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->owner = InvalidOid;
 		free_ctl->reconnect = false;
 		free_ctl->processed_lsn = InvalidXLogRecPtr;
+		free_ctl->failed_commit = InvalidXLogRecPtr;
 		free_ctl->checkpoint_lsn = InvalidXLogRecPtr;
 		free_ctl->result_lsn = InvalidXLogRecPtr;
 		free_ctl->wait_lsn = InvalidXLogRecPtr;

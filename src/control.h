@@ -73,6 +73,10 @@ typedef struct StreamCtl
 								 * owner: start the next one at once */
 
 	XLogRecPtr	processed_lsn;	/* source WAL applied to state */
+	XLogRecPtr	failed_commit;	/* commit record of the source transaction
+								 * on which the last worker failed, until a
+								 * worker has checkpointed what came before
+								 * it (invalid: none) */
 	XLogRecPtr	checkpoint_lsn; /* source position of the last checkpoint */
 	XLogRecPtr	result_lsn;		/* result table exact up to here */
 	XLogRecPtr	wait_lsn;		/* highest position a flowpg.wait awaits */

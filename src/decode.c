@@ -46,6 +46,7 @@
 
 #include "access/tupconvert.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "access/xact.h"
 #include "access/xlogutils.h"
 #include "catalog/partition.h"
@@ -258,6 +259,7 @@ flowpg_begin_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 	if (decode_worker == NULL)
 		elog(ERROR, "flowpg output plugin called outside a stream worker");
 	decode_worker->skip_txn = txn->end_lsn <= decode_worker->restored_lsn;
+	decode_worker->replaying_commit = txn->final_lsn;
 }
 
 /*
@@ -352,6 +354,8 @@ flowpg_commit_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 				 XLogRecPtr commit_lsn)
 {
 	check_allowed();
+	if (decode_worker != NULL)
+		decode_worker->replaying_commit = InvalidXLogRecPtr;
 }
 
 /*
@@ -677,6 +681,22 @@ DecodeStart(FlowWorker *w)
 }
 
 /*
+ * Where the reader's next record starts: where the last one ended, past
+ * the page's header if it ended at a page's end (records are contiguous
+ * otherwise, even their headers: see XLogDecodeNextRecord).
+ */
+static XLogRecPtr
+next_record_start(XLogReaderState *reader)
+{
+	XLogRecPtr	next = reader->EndRecPtr;
+
+	if (next % XLOG_BLCKSZ == 0)
+		next += XLogSegmentOffset(next, wal_segment_size) == 0 ?
+			SizeOfXLogLongPHD : SizeOfXLogShortPHD;
+	return next;
+}
+
+/*
  * Decode the WAL written so far, at most max_records records, feeding the
  * worker's batch.  Stops only between records, so whole transactions are
  * in the batch.  Returns true when it reached the flush position.
@@ -698,7 +718,15 @@ DecodeRead(FlowWorker *w, int max_records)
 	while (reader->EndRecPtr < flush)
 	{
 		char	   *errm = NULL;
-		XLogRecord *record = XLogReadRecord(reader, &errm);
+		XLogRecord *record;
+
+		if (!XLogRecPtrIsInvalid(w->stop_before) &&
+			next_record_start(reader) >= w->stop_before)
+		{
+			w->stop_reached = true;
+			break;
+		}
+		record = XLogReadRecord(reader, &errm);
 
 		if (errm != NULL)
 			ereport(ERROR,

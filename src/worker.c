@@ -390,6 +390,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		w->ctl->sp_abandoned = Max(w->ctl->sp_abandoned, w->ctl->sp_attempted);
 	w->sp_seen = w->ctl->sp_attempted;
 	w->ctl->processed_lsn = w->processed_lsn;
+	w->stop_before = w->ctl->failed_commit;
 	w->ctl->checkpoint_lsn = w->restored_lsn;
 	w->ctl->result_lsn = Max(w->ctl->result_lsn,
 							 Max(w->restored_lsn, w->confirmed_lsn));
@@ -789,6 +790,28 @@ wait_for_wal(FlowWorker *w, bool advanced)
 	ResetLatch(MyLatch);
 }
 
+/*
+ * The worker has applied everything before the commit of the source
+ * transaction on which the previous worker failed (a row on which the
+ * query raises an error, a group key too long for the result table's
+ * index): checkpoint it, so that the results hold every transaction
+ * before that one, then go on (and most likely fail on it again).
+ * Without it, the transactions committed between the last checkpoint and
+ * that one were applied and lost again at each start, and the results
+ * held none of them.
+ */
+static void
+stop_at_failed_commit(FlowWorker *w)
+{
+	w->stop_reached = false;
+	w->stop_before = InvalidXLogRecPtr;
+	if (w->state->ndirty > 0)
+		CheckpointWrite(w, "forced");
+	SpinLockAcquire(&w->ctl->mutex);
+	w->ctl->failed_commit = InvalidXLogRecPtr;
+	SpinLockRelease(&w->ctl->mutex);
+}
+
 /* Step 5: the main loop; never returns. */
 static void
 worker_loop(FlowWorker *w)
@@ -832,6 +855,8 @@ worker_loop(FlowWorker *w)
 		before = w->decoding->reader->EndRecPtr;
 		caught_up = DecodeRead(w, WORKER_READ_RECORDS);
 		WorkerMergeBatch(w);
+		if (w->stop_reached)
+			stop_at_failed_commit(w);
 		publish_progress(w, caught_up);
 		maybe_checkpoint(w);
 		check_retained_wal(w);
@@ -846,9 +871,16 @@ worker_loop(FlowWorker *w)
  * start anyway, and meanwhile other streams may need the memory.
  */
 static void
-record_error(StreamCtl *ctl)
+record_error(StreamCtl *ctl, FlowWorker *w)
 {
 	ControlFail(ctl);
+	/* failed on a source transaction: the next worker stops before it */
+	if (w != NULL && !XLogRecPtrIsInvalid(w->replaying_commit))
+	{
+		SpinLockAcquire(&ctl->mutex);
+		ctl->failed_commit = w->replaying_commit;
+		SpinLockRelease(&ctl->mutex);
+	}
 
 	if (!LWLockHeldByMe(&ctl->state_lock))
 		LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);
@@ -912,7 +944,7 @@ FlowWorkerMain(Datum main_arg)
 	}
 	PG_CATCH();
 	{
-		record_error(ctl);
+		record_error(ctl, w);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();

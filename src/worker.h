@@ -58,6 +58,16 @@ typedef struct FlowWorker
 
 	/* Decoding of the current source transaction. */
 	bool		skip_txn;
+	XLogRecPtr	replaying_commit;	/* its commit record, while its changes
+									 * are applied; invalid between */
+
+	/*
+	 * The commit of the source transaction that failed the previous worker
+	 * (StreamCtl.failed_commit): this one stops before it, once, and
+	 * checkpoints what it applied (see stop_at_failed_commit).
+	 */
+	XLogRecPtr	stop_before;
+	bool		stop_reached;
 
 	/* Counters published to StreamCtl. */
 	uint64		events;
