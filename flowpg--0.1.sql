@@ -129,6 +129,27 @@ END
 $$;
 COMMENT ON TABLE flowpg.savepoint_state IS 'flowpg savepoints'' state: segments of key entries, as in flowpg.state';
 
+/*
+ * A publication FOR ALL TABLES publishes flowpg's tables too: a
+ * subscriber's logical replication workers skip their changes (its
+ * streams are its own), whether they run as replica or not (ALWAYS).
+ */
+CREATE FUNCTION flowpg.not_replicated()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'flowpg_not_replicated'
+LANGUAGE C;
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['stream', 'state', 'checkpoint', 'savepoint', 'savepoint_state'] LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER not_replicated BEFORE INSERT OR UPDATE OR DELETE '
+                                  'ON flowpg.%I FOR EACH ROW EXECUTE FUNCTION flowpg.not_replicated()', t);
+        EXECUTE pg_catalog.format('ALTER TABLE flowpg.%I ENABLE ALWAYS TRIGGER not_replicated', t);
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION flowpg.create_stream(name text, query text,
                                      checkpoint_interval interval DEFAULT NULL)
 RETURNS void

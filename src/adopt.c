@@ -77,6 +77,7 @@
 #include "catalog/pg_inherits.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
+#include "replication/worker_internal.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -103,10 +104,38 @@
 #include "worker.h"
 
 PG_FUNCTION_INFO_V1(flowpg_stream_restored);
+PG_FUNCTION_INFO_V1(flowpg_not_replicated);
 PG_FUNCTION_INFO_V1(flowpg_rebuild_stream);
 
 /* Source rows scanned between two merges into the shared state. */
 #define ADOPT_MERGE_ROWS	100000
+
+/*
+ * flowpg.not_replicated(): BEFORE INSERT, UPDATE or DELETE row trigger of
+ * flowpg's own tables, enabled ALWAYS, so that it fires in the logical
+ * replication workers too (session_replication_role replica).  A
+ * publication FOR ALL TABLES publishes these tables with the others;
+ * applied on a subscriber that has flowpg, the publisher's streams became
+ * the subscriber's (adopted at its next start as a copy of the cluster),
+ * whose checkpoints then collided with the rows replicated after them, and
+ * the whole subscription stopped.  A subscriber's streams are its own:
+ * its replication workers skip the changes of these tables.  (A result
+ * table replicates as any table.)
+ */
+Datum
+flowpg_not_replicated(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "flowpg.not_replicated must be a BEFORE row trigger");
+	if (MyLogicalRepWorker != NULL)
+		return PointerGetDatum(NULL);
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		return PointerGetDatum(trigdata->tg_newtuple);
+	return PointerGetDatum(trigdata->tg_trigtuple);
+}
 
 /*
  * flowpg.stream_restored(): BEFORE INSERT trigger on flowpg.stream.  A row

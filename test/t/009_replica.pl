@@ -76,6 +76,47 @@ $pub->safe_psql('postgres',
 	'INSERT INTO clicks (campaign, cost) SELECT g % 40, g % 3 FROM generate_series(1, 60000) g');
 check_all('a large streamed transaction');
 
+# A publication FOR ALL TABLES publishes flowpg's own tables too.  A
+# subscriber that has flowpg skips their changes: its streams are its own
+# (the publisher's became streams of the subscriber's, adopted at its next
+# start, whose checkpoints collided with the replicated rows and stopped
+# the whole subscription).  A result table replicates as any table.
+$pub->safe_psql('postgres',
+	q{SELECT flowpg.create_stream('pub_spend', 'SELECT campaign, count(*) AS clicks FROM clicks GROUP BY campaign')});
+$pub->safe_psql('postgres',
+	'INSERT INTO clicks (campaign, cost) SELECT g % 40, 1 FROM generate_series(1, 500) g');
+wait_stream($pub, 'pub_spend');
+$pub->safe_psql('postgres', 'CREATE PUBLICATION all_pub FOR ALL TABLES');
+my $all = new_node('all_tables');
+$all->safe_psql('postgres', qq{$table; CREATE TABLE pub_spend (campaign int, clicks bigint)});
+$all->safe_psql('postgres', "CREATE SUBSCRIPTION all_sub CONNECTION '$connstr' PUBLICATION all_pub");
+$all->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM pg_subscription_rel WHERE srsubstate NOT IN ('r', 's')})
+  or die 'the subscription did not copy its tables';
+sub all_tables_ok
+{
+	my ($label) = @_;
+	$pub->safe_psql('postgres',
+		'INSERT INTO clicks (campaign, cost) SELECT g % 40, 2 FROM generate_series(1, 300) g');
+	wait_stream($pub, 'pub_spend');
+	$pub->wait_for_catchup('all_sub');
+	is($all->safe_psql('postgres',
+			'SELECT (SELECT count(*) FROM flowpg.stream) || \'/\' || (SELECT count(*) FROM flowpg.state) '
+			  . '|| \'/\' || (SELECT count(*) FROM flowpg.checkpoint) || \'/\' || (SELECT count(*) FROM flowpg.streams)'),
+		'0/0/0/0', "$label: flowpg's own tables are not applied on the subscriber");
+	my $rows = 'SELECT campaign, clicks FROM pub_spend ORDER BY campaign';
+	is($all->safe_psql('postgres', $rows), $pub->safe_psql('postgres', $rows),
+		"$label: the result table replicates as any table");
+	is($all->safe_psql('postgres', 'SELECT count(*) FROM clicks'),
+		$pub->safe_psql('postgres', 'SELECT count(*) FROM clicks'),
+		"$label: and so does the source");
+	return;
+}
+all_tables_ok('FOR ALL TABLES');
+$all->restart;
+all_tables_ok('FOR ALL TABLES, the subscriber restarted');
+$all->stop;
+
 $sub->stop;
 $pub->stop;
 done_testing();
