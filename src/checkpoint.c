@@ -79,7 +79,9 @@
 #include "portability/instr_time.h"
 #include "replication/origin.h"
 #include "storage/bufmgr.h"
+#include "storage/ipc.h"
 #include "storage/lmgr.h"
+#include "storage/pmsignal.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -526,12 +528,67 @@ set_replica_identity_full(const char *table)
 }
 
 /*
- * Check the result table again and prepare the statements that write it.
- * The caller calls again while w->result_changed: setting the replica
- * identity changes the table.
+ * Will prepare_result set the result table's replica identity?  A look
+ * without the table's lock, taken before any lock of it (see
+ * lock_for_identity); a publication that comes after it is found by
+ * prepare_result, which then takes the lock over the weaker one.
+ */
+static bool
+identity_wanted(FlowWorker *w)
+{
+	Relation	rel = RelationIdGetRelation(w->def->result);
+	bool		wanted;
+
+	if (!RelationIsValid(rel))
+		return false;
+	wanted = needs_replica_identity(rel);
+	RelationClose(rel);
+	return wanted;
+}
+
+/*
+ * Setting the replica identity takes the result table's ACCESS EXCLUSIVE
+ * lock.  Queued behind a long transaction that read the table, the
+ * request held every later reader of the table behind it until that
+ * transaction ended; taken over the ROW EXCLUSIVE lock a checkpoint holds,
+ * it deadlocked with the stream's other process doing the same (the
+ * checkpoint writer failed, and the worker wrote its checkpoints itself
+ * from then on).  So take it first, and only when it is free, trying
+ * again every 10 ms: the checkpoint waits, the readers do not.
  */
 static void
-prepare_result(FlowWorker *w)
+lock_for_identity(FlowWorker *w)
+{
+	TimestampTz since = GetCurrentTimestamp();
+	bool		logged = false;
+
+	while (!ConditionalLockRelationOid(w->def->result, AccessExclusiveLock))
+	{
+		if (!logged && TimestampDifferenceExceeds(since, GetCurrentTimestamp(), 1000))
+		{
+			ereport(LOG,
+					(errmsg("flowpg: stream \"%s\" waits for its result table to be free to set its replica identity",
+							w->def->name),
+					 errdetail("A publication publishes the table's updates or deletes; another session holds a lock on the table.")));
+			logged = true;
+		}
+		pg_usleep(10000L);
+		if (!PostmasterIsAlive())
+			proc_exit(1);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * Check the result table again and prepare the statements that write it.
+ * The caller calls again while w->result_changed: setting the replica
+ * identity changes the table.  As the process starts (`at_start`), it
+ * holds the table's ACCESS SHARE lock already: the replica identity is
+ * left to its first checkpoint (see lock_for_identity), which finds
+ * w->result_changed set.
+ */
+static void
+prepare_result(FlowWorker *w, bool at_start)
 {
 	Relation	rel;
 	char	   *table;
@@ -554,7 +611,9 @@ prepare_result(FlowWorker *w)
 	needs_identity = needs_replica_identity(rel);
 	w->result_triggers = rel->trigdesc != NULL;
 	table_close(rel, AccessShareLock);
-	if (needs_identity)
+	if (needs_identity && at_start)
+		w->result_changed = true;
+	else if (needs_identity)
 		set_replica_identity_full(table);
 	prepare_result_upsert(w, table);
 }
@@ -578,9 +637,7 @@ CheckpointPrepare(FlowWorker *w)
 	if (invalidated_worker == NULL)
 		CacheRegisterRelcacheCallback(result_invalidated, (Datum) 0);
 	invalidated_worker = w;
-	w->result_changed = true;
-	while (w->result_changed)
-		prepare_result(w);
+	prepare_result(w, true);
 
 	/*
 	 * The catalog's statements run as the extension owner, with its pinned
@@ -1972,10 +2029,12 @@ checkpoint_begin(FlowWorker *w, bool lazy)
 	/* the owner may have lost SELECT on the source: stop reading it then */
 	CompileCheckPermissions(w->fq);
 	SPI_connect();
+	if (w->result_changed && identity_wanted(w))
+		lock_for_identity(w);
 	/* the lock holds off renames, and brings in invalidations before it */
 	LockRelationOid(w->def->result, RowExclusiveLock);
 	while (w->result_changed)
-		prepare_result(w);
+		prepare_result(w, false);
 	if (replorigin_session_origin != InvalidRepOriginId)
 		replorigin_session_origin = checkpoint_origin(w);
 	PushActiveSnapshot(GetTransactionSnapshot());
