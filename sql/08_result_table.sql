@@ -269,6 +269,12 @@ INSERT INTO taps VALUES (1, 3), (3, 4);
 SELECT oracle('tap_sums'), oracle('tap_total');
 SELECT relname, relreplident FROM pg_class WHERE relname LIKE 'tap\_%' ORDER BY 1;
 SELECT name, status, restarts FROM flowpg.streams WHERE name LIKE 'public.tap\_%' ORDER BY 1;
+-- a rebuild rewrites the table: it sets the identity first too
+ALTER TABLE tap_total REPLICA IDENTITY DEFAULT;
+SELECT flowpg.rebuild_stream('tap_total');
+INSERT INTO taps VALUES (4, 6);
+SELECT oracle('tap_total');
+SELECT relname, relreplident FROM pg_class WHERE relname = 'tap_total';
 DROP PUBLICATION everything;
 ALTER TABLE tap_sums REPLICA IDENTITY NOTHING;
 CREATE PUBLICATION just_sums FOR TABLE tap_sums;

@@ -467,6 +467,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 	if (replorigin_by_name(w->slot_name, true) == InvalidRepOriginId)
 		replorigin_create(w->slot_name);
 	CompileRecordDependencies(w->fq, w->def->result);
+	CheckpointPrepareIdentity(w);
 	id = CheckpointStore(w, "rewrite");
 
 	SPI_finish();

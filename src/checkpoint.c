@@ -553,24 +553,30 @@ identity_wanted(FlowWorker *w)
  * transaction ended; taken over the ROW EXCLUSIVE lock a checkpoint holds,
  * it deadlocked with the stream's other process doing the same (the
  * checkpoint writer failed, and the worker wrote its checkpoints itself
- * from then on).  So take it first, and only when it is free, trying
- * again every 10 ms: the checkpoint waits, the readers do not.
+ * from then on).  So take it first, when it is free, trying again every
+ * 10 ms: the checkpoint waits, the readers do not.  Readers that overlap
+ * without end would hold the stream back for good: after
+ * IDENTITY_LOCK_TRIES_MS, the request queues as any other.
  */
+#define IDENTITY_LOCK_TRIES_MS	5000
+
 static void
 lock_for_identity(FlowWorker *w)
 {
 	TimestampTz since = GetCurrentTimestamp();
-	bool		logged = false;
 
 	while (!ConditionalLockRelationOid(w->def->result, AccessExclusiveLock))
 	{
-		if (!logged && TimestampDifferenceExceeds(since, GetCurrentTimestamp(), 1000))
+		if (TimestampDifferenceExceeds(since, GetCurrentTimestamp(),
+									   IDENTITY_LOCK_TRIES_MS))
 		{
 			ereport(LOG,
-					(errmsg("flowpg: stream \"%s\" waits for its result table to be free to set its replica identity",
+					(errmsg("flowpg: stream \"%s\" waits for the lock of its result table to set its replica identity",
 							w->def->name),
-					 errdetail("A publication publishes the table's updates or deletes; another session holds a lock on the table.")));
-			logged = true;
+					 errdetail("A publication publishes the table's updates or deletes; other sessions have held a lock on the table for %d ms.",
+							   IDENTITY_LOCK_TRIES_MS)));
+			LockRelationOid(w->def->result, AccessExclusiveLock);
+			return;
 		}
 		pg_usleep(10000L);
 		if (!PostmasterIsAlive())
@@ -578,6 +584,7 @@ lock_for_identity(FlowWorker *w)
 		CHECK_FOR_INTERRUPTS();
 	}
 }
+
 
 /*
  * Check the result table again and prepare the statements that write it.
@@ -616,6 +623,21 @@ prepare_result(FlowWorker *w, bool at_start)
 	else if (needs_identity)
 		set_replica_identity_full(table);
 	prepare_result_upsert(w, table);
+}
+
+/*
+ * Set the replica identity a publication wants of the result table, if
+ * it does (prepare_result at the process's start leaves it), before the
+ * process writes the table: at each checkpoint, and in the adopter before
+ * its rewrite.
+ */
+void
+CheckpointPrepareIdentity(FlowWorker *w)
+{
+	if (w->result_changed && identity_wanted(w))
+		lock_for_identity(w);
+	while (w->result_changed)
+		prepare_result(w, false);
 }
 
 /*
@@ -2033,8 +2055,7 @@ checkpoint_begin(FlowWorker *w, bool lazy)
 		lock_for_identity(w);
 	/* the lock holds off renames, and brings in invalidations before it */
 	LockRelationOid(w->def->result, RowExclusiveLock);
-	while (w->result_changed)
-		prepare_result(w, false);
+	CheckpointPrepareIdentity(w);
 	if (replorigin_session_origin != InvalidRepOriginId)
 		replorigin_session_origin = checkpoint_origin(w);
 	PushActiveSnapshot(GetTransactionSnapshot());

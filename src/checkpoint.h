@@ -66,6 +66,7 @@ typedef struct CheckpointJob
 
 extern void CheckpointPrepare(FlowWorker *w);
 extern void CheckpointRefreshKeyIndex(FlowWorker *w);
+extern void CheckpointPrepareIdentity(FlowWorker *w);
 extern void CheckpointRestore(FlowWorker *w);
 extern int64 CheckpointStore(FlowWorker *w, const char *kind);
 extern void CheckpointDone(FlowWorker *w, int64 id, bool lazy);

@@ -111,6 +111,9 @@ typedef struct FlowWorker
 	int			ctl_index;		/* of ctl in FlowCtl->streams */
 	struct BackgroundWorkerHandle *writer;	/* NULL if not started */
 	bool		writer_unavailable; /* could not be started: write inline */
+	TimestampTz writer_retry_at;	/* until then */
+	const char *writer_why;		/* why, as last logged; NULL once a writer
+								 * started */
 	uint32		yield_seen;		/* FlowCtl->writers_yield handled */
 	dsa_pointer job;			/* CheckpointJob buffer, kept between jobs */
 	bool		job_inflight;	/* handed off, not collected yet */

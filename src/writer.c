@@ -66,7 +66,10 @@
  * free besides (ControlFreeWorkerSlots), and writers give their slots up
  * when the launcher cannot start a stream's worker (WriterYield): a
  * stream without a worker is worse than one that writes its own
- * checkpoints.  Without a writer (flowpg.checkpoint_writer = off, no
+ * checkpoints.  A worker whose writer could not start, exited or gave its
+ * slot up tries again after WRITER_RETRY_MS (its writer was gone for the
+ * worker's life: one stream too many for the slots left every stream
+ * without its writer).  Without a writer (flowpg.checkpoint_writer = off, no
  * slot, no room in the shared area for a job's copy) the worker writes
  * its checkpoints itself, as it always did.
  *
@@ -108,6 +111,28 @@ StaticAssertDecl(sizeof(WriterIdentity) <= BGW_EXTRALEN,
 
 /* How long a worker that exits waits for its writer to be gone. */
 #define WRITER_STOP_WAIT_MS		60000
+
+/* How long a worker writes its checkpoints itself before it tries a writer again. */
+#define WRITER_RETRY_MS			10000
+
+/*
+ * No writer for now: the worker writes its checkpoints itself, and tries
+ * to start one again after WRITER_RETRY_MS.  Says why once, not at each
+ * try that fails for the same reason.
+ */
+static void
+writer_unavailable(FlowWorker *w, const char *why, bool hint)
+{
+	w->writer_unavailable = true;
+	w->writer_retry_at = GetCurrentTimestamp() + WRITER_RETRY_MS * 1000L;
+	if (w->writer_why != NULL && strcmp(w->writer_why, why) == 0)
+		return;
+	w->writer_why = why;
+	ereport(LOG,
+			(errmsg("flowpg: stream \"%s\" writes its checkpoints itself: %s",
+					w->def->name, why),
+			 hint ? errhint("Raise max_worker_processes.") : 0));
+}
 
 /* Free the worker's job buffer, if it has one; no job may be in it. */
 static void
@@ -175,11 +200,7 @@ writer_start(FlowWorker *w)
 
 	if (ControlFreeWorkerSlots() < 2)
 	{
-		ereport(LOG,
-				(errmsg("flowpg: stream \"%s\" writes its checkpoints itself: no background worker slot to spare for a checkpoint writer",
-						w->def->name),
-				 errhint("Raise max_worker_processes.")));
-		w->writer_unavailable = true;
+		writer_unavailable(w, "no background worker slot to spare for a checkpoint writer", true);
 		return;
 	}
 	SpinLockAcquire(&w->ctl->mutex);
@@ -206,13 +227,10 @@ writer_start(FlowWorker *w)
 	if (!registered)
 	{
 		w->writer = NULL;
-		w->writer_unavailable = true;
-		ereport(LOG,
-				(errmsg("flowpg: stream \"%s\" writes its checkpoints itself: no free background worker slot for a checkpoint writer",
-						w->def->name),
-				 errhint("Raise max_worker_processes.")));
+		writer_unavailable(w, "no free background worker slot for a checkpoint writer", true);
 		return;
 	}
+	w->writer_why = NULL;
 	if (!callback_registered)
 	{
 		before_shmem_exit(writer_stop, PointerGetDatum(w));
@@ -245,7 +263,11 @@ WriterReady(FlowWorker *w)
 		return false;
 	}
 	if (w->writer_unavailable)
-		return false;
+	{
+		if (GetCurrentTimestamp() < w->writer_retry_at)
+			return false;
+		w->writer_unavailable = false;
+	}
 	if (w->writer == NULL)
 	{
 		writer_start(w);
@@ -258,13 +280,11 @@ WriterReady(FlowWorker *w)
 		case BGWH_NOT_YET_STARTED:
 			return false;
 		default:
-			/* it exited before it was ready: its error is in the log */
-			ereport(LOG,
-					(errmsg("flowpg: stream \"%s\" writes its checkpoints itself: its checkpoint writer exited",
-							w->def->name)));
+			/* it exited, ready or not: its error is in the log */
 			pfree(w->writer);
 			w->writer = NULL;
-			w->writer_unavailable = true;
+			w->writer_why = NULL;
+			writer_unavailable(w, "its checkpoint writer exited", false);
 			return false;
 	}
 	SpinLockAcquire(&w->ctl->mutex);
@@ -275,8 +295,8 @@ WriterReady(FlowWorker *w)
 
 /*
  * Give the background worker slot of the worker's writer up (the launcher
- * could not start a stream's worker): it writes its checkpoints itself
- * from now on.
+ * could not start a stream's worker): it writes its checkpoints itself for
+ * a while.
  */
 void
 WriterYield(FlowWorker *w)
@@ -285,10 +305,8 @@ WriterYield(FlowWorker *w)
 		return;
 	(void) CheckpointCollect(w, true);
 	writer_stop(0, PointerGetDatum(w));
-	w->writer_unavailable = true;
-	ereport(LOG,
-			(errmsg("flowpg: stream \"%s\" writes its checkpoints itself: its checkpoint writer gave its background worker slot up for a stream's worker",
-					w->def->name)));
+	w->writer_why = NULL;
+	writer_unavailable(w, "its checkpoint writer gave its background worker slot up for a stream's worker", false);
 }
 
 /*

@@ -148,6 +148,11 @@ stop_load($load);
 oracle_ok($node, 'spend', $query, 'checkpoint writer terminated under load');
 sql("INSERT INTO clicks (campaign, cost) VALUES (5, 5)");
 oracle_ok($node, 'spend', $query, '... and after');
+# the worker starts a writer again (after 10 s): it was gone for the
+# worker's life
+ok($node->poll_query_until('postgres',
+		"SELECT count(*) > 0 FROM (SELECT flowpg.checkpoint('spend')) c, flowpg.streams WHERE writer_pid IS NOT NULL"),
+	'a worker whose writer exited starts a new one');
 
 # 6. flowpg.checkpoint_writer = off, at a reload: the running worker
 #    stops its writer and writes its checkpoints itself, and so does the
