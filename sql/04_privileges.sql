@@ -135,6 +135,8 @@ SELECT last_error FROM flowpg.streams WHERE name = 'public.alice_view';
 -- pg_read_all_stats) read it
 SET ROLE flowpg_bob;
 SELECT status, last_error FROM flowpg.streams WHERE name = 'public.alice_view';
+SELECT count(*) FILTER (WHERE last_error LIKE 'permission denied%') AS readable
+  FROM flowpg.stream_status();
 RESET ROLE;
 SET ROLE flowpg_alice;
 SELECT last_error LIKE 'permission denied%' AS owner_reads_it

@@ -31,6 +31,7 @@
 #include "access/xlogrecovery.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -685,6 +686,21 @@ ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 	}
 }
 
+/*
+ * May the current user read a stream's errors?  An error may quote a row
+ * of the source, which the user may not be allowed to read: only the
+ * owner's members and pg_read_all_stats do, as pg_stat_activity shows a
+ * session's query.  (owner is invalid when not known yet.)
+ */
+static bool
+may_read_errors(Oid owner)
+{
+	Oid			user = GetUserId();
+
+	return has_privs_of_role(user, ROLE_PG_READ_ALL_STATS) ||
+		(OidIsValid(owner) && has_privs_of_role(user, owner));
+}
+
 void
 ApiRaiseIfFailed(StreamDef *def, StreamCtl *ctl)
 {
@@ -695,6 +711,9 @@ ApiRaiseIfFailed(StreamDef *def, StreamCtl *ctl)
 	failed = ctl->status == STREAM_FAILED;
 	strlcpy(error, ctl->last_error, sizeof(error));
 	SpinLockRelease(&ctl->mutex);
+	if (failed && !may_read_errors(def->owner))
+		strlcpy(error, "an error only members of the stream's owner role may read (flowpg.streams.last_error)",
+				sizeof(error));
 	if (failed && def->restored)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1100,7 +1119,8 @@ flowpg_stream_status(PG_FUNCTION_ARGS)
 		values[14] = Int64GetDatum((int64) copy.keys);
 		values[15] = Int64GetDatum((int64) copy.state_bytes);
 		values[16] = Int32GetDatum(Max(copy.restarts, 0));
-		values[17] = CStringGetTextDatum(copy.last_error);
+		values[17] = CStringGetTextDatum(may_read_errors(copy.owner) ?
+										 copy.last_error : "<insufficient privilege>");
 		nulls[17] = copy.last_error[0] == '\0';
 		values[18] = TimestampTzGetDatum(copy.last_error_at);
 		nulls[18] = copy.last_error_at == 0;

@@ -169,6 +169,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->state_ready = false;
 		free_ctl->restarts = -1;
 		free_ctl->failures = 0;
+		free_ctl->setup_failures = 0;
 		free_ctl->restart_at = 0;
 		free_ctl->retry_requested = false;
 		free_ctl->owner = InvalidOid;

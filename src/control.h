@@ -63,6 +63,8 @@ typedef struct StreamCtl
 	bool		state_ready;	/* shared state restored and usable */
 	int32		restarts;		/* worker starts after the first */
 	int32		failures;		/* consecutive failed starts */
+	int32		setup_failures; /* of them, workers that failed before they
+								 * ran (see setup_unapplied_wal) */
 	TimestampTz restart_at;		/* launcher starts the worker after this */
 	bool		retry_requested;	/* flowpg.wait: start it again at once */
 	Oid			owner;			/* the stream's owner, as whom its process

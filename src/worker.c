@@ -255,15 +255,16 @@ restore_state(FlowWorker *w)
 }
 
 /*
- * The WAL a stream keeps unapplied, as its worker starts after two failed
- * starts in a row with no checkpoint between (0 otherwise).  A worker that
- * fails as it starts, every time (its owner lost a privilege, an aggregate
+ * The WAL a stream keeps unapplied, as its worker starts after two workers
+ * in a row failed before they ran (0 otherwise).  A worker that fails as
+ * it starts, every time (its owner lost a privilege, an aggregate
  * changed, its state does not fit in flowpg.state_memory), never reaches
  * check_retained_wal: this counts from the position its own slot
  * confirmed, which is all the stream has applied for sure.  Not at the
- * first start, nor after a single failure: a stream that is only
- * restarting would have read past the WAL it has nothing to apply in
- * (another database's) at once.
+ * first start, nor after a single failure, nor after workers that ran
+ * (terminated, or failing on a row): a stream that is only restarting
+ * would read past the WAL it has nothing to apply in (another
+ * database's) at once.
  */
 static int64
 setup_unapplied_wal(FlowWorker *w)
@@ -271,7 +272,7 @@ setup_unapplied_wal(FlowWorker *w)
 	int32		failures;
 
 	SpinLockAcquire(&w->ctl->mutex);
-	failures = w->ctl->failures;
+	failures = w->ctl->setup_failures;
 	SpinLockRelease(&w->ctl->mutex);
 	if (failures < 2 || flowpg_max_retained_wal < 0)
 		return 0;
@@ -343,6 +344,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		release_slots(w, false);
 		return false;
 	}
+	drop_orphan_savepoint_slots(w);
 	unapplied = setup_unapplied_wal(w);
 	if (over_retained_wal(unapplied))
 	{
@@ -351,7 +353,6 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		CommitTransactionCommand();
 		fail_retained_wal(w, unapplied, false);
 	}
-	drop_orphan_savepoint_slots(w);
 	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
 	CompileApplySettings(w->def->settings, GUC_ACTION_SET);
 	apply_settings();
@@ -390,6 +391,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		w->ctl->sp_abandoned = Max(w->ctl->sp_abandoned, w->ctl->sp_attempted);
 	w->sp_seen = w->ctl->sp_attempted;
 	w->ctl->processed_lsn = w->processed_lsn;
+	w->ctl->setup_failures = 0;
 	w->stop_before = w->ctl->failed_commit;
 	w->ctl->checkpoint_lsn = w->restored_lsn;
 	w->ctl->result_lsn = Max(w->ctl->result_lsn,
@@ -816,6 +818,7 @@ stop_at_failed_commit(FlowWorker *w)
 static void
 worker_loop(FlowWorker *w)
 {
+	w->running = true;
 	for (;;)
 	{
 		bool		caught_up;
@@ -853,8 +856,10 @@ worker_loop(FlowWorker *w)
 		if (w->key_index_stale)
 			CheckpointRefreshKeyIndex(w);
 		before = w->decoding->reader->EndRecPtr;
+		w->round_start = before;
 		caught_up = DecodeRead(w, WORKER_READ_RECORDS);
 		WorkerMergeBatch(w);
+		w->round_start = InvalidXLogRecPtr;
 		if (w->stop_reached)
 			stop_at_failed_commit(w);
 		publish_progress(w, caught_up);
@@ -874,13 +879,20 @@ static void
 record_error(StreamCtl *ctl, FlowWorker *w)
 {
 	ControlFail(ctl);
-	/* failed on a source transaction: the next worker stops before it */
-	if (w != NULL && !XLogRecPtrIsInvalid(w->replaying_commit))
-	{
-		SpinLockAcquire(&ctl->mutex);
+	SpinLockAcquire(&ctl->mutex);
+	if (!w->running)
+		ctl->setup_failures++;
+
+	/*
+	 * Failed on a source transaction: the next worker stops before it.  On
+	 * merging a round's batch (a combine function's error, the state's
+	 * memory): before the round.
+	 */
+	if (!XLogRecPtrIsInvalid(w->replaying_commit))
 		ctl->failed_commit = w->replaying_commit;
-		SpinLockRelease(&ctl->mutex);
-	}
+	else if (!XLogRecPtrIsInvalid(w->round_start))
+		ctl->failed_commit = w->round_start;
+	SpinLockRelease(&ctl->mutex);
 
 	if (!LWLockHeldByMe(&ctl->state_lock))
 		LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);

@@ -68,6 +68,9 @@ typedef struct FlowWorker
 	 */
 	XLogRecPtr	stop_before;
 	bool		stop_reached;
+	XLogRecPtr	round_start;	/* where the round being decoded and merged
+								 * began; invalid between rounds */
+	bool		running;		/* set up: in worker_loop */
 
 	/* Counters published to StreamCtl. */
 	uint64		events;
