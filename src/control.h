@@ -66,6 +66,9 @@ typedef struct StreamCtl
 	int32		setup_failures; /* of them, workers that failed before they
 								 * ran (see setup_unapplied_wal) */
 	TimestampTz restart_at;		/* launcher starts the worker after this */
+	TimestampTz slot_wait_since;	/* since when its process has waited for
+									 * checkpoint writers to give a background
+									 * worker slot up (0: it does not) */
 	bool		retry_requested;	/* flowpg.wait: start it again at once */
 	Oid			owner;			/* the stream's owner, as whom its process
 								 * connects; InvalidOid: unknown (after a

@@ -50,6 +50,17 @@
 
 #define LAUNCHER_NAPTIME_MS		1000
 
+/*
+ * A stream's process that finds no background worker slot while checkpoint
+ * writers hold some is started again every LAUNCHER_RETRY_MS, for
+ * WRITER_YIELD_MS at most, while the writers give theirs up.
+ */
+#define LAUNCHER_RETRY_MS		50
+#define WRITER_YIELD_MS			10000
+
+/* Some stream waits for a writer's slot: the launcher naps LAUNCHER_RETRY_MS. */
+static bool retry_soon = false;
+
 /* Handles of the workers and adopters this launcher started, by StreamCtl index. */
 static BackgroundWorkerHandle **handles;
 static BackgroundWorkerHandle **adopters;
@@ -109,9 +120,58 @@ find_slot(List *slots, StreamCtl *ctl)
 }
 
 /*
+ * No background worker slot for a stream's process: ask the checkpoint
+ * writers to give theirs up (WriterYield, which each one's worker does at
+ * its next round: woken here).  While some writer still holds a slot, for
+ * WRITER_YIELD_MS at most, the stream is not failing: the launcher tries
+ * again in LAUNCHER_RETRY_MS, and returns true.  (The stream showed as
+ * failed, with a warning, and flowpg.wait could raise "no free background
+ * worker slot", while the writers were giving their slots up.)
+ */
+static bool
+await_writers_yield(StreamCtl *ctl)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		writers = false;
+	bool		waiting;
+	int			i;
+
+	pg_atomic_fetch_add_u32(&FlowCtl->writers_yield, 1);
+	for (i = 0; i < FlowCtl->max_streams; i++)
+	{
+		StreamCtl  *other = &FlowCtl->streams[i];
+		Latch	   *latch = NULL;
+
+		SpinLockAcquire(&other->mutex);
+		if (other->writer_pid != 0)
+		{
+			writers = true;
+			latch = other->latch;
+		}
+		SpinLockRelease(&other->mutex);
+		if (latch != NULL)
+			SetLatch(latch);
+	}
+
+	SpinLockAcquire(&ctl->mutex);
+	if (ctl->slot_wait_since == 0)
+		ctl->slot_wait_since = now;
+	waiting = writers &&
+		!TimestampDifferenceExceeds(ctl->slot_wait_since, now, WRITER_YIELD_MS);
+	if (waiting)
+		ctl->restart_at = now + LAUNCHER_RETRY_MS * 1000L;
+	else
+		ctl->slot_wait_since = 0;
+	SpinLockRelease(&ctl->mutex);
+	retry_soon |= waiting;
+	return waiting;
+}
+
+/*
  * Register a process for a stream: its worker, or for a restored stream
- * being rebuilt, its adopter.  Returns its handle, or NULL (and the
- * stream fails for now) when there is no free background worker slot.
+ * being rebuilt, its adopter.  Returns its handle, or NULL when there is
+ * no free background worker slot: the stream fails for now, unless
+ * checkpoint writers are giving theirs up (await_writers_yield).
  */
 static BackgroundWorkerHandle *
 start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
@@ -139,11 +199,13 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	MemoryContextSwitchTo(oldcxt);
 	SpinLockAcquire(&ctl->mutex);
 	ctl->retry_requested = false;
+	if (registered)
+		ctl->slot_wait_since = 0;
 	SpinLockRelease(&ctl->mutex);
 	if (registered)
 		return handle;
-	/* checkpoint writers give their slots up for it (WriterYield) */
-	pg_atomic_fetch_add_u32(&FlowCtl->writers_yield, 1);
+	if (await_writers_yield(ctl))
+		return NULL;
 	ControlSetError(ctl, "no free background worker slot: raise max_worker_processes");
 	SpinLockAcquire(&ctl->mutex);
 	ctl->status = STREAM_FAILED;
@@ -380,13 +442,15 @@ FlowLauncherMain(Datum main_arg)
 			queue_scans();
 
 		oldcxt = MemoryContextSwitchTo(loopcxt);
+		retry_soon = false;
 		reconcile();
 		MemoryContextSwitchTo(oldcxt);
 		next_scan();
 		MemoryContextReset(loopcxt);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 LAUNCHER_NAPTIME_MS, PG_WAIT_EXTENSION);
+						 retry_soon ? LAUNCHER_RETRY_MS : LAUNCHER_NAPTIME_MS,
+						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
