@@ -177,11 +177,33 @@ sub unapplied_mb
 	return int(sql("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), min(confirmed_flush_lsn)) "
 		  . "FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%'") / (1024 * 1024) + 1);
 }
+# set flowpg.max_retained_wal to $mb MB above what the streams keep now
+my $limit;
+sub limit_above
+{
+	my ($mb) = @_;
+	$limit = $mb + unapplied_mb();
+	sql("ALTER SYSTEM SET flowpg.max_retained_wal = '${limit}MB'");
+	$node->reload;
+	return;
+}
+# write WAL past the limit: $stream, which applies none of it, fails for
+# good, and says why
+sub fails_past_limit
+{
+	my ($stream, $label) = @_;
+	sql("INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 30000) g");
+	$node->poll_query_until('postgres',
+		"SELECT status = 'failed' AND stale FROM flowpg.streams WHERE name = 'public.$stream'")
+	  or die "$stream did not fail for good past flowpg.max_retained_wal";
+	like(sql("SELECT last_error FROM flowpg.streams WHERE name = 'public.$stream'"),
+		qr/kept \d+ MB of WAL it has not applied, more than flowpg.max_retained_wal \($limit MB\)/,
+		$label);
+	return;
+}
 my $open = $node->background_psql('postgres', on_error_stop => 0);
 $open->query_safe("BEGIN; INSERT INTO other VALUES (0, 'open')");
-my $limit = 4 + unapplied_mb();
-sql("ALTER SYSTEM SET flowpg.max_retained_wal = '${limit}MB'");
-$node->reload;
+limit_above(4);
 # about 1 MB of WAL at a time, each caught up with before the next (the
 # slot's confirmed position follows the stream's checkpoints)
 for my $burst (1 .. $limit + 4)
@@ -207,9 +229,7 @@ oracle_ok($node, 'spend', $streams{spend}, 'after the open transaction commits')
 # failed for good, as did caught-up streams of other databases).
 sql("SELECT flowpg.set_checkpoint_interval('spend', '1 hour')");
 wait_stream($node, 'spend');
-$limit = 4 + unapplied_mb();
-sql("ALTER SYSTEM SET flowpg.max_retained_wal = '${limit}MB'");
-$node->reload;
+limit_above(4);
 sql("INSERT INTO clicks (campaign, cost) VALUES (7, 7)");
 for my $burst (1 .. $limit + 4)
 {
@@ -230,18 +250,10 @@ sql("SELECT flowpg.pause_stream('spend')");
 $node->poll_query_until('postgres',
 	"SELECT status = 'paused' FROM flowpg.streams WHERE name = 'public.spend'")
   or die 'spend did not pause';
-$limit = 2 + unapplied_mb();
-sql("ALTER SYSTEM SET flowpg.max_retained_wal = '${limit}MB'");
-$node->reload;
+limit_above(2);
 my $before = sql("SELECT sum(clicks) FROM spend");
 my $offset = -s $node->logfile;
-sql("INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 30000) g");
-$node->poll_query_until('postgres',
-	"SELECT status = 'failed' AND stale FROM flowpg.streams WHERE name = 'public.spend'")
-  or die 'spend did not fail past flowpg.max_retained_wal';
-like(sql("SELECT last_error FROM flowpg.streams WHERE name = 'public.spend'"),
-	qr/kept \d+ MB of WAL it has not applied, more than flowpg.max_retained_wal \($limit MB\)/,
-	'the failure says why');
+fails_past_limit('spend', 'the failure says why');
 ok($node->log_contains('WARNING:  flowpg: stream "public.spend" kept', $offset),
 	'and the server log says it loudly');
 is(sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%'"), 0,
@@ -287,16 +299,8 @@ sql("INSERT INTO clicks (campaign, cost) VALUES (8, 8)");
 $node->poll_query_until('postgres',
 	"SELECT status = 'failed' AND last_error LIKE 'permission denied%' FROM flowpg.streams WHERE name = 'public.owned'")
   or die 'owned did not fail on the revoked privilege';
-$limit = 2 + unapplied_mb();
-sql("ALTER SYSTEM SET flowpg.max_retained_wal = '${limit}MB'");
-$node->reload;
-sql("INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 30000) g");
-$node->poll_query_until('postgres',
-	"SELECT status = 'failed' AND stale FROM flowpg.streams WHERE name = 'public.owned'")
-  or die 'owned did not fail for good past flowpg.max_retained_wal';
-like(sql("SELECT last_error FROM flowpg.streams WHERE name = 'public.owned'"),
-	qr/kept \d+ MB of WAL it has not applied, more than flowpg.max_retained_wal \($limit MB\)/,
-	'a stream failing as it starts fails for good past flowpg.max_retained_wal');
+limit_above(2);
+fails_past_limit('owned', 'a stream failing as it starts fails for good past flowpg.max_retained_wal');
 is(sql("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%'"),
 	1, 'its slot is gone: only the running stream keeps one');
 is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.spend'"),
