@@ -132,7 +132,10 @@ COMMENT ON TABLE flowpg.savepoint_state IS 'flowpg savepoints'' state: segments 
 /*
  * A publication FOR ALL TABLES publishes flowpg's tables too: a
  * subscriber's logical replication workers skip their changes (its
- * streams are its own), whether they run as replica or not (ALWAYS).
+ * streams are its own): the trigger is enabled ALWAYS, as they run with
+ * session_replication_role replica, and fires only then (WHEN: firing on
+ * every row of a checkpoint's state segments made its lazy commit's WAL
+ * flushed at once).
  */
 CREATE FUNCTION flowpg.not_replicated()
 RETURNS trigger
@@ -144,7 +147,9 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['stream', 'state', 'checkpoint', 'savepoint', 'savepoint_state'] LOOP
         EXECUTE pg_catalog.format('CREATE TRIGGER not_replicated BEFORE INSERT OR UPDATE OR DELETE '
-                                  'ON flowpg.%I FOR EACH ROW EXECUTE FUNCTION flowpg.not_replicated()', t);
+                                  'ON flowpg.%I FOR EACH ROW '
+                                  'WHEN (pg_catalog.current_setting(''session_replication_role'') OPERATOR(pg_catalog.=) ''replica'') '
+                                  'EXECUTE FUNCTION flowpg.not_replicated()', t);
         EXECUTE pg_catalog.format('ALTER TABLE flowpg.%I ENABLE ALWAYS TRIGGER not_replicated', t);
     END LOOP;
 END

@@ -404,6 +404,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	w->last_checkpoint = GetCurrentTimestamp();
 	w->last_confirm = w->last_checkpoint;
 	w->rate_at = w->last_checkpoint;
+	w->started_at = w->last_checkpoint;
 
 	/* flowpg.restore rewound the state: the result table follows */
 	if (w->def->rewrite)
@@ -693,7 +694,16 @@ set_status(FlowWorker *w, StreamStatus status)
  * WAL on another database failed caught-up streams whose slot was only
  * waiting for its next checkpoint).  Checked about once a second; for a
  * worker that keeps failing as it starts, in worker_setup (setup_unapplied_wal).
+ *
+ * A worker that has just started first reads the WAL written while the
+ * stream had none (a restart, a wait for a lock), much of it perhaps
+ * another database's, which it reads past at once: it is judged once it
+ * has caught up, or RETAINED_WAL_GRACE_MS after its start (a healthy
+ * idle stream, whose worker was terminated while another database wrote
+ * past the limit, failed for good on its first round).
  */
+#define RETAINED_WAL_GRACE_MS	60000
+
 static void
 check_retained_wal(FlowWorker *w)
 {
@@ -702,6 +712,9 @@ check_retained_wal(FlowWorker *w)
 
 	if (flowpg_max_retained_wal < 0 ||
 		!TimestampDifferenceExceeds(w->wal_checked_at, now, 1000))
+		return;
+	if (!w->caught_up_once &&
+		!TimestampDifferenceExceeds(w->started_at, now, RETAINED_WAL_GRACE_MS))
 		return;
 	w->wal_checked_at = now;
 	unapplied = ControlUnappliedWal(MyDatabaseId, w->def->id, w->processed_lsn);
@@ -860,6 +873,7 @@ worker_loop(FlowWorker *w)
 		caught_up = DecodeRead(w, WORKER_READ_RECORDS);
 		WorkerMergeBatch(w);
 		w->round_start = InvalidXLogRecPtr;
+		w->caught_up_once |= caught_up;
 		if (w->stop_reached)
 			stop_at_failed_commit(w);
 		publish_progress(w, caught_up);

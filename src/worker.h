@@ -53,6 +53,8 @@ typedef struct FlowWorker
 	uint64		reload_seen;	/* ctl->reload_requested handled */
 	uint64		sp_seen;		/* ctl->sp_requested handled */
 	TimestampTz wal_checked_at; /* last check of max_retained_wal */
+	TimestampTz started_at;		/* set up then */
+	bool		caught_up_once; /* has reached the flush position since */
 	TimestampTz rate_at;		/* start of the events/s interval */
 	uint64		rate_events;	/* events at rate_at */
 

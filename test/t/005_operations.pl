@@ -245,6 +245,23 @@ is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.s
 	'WAL applied but not yet confirmed by a checkpoint does not fail a stream past flowpg.max_retained_wal');
 sql("SELECT flowpg.set_checkpoint_interval('spend', NULL)");
 oracle_ok($node, 'spend', $streams{spend}, 'after the burst');
+# Nor does the WAL written while the stream's worker started again (here
+# terminated, then waiting for a lock on the source), which it reads past
+# at once: it runs on (it failed for good on its first round).
+limit_above(4);
+my $locker = $node->background_psql('postgres', on_error_stop => 0);
+$locker->query_safe("BEGIN; LOCK TABLE clicks IN ACCESS EXCLUSIVE MODE");
+sql("SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.spend'");
+for my $burst (1 .. $limit + 4)
+{
+	sql("INSERT INTO other SELECT g, repeat('x', 200) FROM generate_series(1, 4000) g");
+}
+$locker->query_safe("COMMIT");
+$locker->quit;
+oracle_ok($node, 'spend', $streams{spend}, 'after a burst while its worker started again');
+is(sql("SELECT status || ' ' || stale FROM flowpg.streams WHERE name = 'public.spend'"),
+	'running false',
+	'WAL written while the worker started again does not fail it past flowpg.max_retained_wal');
 sql("SELECT flowpg.savepoint('spend', 'last')");
 sql("SELECT flowpg.pause_stream('spend')");
 $node->poll_query_until('postgres',
