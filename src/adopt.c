@@ -468,6 +468,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 		replorigin_create(w->slot_name);
 	CompileRecordDependencies(w->fq, w->def->result);
 	CheckpointPrepareIdentity(w);
+	CatalogRepairCheckpointIds(w->def->id);
 	id = CheckpointStore(w, "rewrite");
 
 	SPI_finish();

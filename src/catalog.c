@@ -71,6 +71,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "postmaster/bgwriter.h"
 #include "nodes/makefuncs.h"
 #include "nodes/readfuncs.h"
 #include "pgstat.h"
@@ -520,6 +521,32 @@ CatalogSavepointExists(int64 id)
 
 	return CatalogExec("SELECT 1 FROM flowpg.savepoint WHERE id OPERATOR(pg_catalog.=) $1",
 						1, &type, &value, SPI_OK_SELECT) > 0;
+}
+
+/*
+ * flowpg.checkpoint_id_seq must never give an id again: the newest
+ * checkpoint of a stream is the one with the highest id, and the state log
+ * is read newest segment first.  A database copied by CREATE DATABASE
+ * (PostgreSQL 15's WAL_LOG strategy) gets its sequences' pages with the
+ * values they had cached, which no WAL says were given: after a crash the
+ * copy's sequence went back, its checkpoints reused ids (duplicate key
+ * errors, or a new checkpoint that looked older than the newest, so that
+ * committed rows were lost).  Before a process takes ids, set the sequence
+ * past every id in use (setval writes WAL), if it is not already.
+ */
+void
+CatalogRepairCheckpointIds(int32 stream_id)
+{
+	Oid			type = INT4OID;
+	Datum		value = Int32GetDatum(stream_id);
+
+	(void) CatalogExec("SELECT pg_catalog.setval('flowpg.checkpoint_id_seq', x.m) FROM "
+					   "(SELECT GREATEST((SELECT pg_catalog.max(id) FROM flowpg.checkpoint), "
+					   "(SELECT pg_catalog.max(checkpoint_id) FROM flowpg.state "
+					   "WHERE stream_id OPERATOR(pg_catalog.=) $1), "
+					   "(SELECT pg_catalog.max(id) FROM flowpg.savepoint)) AS m) x, "
+					   "flowpg.checkpoint_id_seq s WHERE x.m OPERATOR(pg_catalog.>) s.last_value",
+					   1, &type, &value, SPI_OK_SELECT);
 }
 
 /* Is flowpg itself inserting a flowpg.stream row right now? */
@@ -2057,6 +2084,8 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   ParamListInfo params, QueryEnvironment *queryEnv,
 					   DestReceiver *dest, QueryCompletion *qc)
 {
+	bool		moved = false;
+
 	if (IsA(pstmt->utilityStmt, AlterTableStmt))
 		check_alter_table((AlterTableStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, CreateStmt))
@@ -2075,7 +2104,7 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		check_rename_schema((RenameStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, AlterDatabaseStmt) &&
 			 moves_database((AlterDatabaseStmt *) pstmt->utilityStmt))
-		(void) hold_database_streams(((AlterDatabaseStmt *) pstmt->utilityStmt)->dbname);
+		moved = hold_database_streams(((AlterDatabaseStmt *) pstmt->utilityStmt)->dbname);
 	else if (IsA(pstmt->utilityStmt, CreatedbStmt))
 		hold_template_streams((CreatedbStmt *) pstmt->utilityStmt);
 	if (prev_process_utility_hook)
@@ -2084,6 +2113,16 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
+
+	/*
+	 * Moving a database logs the drop of its old directory after
+	 * PostgreSQL's last checkpoint, and recovery from a crash before the
+	 * next one replays it, which drops the database's replication slots
+	 * (ReplicationSlotsDropDBSlots): every stream of the database lost its
+	 * slot and went stale.  A checkpoint now puts the drop behind it.
+	 */
+	if (moved)
+		RequestCheckpoint(CHECKPOINT_IMMEDIATE | CHECKPOINT_FORCE | CHECKPOINT_WAIT);
 	if (renames_objects(pstmt->utilityStmt))
 		CatalogRefreshDefinitions();
 	if (IsA(pstmt->utilityStmt, AlterTableStmt))

@@ -67,6 +67,7 @@ extern void CatalogCheckCanOwn(Oid role);
 extern void CatalogRebuildStream(int32 id);
 extern void CatalogRebuildCopies(void);
 extern bool CatalogInserting(void);
+extern void CatalogRepairCheckpointIds(int32 stream_id);
 extern void CatalogPendingAdopt(int32 stream_id);
 
 extern void CatalogRegisterHooks(void);

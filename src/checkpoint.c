@@ -2615,6 +2615,7 @@ CheckpointRestore(FlowWorker *w)
 	instr_time	elapsed;
 	int64		state_keys = 0;
 
+	CatalogRepairCheckpointIds(w->def->id);
 	CatalogBecomeOwner(&priv);
 	rc = SPI_execute_with_args("SELECT id, lsn, state_keys FROM flowpg.checkpoint "
 							   "WHERE stream_id OPERATOR(pg_catalog.=) $1 "

@@ -267,6 +267,7 @@ restore_catalog(StreamDef *def, Savepoint *sp)
 	bool		isnull;
 	int			i;
 
+	CatalogRepairCheckpointIds(def->id);
 	SPI_connect();
 	CatalogBecomeOwner(&priv);
 	if (SPI_execute("SELECT pg_catalog.nextval('flowpg.checkpoint_id_seq')", false, 1) != SPI_OK_SELECT)

@@ -299,6 +299,19 @@ is($arc, 0, '... and moved to another tablespace') or diag $aerr;
 $node->safe_psql('moved', 'INSERT INTO src VALUES (4)');
 oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
 	'after its database moved', 'moved');
+# a crash right after the move: recovery replayed the drop of the old
+# directory, which drops the database's replication slots (the streams
+# went stale); flowpg has a checkpoint put it behind
+($arc, $aout, $aerr) = $node->psql('postgres',
+	'ALTER DATABASE moved SET TABLESPACE pg_default', timeout => 60);
+is($arc, 0, '... and back') or diag $aerr;
+$node->safe_psql('moved', 'INSERT INTO src VALUES (5)');
+crash_restart($node);
+$node->safe_psql('moved', 'INSERT INTO src VALUES (6)');
+oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
+	'after a crash right after its database moved', 'moved');
+is($node->safe_psql('moved', q{SELECT stale FROM flowpg.streams}), 'f',
+	'... and its stream is not stale');
 
 $node->stop;
 done_testing();
