@@ -279,6 +279,18 @@ unlike($after, qr/flowpg adopt|database \d+ does not exist/,
 $node->safe_psql('byhand', 'INSERT INTO src VALUES (2)');
 oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
 	'after another database was dropped', 'byhand');
+# A database dropped with streams that had no slot left (failed for good)
+# left their replication origins, until new streams could not start; the
+# launcher drops the origins of databases that are gone (here one made by
+# hand, named as a stream's of a database that does not exist).
+$node->safe_psql('postgres', q{SELECT pg_replication_origin_create('flowpg_4000000000_1')});
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 0 FROM pg_replication_origin WHERE roname = 'flowpg_4000000000_1'}),
+	'the replication origin of a stream of a dropped database is dropped');
+ok($node->safe_psql('byhand', q{SELECT count(*) = 1 FROM pg_replication_origin
+	WHERE roname = 'flowpg_' || (SELECT oid FROM pg_database WHERE datname = current_database()) || '_' ||
+	(SELECT id FROM flowpg.streams WHERE name = 'public.res')}) eq 't',
+	'... and not the origin of a stream whose database exists');
 
 # ALTER DATABASE ... RENAME TO and ... SET TABLESPACE need the database
 # to have no sessions: flowpg stops its streams' workers for them (they
