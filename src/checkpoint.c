@@ -450,6 +450,8 @@ CheckpointRefreshKeyIndex(FlowWorker *w)
 {
 	Relation	rel;
 
+	/* a table dropped meanwhile: its stream's worker is told to stop */
+	w->key_index_stale = false;
 	FlowpgStartTransaction();
 	rel = try_relation_open(w->def->result, AccessShareLock);
 	if (rel != NULL)
