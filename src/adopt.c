@@ -75,15 +75,16 @@
 #include "catalog/index.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_inherits.h"
+#include "catalog/pg_replication_origin.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
-#include "replication/worker_internal.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
+#include "replication/worker_internal.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
@@ -482,6 +483,50 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 }
 
 /*
+ * Drop the replication origins of streams whose database is gone.  A
+ * stream's origin goes with the stream (drop_stream, DROP EXTENSION, its
+ * orphaned slot's worker), but a database may be dropped with streams that
+ * have no slot left (failed for good; PostgreSQL refuses to drop a
+ * database only while it has slots): their origins stayed, and enough of
+ * them made new streams fail for want of a replication state slot.
+ * pg_replication_origin is a shared catalog, which only a process
+ * connected to a database reads: each scan does it (the launcher has the
+ * databases scanned after a DROP DATABASE commits).  In a transaction.
+ */
+static void
+sweep_origins(void)
+{
+	List	   *gone = NIL;
+	ListCell   *lc;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+
+	rel = table_open(ReplicationOriginRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_replication_origin origin = (Form_pg_replication_origin) GETSTRUCT(tuple);
+		char	   *name = text_to_cstring(&origin->roname);
+		Oid			dboid;
+		int32		stream_id;
+
+		if (FlowpgParseSlotName(name, &dboid, &stream_id) &&
+			!SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dboid)))
+			gone = lappend(gone, name);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	foreach(lc, gone)
+	{
+		ereport(LOG,
+				(errmsg("flowpg: dropping replication origin \"%s\": its database does not exist",
+						(char *) lfirst(lc))));
+		replorigin_drop_by_name(lfirst(lc), true, false);
+	}
+}
+
+/*
  * Main of a "flowpg scan" worker (see next_scan in launcher.c): ask for
  * the rebuild of the restored streams of one database.  Connects as the
  * bootstrap superuser, reads only flowpg's catalog, runs no stream.
@@ -499,6 +544,7 @@ AdoptScanMain(Datum main_arg)
 
 	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	sweep_origins();
 	if (OidIsValid(get_extension_oid("flowpg", true)))
 	{
 		foreach(lc, CatalogListRestored())

@@ -1160,7 +1160,8 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			foreach(lc, pending.adopt)
 				AdoptRequest(lfirst(lc));
 			release_held(true);
-			if (pending.copied_db)
+			/* a dropped database's streams may have left origins: sweep_origins */
+			if (pending.copied_db || pending.dropped_dbs != NIL)
 				ControlRequestRescan();
 			foreach(lc, pending.given)
 			{

@@ -32,20 +32,16 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
-#include "catalog/pg_replication_origin.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
-#include "replication/origin.h"
 #include "replication/slot.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
-#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
-#include "utils/syscache.h"
 
 #include "control.h"
 #include "launcher.h"
@@ -279,58 +275,6 @@ queue_scans(void)
 	CommitTransactionCommand();
 }
 
-/*
- * Drop the replication origins of streams whose database is gone.  A
- * stream's origin goes with the stream (drop_stream, DROP EXTENSION, its
- * orphaned slot's worker), but a database may be dropped with streams that
- * have no slot left (failed for good; PostgreSQL refuses to drop a
- * database only while it has slots): their origins stayed, and enough of
- * them made new streams fail for want of a replication state slot.
- * pg_replication_origin is a shared catalog; checked every 10 s.
- */
-#define ORIGIN_SWEEP_MS		10000
-
-static void
-sweep_origins(void)
-{
-	static TimestampTz swept_at = 0;
-	TimestampTz now = GetCurrentTimestamp();
-	List	   *gone = NIL;
-	ListCell   *lc;
-	Relation	rel;
-	TableScanDesc scan;
-	HeapTuple	tuple;
-
-	if (!TimestampDifferenceExceeds(swept_at, now, ORIGIN_SWEEP_MS))
-		return;
-	swept_at = now;
-	FlowpgStartTransaction();
-	(void) GetTransactionSnapshot();
-	rel = table_open(ReplicationOriginRelationId, AccessShareLock);
-	scan = table_beginscan_catalog(rel, 0, NULL);
-	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		Form_pg_replication_origin origin = (Form_pg_replication_origin) GETSTRUCT(tuple);
-		char	   *name = text_to_cstring(&origin->roname);
-		Oid			dboid;
-		int32		stream_id;
-
-		if (FlowpgParseSlotName(name, &dboid, &stream_id) &&
-			!SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dboid)))
-			gone = lappend(gone, name);
-	}
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
-	foreach(lc, gone)
-	{
-		ereport(LOG,
-				(errmsg("flowpg: dropping replication origin \"%s\": its database does not exist",
-						(char *) lfirst(lc))));
-		replorigin_drop_by_name(lfirst(lc), true, false);
-	}
-	CommitTransactionCommand();
-}
-
 /* Start the next database's scan once the last one is over. */
 static void
 next_scan(void)
@@ -502,7 +446,6 @@ FlowLauncherMain(Datum main_arg)
 		reconcile();
 		MemoryContextSwitchTo(oldcxt);
 		next_scan();
-		sweep_origins();
 		MemoryContextReset(loopcxt);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

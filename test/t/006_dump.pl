@@ -281,9 +281,12 @@ oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
 	'after another database was dropped', 'byhand');
 # A database dropped with streams that had no slot left (failed for good)
 # left their replication origins, until new streams could not start; the
-# launcher drops the origins of databases that are gone (here one made by
-# hand, named as a stream's of a database that does not exist).
+# databases are scanned after a DROP DATABASE, and the scan drops the
+# origins of databases that are gone (here one made by hand, named as a
+# stream's of a database that does not exist).
 $node->safe_psql('postgres', q{SELECT pg_replication_origin_create('flowpg_4000000000_1')});
+$node->safe_psql('postgres', 'CREATE DATABASE scratch');
+$node->safe_psql('postgres', 'DROP DATABASE scratch');
 ok($node->poll_query_until('postgres',
 		q{SELECT count(*) = 0 FROM pg_replication_origin WHERE roname = 'flowpg_4000000000_1'}),
 	'the replication origin of a stream of a dropped database is dropped');
