@@ -587,7 +587,6 @@ lock_for_identity(FlowWorker *w)
 	}
 }
 
-
 /*
  * Check the result table again and prepare the statements that write it.
  * The caller calls again while w->result_changed: setting the replica
@@ -630,8 +629,8 @@ prepare_result(FlowWorker *w, bool at_start)
 /*
  * Set the replica identity a publication wants of the result table, if
  * it does (prepare_result at the process's start leaves it), before the
- * process writes the table: at each checkpoint, and in the adopter before
- * its rewrite.
+ * adopter's rewrite.  checkpoint_begin does the same in two steps, with
+ * its ROW EXCLUSIVE lock between them.
  */
 void
 CheckpointPrepareIdentity(FlowWorker *w)
@@ -2057,7 +2056,8 @@ checkpoint_begin(FlowWorker *w, bool lazy)
 		lock_for_identity(w);
 	/* the lock holds off renames, and brings in invalidations before it */
 	LockRelationOid(w->def->result, RowExclusiveLock);
-	CheckpointPrepareIdentity(w);
+	while (w->result_changed)
+		prepare_result(w, false);
 	if (replorigin_session_origin != InvalidRepOriginId)
 		replorigin_session_origin = checkpoint_origin(w);
 	PushActiveSnapshot(GetTransactionSnapshot());

@@ -115,8 +115,9 @@ typedef struct FlowWorker
 	/* The stream's checkpoint writer (writer.c); worker only. */
 	int			ctl_index;		/* of ctl in FlowCtl->streams */
 	struct BackgroundWorkerHandle *writer;	/* NULL if not started */
-	bool		writer_unavailable; /* could not be started: write inline */
-	TimestampTz writer_retry_at;	/* until then */
+	TimestampTz writer_retry_at;	/* none could be started: the worker
+									 * writes its checkpoints itself until
+									 * then (0: it may start one) */
 	const char *writer_why;		/* why, as last logged; NULL once a writer
 								 * started */
 	uint32		yield_seen;		/* FlowCtl->writers_yield handled */

@@ -123,7 +123,6 @@ StaticAssertDecl(sizeof(WriterIdentity) <= BGW_EXTRALEN,
 static void
 writer_unavailable(FlowWorker *w, const char *why, bool hint)
 {
-	w->writer_unavailable = true;
 	w->writer_retry_at = GetCurrentTimestamp() + WRITER_RETRY_MS * 1000L;
 	if (w->writer_why != NULL && strcmp(w->writer_why, why) == 0)
 		return;
@@ -262,11 +261,11 @@ WriterReady(FlowWorker *w)
 		}
 		return false;
 	}
-	if (w->writer_unavailable)
+	if (w->writer_retry_at != 0)
 	{
 		if (GetCurrentTimestamp() < w->writer_retry_at)
 			return false;
-		w->writer_unavailable = false;
+		w->writer_retry_at = 0;
 	}
 	if (w->writer == NULL)
 	{
