@@ -169,6 +169,42 @@ TABLE quotients ORDER BY k;
 SELECT flowpg.drop_stream('quotients');
 DROP TABLE ratios;
 
+-- an error computing a key's result row at a checkpoint (here an output
+-- expression over aggregates) fails the checkpoint, and the batch query
+-- fails as well.  The next worker checkpoints one source transaction at a
+-- time until it finds the one after which the row cannot be computed: the
+-- results hold every transaction before it (before, they held none of the
+-- transactions since the last checkpoint).  The transactions after it may
+-- make every row computable again, as they make the batch query succeed:
+-- then the stream goes on.
+CREATE TABLE ratios (k int, a int, b int);
+SELECT flowpg.create_stream('ratios_out', 'SELECT k, sum(a) / sum(b) AS r FROM ratios GROUP BY k', '1 hour');
+INSERT INTO ratios VALUES (1, 10, 2);
+INSERT INTO ratios VALUES (2, 9, 3);
+INSERT INTO ratios VALUES (1, 1, -2);
+INSERT INTO ratios VALUES (3, 4, 4);
+SELECT k, sum(a) / sum(b) FROM ratios GROUP BY k;
+SELECT flowpg.wait('ratios_out');
+DO $$
+BEGIN
+    FOR i IN 1 .. 600 LOOP
+        EXIT WHEN (SELECT count(*) FROM ratios_out) = 2 AND
+            (SELECT status = 'failed' AND pid IS NULL FROM flowpg.streams
+              WHERE name = 'public.ratios_out');
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+TABLE ratios_out ORDER BY k;
+SELECT last_error FROM flowpg.streams WHERE name = 'public.ratios_out';
+INSERT INTO ratios VALUES (1, 3, 1);
+SELECT flowpg.wait('ratios_out');
+TABLE ratios_out ORDER BY k;
+(TABLE ratios_out EXCEPT SELECT k, sum(a) / sum(b) FROM ratios GROUP BY k)
+UNION ALL
+(SELECT k, sum(a) / sum(b) FROM ratios GROUP BY k EXCEPT TABLE ratios_out);
+SELECT flowpg.drop_stream('ratios_out');
+DROP TABLE ratios;
+
 -- a group key too long for the result table's unique index fails the same
 -- way, at its row: the batch query does not fail, but no result table can
 -- hold its row (before, the checkpoint writing the key failed, naming

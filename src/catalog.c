@@ -71,7 +71,6 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
-#include "postmaster/bgwriter.h"
 #include "nodes/makefuncs.h"
 #include "nodes/readfuncs.h"
 #include "pgstat.h"
@@ -1974,8 +1973,7 @@ check_drop_index(DropStmt *stmt)
 }
 
 /*
- * ALTER DATABASE ... RENAME TO and ... SET TABLESPACE want the database to
- * have no sessions, and the workers (and rebuilds) of its streams are
+ * ALTER DATABASE ... RENAME TO wants the database to have no sessions, and the workers (and rebuilds) of its streams are
  * sessions: PostgreSQL would wait 5 s for them, then fail.  Stop them
  * until this transaction ends, as flowpg.restore does; the launcher then
  * starts them again, and each resumes from its checkpoint (the database
@@ -2040,6 +2038,33 @@ moves_database(AlterDatabaseStmt *stmt)
 	return false;
 }
 
+/*
+ * ALTER DATABASE ... SET TABLESPACE is refused while the database has
+ * streams (for its owner; PostgreSQL refuses anyone else).  The WAL
+ * written before the move names the database's relations by their old
+ * tablespace, which PostgreSQL's decoding can no longer map to them
+ * ("could not map filenode"): a stream, or a savepoint restored, that
+ * decoded any of it after the move failed at every start, for good.
+ * Every stream has some (what it applied since its last confirmed
+ * checkpoint, the other streams' checkpoints).
+ */
+static void
+check_database_move(AlterDatabaseStmt *stmt)
+{
+	Oid			dboid = get_database_oid(stmt->dbname, true);
+
+	if (!OidIsValid(dboid) || FlowCtl == NULL ||
+		!pg_database_ownercheck(dboid, GetUserId()))
+		return;
+	if (ControlDatabaseHasSlots(dboid) || ControlListAdopting(dboid) != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot move database \"%s\" to another tablespace while it has flowpg streams",
+						stmt->dbname),
+				 errdetail("The streams would decode WAL written before the move, whose tables PostgreSQL can no longer identify."),
+				 errhint("Move its tables instead with ALTER TABLE ... SET TABLESPACE (or ALTER TABLE ALL IN TABLESPACE), which streams follow; or drop its streams first, and create them again after the move.")));
+}
+
 /* After ALTER TABLE: warn about rows an attached partition brought. */
 static void
 check_attached(AlterTableStmt *stmt)
@@ -2085,8 +2110,6 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   ParamListInfo params, QueryEnvironment *queryEnv,
 					   DestReceiver *dest, QueryCompletion *qc)
 {
-	bool		moved = false;
-
 	if (IsA(pstmt->utilityStmt, AlterTableStmt))
 		check_alter_table((AlterTableStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, CreateStmt))
@@ -2105,7 +2128,7 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		check_rename_schema((RenameStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, AlterDatabaseStmt) &&
 			 moves_database((AlterDatabaseStmt *) pstmt->utilityStmt))
-		moved = hold_database_streams(((AlterDatabaseStmt *) pstmt->utilityStmt)->dbname);
+		check_database_move((AlterDatabaseStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, CreatedbStmt))
 		hold_template_streams((CreatedbStmt *) pstmt->utilityStmt);
 	if (prev_process_utility_hook)
@@ -2115,15 +2138,6 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
 
-	/*
-	 * Moving a database logs the drop of its old directory after
-	 * PostgreSQL's last checkpoint, and recovery from a crash before the
-	 * next one replays it, which drops the database's replication slots
-	 * (ReplicationSlotsDropDBSlots): every stream of the database lost its
-	 * slot and went stale.  A checkpoint now puts the drop behind it.
-	 */
-	if (moved)
-		RequestCheckpoint(CHECKPOINT_IMMEDIATE | CHECKPOINT_FORCE | CHECKPOINT_WAIT);
 	if (renames_objects(pstmt->utilityStmt))
 		CatalogRefreshDefinitions();
 	if (IsA(pstmt->utilityStmt, AlterTableStmt))

@@ -2044,6 +2044,7 @@ checkpoint_origin(FlowWorker *w)
 static void
 checkpoint_begin(FlowWorker *w, bool lazy)
 {
+	w->ckpt_covering = w->processed_lsn;
 	FlowpgStartTransaction();
 	origin_before_checkpoint = replorigin_session_origin;
 	if (lazy)
@@ -2064,12 +2065,13 @@ checkpoint_begin(FlowWorker *w, bool lazy)
 }
 
 static void
-checkpoint_commit(void)
+checkpoint_commit(FlowWorker *w)
 {
 	PopActiveSnapshot();
 	SPI_finish();
 	CommitTransactionCommand();
 	replorigin_session_origin = origin_before_checkpoint;
+	w->ckpt_covering = InvalidXLogRecPtr;
 }
 
 /*
@@ -2100,7 +2102,7 @@ CheckpointWrite(FlowWorker *w, const char *kind)
 	checkpoint_settle_unconfirmed(w, lazy);
 	checkpoint_begin(w, lazy);
 	id = CheckpointStore(w, kind);
-	checkpoint_commit();
+	checkpoint_commit(w);
 	CheckpointDone(w, id, lazy);
 	return id;
 }
@@ -2189,7 +2191,7 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 		w->job_no_room = true;
 		checkpoint_begin(w, lazy);
 		checkpoint_run(w, chunks, &order, false, kind);
-		checkpoint_commit();
+		checkpoint_commit(w);
 		MemoryContextSwitchTo(oldcxt);
 		checkpoint_written(w, &order);
 		MemoryContextDelete(cxt);
@@ -2261,12 +2263,15 @@ CheckpointCollect(FlowWorker *w, bool wait)
 	job = WriterJob(w);
 	/* the writer's error is the worker's, as if it had written it */
 	if (job->failed)
+	{
+		w->ckpt_covering = job->order.lsn;
 		ereport(ERROR,
 				(errcode(job->sqlerrcode),
 				 errmsg_internal("%s", job->error),
 				 job->detail[0] ? errdetail_internal("%s", job->detail) : 0,
 				 job->hint[0] ? errhint("%s", job->hint) : 0,
 				 errcontext("checkpoint written by the stream's checkpoint writer")));
+	}
 	/* in place, the writer has given the chunks their TIDs */
 	if (!job->in_place)
 	{
@@ -2342,7 +2347,7 @@ CheckpointRunJob(FlowWorker *w, CheckpointJob *job)
 		replorigin_session_origin = InvalidRepOriginId;
 	}
 	PG_END_TRY();
-	checkpoint_commit();
+	checkpoint_commit(w);
 	job->commit_end = XactLastCommitEnd;
 	strlcpy(job->result_name, w->def->name, sizeof(job->result_name));
 	pgstat_report_stat(false);

@@ -177,6 +177,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->reconnect = false;
 		free_ctl->processed_lsn = InvalidXLogRecPtr;
 		free_ctl->failed_commit = InvalidXLogRecPtr;
+		free_ctl->careful_until = InvalidXLogRecPtr;
 		free_ctl->checkpoint_lsn = InvalidXLogRecPtr;
 		free_ctl->result_lsn = InvalidXLogRecPtr;
 		free_ctl->wait_lsn = InvalidXLogRecPtr;
@@ -353,6 +354,24 @@ ControlFail(StreamCtl *ctl)
 {
 	MemoryContextSwitchTo(TopMemoryContext);
 	mark_failed(ctl, CopyErrorData()->message);
+}
+
+/*
+ * The same, for an error that is no failure of the stream's: the next
+ * process starts at once (see careful_checkpoint in worker.c).
+ */
+void
+ControlFailOver(StreamCtl *ctl)
+{
+	MemoryContextSwitchTo(TopMemoryContext);
+	ControlSetError(ctl, CopyErrorData()->message);
+	SpinLockAcquire(&ctl->mutex);
+	ctl->status = STREAM_STARTING;
+	ctl->state_ready = false;
+	ctl->reconnect = true;
+	SpinLockRelease(&ctl->mutex);
+	ConditionVariableBroadcast(&ctl->cv);
+	ControlWakeLauncher();
 }
 
 /*
@@ -624,6 +643,29 @@ ControlListSlots(Oid dboid)
 	}
 	LWLockRelease(ReplicationSlotControlLock);
 	return slots;
+}
+
+/* Does the database have flowpg slots (streams' or savepoints')? */
+bool
+ControlDatabaseHasSlots(Oid dboid)
+{
+	bool		found = false;
+	int			i;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	for (i = 0; i < max_replication_slots && !found; i++)
+	{
+		ReplicationSlot *s = &ReplicationSlotCtl->replication_slots[i];
+
+		if (!s->in_use)
+			continue;
+		SpinLockAcquire(&s->mutex);
+		found = s->data.database == dboid &&
+			strcmp(NameStr(s->data.plugin), "flowpg") == 0;
+		SpinLockRelease(&s->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return found;
 }
 
 /* Lower *oldest to lsn, if lsn is valid and older (or *oldest invalid). */

@@ -82,6 +82,11 @@ typedef struct StreamCtl
 								 * on which the last worker failed, until a
 								 * worker has checkpointed what came before
 								 * it (invalid: none) */
+	XLogRecPtr	careful_until;	/* a checkpoint holding the source up to
+								 * here failed: the next worker checkpoints
+								 * after each source transaction until it
+								 * has passed it (invalid: none; see
+								 * careful_checkpoint in worker.c) */
 	XLogRecPtr	checkpoint_lsn; /* source position of the last checkpoint */
 	XLogRecPtr	result_lsn;		/* result table exact up to here */
 	XLogRecPtr	wait_lsn;		/* highest position a flowpg.wait awaits */
@@ -178,8 +183,10 @@ extern dsa_area *ControlArea(void);
 extern void ControlApplyStateLimit(void);
 extern const char *ControlStatusName(StreamStatus status);
 extern List *ControlListSlots(Oid dboid);
+extern bool ControlDatabaseHasSlots(Oid dboid);
 extern void ControlSetError(StreamCtl *ctl, const char *message);
 extern void ControlFail(StreamCtl *ctl);
+extern void ControlFailOver(StreamCtl *ctl);
 extern void ControlConnect(StreamCtl *ctl, StreamIdentity *ident);
 extern void ControlReconnectAs(StreamCtl *ctl, Oid owner);
 extern void ControlRequestReload(Oid dboid, int32 stream_id, Oid owner);

@@ -353,9 +353,20 @@ static void
 flowpg_commit_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 				 XLogRecPtr commit_lsn)
 {
+	FlowWorker *w = decode_worker;
+
 	check_allowed();
-	if (decode_worker != NULL)
-		decode_worker->replaying_commit = InvalidXLogRecPtr;
+	if (w == NULL)
+		return;
+	w->replaying_commit = InvalidXLogRecPtr;
+	/* checkpoint each transaction that changed the state: see worker.c */
+	if (!XLogRecPtrIsInvalid(w->careful_until) && !w->skip_txn &&
+		BatchGroups(w->batch) > 0)
+	{
+		w->commit_reached = true;
+		w->careful_commit = txn->final_lsn;
+		w->careful_xid = txn->xid;
+	}
 }
 
 /*
@@ -699,7 +710,9 @@ next_record_start(XLogReaderState *reader)
 /*
  * Decode the WAL written so far, at most max_records records, feeding the
  * worker's batch.  Stops only between records, so whole transactions are
- * in the batch.  Returns true when it reached the flush position.
+ * in the batch; before the commit of w->stop_before, and, while careful,
+ * after each commit of a transaction that changed the state.  Returns
+ * true when it reached the flush position.
  */
 bool
 DecodeRead(FlowWorker *w, int max_records)
@@ -736,7 +749,7 @@ DecodeRead(FlowWorker *w, int max_records)
 		if (record != NULL)
 			LogicalDecodingProcessRecord(w->decoding, reader);
 		CHECK_FOR_INTERRUPTS();
-		if (++n >= max_records)
+		if (++n >= max_records || w->commit_reached)
 			break;
 	}
 	xacts_ignored = false;

@@ -1465,10 +1465,11 @@ BatchGroups(FlowBatch *batch)
 
 /*
  * Store one batch group as its key's state: its values as they are, or,
- * for a partial state of an old key, combined into the stored one.
+ * for a partial state of an old key, combined into the stored one.  With
+ * verify, compute the key's output row too (see BatchMerge).
  */
 static void
-merge_group(FlowBatch *batch, FlowState *st, int i)
+merge_group(FlowBatch *batch, FlowState *st, int i, bool verify)
 {
 	BatchGroup *group = batch->groups[i];
 	FlowPlan   *plan = batch->plan;
@@ -1511,6 +1512,12 @@ merge_group(FlowBatch *batch, FlowState *st, int i)
 			index_entry_of(batch, i)->ref.chunk = chunk;
 	}
 	StateMarkDirty(st, chunk);
+	if (verify)
+	{
+		StateChunk *c = StateGetChunk(st, chunk);
+
+		(void) PlanFinalize(plan, StateChunkKey(c), StateChunkState(c), c->state_len);
+	}
 
 	MemoryContextSwitchTo(oldcxt);
 	if (++batch->merged % MERGE_RESET_KEYS == 0)
@@ -1580,17 +1587,20 @@ BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 }
 
 /*
- * Merge every group of the batch into the stream's state.  The caller
- * holds the stream's state_lock exclusively.
+ * Merge every group of the batch into the stream's state.  With verify,
+ * compute each merged key's output row, as a checkpoint would, so that an
+ * error in it (a final function's, an output expression's) is raised
+ * here, on the batch that causes it.  The caller holds the stream's
+ * state_lock exclusively.
  */
 void
-BatchMerge(FlowBatch *batch, FlowState *st)
+BatchMerge(FlowBatch *batch, FlowState *st, bool verify)
 {
 	int			i;
 
 	batch->probe->st = st;
 	for (i = 0; i < batch->ngroups; i++)
-		merge_group(batch, st, i);
+		merge_group(batch, st, i, verify);
 	MemoryContextReset(batch->mergecxt);
 }
 

@@ -393,6 +393,10 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	w->ctl->processed_lsn = w->processed_lsn;
 	w->ctl->setup_failures = 0;
 	w->stop_before = w->ctl->failed_commit;
+	if (w->ctl->careful_until > w->restored_lsn)
+		w->careful_until = w->ctl->careful_until;
+	else
+		w->ctl->careful_until = InvalidXLogRecPtr;
 	w->ctl->checkpoint_lsn = w->restored_lsn;
 	w->ctl->result_lsn = Max(w->ctl->result_lsn,
 							 Max(w->restored_lsn, w->confirmed_lsn));
@@ -414,6 +418,16 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	return true;
 }
 
+/* The error context of a careful worker's merge. */
+static void
+careful_context(void *arg)
+{
+	FlowWorker *w = (FlowWorker *) arg;
+
+	errcontext("result rows of stream \"%s\" after source transaction %u, committed at %X/%X",
+			   w->def->name, w->careful_xid, LSN_FORMAT_ARGS(w->careful_commit));
+}
+
 /*
  * Merge the batch into the shared state, and publish it to readers.
  *
@@ -421,12 +435,29 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
  * serialization functions here, which may look up the catalog or, written
  * in SQL or a PL, run queries: outside a transaction (the worker's main
  * loop) the merge gets one, with a snapshot.  Direct plans call no
- * function here.
+ * function here, unless the worker is careful.
+ *
+ * A careful worker: the previous one failed a checkpoint
+ * (StreamCtl.careful_until), most likely on an error in computing a key's
+ * result row (a final function's, an output expression's such as
+ * sum(a) / sum(b) when sum(b) comes to 0).  Without more, each worker
+ * applied the same transactions and failed the same checkpoint, and the
+ * results held none of the transactions since the last one.  Until it
+ * has passed the failed checkpoint's position, this worker merges one
+ * source transaction at a time (DecodeRead stops after each commit) and
+ * computes the result rows of the keys it changed.  An error there ends
+ * it (record_error: no failure of the stream's, the next worker starts at
+ * once), and the next one stops before that transaction and checkpoints
+ * what came before it (stop_at_failed_commit); then it goes on as usual,
+ * as the transactions after it may make every row computable again, as
+ * they would make the batch query succeed.
  */
 void
 WorkerMergeBatch(FlowWorker *w)
 {
-	bool		xact = !w->plan->direct && !IsTransactionState();
+	bool		careful = !XLogRecPtrIsInvalid(w->careful_until);
+	bool		xact = (!w->plan->direct || careful) && !IsTransactionState();
+	ErrorContextCallback errcb;
 
 	if (BatchGroups(w->batch) == 0)
 		return;
@@ -436,9 +467,18 @@ WorkerMergeBatch(FlowWorker *w)
 		FlowpgStartTransaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
 	}
+	if (careful)
+	{
+		errcb.callback = careful_context;
+		errcb.arg = w;
+		errcb.previous = error_context_stack;
+		error_context_stack = &errcb;
+	}
 	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
-	BatchMerge(w->batch, w->state);
+	BatchMerge(w->batch, w->state, careful);
 	LWLockRelease(&w->ctl->state_lock);
+	if (careful)
+		error_context_stack = errcb.previous;
 	if (xact)
 	{
 		PopActiveSnapshot();
@@ -827,6 +867,24 @@ stop_at_failed_commit(FlowWorker *w)
 	SpinLockRelease(&w->ctl->mutex);
 }
 
+/*
+ * The end of a careful worker's round (see WorkerMergeBatch): once it has
+ * passed the position of the checkpoint that failed, it is careful no more.
+ */
+static void
+careful_round_end(FlowWorker *w)
+{
+	w->commit_reached = false;
+	w->careful_commit = InvalidXLogRecPtr;
+	if (w->processed_lsn >= w->careful_until)
+	{
+		w->careful_until = InvalidXLogRecPtr;
+		SpinLockAcquire(&w->ctl->mutex);
+		w->ctl->careful_until = InvalidXLogRecPtr;
+		SpinLockRelease(&w->ctl->mutex);
+	}
+}
+
 /* Step 5: the main loop; never returns. */
 static void
 worker_loop(FlowWorker *w)
@@ -876,6 +934,8 @@ worker_loop(FlowWorker *w)
 		w->caught_up_once |= caught_up;
 		if (w->stop_reached)
 			stop_at_failed_commit(w);
+		if (!XLogRecPtrIsInvalid(w->careful_until))
+			careful_round_end(w);
 		publish_progress(w, caught_up);
 		maybe_checkpoint(w);
 		check_retained_wal(w);
@@ -892,8 +952,21 @@ worker_loop(FlowWorker *w)
 static void
 record_error(StreamCtl *ctl, FlowWorker *w)
 {
-	ControlFail(ctl);
+	/*
+	 * Merging one transaction, a careful worker found the one the last
+	 * checkpoint failed on: that is no new failure (flowpg.wait waits on,
+	 * for the next worker), which starts at once and stops before it.
+	 */
+	bool		found = !XLogRecPtrIsInvalid(w->careful_commit) &&
+		XLogRecPtrIsInvalid(w->replaying_commit);
+
+	if (found)
+		ControlFailOver(ctl);
+	else
+		ControlFail(ctl);
 	SpinLockAcquire(&ctl->mutex);
+	if (found)
+		ctl->careful_until = InvalidXLogRecPtr;
 	if (!w->running)
 		ctl->setup_failures++;
 
@@ -906,6 +979,11 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 		ctl->failed_commit = w->replaying_commit;
 	else if (!XLogRecPtrIsInvalid(w->round_start))
 		ctl->failed_commit = w->round_start;
+
+	/* on a checkpoint: the next one is careful (see WorkerMergeBatch) */
+	else if (!XLogRecPtrIsInvalid(w->ckpt_covering) &&
+			 w->ckpt_covering > w->restored_lsn)
+		ctl->careful_until = w->ckpt_covering;
 	SpinLockRelease(&ctl->mutex);
 
 	if (!LWLockHeldByMe(&ctl->state_lock))

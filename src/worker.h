@@ -70,6 +70,20 @@ typedef struct FlowWorker
 	 */
 	XLogRecPtr	stop_before;
 	bool		stop_reached;
+	/*
+	 * StreamCtl.careful_until: until the worker has passed it, it stops
+	 * decoding after each commit of a source transaction that changed the
+	 * state (commit_reached) and checkpoints it; careful_commit is that
+	 * transaction's commit record, and careful_xid its id, while the
+	 * checkpoint is written.
+	 */
+	XLogRecPtr	careful_until;
+	bool		commit_reached;
+	XLogRecPtr	careful_commit;
+	TransactionId careful_xid;
+	XLogRecPtr	ckpt_covering;	/* source position of the checkpoint the
+								 * worker writes or collects; invalid
+								 * otherwise */
 	XLogRecPtr	round_start;	/* where the round being decoded and merged
 								 * began; invalid between rounds */
 	bool		running;		/* set up: in worker_loop */
