@@ -1795,8 +1795,39 @@ check_result_columns(Oid relid, AlterTableCmd *cmd)
 }
 
 /*
+ * The tables of a composite type (CREATE TABLE ... OF type), which ALTER
+ * TYPE ... ADD, DROP or ALTER ATTRIBUTE ... CASCADE changes, with their
+ * inheritors.
+ */
+static List *
+typed_tables(RangeVar *type)
+{
+	Oid			typrelid = RangeVarGetRelid(type, NoLock, true);
+	Oid			typid;
+	List	   *rels = NIL;
+	Relation	class;
+	ScanKeyData key;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+
+	if (!OidIsValid(typrelid) || !OidIsValid(typid = get_rel_type_id(typrelid)))
+		return NIL;
+	class = table_open(RelationRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_class_reloftype, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(typid));
+	scan = table_beginscan_catalog(class, 1, &key);
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+		rels = list_concat(rels, find_all_inheritors(((Form_pg_class) GETSTRUCT(tuple))->oid,
+													 NoLock, NULL));
+	table_endscan(scan);
+	table_close(class, AccessShareLock);
+	return rels;
+}
+
+/*
  * ALTER TABLE: refuse SET UNLOGGED and INHERIT of the kinds above, column
- * changes of result tables (also through a parent they were attached to),
+ * changes of result tables (also through a parent they were attached to,
+ * or through their composite type, ALTER TYPE ... CASCADE),
  * and ALTER COLUMN ... TYPE of a column a stream uses, clearly (PostgreSQL
  * itself would fail with an internal error on the dependency of the result
  * table).
@@ -1808,21 +1839,27 @@ check_alter_table(AlterTableStmt *stmt)
 	List	   *rels;
 	ListCell   *lc;
 
-	if (!OidIsValid(relid))
+	if (stmt->objtype == OBJECT_TYPE)
+		rels = typed_tables(stmt->relation);
+	else if (OidIsValid(relid))
+		rels = find_all_inheritors(relid, NoLock, NULL);
+	else
 		return;
-	rels = find_all_inheritors(relid, NoLock, NULL);
 	foreach(lc, stmt->cmds)
 	{
 		AlterTableCmd *cmd = lfirst(lc);
 		ListCell   *lc2;
 
-		if (cmd->subtype == AT_SetUnLogged)
-			check_source_change(relid, true);
-		if (cmd->subtype == AT_AddInherit)
-			check_new_parent(castNode(RangeVar, cmd->def));
-		check_attach(relid, cmd);
-		if (cmd->subtype == AT_SetAccessMethod)
-			check_set_access_method(relid, cmd->name);
+		if (OidIsValid(relid))
+		{
+			if (cmd->subtype == AT_SetUnLogged)
+				check_source_change(relid, true);
+			if (cmd->subtype == AT_AddInherit)
+				check_new_parent(castNode(RangeVar, cmd->def));
+			check_attach(relid, cmd);
+			if (cmd->subtype == AT_SetAccessMethod)
+				check_set_access_method(relid, cmd->name);
+		}
 		if (cmd->subtype == AT_AddColumn || cmd->subtype == AT_DropColumn ||
 			cmd->subtype == AT_AlterColumnType)
 			foreach(lc2, rels)

@@ -255,7 +255,7 @@ prepare_tid_update(FlowWorker *w, const char *table)
 	ListCell   *lc;
 
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "UPDATE %s r SET ", table);
+	appendStringInfo(&sql, "UPDATE ONLY %s r SET ", table);
 	for (col = 1; col <= ncols; col++)
 	{
 		if (is_key_column(w, col))
@@ -294,7 +294,8 @@ prepare_result_upsert(FlowWorker *w, const char *table)
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "INSERT INTO %s SELECT * FROM pg_catalog.unnest($1)",
 					 table);
-	w->result_delete = prepare_kept(psprintf("DELETE FROM %s", table), 0, NULL);
+	/* ONLY: a table may inherit from the result table (its rows are not ours) */
+	w->result_delete = prepare_kept(psprintf("DELETE FROM ONLY %s", table), 0, NULL);
 	if (w->plan->nkeys == 0)
 	{
 		w->result_upsert = prepare_kept(sql.data, 1, &argtype);
