@@ -124,3 +124,76 @@ SELECT flowpg.drop_stream('by_scaled');
 DROP TABLE path_src;
 DROP FUNCTION scaled(int), path_seen();
 DROP SCHEMA flowpg_helpers CASCADE;
+
+-- a stream's definition is written and read back with fixed settings (as
+-- pg_dump writes and reads a view): its constants mean what they meant
+-- when it was created, whatever the settings of the session that created
+-- it and of the process that rebuilds it.  Before, the timestamp was
+-- written as '01/01/2026 00:00:00 IST' (read back as Israel's time), the
+-- float as 0.3, and 'x\y' was read as 'xy' by a rebuild whose role had
+-- standard_conforming_strings off.
+CREATE TABLE consts (ts timestamptz, f float8, t text);
+SET TimeZone = 'Asia/Kolkata';
+SET DateStyle = 'SQL, DMY';
+SET extra_float_digits = 0;
+SELECT flowpg.create_stream('by_consts', $$
+    SELECT t, count(*) FILTER (WHERE ts >= '2026-01-01 00:00+05:30') AS late,
+           count(*) FILTER (WHERE f = '0.30000000000000004') AS sums,
+           count(*) FILTER (WHERE t = 'x\y') AS slashed, count(*) AS n
+      FROM consts GROUP BY t $$);
+RESET TimeZone;
+RESET DateStyle;
+RESET extra_float_digits;
+SELECT definition FROM flowpg.streams WHERE name = 'public.by_consts';
+INSERT INTO consts
+    SELECT '2026-01-01 00:00+05:30'::timestamptz + g * interval '30 min',
+           0.1::float8 + 0.2::float8, CASE WHEN g % 2 = 0 THEN 'x\y' ELSE 'xy' END
+      FROM generate_series(-10, 10) g;
+INSERT INTO consts VALUES (NULL, 0.3, 'xy');
+SELECT flowpg.wait('by_consts');
+ALTER ROLE CURRENT_USER SET standard_conforming_strings = off;
+SELECT flowpg.rebuild_stream('by_consts');
+SELECT flowpg.wait('by_consts');
+ALTER ROLE CURRENT_USER RESET standard_conforming_strings;
+TABLE by_consts ORDER BY t;
+SELECT oracle('by_consts');
+SELECT flowpg.drop_stream('by_consts');
+DROP TABLE consts;
+
+-- whatever the owner's defaults, flowpg's processes keep the settings they
+-- need: exit_on_error off (an error became FATAL, which skipped its
+-- report: the stream restarted in a loop and flowpg.wait timed out, with
+-- no error shown), synchronous_commit local (a forced checkpoint waited
+-- forever for a synchronous standby that was not there),
+-- session_replication_role origin (the result table's triggers did not
+-- fire)
+SET synchronous_commit = local;
+ALTER SYSTEM SET synchronous_standby_names = 'nowhere';
+SELECT pg_reload_conf();
+SELECT pg_sleep(1);
+ALTER ROLE CURRENT_USER SET exit_on_error = on;
+ALTER ROLE CURRENT_USER SET session_replication_role = replica;
+CREATE TABLE set_src (k int, v int);
+CREATE TABLE set_log (k int);
+SELECT flowpg.create_stream('set_sums', 'SELECT k, sum(10 / v) AS s FROM set_src GROUP BY k');
+CREATE FUNCTION set_logged() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO set_log VALUES (NEW.k);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER set_logged AFTER INSERT ON set_sums
+    FOR EACH ROW EXECUTE FUNCTION set_logged();
+INSERT INTO set_src VALUES (1, 5);
+SELECT flowpg.checkpoint('set_sums') > 0 AS checkpointed;
+TABLE set_sums;
+TABLE set_log;
+INSERT INTO set_src VALUES (2, 0);
+SELECT flowpg.wait('set_sums');
+ALTER ROLE CURRENT_USER RESET exit_on_error;
+ALTER ROLE CURRENT_USER RESET session_replication_role;
+ALTER SYSTEM RESET synchronous_standby_names;
+SELECT pg_reload_conf();
+RESET synchronous_commit;
+SELECT flowpg.drop_stream('set_sums');
+DROP TABLE set_src, set_log;
+DROP FUNCTION set_logged();

@@ -541,6 +541,7 @@ AdoptScanMain(Datum main_arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	FlowpgSetProcessSettings();
 
 	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());

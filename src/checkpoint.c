@@ -1963,6 +1963,7 @@ checkpoint_published(FlowWorker *w, int64 id, XLogRecPtr lsn,
 	if (lsn > ctl->result_lsn)
 		ctl->result_lsn = lsn;
 	ctl->failures = 0;
+	ctl->ckpt_failures = 0;
 	SpinLockRelease(&ctl->mutex);
 	ConditionVariableBroadcast(&ctl->cv);
 }

@@ -936,11 +936,41 @@ CompileCheckPermissions(FlowQuery *fq)
 }
 
 /*
- * The query as text with every name it uses schema-qualified (deparsed
- * with an empty search_path, as pg_dump does): what a restored dump
- * compiles again, whatever the restoring session's search_path.  The
- * names are looked up by the query's object ids, so they are the names as
- * they are now (see CatalogRefreshDefinitions).
+ * The settings a stream's definition is written and read with, until the
+ * caller's GUC nest level ends: those pg_dump writes with and sets in the
+ * dump, so that names and constants read back as they were.  The names are
+ * schema-qualified (an empty search_path); timestamps are written with
+ * their offset from UTC, and floats exactly.  Under the creating session's
+ * settings '2026-01-01 00:00+05:30' was written as '01/01/2026 00:00:00
+ * IST' (read back as Israel's time), 0.30000000000000004 as 0.3, and
+ * 'x\y' was read as 'xy' with standard_conforming_strings off.
+ */
+static void
+definition_settings(void)
+{
+	static const char *const fixed[][2] = {
+		{"search_path", ""},
+		{"DateStyle", "ISO, MDY"},
+		{"IntervalStyle", "postgres"},
+		{"extra_float_digits", "3"},
+		{"standard_conforming_strings", "on"},
+		{"lc_monetary", "C"},
+		{"xmloption", "content"},
+		{"array_nulls", "on"},
+	};
+	int			i;
+
+	for (i = 0; i < lengthof(fixed); i++)
+		(void) set_config_option(fixed[i][0], fixed[i][1], PGC_USERSET,
+								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
+ * The query as text with every name it uses schema-qualified, as pg_dump
+ * writes a view: what a restored dump compiles again, whatever the
+ * restoring session's settings (see definition_settings).  The names are
+ * looked up by the query's object ids, so they are the names as they are
+ * now (see CatalogRefreshDefinitions).
  */
 char *
 CompileDeparse(Query *query)
@@ -948,16 +978,15 @@ CompileDeparse(Query *query)
 	int			nest = NewGUCNestLevel();
 	char	   *text;
 
-	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	definition_settings();
 	text = pg_get_querydef(query, false);
 	AtEOXact_GUC(false, nest);
 	return text;
 }
 
 /*
- * Compile the text CompileDeparse made: its names are read with the same
- * empty search_path, then the query is compiled with the settings in
+ * Compile the text CompileDeparse made: it is read with the same
+ * settings, then the query is compiled with the settings in
  * force, which the caller has made the stream's.  Compiling inlines SQL
  * functions, whose bodies are parsed then, and evaluates calls of
  * immutable functions on constants: with the stream's search_path, as its
@@ -971,8 +1000,7 @@ CompileDefinition(const char *definition)
 	int			nest = NewGUCNestLevel();
 	Query	   *query;
 
-	(void) set_config_option("search_path", "", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	definition_settings();
 	query = analyze_text(definition);
 	AtEOXact_GUC(false, nest);
 	return CompileQueryTree(query);

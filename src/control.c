@@ -170,6 +170,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->restarts = -1;
 		free_ctl->failures = 0;
 		free_ctl->setup_failures = 0;
+		free_ctl->ckpt_failures = 0;
 		free_ctl->restart_at = 0;
 		free_ctl->slot_wait_since = 0;
 		free_ctl->retry_requested = false;
@@ -415,6 +416,7 @@ ControlConnect(StreamCtl *ctl, StreamIdentity *ident)
 	BackgroundWorkerInitializeConnectionByOid(ident->dboid, ident->owner, 0);
 	connecting_ctl = NULL;
 	emit_log_hook = prev_emit_log_hook;
+	FlowpgSetProcessSettings();
 }
 
 /*

@@ -65,6 +65,8 @@ typedef struct StreamCtl
 	int32		failures;		/* consecutive failed starts */
 	int32		setup_failures; /* of them, workers that failed before they
 								 * ran (see setup_unapplied_wal) */
+	int32		ckpt_failures;	/* workers that failed a checkpoint since
+								 * one was published (the same) */
 	TimestampTz restart_at;		/* launcher starts the worker after this */
 	TimestampTz slot_wait_since;	/* since when its process has waited for
 									 * checkpoint writers to give a background

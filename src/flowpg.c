@@ -354,3 +354,30 @@ FlowpgStartTransaction(void)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 }
+
+/*
+ * Settings every flowpg process has, whatever its role's and database's
+ * (ALTER ROLE/DATABASE ... SET), set once it is connected:
+ * - exit_on_error off: an error the process handles (a checkpoint's
+ *   upsert that meets a row, ...) or reports (flowpg.streams.last_error,
+ *   from its PG_CATCH) became FATAL, which skips both: the stream
+ *   restarted in a loop, showing no error;
+ * - synchronous_commit local: a checkpoint needs its commit durable here
+ *   (streams do not run on standbys, and are rebuilt on a promoted one);
+ *   waiting for a synchronous standby that was gone left checkpoints,
+ *   savepoints and rebuilds hanging, showing nothing;
+ * - session_replication_role origin: the result table's triggers fire;
+ * - role none: the process runs as the stream's owner, not as a role the
+ *   owner's settings name;
+ * - lock_timeout 0: a checkpoint waits for the result table's lock as
+ *   long as a reader holds it, as the worker waits for anything else.
+ */
+void
+FlowpgSetProcessSettings(void)
+{
+	SetConfigOption("exit_on_error", "off", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("synchronous_commit", "local", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("session_replication_role", "origin", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("role", "none", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_SESSION);
+}

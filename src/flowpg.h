@@ -96,5 +96,6 @@ extern bool FlowpgStreamLockHeld(int32 stream_id, LOCKMODE mode);
 
 /* StartTransactionCommand, the transaction's start time marked first. */
 extern void FlowpgStartTransaction(void);
+extern void FlowpgSetProcessSettings(void);
 
 #endif							/* FLOWPG_H */

@@ -84,10 +84,9 @@ worker_on_exit(int code, Datum arg)
 }
 
 /*
- * Settings of the worker's session: the decoder's memory comes from
- * flowpg.decoding_work_mem, and commits are synchronous whatever the
- * owner's defaults (a checkpoint must be durable before the slot moves);
- * and the bound of the state area, from flowpg.state_memory.
+ * Settings of the worker's session (besides FlowpgSetProcessSettings'):
+ * the decoder's memory comes from flowpg.decoding_work_mem, and the bound
+ * of the state area from flowpg.state_memory.
  */
 static void
 apply_settings(void)
@@ -96,7 +95,6 @@ apply_settings(void)
 
 	snprintf(buf, sizeof(buf), "%dkB", flowpg_decoding_work_mem);
 	SetConfigOption("logical_decoding_work_mem", buf, PGC_USERSET, PGC_S_SESSION);
-	SetConfigOption("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION);
 	ControlApplyStateLimit();
 }
 
@@ -147,6 +145,8 @@ fail_for_good(FlowWorker *w, int sqlerrcode, const char *message,
 			 errmsg_internal("flowpg: %s", message),
 			 errhint("%s", hint)));
 	FlowpgStartTransaction();
+	/* flowpg's own record, even when the owner's sessions are read-only */
+	SetConfigOption("transaction_read_only", "off", PGC_SUSET, PGC_S_SESSION);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	CatalogMarkFailed(w->def->id, message);
 	PopActiveSnapshot();
@@ -256,11 +256,14 @@ restore_state(FlowWorker *w)
 
 /*
  * The WAL a stream keeps unapplied, as its worker starts after two workers
- * in a row failed before they ran (0 otherwise).  A worker that fails as
- * it starts, every time (its owner lost a privilege, an aggregate
- * changed, its state does not fit in flowpg.state_memory), never reaches
- * check_retained_wal: this counts from the position its own slot
- * confirmed, which is all the stream has applied for sure.  Not at the
+ * in a row failed before they ran, or two failed a checkpoint since one
+ * was published (0 otherwise).  A worker that fails as it starts, every
+ * time (its owner lost a privilege, an aggregate changed, its state does
+ * not fit in flowpg.state_memory), never reaches check_retained_wal; one
+ * that fails at its checkpoints (an owner made read-only, a result row
+ * that cannot be computed) gets there with the WAL it applied counted as
+ * applied: this counts from the position its own slot confirmed, which
+ * is all the stream has applied for sure.  Not at the
  * first start, nor after a single failure, nor after workers that ran
  * (terminated, or failing on a row): a stream that is only restarting
  * would read past the WAL it has nothing to apply in (another
@@ -272,7 +275,7 @@ setup_unapplied_wal(FlowWorker *w)
 	int32		failures;
 
 	SpinLockAcquire(&w->ctl->mutex);
-	failures = w->ctl->setup_failures;
+	failures = Max(w->ctl->setup_failures, w->ctl->ckpt_failures);
 	SpinLockRelease(&w->ctl->mutex);
 	if (failures < 2 || flowpg_max_retained_wal < 0)
 		return 0;
@@ -983,7 +986,10 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 	/* on a checkpoint: the next one is careful (see WorkerMergeBatch) */
 	else if (!XLogRecPtrIsInvalid(w->ckpt_covering) &&
 			 w->ckpt_covering > w->restored_lsn)
+	{
 		ctl->careful_until = w->ckpt_covering;
+		ctl->ckpt_failures++;
+	}
 	SpinLockRelease(&ctl->mutex);
 
 	if (!LWLockHeldByMe(&ctl->state_lock))

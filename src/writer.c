@@ -479,7 +479,6 @@ writer_setup(FlowWorker *w, WriterIdentity *who)
 	}
 	SetConfigOption("application_name", w->def->name, PGC_USERSET, PGC_S_SESSION);
 	CompileApplySettings(w->def->settings, GUC_ACTION_SET);
-	SetConfigOption("synchronous_commit", "on", PGC_USERSET, PGC_S_SESSION);
 	WorkerCompile(w);
 	CheckpointPrepare(w);
 	FlowpgSlotName(origin_name, who->dboid, who->stream_id);
@@ -553,6 +552,7 @@ FlowWriterMain(Datum main_arg)
 	if (!worker_alive(ctl, &who))
 		proc_exit(0);
 	BackgroundWorkerInitializeConnectionByOid(who.dboid, who.owner, 0);
+	FlowpgSetProcessSettings();
 
 	w = MemoryContextAllocZero(TopMemoryContext, sizeof(FlowWorker));
 	w->cxt = AllocSetContextCreate(TopMemoryContext, "flowpg checkpoint writer",

@@ -329,6 +329,30 @@ sql("SET ROLE flowpg_owner; SELECT flowpg.rebuild_stream('owned')");
 oracle_ok($node, 'owned', $owned, 'rebuilt once the privilege is back');
 sql("SET ROLE flowpg_owner; SELECT flowpg.drop_stream('owned')");
 sql("REVOKE ALL ON clicks FROM flowpg_owner; REVOKE ALL ON SCHEMA public FROM flowpg_owner; DROP ROLE flowpg_owner");
+# A stream whose worker fails at each checkpoint (here its owner's
+# sessions became read-only) applies the WAL but keeps all of it: after
+# two such workers in a row, the WAL counts from its slot's confirmed
+# position too, and past the limit it fails for good (it kept the WAL for
+# as long as it failed).
+sql(q{CREATE ROLE flowpg_ro LOGIN;
+	GRANT SELECT ON clicks TO flowpg_ro;
+	GRANT CREATE ON SCHEMA public TO flowpg_ro;
+	SET ROLE flowpg_ro;
+	SELECT flowpg.create_stream('readonly', 'SELECT campaign, count(*) AS n FROM clicks GROUP BY campaign');});
+wait_stream($node, 'readonly');
+sql("ALTER ROLE flowpg_ro SET default_transaction_read_only = on");
+sql("SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.readonly'");
+sql("INSERT INTO clicks (campaign, cost) VALUES (9, 9)");
+$node->poll_query_until('postgres',
+	"SELECT status = 'failed' AND last_error LIKE '%read-only transaction' FROM flowpg.streams WHERE name = 'public.readonly'")
+  or die 'readonly did not fail at its checkpoint';
+limit_above(2);
+fails_past_limit('readonly', 'a stream failing at each checkpoint fails for good past flowpg.max_retained_wal');
+sql("ALTER SYSTEM RESET flowpg.max_retained_wal");
+$node->reload;
+sql("ALTER ROLE flowpg_ro RESET default_transaction_read_only");
+sql("SET ROLE flowpg_ro; SELECT flowpg.drop_stream('readonly')");
+sql("REVOKE ALL ON clicks FROM flowpg_ro; REVOKE ALL ON SCHEMA public FROM flowpg_ro; DROP ROLE flowpg_ro");
 
 sql("SELECT flowpg.drop_stream('spend')");
 is(sql("SELECT count(*) FROM flowpg.stream"), 0, 'a rebuilt stream can be dropped');
