@@ -359,7 +359,7 @@ ControlFail(StreamCtl *ctl)
 
 /*
  * The same, for an error that is no failure of the stream's: the next
- * process starts at once (see careful_checkpoint in worker.c).
+ * process starts at once (see WorkerMergeBatch).
  */
 void
 ControlFailOver(StreamCtl *ctl)

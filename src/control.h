@@ -85,10 +85,10 @@ typedef struct StreamCtl
 								 * worker has checkpointed what came before
 								 * it (invalid: none) */
 	XLogRecPtr	careful_until;	/* a checkpoint holding the source up to
-								 * here failed: the next worker checkpoints
-								 * after each source transaction until it
+								 * here failed: the next worker merges one
+								 * source transaction at a time until it
 								 * has passed it (invalid: none; see
-								 * careful_checkpoint in worker.c) */
+								 * WorkerMergeBatch) */
 	XLogRecPtr	checkpoint_lsn; /* source position of the last checkpoint */
 	XLogRecPtr	result_lsn;		/* result table exact up to here */
 	XLogRecPtr	wait_lsn;		/* highest position a flowpg.wait awaits */

@@ -359,7 +359,7 @@ flowpg_commit_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	if (w == NULL)
 		return;
 	w->replaying_commit = InvalidXLogRecPtr;
-	/* checkpoint each transaction that changed the state: see worker.c */
+	/* careful: merge each transaction that changed the state (WorkerMergeBatch) */
 	if (!XLogRecPtrIsInvalid(w->careful_until) && !w->skip_txn &&
 		BatchGroups(w->batch) > 0)
 	{

@@ -73,9 +73,10 @@ typedef struct FlowWorker
 	/*
 	 * StreamCtl.careful_until: until the worker has passed it, it stops
 	 * decoding after each commit of a source transaction that changed the
-	 * state (commit_reached) and checkpoints it; careful_commit is that
-	 * transaction's commit record, and careful_xid its id, while the
-	 * checkpoint is written.
+	 * state (commit_reached), merges it and computes the result rows of
+	 * the keys it changed (see WorkerMergeBatch); careful_commit is that
+	 * transaction's commit record, and careful_xid its id, until the end
+	 * of the round.
 	 */
 	XLogRecPtr	careful_until;
 	bool		commit_reached;
