@@ -345,6 +345,7 @@ scan_table(FlowWorker *w, Relation rel, TupleConversionMap *map, uint64 *rows)
 
 	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
+		FlowpgExitIfOrphaned();
 		if (map != NULL)
 		{
 			HeapTuple	converted = execute_attr_map_tuple(tuple, map);

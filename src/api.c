@@ -752,6 +752,9 @@ ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 				 errmsg("timed out waiting for %s of stream \"%s\"", what, def->name),
 				 XLogRecPtrIsInvalid(target) ?
 				 errdetail("The stream's worker has not taken it yet.") :
+				 XLogRecPtrIsInvalid(result) ?
+				 errdetail("The stream's worker has not started from its last checkpoint yet (a rebuild, or a wait for a lock: see pg_stat_activity); the wait needs WAL position %X/%X.",
+						   LSN_FORMAT_ARGS(target)) :
 				 errdetail("The result table is exact up to WAL position %X/%X; the wait needs %X/%X.",
 						   LSN_FORMAT_ARGS(result), LSN_FORMAT_ARGS(target)),
 				 errhint("Check the stream's status in flowpg.streams, or wait longer.")));

@@ -292,6 +292,7 @@ flowpg_change_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	PartEntry  *part;
 
 	check_allowed();
+	FlowpgExitIfOrphaned();
 	if (w == NULL || w->skip_txn || !source_table(w, relation, &part))
 		return;
 
@@ -749,6 +750,7 @@ DecodeRead(FlowWorker *w, int max_records)
 		if (record != NULL)
 			LogicalDecodingProcessRecord(w->decoding, reader);
 		CHECK_FOR_INTERRUPTS();
+		FlowpgExitIfOrphaned();
 		if (++n >= max_records || w->commit_reached)
 			break;
 	}

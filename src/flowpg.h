@@ -28,7 +28,9 @@
 #include "access/xlogdefs.h"
 #include "datatype/timestamp.h"
 #include "fmgr.h"
+#include "storage/ipc.h"
 #include "storage/lockdefs.h"
+#include "storage/pmsignal.h"
 
 /* Name prefix of every replication slot and origin flowpg owns. */
 #define FLOWPG_SLOT_PREFIX		"flowpg_"
@@ -97,5 +99,19 @@ extern bool FlowpgStreamLockHeld(int32 stream_id, LOCKMODE mode);
 /* StartTransactionCommand, the transaction's start time marked first. */
 extern void FlowpgStartTransaction(void);
 extern void FlowpgSetProcessSettings(void);
+
+/*
+ * Exit at once if the postmaster died, in loops that run long without
+ * waiting on a latch (decoding a large transaction, scanning a source):
+ * an orphaned worker kept the old server's shared memory, and a new
+ * server could not start until it was done (seconds to minutes).  On
+ * Linux the check reads a flag the death signal sets.
+ */
+static inline void
+FlowpgExitIfOrphaned(void)
+{
+	if (!PostmasterIsAlive())
+		proc_exit(1);
+}
 
 #endif							/* FLOWPG_H */
