@@ -205,6 +205,51 @@ UNION ALL
 SELECT flowpg.drop_stream('ratios_out');
 DROP TABLE ratios;
 
+-- then the next worker postpones its periodic checkpoints while a key's
+-- row cannot be computed, and takes them once every row can again: the
+-- stream goes on.  Before, each periodic checkpoint that fell between the
+-- failing transaction and the one that made the row computable again
+-- failed, and the stream stayed failed although the batch query
+-- succeeded.  (Paused, the worker applies the backlog at once when it
+-- resumes, in rounds, each followed by a periodic checkpoint.)
+CREATE TABLE ratios (k int, a int, b int);
+SELECT flowpg.create_stream('ratios_out', 'SELECT k, sum(a) / sum(b) AS r, count(*) AS n FROM ratios GROUP BY k', '1 hour');
+INSERT INTO ratios VALUES (1, 10, 2);
+SELECT flowpg.wait('ratios_out');
+SELECT flowpg.pause_stream('ratios_out');
+INSERT INTO ratios VALUES (1, 1, -2);
+SET synchronous_commit = off;
+DO $$
+BEGIN
+    FOR i IN 1 .. 15000 LOOP
+        INSERT INTO ratios VALUES (2 + i % 100, 1, 1);
+        COMMIT;
+    END LOOP;
+END $$;
+RESET synchronous_commit;
+INSERT INTO ratios VALUES (1, 0, 1);
+SELECT flowpg.set_checkpoint_interval('ratios_out', '1 ms');
+SELECT flowpg.resume_stream('ratios_out');
+DO $$
+BEGIN
+    FOR i IN 1 .. 30 LOOP
+        BEGIN
+            PERFORM flowpg.wait('ratios_out');
+            RETURN;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM pg_sleep(0.2);
+        END;
+    END LOOP;
+    RAISE EXCEPTION 'the stream did not go on';
+END $$;
+SELECT * FROM ratios_out WHERE k = 1;
+SELECT count(*) AS keys, sum(n) AS rows FROM ratios_out;
+(TABLE ratios_out EXCEPT SELECT k, sum(a) / sum(b), count(*) FROM ratios GROUP BY k)
+UNION ALL
+(SELECT k, sum(a) / sum(b), count(*) FROM ratios GROUP BY k EXCEPT TABLE ratios_out);
+SELECT flowpg.drop_stream('ratios_out');
+DROP TABLE ratios;
+
 -- a group key too long for the result table's unique index fails the same
 -- way, at its row: the batch query does not fail, but no result table can
 -- hold its row (before, the checkpoint writing the key failed, naming

@@ -1965,6 +1965,8 @@ checkpoint_published(FlowWorker *w, int64 id, XLogRecPtr lsn,
 	ctl->failures = 0;
 	ctl->ckpt_failures = 0;
 	SpinLockRelease(&ctl->mutex);
+	w->postponed_since = 0;
+	w->verify_retry_at = 0;
 	ConditionVariableBroadcast(&ctl->cv);
 }
 

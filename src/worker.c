@@ -396,6 +396,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	w->ctl->processed_lsn = w->processed_lsn;
 	w->ctl->setup_failures = 0;
 	w->stop_before = w->ctl->failed_commit;
+	w->suspect = w->ctl->ckpt_failures > 0;
 	if (w->ctl->careful_until > w->restored_lsn)
 		w->careful_until = w->ctl->careful_until;
 	else
@@ -512,6 +513,79 @@ served_forced(FlowWorker *w)
 }
 
 /*
+ * A suspect worker's check before a periodic checkpoint: can the result
+ * rows of the keys it would write be computed?  A checkpoint of a stream
+ * failed since the last one published, most likely on an error computing
+ * a key's row (a final function's, an output expression's such as
+ * sum(a) / sum(b) when sum(b) comes to 0), and the careful worker has
+ * checkpointed what came before the transaction that caused it (see
+ * WorkerMergeBatch).  The transactions after it may make every row
+ * computable again, as they would make the batch query succeed; until
+ * they do, a periodic checkpoint would fail (and the next worker apply
+ * the same transactions, and fail at its own, whatever came since: the
+ * stream stayed failed for good where the batch query succeeded).  So
+ * the worker postpones them, trying again a second (or an interval)
+ * later, says why in flowpg.streams.last_error, and counts the WAL it
+ * keeps meanwhile from its slot (check_retained_wal).  A checkpoint that
+ * someone waits for is taken all the same, and fails if it must.
+ */
+static bool
+rows_computable(FlowWorker *w, TimestampTz now, int interval)
+{
+	FlowState  *st = w->state;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ErrorData  *edata = NULL;
+	int			i;
+
+	if (now < w->verify_retry_at)
+		return false;
+	FlowpgStartTransaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	PG_TRY();
+	{
+		for (i = 0; i < st->ndirty; i++)
+		{
+			StateChunk *chunk = StateGetChunk(st, st->dirty[i]);
+
+			(void) PlanFinalize(w->plan, StateChunkKey(chunk),
+								StateChunkState(chunk), chunk->state_len);
+			if (i % 1024 == 0)
+				CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_CATCH();
+	{
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(w->cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		RESUME_INTERRUPTS();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	if (edata == NULL)
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(oldcxt);
+		return true;
+	}
+	if (w->postponed_since == 0)
+	{
+		w->postponed_since = now;
+		ereport(LOG,
+				(errmsg("stream \"%s\" postpones its checkpoints: the result row of a key it changed cannot be computed: %s",
+						w->def->name, edata->message),
+				 errdetail("A checkpoint of the stream failed since its last one; it tries again until every row can be computed, as its batch query could.")));
+	}
+	ControlSetError(w->ctl, psprintf("checkpoints postponed: %s", edata->message));
+	w->verify_retry_at = TimestampTzPlusMilliseconds(now, Min(interval, 1000));
+	FreeErrorData(edata);
+	return false;
+}
+
+/*
  * Take a checkpoint if one is due: the interval has passed, a flowpg.wait
  * waits for what the state holds, or flowpg.checkpoint asked for one.
  * Periodic and forced checkpoints go to the checkpoint writer when there
@@ -601,9 +675,10 @@ maybe_checkpoint(FlowWorker *w)
 		if (!w->job_inflight)
 			(void) served_forced(w);
 	}
-	else if (dirty &&
-			 (TimestampDifferenceExceeds(w->last_checkpoint, now, interval) ||
-			  (wait_lsn > result_lsn && w->processed_lsn >= wait_lsn)))
+	else if (dirty && wait_lsn > result_lsn && w->processed_lsn >= wait_lsn)
+		CheckpointHandOff(w, "periodic");
+	else if (dirty && TimestampDifferenceExceeds(w->last_checkpoint, now, interval) &&
+			 (!w->suspect || rows_computable(w, now, interval)))
 		CheckpointHandOff(w, "periodic");
 	else if (!dirty && w->processed_lsn > result_lsn)
 	{
@@ -760,7 +835,10 @@ check_retained_wal(FlowWorker *w)
 		!TimestampDifferenceExceeds(w->started_at, now, RETAINED_WAL_GRACE_MS))
 		return;
 	w->wal_checked_at = now;
-	unapplied = ControlUnappliedWal(MyDatabaseId, w->def->id, w->processed_lsn);
+	/* postponed checkpoints: what it applied since is not applied for sure */
+	unapplied = ControlUnappliedWal(MyDatabaseId, w->def->id,
+									w->postponed_since != 0 ? InvalidXLogRecPtr :
+									w->processed_lsn);
 	if (over_retained_wal(unapplied))
 		fail_retained_wal(w, unapplied, true);
 }

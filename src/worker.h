@@ -82,6 +82,13 @@ typedef struct FlowWorker
 	bool		commit_reached;
 	XLogRecPtr	careful_commit;
 	TransactionId careful_xid;
+	bool		suspect;		/* a checkpoint failed since the last one
+								 * published: computes the result rows
+								 * before each periodic checkpoint (see
+								 * rows_computable in worker.c) */
+	TimestampTz postponed_since;	/* periodic checkpoints postponed since
+									 * (0: they are not) */
+	TimestampTz verify_retry_at;	/* next try, while postponed */
 	XLogRecPtr	ckpt_covering;	/* source position of the checkpoint the
 								 * worker writes or collects; invalid
 								 * otherwise */
