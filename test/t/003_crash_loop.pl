@@ -134,5 +134,37 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM flowpg.streams WHERE name
 oracle_ok($node, $_, $streams{$_}, 'after kill -9 during create_stream')
   for sort keys %streams;
 
+# A worker busy decoding a large transaction when the postmaster dies
+# exits at once, or once PostgreSQL's decoder has written what it was
+# spilling to disk (flowpg.decoding_work_mem, a second or two): it went on
+# decoding (a minute for 5 M rows, 10 to 20 s for these 3 M), holding the
+# old server's shared memory, and no new server could start meanwhile.
+# (An orphan that exited stays a zombie where nothing reaps it.)
+$node->safe_psql('postgres', 'CREATE TABLE bulk (k int, v int)');
+my $bulk = 'SELECT k % 100 AS b, count(*) AS n, sum(v) AS s FROM bulk GROUP BY k % 100';
+$node->safe_psql('postgres', "SELECT flowpg.create_stream('bulk_sums', '$bulk')");
+my $bulk_pid = worker_pid($node, 'bulk_sums');
+$node->safe_psql('postgres', 'INSERT INTO bulk SELECT g, g FROM generate_series(1, 3000000) g');
+# the worker replays the transaction's rows now, for seconds
+$node->kill9;
+sub running
+{
+	my ($pid) = @_;
+	open(my $fh, '<', "/proc/$pid/stat") or return 0;
+	my $stat = <$fh>;
+	close $fh;
+	return $stat !~ /^\d+ \(.*\) [ZX] /s;
+}
+my $orphaned = 1;
+for (1 .. 120)
+{
+	$orphaned = running($bulk_pid);
+	last unless $orphaned;
+	select(undef, undef, undef, 0.05);
+}
+ok(!$orphaned, 'a worker decoding a large transaction exits within 6 s of the postmaster dying');
+crash_restart($node);
+oracle_ok($node, 'bulk_sums', $bulk, 'after kill -9 while the stream decoded a large transaction');
+
 $node->stop;
 done_testing();
