@@ -74,6 +74,7 @@
 #include "nodes/makefuncs.h"
 #include "nodes/readfuncs.h"
 #include "pgstat.h"
+#include "postmaster/bgwriter.h"
 #include "replication/origin.h"
 #include "replication/slot.h"
 #include "storage/lmgr.h"
@@ -2010,8 +2011,9 @@ check_drop_index(DropStmt *stmt)
 }
 
 /*
- * ALTER DATABASE ... RENAME TO wants the database to have no sessions, and the workers (and rebuilds) of its streams are
- * sessions: PostgreSQL would wait 5 s for them, then fail.  Stop them
+ * ALTER DATABASE ... RENAME TO wants the database to have no sessions,
+ * and the workers (and rebuilds) of its streams are sessions:
+ * PostgreSQL would wait 5 s for them, then fail.  Stop them
  * until this transaction ends, as flowpg.restore does; the launcher then
  * starts them again, and each resumes from its checkpoint (the database
  * keeps its oid, which the streams' slots name).  CREATE DATABASE ...
@@ -2147,6 +2149,8 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   ParamListInfo params, QueryEnvironment *queryEnv,
 					   DestReceiver *dest, QueryCompletion *qc)
 {
+	bool		moved = false;
+
 	if (IsA(pstmt->utilityStmt, AlterTableStmt))
 		check_alter_table((AlterTableStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, CreateStmt))
@@ -2165,7 +2169,10 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		check_rename_schema((RenameStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, AlterDatabaseStmt) &&
 			 moves_database((AlterDatabaseStmt *) pstmt->utilityStmt))
+	{
 		check_database_move((AlterDatabaseStmt *) pstmt->utilityStmt);
+		moved = true;
+	}
 	else if (IsA(pstmt->utilityStmt, CreatedbStmt))
 		hold_template_streams((CreatedbStmt *) pstmt->utilityStmt);
 	if (prev_process_utility_hook)
@@ -2175,6 +2182,16 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
 
+	/*
+	 * Moving a database (one without streams) logs the drop of its old
+	 * directory after PostgreSQL's last checkpoint, and recovery from a
+	 * crash before the next one replays it, which drops the database's
+	 * replication slots (ReplicationSlotsDropDBSlots): a stream created
+	 * meanwhile lost its slot and went stale.  A checkpoint now puts the
+	 * drop behind it.
+	 */
+	if (moved)
+		RequestCheckpoint(CHECKPOINT_IMMEDIATE | CHECKPOINT_FORCE | CHECKPOINT_WAIT);
 	if (renames_objects(pstmt->utilityStmt))
 		CatalogRefreshDefinitions();
 	if (IsA(pstmt->utilityStmt, AlterTableStmt))

@@ -1964,6 +1964,12 @@ checkpoint_published(FlowWorker *w, int64 id, XLogRecPtr lsn,
 		ctl->result_lsn = lsn;
 	ctl->failures = 0;
 	ctl->ckpt_failures = 0;
+	/* past the transaction that made a row uncomputable: suspect no more */
+	if (lsn > ctl->rows_failed_at)
+	{
+		ctl->rows_failed_at = InvalidXLogRecPtr;
+		w->suspect = false;
+	}
 	SpinLockRelease(&ctl->mutex);
 	w->postponed_since = 0;
 	w->verify_retry_at = 0;

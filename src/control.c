@@ -179,6 +179,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->processed_lsn = InvalidXLogRecPtr;
 		free_ctl->failed_commit = InvalidXLogRecPtr;
 		free_ctl->careful_until = InvalidXLogRecPtr;
+		free_ctl->rows_failed_at = InvalidXLogRecPtr;
 		free_ctl->checkpoint_lsn = InvalidXLogRecPtr;
 		free_ctl->result_lsn = InvalidXLogRecPtr;
 		free_ctl->wait_lsn = InvalidXLogRecPtr;

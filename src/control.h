@@ -89,6 +89,11 @@ typedef struct StreamCtl
 								 * source transaction at a time until it
 								 * has passed it (invalid: none; see
 								 * WorkerMergeBatch) */
+	XLogRecPtr	rows_failed_at; /* commit record of the source transaction
+								 * after which a careful worker could not
+								 * compute a row: its workers are suspect
+								 * until a checkpoint past it (invalid:
+								 * none; see rows_computable in worker.c) */
 	XLogRecPtr	checkpoint_lsn; /* source position of the last checkpoint */
 	XLogRecPtr	result_lsn;		/* result table exact up to here */
 	XLogRecPtr	wait_lsn;		/* highest position a flowpg.wait awaits */

@@ -207,7 +207,8 @@ decode_xact_cb(XactEvent event, void *arg)
 
 /*
  * Decoding's own transactions, and the worker's merges (which call only
- * aggregate support functions), leave the caches as decoding needs them.
+ * aggregate support functions, unless the worker is careful: see
+ * WorkerMergeBatch), leave the caches as decoding needs them.
  */
 void
 DecodeIgnoreXacts(bool ignore)

@@ -370,7 +370,9 @@ FlowpgStartTransaction(void)
  * - role none: the process runs as the stream's owner, not as a role the
  *   owner's settings name;
  * - lock_timeout 0: a checkpoint waits for the result table's lock as
- *   long as a reader holds it, as the worker waits for anything else.
+ *   long as a reader holds it, as the worker waits for anything else;
+ * - default_transaction_isolation read committed: serializable
+ *   checkpoints failed against serializable readers of the result table.
  */
 void
 FlowpgSetProcessSettings(void)
@@ -380,4 +382,5 @@ FlowpgSetProcessSettings(void)
 	SetConfigOption("session_replication_role", "origin", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("role", "none", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_SESSION);
 }

@@ -237,6 +237,10 @@ struct FlowBatch
 	ImageValue *ivals;
 	StringInfoData image;
 	int			merged;
+
+	/* the chunks the last merge wrote, if asked for (BatchVerify); in cxt */
+	dsa_pointer *written;
+	int			nwritten;
 };
 
 /* Keys merged between two resets of the merge context. */
@@ -1465,11 +1469,10 @@ BatchGroups(FlowBatch *batch)
 
 /*
  * Store one batch group as its key's state: its values as they are, or,
- * for a partial state of an old key, combined into the stored one.  With
- * verify, compute the key's output row too (see BatchMerge).
+ * for a partial state of an old key, combined into the stored one.
  */
 static void
-merge_group(FlowBatch *batch, FlowState *st, int i, bool verify)
+merge_group(FlowBatch *batch, FlowState *st, int i)
 {
 	BatchGroup *group = batch->groups[i];
 	FlowPlan   *plan = batch->plan;
@@ -1512,12 +1515,8 @@ merge_group(FlowBatch *batch, FlowState *st, int i, bool verify)
 			index_entry_of(batch, i)->ref.chunk = chunk;
 	}
 	StateMarkDirty(st, chunk);
-	if (verify)
-	{
-		StateChunk *c = StateGetChunk(st, chunk);
-
-		(void) PlanFinalize(plan, StateChunkKey(c), StateChunkState(c), c->state_len);
-	}
+	if (batch->written != NULL)
+		batch->written[batch->nwritten++] = chunk;
 
 	MemoryContextSwitchTo(oldcxt);
 	if (++batch->merged % MERGE_RESET_KEYS == 0)
@@ -1588,10 +1587,8 @@ BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,
 
 /*
  * Merge every group of the batch into the stream's state.  With verify,
- * compute each merged key's output row, as a checkpoint would, so that an
- * error in it (a final function's, an output expression's) is raised
- * here, on the batch that causes it.  The caller holds the stream's
- * state_lock exclusively.
+ * keep the chunks written, for BatchVerify.  The caller holds the
+ * stream's state_lock exclusively.
  */
 void
 BatchMerge(FlowBatch *batch, FlowState *st, bool verify)
@@ -1599,9 +1596,34 @@ BatchMerge(FlowBatch *batch, FlowState *st, bool verify)
 	int			i;
 
 	batch->probe->st = st;
+	batch->written = verify ?
+		MemoryContextAlloc(batch->cxt, sizeof(dsa_pointer) * (batch->ngroups + 1)) :
+		NULL;
+	batch->nwritten = 0;
 	for (i = 0; i < batch->ngroups; i++)
-		merge_group(batch, st, i, verify);
+		merge_group(batch, st, i);
 	MemoryContextReset(batch->mergecxt);
+}
+
+/*
+ * After BatchMerge with verify, and before BatchReset: compute the output
+ * row of each key the merge wrote, as a checkpoint would, so that an
+ * error in it (a final function's, an output expression's) is raised
+ * here, on the batch that causes it.  Without the state_lock: only the
+ * worker changes the state, and the rows run user code.
+ */
+void
+BatchVerify(FlowBatch *batch, FlowState *st)
+{
+	int			i;
+
+	for (i = 0; i < batch->nwritten; i++)
+	{
+		StateChunk *chunk = StateGetChunk(st, batch->written[i]);
+
+		(void) PlanFinalize(batch->plan, StateChunkKey(chunk),
+							StateChunkState(chunk), chunk->state_len);
+	}
 }
 
 /* Forget the batch's groups (the index's entries no longer reach them). */
@@ -1610,4 +1632,6 @@ BatchReset(FlowBatch *batch)
 {
 	MemoryContextReset(batch->cxt);
 	batch->ngroups = 0;
+	batch->written = NULL;
+	batch->nwritten = 0;
 }

@@ -135,6 +135,7 @@ extern FlowBatch *BatchCreate(FlowPlan *plan);
 extern void BatchAdd(FlowBatch *batch, FlowState *st, HeapTuple tuple);
 extern int	BatchGroups(FlowBatch *batch);
 extern void BatchMerge(FlowBatch *batch, FlowState *st, bool verify);
+extern void BatchVerify(FlowBatch *batch, FlowState *st);
 extern void BatchReserveKeys(FlowBatch *batch, uint64 nkeys);
 extern uint32 BatchPrefetchKey(FlowBatch *batch, MinimalTuple key);
 extern bool BatchRestoreKey(FlowBatch *batch, FlowState *st, int64 key_id,

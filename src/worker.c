@@ -146,7 +146,8 @@ fail_for_good(FlowWorker *w, int sqlerrcode, const char *message,
 			 errhint("%s", hint)));
 	FlowpgStartTransaction();
 	/* flowpg's own record, even when the owner's sessions are read-only */
-	SetConfigOption("transaction_read_only", "off", PGC_SUSET, PGC_S_SESSION);
+	(void) set_config_option("transaction_read_only", "off", PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	CatalogMarkFailed(w->def->id, message);
 	PopActiveSnapshot();
@@ -396,7 +397,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	w->ctl->processed_lsn = w->processed_lsn;
 	w->ctl->setup_failures = 0;
 	w->stop_before = w->ctl->failed_commit;
-	w->suspect = w->ctl->ckpt_failures > 0;
+	w->suspect = !XLogRecPtrIsInvalid(w->ctl->rows_failed_at);
 	if (w->ctl->careful_until > w->restored_lsn)
 		w->careful_until = w->ctl->careful_until;
 	else
@@ -467,22 +468,25 @@ WorkerMergeBatch(FlowWorker *w)
 		return;
 	if (xact)
 	{
-		DecodeIgnoreXacts(true);
+		/* a careful worker's transaction runs any function: not ignored */
+		DecodeIgnoreXacts(!careful);
 		FlowpgStartTransaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
 	}
+	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
+	BatchMerge(w->batch, w->state, careful);
+	LWLockRelease(&w->ctl->state_lock);
 	if (careful)
 	{
 		errcb.callback = careful_context;
 		errcb.arg = w;
 		errcb.previous = error_context_stack;
 		error_context_stack = &errcb;
-	}
-	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
-	BatchMerge(w->batch, w->state, careful);
-	LWLockRelease(&w->ctl->state_lock);
-	if (careful)
+		w->verifying = true;
+		BatchVerify(w->batch, w->state);
+		w->verifying = false;
 		error_context_stack = errcb.previous;
+	}
 	if (xact)
 	{
 		PopActiveSnapshot();
@@ -513,21 +517,51 @@ served_forced(FlowWorker *w)
 }
 
 /*
+ * Is the error one of computing a value (a data exception such as
+ * division by zero or an overflow, one raised by a function's code)?  A
+ * checkpoint failing on anything else (a constraint of the result table,
+ * a read-only owner, a cancel, memory) gives the next worker nothing to
+ * look for, transaction by transaction.
+ */
+static bool
+row_error(int sqlerrcode)
+{
+	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
+
+	return category == ERRCODE_DATA_EXCEPTION ||
+		category == ERRCODE_SQL_ROUTINE_EXCEPTION ||
+		category == ERRCODE_EXTERNAL_ROUTINE_EXCEPTION ||
+		category == ERRCODE_EXTERNAL_ROUTINE_INVOCATION_EXCEPTION ||
+		category == ERRCODE_PLPGSQL_ERROR;
+}
+
+/* Compute the result row of the key of a dirty chunk (index i). */
+static void
+finalize_dirty(FlowWorker *w, int i)
+{
+	StateChunk *chunk = StateGetChunk(w->state, w->state->dirty[i]);
+
+	(void) PlanFinalize(w->plan, StateChunkKey(chunk), StateChunkState(chunk),
+						chunk->state_len);
+}
+
+/*
  * A suspect worker's check before a periodic checkpoint: can the result
- * rows of the keys it would write be computed?  A checkpoint of a stream
- * failed since the last one published, most likely on an error computing
- * a key's row (a final function's, an output expression's such as
- * sum(a) / sum(b) when sum(b) comes to 0), and the careful worker has
- * checkpointed what came before the transaction that caused it (see
- * WorkerMergeBatch).  The transactions after it may make every row
- * computable again, as they would make the batch query succeed; until
- * they do, a periodic checkpoint would fail (and the next worker apply
- * the same transactions, and fail at its own, whatever came since: the
- * stream stayed failed for good where the batch query succeeded).  So
- * the worker postpones them, trying again a second (or an interval)
- * later, says why in flowpg.streams.last_error, and counts the WAL it
- * keeps meanwhile from its slot (check_retained_wal).  A checkpoint that
- * someone waits for is taken all the same, and fails if it must.
+ * rows of the keys it would write be computed?  The careful worker found
+ * a source transaction after which a key's row could not be computed (a
+ * final function's error, an output expression's such as sum(a) / sum(b)
+ * when sum(b) comes to 0: see WorkerMergeBatch), and this one started
+ * from the checkpoint before it.  The transactions after it may make
+ * every row computable again, as they would make the batch query succeed;
+ * until they do, a periodic checkpoint would fail (and the next worker
+ * apply the same transactions and fail at its own, whatever came since:
+ * the stream stayed failed where the batch query succeeded).  So the
+ * worker postpones them, trying again after a second, then twice as long
+ * each time up to a minute (the key that failed first), says why in
+ * flowpg.streams.last_error, and counts the WAL it keeps meanwhile from
+ * its slot (check_retained_wal).  A checkpoint that someone waits for is
+ * taken all the same, and fails if it must.  Errors of other kinds are
+ * the worker's.
  */
 static bool
 rows_computable(FlowWorker *w, TimestampTz now, int interval)
@@ -535,6 +569,7 @@ rows_computable(FlowWorker *w, TimestampTz now, int interval)
 	FlowState  *st = w->state;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ErrorData  *edata = NULL;
+	char		message[FLOWPG_ERROR_LEN];
 	int			i;
 
 	if (now < w->verify_retry_at)
@@ -543,21 +578,24 @@ rows_computable(FlowWorker *w, TimestampTz now, int interval)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	PG_TRY();
 	{
+		/* the key that failed last time first: it likely fails again */
+		if (w->bad_index < st->ndirty)
+			finalize_dirty(w, w->bad_index);
 		for (i = 0; i < st->ndirty; i++)
 		{
-			StateChunk *chunk = StateGetChunk(st, st->dirty[i]);
-
-			(void) PlanFinalize(w->plan, StateChunkKey(chunk),
-								StateChunkState(chunk), chunk->state_len);
+			w->bad_index = i;
+			finalize_dirty(w, i);
 			if (i % 1024 == 0)
 				CHECK_FOR_INTERRUPTS();
 		}
 	}
 	PG_CATCH();
 	{
-		HOLD_INTERRUPTS();
 		MemoryContextSwitchTo(w->cxt);
 		edata = CopyErrorData();
+		if (!row_error(edata->sqlerrcode))
+			PG_RE_THROW();
+		HOLD_INTERRUPTS();
 		FlushErrorState();
 		AbortCurrentTransaction();
 		RESUME_INTERRUPTS();
@@ -574,13 +612,17 @@ rows_computable(FlowWorker *w, TimestampTz now, int interval)
 	if (w->postponed_since == 0)
 	{
 		w->postponed_since = now;
+		w->retry_delay_ms = Min(interval, 1000);
 		ereport(LOG,
 				(errmsg("stream \"%s\" postpones its checkpoints: the result row of a key it changed cannot be computed: %s",
 						w->def->name, edata->message),
-				 errdetail("A checkpoint of the stream failed since its last one; it tries again until every row can be computed, as its batch query could.")));
+				 errdetail("A source transaction made a row of the stream impossible to compute; it tries again until every row can be computed, as its batch query could.")));
 	}
-	ControlSetError(w->ctl, psprintf("checkpoints postponed: %s", edata->message));
-	w->verify_retry_at = TimestampTzPlusMilliseconds(now, Min(interval, 1000));
+	else
+		w->retry_delay_ms = Min(w->retry_delay_ms * 2, 60000);
+	snprintf(message, sizeof(message), "checkpoints postponed: %s", edata->message);
+	ControlSetError(w->ctl, message);
+	w->verify_retry_at = TimestampTzPlusMilliseconds(now, w->retry_delay_ms);
 	FreeErrorData(edata);
 	return false;
 }
@@ -735,6 +777,7 @@ sleep_ms(FlowWorker *w, TimestampTz now)
 	if (w->state->ndirty == 0)
 		return 1000;
 	TimestampDifference(now,
+						w->postponed_since != 0 ? w->verify_retry_at :
 						TimestampTzPlusMilliseconds(w->last_checkpoint,
 													CatalogIntervalMs(w->def)),
 						&secs, &usecs);
@@ -810,8 +853,11 @@ set_status(FlowWorker *w, StreamStatus status)
  * next checkpoint has not confirmed what the worker applied, does not
  * count: that is no fault of the stream's, and goes by itself (a burst of
  * WAL on another database failed caught-up streams whose slot was only
- * waiting for its next checkpoint).  Checked about once a second; for a
- * worker that keeps failing as it starts, in worker_setup (setup_unapplied_wal).
+ * waiting for its next checkpoint), unless its checkpoints are postponed
+ * (rows_computable): then what it applied since its slot's confirmed
+ * position counts.  Checked about once a second; for workers that keep
+ * failing as they start or at their checkpoints, in worker_setup
+ * (setup_unapplied_wal).
  *
  * A worker that has just started first reads the WAL written while the
  * stream had none (a restart, a wait for a lock), much of it perhaps
@@ -1033,21 +1079,31 @@ worker_loop(FlowWorker *w)
 static void
 record_error(StreamCtl *ctl, FlowWorker *w)
 {
-	/*
-	 * Merging one transaction, a careful worker found the one the last
-	 * checkpoint failed on: that is no new failure (flowpg.wait waits on,
-	 * for the next worker), which starts at once and stops before it.
-	 */
-	bool		found = !XLogRecPtrIsInvalid(w->careful_commit) &&
-		XLogRecPtrIsInvalid(w->replaying_commit);
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	ErrorData  *edata = CopyErrorData();
+	bool		rows = row_error(edata->sqlerrcode);
+	bool		found;
 
+	FreeErrorData(edata);
+	MemoryContextSwitchTo(oldcxt);
+
+	/*
+	 * Computing the rows of the keys one transaction changed, a careful
+	 * worker found the one after which a row cannot be computed: that is no
+	 * new failure (flowpg.wait waits on, for the next worker), which starts
+	 * at once, stops before it, and is suspect (see rows_computable).
+	 */
+	found = w->verifying && rows;
 	if (found)
 		ControlFailOver(ctl);
 	else
 		ControlFail(ctl);
 	SpinLockAcquire(&ctl->mutex);
 	if (found)
+	{
 		ctl->careful_until = InvalidXLogRecPtr;
+		ctl->rows_failed_at = w->careful_commit;
+	}
 	if (!w->running)
 		ctl->setup_failures++;
 
@@ -1061,12 +1117,16 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 	else if (!XLogRecPtrIsInvalid(w->round_start))
 		ctl->failed_commit = w->round_start;
 
-	/* on a checkpoint: the next one is careful (see WorkerMergeBatch) */
+	/*
+	 * On a checkpoint: counted (see setup_unapplied_wal); computing a row,
+	 * the next worker is careful (see WorkerMergeBatch).
+	 */
 	else if (!XLogRecPtrIsInvalid(w->ckpt_covering) &&
 			 w->ckpt_covering > w->restored_lsn)
 	{
-		ctl->careful_until = w->ckpt_covering;
 		ctl->ckpt_failures++;
+		if (rows)
+			ctl->careful_until = w->ckpt_covering;
 	}
 	SpinLockRelease(&ctl->mutex);
 

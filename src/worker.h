@@ -89,6 +89,11 @@ typedef struct FlowWorker
 	TimestampTz postponed_since;	/* periodic checkpoints postponed since
 									 * (0: they are not) */
 	TimestampTz verify_retry_at;	/* next try, while postponed */
+	int			retry_delay_ms; /* the wait before it */
+	int			bad_index;		/* in the dirty list, the key whose row
+								 * failed last */
+	bool		verifying;		/* a careful worker computes the rows of
+								 * the keys a transaction changed */
 	XLogRecPtr	ckpt_covering;	/* source position of the checkpoint the
 								 * worker writes or collects; invalid
 								 * otherwise */

@@ -136,10 +136,13 @@ oracle_ok($node, $_, $streams{$_}, 'after kill -9 during create_stream')
 
 # A worker busy decoding a large transaction when the postmaster dies
 # exits at once, or once PostgreSQL's decoder has written what it was
-# spilling to disk (flowpg.decoding_work_mem, a second or two): it went on
-# decoding (a minute for 5 M rows, 10 to 20 s for these 3 M), holding the
-# old server's shared memory, and no new server could start meanwhile.
-# (An orphan that exited stays a zombie where nothing reaps it.)
+# spilling to disk (up to flowpg.decoding_work_mem, here 8 MB; 256 MB,
+# the default, take a second or more): it went on decoding (a minute for
+# 5 M rows, 10 to 20 s for these 3 M), holding the old server's shared
+# memory, and no new server could start meanwhile.  (An orphan that
+# exited stays a zombie where nothing reaps it.)
+$node->append_conf('postgresql.conf', "flowpg.decoding_work_mem = '8MB'");
+$node->reload;
 $node->safe_psql('postgres', 'CREATE TABLE bulk (k int, v int)');
 my $bulk = 'SELECT k % 100 AS b, count(*) AS n, sum(v) AS s FROM bulk GROUP BY k % 100';
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('bulk_sums', '$bulk')");
