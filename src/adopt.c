@@ -596,12 +596,26 @@ adopt_finished(StreamCtl *ctl)
 /*
  * Rebuilding failed (the owner may not read the source yet, something the
  * definition names is missing, ...): keep the error for flowpg.streams
- * and flowpg.wait; the launcher tries again after a back-off.
+ * and flowpg.wait; the launcher tries again after a back-off.  A
+ * serialization failure is no failure of the stream's: the rebuild reads
+ * the catalog in the snapshot of its new slot, taken before it waits for
+ * the stream's lock, and a change of the stream committed in between
+ * (flowpg.set_checkpoint_interval, ...) fails its update of the row; the
+ * next adopter starts at once.
  */
 static void
 adopt_failed(StreamCtl *ctl)
 {
-	ControlFail(ctl);
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	ErrorData  *edata = CopyErrorData();
+	bool		serialization = edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
+
+	FreeErrorData(edata);
+	MemoryContextSwitchTo(oldcxt);
+	if (serialization)
+		ControlFailOver(ctl);
+	else
+		ControlFail(ctl);
 	ControlScheduleRestart(ctl);
 }
 

@@ -582,8 +582,13 @@ ApiCheckNotFailed(StreamDef *def)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("stream \"%s\" does not exist", def->name),
 				 errdetail("It was dropped while this call looked it up.")));
-	if (!ControlSlotUsable(slot_name))
-		ereport(ERROR,
+	if (ControlSlotUsable(slot_name))
+	{
+		/* the caller may wait for the worker: see FlowpgUnlockStream */
+		FlowpgUnlockStream(def->id, AccessShareLock);
+		return;
+	}
+	ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("stream \"%s\" has lost its replication slot", def->name),
 				 errdetail("Replication slot \"%s\" was dropped or invalidated (max_slot_wal_keep_size) outside flowpg, so the WAL the stream had not applied may be gone.",
@@ -736,7 +741,20 @@ ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 	long		secs;
 	int			usecs;
 	long		ms;
+	bool		gone;
 
+	/* dropped while the caller waited: its entry is freed at the commit */
+	LWLockAcquire(&FlowCtl->lock, LW_SHARED);
+	gone = !ctl->in_use || ctl->dboid != MyDatabaseId || ctl->stream_id != def->id;
+	LWLockRelease(&FlowCtl->lock);
+	if (gone)
+	{
+		ConditionVariableCancelSleep();
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("stream \"%s\" was dropped while this call waited for %s",
+						def->name, what)));
+	}
 	TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
 	ms = secs * 1000 + usecs / 1000;
 	if (ms <= 0)
@@ -980,6 +998,12 @@ flowpg_live(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("flowpg.live expects the row type of a stream's result table"),
 				 errhint("Call it as flowpg.live(NULL::stream_name).")));
+	/* after a concurrent DROP TABLE of it, say so (not "could not open relation") */
+	LockRelationOid(relid, AccessShareLock);
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the result table of flowpg.live's argument was dropped")));
 	def = CatalogFindByResult(relid);
 	if (def == NULL)
 		ereport(ERROR,

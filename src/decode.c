@@ -642,17 +642,32 @@ DecodeDropSlotAtCommit(const char *slot_name)
 						slot_name, NameStr(MyReplicationSlot->data.name))));
 		return;
 	}
-	if (slot_holder(slot_name, true, &holder) == NULL)
-		return;
-	if (holder != MyProcPid)
+	if (!DecodeDropFreeSlot(slot_name, &holder))
 	{
 		ereport(WARNING,
 				(errmsg("flowpg could not drop replication slot \"%s\": process %d holds it",
 						slot_name, (int) holder),
 				 errdetail("flowpg drops it later: once it is free if its stream was dropped, else when the stream's worker next starts.")));
-		return;
 	}
+}
+
+/*
+ * Drop the slot unless another process holds it (*holder: its pid), as
+ * one step: the slot is claimed first, so that two processes dropping it
+ * at once do not fail ("does not exist": a worker dropping a savepoint's
+ * slot it found without a savepoint, while the transaction that dropped
+ * the savepoint dropped it at its commit).  Returns false if another
+ * holds it; true if it is dropped, or gone.
+ */
+bool
+DecodeDropFreeSlot(const char *slot_name, pid_t *holder)
+{
+	if (slot_holder(slot_name, true, holder) == NULL)
+		return true;
+	if (*holder != MyProcPid)
+		return false;
 	ReplicationSlotDrop(slot_name, true);
+	return true;
 }
 
 /* Drop every savepoint slot of a stream. */

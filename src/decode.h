@@ -19,6 +19,7 @@ extern void DecodeCreateSlot(const char *slot_name, Snapshot *snapshot);
 extern void DecodeDropSlot(const char *slot_name);
 extern void DecodeAwaitSlotFree(const char *slot_name);
 extern void DecodeDropSlotAtCommit(const char *slot_name);
+extern bool DecodeDropFreeSlot(const char *slot_name, pid_t *holder);
 extern void DecodeDropSavepointSlots(Oid dboid, int32 stream_id);
 extern void DecodeCopySlot(const char *src, const char *dst);
 extern void DecodeCopyOwnSlot(FlowWorker *w, const char *dst);

@@ -330,6 +330,34 @@ FlowpgLockStream(int32 stream_id, LOCKMODE mode)
 	(void) LockAcquire(&tag, mode, false, false);
 }
 
+/*
+ * Let go of one hold of the stream's lock taken by FlowpgLockStream
+ * (another hold of the transaction, if any, stays).  For calls that wait
+ * for the stream's worker: a worker that starts takes the lock shared,
+ * after any exclusive request queued meanwhile (a pause, a restore),
+ * which would wait for the call that waits for the worker; nothing
+ * detected that cycle, and everything waited a minute.
+ */
+void
+FlowpgUnlockStream(int32 stream_id, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	stream_locktag(&tag, stream_id);
+	(void) LockRelease(&tag, mode, false);
+}
+
+/* One savepoint of a stream at a time: its own lock, for the transaction. */
+void
+FlowpgLockSavepoints(int32 stream_id)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) stream_id, 1,
+						 FLOWPG_LOCK_CLASS);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
 /* Does this transaction hold the stream's lock in `mode`? */
 bool
 FlowpgStreamLockHeld(int32 stream_id, LOCKMODE mode)

@@ -181,7 +181,9 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 						def->name),
 				 errdetail("The stream's worker takes the savepoint, in a transaction that would wait for this one."),
 				 errhint("Commit this transaction first.")));
-	/* one savepoint of a stream at a time; workers are not blocked */
+	/* one savepoint of a stream at a time: a lock of their own */
+	FlowpgLockSavepoints(def->id);
+	/* the stream's, for the checks (not held while the worker takes it) */
 	FlowpgLockStream(def->id, ShareUpdateExclusiveLock);
 	CatalogPendingLocked();
 	if (savepoint_find(def, name, &sp))
@@ -197,6 +199,8 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 				 errmsg("all replication slots are in use"),
 				 errdetail("A savepoint keeps a replication slot of its own."),
 				 errhint("Free one or increase max_replication_slots.")));
+	/* see FlowpgUnlockStream */
+	FlowpgUnlockStream(def->id, ShareUpdateExclusiveLock);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 	ctl = ApiAwaitControl(def, deadline);
 	check_not_rebuilding(def, ctl);

@@ -196,6 +196,7 @@ drop_orphan_savepoint_slots(FlowWorker *w)
 		Oid			db;
 		int32		id;
 		int64		spid;
+		pid_t		holder;
 
 		if (!FlowpgParseSavepointSlotName(NameStr(*name), &db, &id, &spid) ||
 			CatalogSavepointExists(spid))
@@ -203,7 +204,8 @@ drop_orphan_savepoint_slots(FlowWorker *w)
 		ereport(LOG,
 				(errmsg("flowpg: dropping replication slot \"%s\": its savepoint does not exist",
 						NameStr(*name))));
-		DecodeDropSlot(NameStr(*name));
+		/* unless the transaction that dropped the savepoint drops it now */
+		(void) DecodeDropFreeSlot(NameStr(*name), &holder);
 	}
 }
 

@@ -228,6 +228,34 @@ for my $round (1 .. 3)
 	is($err, '', "a rebuild with every slot taken, one by a writer ($round)");
 }
 oracle_ok($few, 'three', 'SELECT sum(k) AS s FROM ev', 'rebuilt with every slot taken');
+
+# flowpg.savepoint waits for the worker without holding the stream's lock:
+# a worker starting (here after a lock on its result table kept it from
+# starting sooner) takes that lock shared, behind a pause queued
+# meanwhile, which waited for the savepoint, which waited for the worker:
+# nothing detected the cycle, and both calls waited a minute, the
+# savepoint failing with a timeout.
+my $locker = $few->background_psql('postgres', on_error_stop => 0);
+$locker->query_safe('BEGIN; LOCK TABLE one IN ACCESS EXCLUSIVE MODE');
+$few->safe_psql('postgres', "SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.one'");
+my $saver = $few->background_psql('postgres', on_error_stop => 0);
+$saver->query_until(qr/saving/, "\\echo saving\nSELECT flowpg.savepoint('one', 'amid');\n");
+select(undef, undef, undef, 0.5);
+my $pauser = $few->background_psql('postgres', on_error_stop => 0);
+$pauser->query_until(qr/pausing/, "\\echo pausing\nSELECT flowpg.pause_stream('one');\n");
+sleep 2;    # the worker starts again meanwhile, and waits for the lock
+$locker->query_safe('COMMIT');
+ok($few->poll_query_until('postgres',
+		q{SELECT count(*) = 1 FROM flowpg.savepoints WHERE name = 'amid'}, 't'),
+	'a savepoint waited for behind a pause and a worker starting is taken');
+$saver->quit;
+$pauser->quit;
+$locker->quit;
+ok($few->poll_query_until('postgres',
+		"SELECT status = 'paused' FROM flowpg.streams WHERE name = 'public.one'"),
+	'... and the pause too');
+$few->safe_psql('postgres', "SELECT flowpg.resume_stream('one')");
+oracle_ok($few, 'one', 'SELECT k, count(*) AS n FROM ev GROUP BY k', 'after the savepoint and the pause');
 $few->stop;
 
 done_testing();
