@@ -763,8 +763,7 @@ chunk_rows(FlowWorker *w, StateChunk **chunks, Datum *rows, int *which, int n,
 static void
 chunk_row_to_slot(FlowWorker *w, StateChunk *chunk, TupleTableSlot *slot)
 {
-	TupleTableSlot *out = PlanFinalize(w->plan, StateChunkKey(chunk),
-									   StateChunkState(chunk), chunk->state_len);
+	TupleTableSlot *out = PlanFinalizeChunk(w->plan, chunk);
 
 	ExecClearTuple(slot);
 	PlanOutputToTable(out, w->resultdesc, slot->tts_values, slot->tts_isnull);

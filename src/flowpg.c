@@ -308,12 +308,15 @@ FlowpgIntervalUsecs(const Interval *iv)
 	return usecs;
 }
 
-/* The tag of a stream's lock (FlowpgLockStream), in this database. */
+/*
+ * The tag of a stream's lock (FlowpgLockStream), in this database, or,
+ * with `savepoints`, of the lock of its savepoints (FlowpgLockSavepoints).
+ */
 static void
-stream_locktag(LOCKTAG *tag, int32 stream_id)
+stream_locktag(LOCKTAG *tag, int32 stream_id, bool savepoints)
 {
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) stream_id, 0,
-						 FLOWPG_LOCK_CLASS);
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) stream_id,
+						 savepoints ? 1 : 0, FLOWPG_LOCK_CLASS);
 }
 
 /*
@@ -326,7 +329,7 @@ FlowpgLockStream(int32 stream_id, LOCKMODE mode)
 {
 	LOCKTAG		tag;
 
-	stream_locktag(&tag, stream_id);
+	stream_locktag(&tag, stream_id, false);
 	(void) LockAcquire(&tag, mode, false, false);
 }
 
@@ -343,7 +346,7 @@ FlowpgUnlockStream(int32 stream_id, LOCKMODE mode)
 {
 	LOCKTAG		tag;
 
-	stream_locktag(&tag, stream_id);
+	stream_locktag(&tag, stream_id, false);
 	(void) LockRelease(&tag, mode, false);
 }
 
@@ -353,8 +356,7 @@ FlowpgLockSavepoints(int32 stream_id)
 {
 	LOCKTAG		tag;
 
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) stream_id, 1,
-						 FLOWPG_LOCK_CLASS);
+	stream_locktag(&tag, stream_id, true);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
@@ -364,7 +366,7 @@ FlowpgStreamLockHeld(int32 stream_id, LOCKMODE mode)
 {
 	LOCKTAG		tag;
 
-	stream_locktag(&tag, stream_id);
+	stream_locktag(&tag, stream_id, false);
 	return LockHeldByMe(&tag, mode);
 }
 

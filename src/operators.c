@@ -1157,6 +1157,14 @@ PlanFinalize(FlowPlan *plan, MinimalTuple key, const char *image, Size len)
 	return ExecProject(plan->outproj);
 }
 
+/* The same, for a key of the state: its chunk's key and image. */
+TupleTableSlot *
+PlanFinalizeChunk(FlowPlan *plan, StateChunk *chunk)
+{
+	return PlanFinalize(plan, StateChunkKey(chunk), StateChunkState(chunk),
+						chunk->state_len);
+}
+
 /*
  * Spread an output row over the columns of its table, which may have
  * dropped columns in between.
@@ -1619,10 +1627,7 @@ BatchVerify(FlowBatch *batch, FlowState *st)
 
 	for (i = 0; i < batch->nwritten; i++)
 	{
-		StateChunk *chunk = StateGetChunk(st, batch->written[i]);
-
-		(void) PlanFinalize(batch->plan, StateChunkKey(chunk),
-							StateChunkState(chunk), chunk->state_len);
+		(void) PlanFinalizeChunk(batch->plan, StateGetChunk(st, batch->written[i]));
 	}
 }
 

@@ -123,6 +123,7 @@ extern void PlanSetSourceDesc(FlowPlan *plan, TupleDesc desc);
 extern void PlanSetKeyIndex(FlowPlan *plan, Relation index, const int *cols);
 extern TupleTableSlot *PlanFinalize(FlowPlan *plan, MinimalTuple key,
 									const char *image, Size len);
+extern TupleTableSlot *PlanFinalizeChunk(FlowPlan *plan, StateChunk *chunk);
 extern uint32 PlanKeyHash(FlowPlan *plan, Datum *values, bool *isnull);
 extern bool PlanKeysEqual(FlowPlan *plan, Datum *v1, bool *n1, Datum *v2,
 						  bool *n2);

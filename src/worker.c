@@ -537,16 +537,6 @@ row_error(int sqlerrcode)
 		category == ERRCODE_PLPGSQL_ERROR;
 }
 
-/* Compute the result row of the key of a dirty chunk (index i). */
-static void
-finalize_dirty(FlowWorker *w, int i)
-{
-	StateChunk *chunk = StateGetChunk(w->state, w->state->dirty[i]);
-
-	(void) PlanFinalize(w->plan, StateChunkKey(chunk), StateChunkState(chunk),
-						chunk->state_len);
-}
-
 /*
  * A suspect worker's check before a periodic checkpoint: can the result
  * rows of the keys it would write be computed?  The careful worker found
@@ -582,11 +572,11 @@ rows_computable(FlowWorker *w, TimestampTz now, int interval)
 	{
 		/* the key that failed last time first: it likely fails again */
 		if (w->bad_index < st->ndirty)
-			finalize_dirty(w, w->bad_index);
+			(void) PlanFinalizeChunk(w->plan, StateGetChunk(st, st->dirty[w->bad_index]));
 		for (i = 0; i < st->ndirty; i++)
 		{
 			w->bad_index = i;
-			finalize_dirty(w, i);
+			(void) PlanFinalizeChunk(w->plan, StateGetChunk(st, st->dirty[i]));
 			if (i % 1024 == 0)
 				CHECK_FOR_INTERRUPTS();
 		}
@@ -608,7 +598,6 @@ rows_computable(FlowWorker *w, TimestampTz now, int interval)
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();
-		MemoryContextSwitchTo(oldcxt);
 		return true;
 	}
 	if (w->postponed_since == 0)
