@@ -1915,6 +1915,17 @@ same_unique_index(HeapTuple a, HeapTuple b)
 			(!nulla && strcmp(TextDatumGetCString(da), TextDatumGetCString(db)) != 0))
 			return false;
 	}
+	/* keys compared alike: the same collations and operator classes */
+	for (i = 0; i < 2; i++)
+	{
+		AttrNumber	attr = i == 0 ? Anum_pg_index_indcollation : Anum_pg_index_indclass;
+		bool		isnull;
+		oidvector  *va = (oidvector *) DatumGetPointer(SysCacheGetAttr(INDEXRELID, a, attr, &isnull));
+		oidvector  *vb = (oidvector *) DatumGetPointer(SysCacheGetAttr(INDEXRELID, b, attr, &isnull));
+
+		if (memcmp(va->values, vb->values, sizeof(Oid) * fa->indnkeyatts) != 0)
+			return false;
+	}
 	return true;
 }
 

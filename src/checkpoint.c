@@ -91,6 +91,7 @@
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/relcache.h"
+#include "utils/ruleutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -282,8 +283,49 @@ prepare_tid_update(FlowWorker *w, const char *table)
 	w->result_tid_update = prepare_kept(sql.data, 2, argtypes);
 }
 
+/*
+ * The conflict target of the upsert: the key columns, each with the key
+ * index's collation and operator class.  Named bare, the columns would
+ * make every unique index on them an arbiter, one with a looser collation
+ * (case-insensitive over a text key) too: a new key equal to another
+ * under it would have updated the other key's row, silently.  Named so,
+ * a conflict on such an index is the unique violation it should be.
+ */
+static char *
+conflict_target(FlowWorker *w, Oid indexoid)
+{
+	Relation	index = index_open(indexoid, AccessShareLock);
+	HeapTuple	tuple = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(indexoid));
+	oidvector  *opclasses;
+	bool		isnull;
+	StringInfoData sql;
+	int			j;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for index %u", indexoid);
+	opclasses = (oidvector *) DatumGetPointer(SysCacheGetAttr(INDEXRELID, tuple,
+															  Anum_pg_index_indclass,
+															  &isnull));
+	initStringInfo(&sql);
+	for (j = 0; j < w->plan->nkeys; j++)
+	{
+		Form_pg_attribute att = TupleDescAttr(w->resultdesc,
+											  index->rd_index->indkey.values[j] - 1);
+
+		appendStringInfo(&sql, "%s%s", j > 0 ? ", " : "",
+						 quote_identifier(NameStr(att->attname)));
+		if (OidIsValid(index->rd_indcollation[j]))
+			appendStringInfo(&sql, " COLLATE %s",
+							 generate_collation_name(index->rd_indcollation[j]));
+		appendStringInfo(&sql, " %s", generate_opclass_name(opclasses->values[j]));
+	}
+	ReleaseSysCache(tuple);
+	index_close(index, AccessShareLock);
+	return sql.data;
+}
+
 static void
-prepare_result_upsert(FlowWorker *w, const char *table)
+prepare_result_upsert(FlowWorker *w, const char *table, const char *target)
 {
 	Oid			argtype = get_array_type(w->result_rowtype);
 	StringInfoData sql;
@@ -302,11 +344,7 @@ prepare_result_upsert(FlowWorker *w, const char *table)
 		return;
 	}
 
-	appendStringInfoString(&sql, " ON CONFLICT (");
-	for (col = 0; col < w->plan->nkeys; col++)
-		appendStringInfo(&sql, "%s%s", col > 0 ? ", " : "",
-						 result_column(w, w->plan->fq->key_outcol[col]));
-	appendStringInfoString(&sql, ") DO ");
+	appendStringInfo(&sql, " ON CONFLICT (%s) DO ", target);
 	for (col = 1; col <= ncols; col++)
 	{
 		const char *name;
@@ -369,9 +407,26 @@ result_invalidated(Datum arg, Oid relid)
 /*
  * Is index the unique index that makes a key's result row unique: valid,
  * immediate, not partial, on exactly the key columns with NULLs not
- * distinct (on the constant true for a global aggregate)?  If so, and
- * cols is not NULL, cols[j] is the key in its column j.
+ * distinct (on the constant true for a global aggregate), each compared
+ * as the stream compares its key (the key's collation, and an operator
+ * class whose equality is the key's)?  If so, and cols is not NULL,
+ * cols[j] is the key in its column j.  A unique index with a collation
+ * that ignores case over a text key would keep two of the stream's keys
+ * from having a row each.
  */
+static bool
+same_equality(FlowWorker *w, Relation index, int j, int k)
+{
+	Oid			eqop;
+
+	if (index->rd_rel->relam != BTREE_AM_OID ||
+		index->rd_indcollation[j] != w->plan->key_coll[k])
+		return false;
+	eqop = get_opfamily_member(index->rd_opfamily[j], index->rd_opcintype[j],
+							   index->rd_opcintype[j], BTEqualStrategyNumber);
+	return eqop == list_nth_oid(w->plan->fq->key_eqops, k);
+}
+
 static bool
 is_key_index(FlowWorker *w, Relation index, int *cols)
 {
@@ -399,7 +454,7 @@ is_key_index(FlowWorker *w, Relation index, int *cols)
 		for (j = 0; j < nkeys; j++)
 			if (form->indkey.values[j] == attnum)
 				break;
-		if (j == nkeys)
+		if (j == nkeys || !same_equality(w, index, j, k))
 			return false;
 		if (cols != NULL)
 			cols[j] = k;
@@ -412,12 +467,12 @@ is_key_index(FlowWorker *w, Relation index, int *cols)
  * plan, whose operators check each new key against it (PlanSetKeyIndex);
  * false if there is none.
  */
-static bool
+static Oid
 find_key_index(FlowWorker *w, Relation rel)
 {
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
-	bool		found = false;
+	Oid			found = InvalidOid;
 	int			map[INDEX_MAX_KEYS];
 
 	w->key_index_stale = false;
@@ -425,15 +480,17 @@ find_key_index(FlowWorker *w, Relation rel)
 	{
 		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
 
-		found = is_key_index(w, index, map);
-		if (found)
+		if (is_key_index(w, index, map))
+		{
 			PlanSetKeyIndex(w->plan, index, map);
+			found = RelationGetRelid(index);
+		}
 		index_close(index, AccessShareLock);
-		if (found)
+		if (OidIsValid(found))
 			break;
 	}
 	list_free(indexes);
-	if (!found)
+	if (!OidIsValid(found))
 		PlanSetKeyIndex(w->plan, NULL, NULL);
 	return found;
 }
@@ -470,14 +527,15 @@ CheckpointRefreshKeyIndex(FlowWorker *w)
  * key would have two rows.  DROP INDEX of it only warns (catalog.c), and
  * a restored result table may lack it: refuse to write such a table.
  */
-static void
+static Oid
 check_key_index(FlowWorker *w, Relation rel, const char *table)
 {
 	StringInfoData cols;
 	int			k;
+	Oid			index = find_key_index(w, rel);
 
-	if (find_key_index(w, rel))
-		return;
+	if (OidIsValid(index))
+		return index;
 
 	initStringInfo(&cols);
 	for (k = 0; k < w->plan->nkeys; k++)
@@ -493,6 +551,7 @@ check_key_index(FlowWorker *w, Relation rel, const char *table)
 					table, cols.data),
 			 errdetail("The stream finds each key's row through that index; without it a key could get two rows."),
 			 errhint("Create it: CREATE UNIQUE INDEX ON %s (%s", table, cols.data)));
+	return InvalidOid;
 }
 
 /*
@@ -602,6 +661,8 @@ prepare_result(FlowWorker *w, bool at_start)
 	Relation	rel;
 	char	   *table;
 	bool		needs_identity;
+	Oid			index;
+	char	   *target = NULL;
 
 	if (w->result_delete != NULL)
 		SPI_freeplan(w->result_delete);
@@ -616,7 +677,9 @@ prepare_result(FlowWorker *w, bool at_start)
 									   RelationGetRelationName(rel));
 	follow_result_name(w, table);
 	check_result_table(w, rel, table);
-	check_key_index(w, rel, table);
+	index = check_key_index(w, rel, table);
+	if (w->plan->nkeys > 0)
+		target = conflict_target(w, index);
 	needs_identity = needs_replica_identity(rel);
 	w->result_triggers = rel->trigdesc != NULL;
 	table_close(rel, AccessShareLock);
@@ -624,7 +687,7 @@ prepare_result(FlowWorker *w, bool at_start)
 		w->result_changed = true;
 	else if (needs_identity)
 		set_replica_identity_full(table);
-	prepare_result_upsert(w, table);
+	prepare_result_upsert(w, table, target);
 }
 
 /*
