@@ -180,6 +180,41 @@ DROP AGGREGATE sql_sum(int);
 DROP AGGREGATE pl_half_sum(numeric);
 DROP FUNCTION twice(int), add_sql(int, int), add_pl(numeric, numeric), half_pl(numeric);
 
+-- a strict transition function with no initial value: the first row
+-- becomes the state; once the function returns NULL, the state stays
+-- NULL (a strict function is not called with it).  Stored, that NULL
+-- looked like "no row yet", and the next transaction's row became the
+-- state again (30 here, where the batch has NULL).  (In a plan with
+-- internal states, partial states are combined, and combining skips NULL
+-- ones, as PostgreSQL's parallel aggregation does: see README.)
+CREATE FUNCTION same_int(int, int) RETURNS int STRICT IMMUTABLE LANGUAGE sql
+    AS 'SELECT CASE WHEN $1 = $2 THEN $1 END';
+CREATE AGGREGATE same_value (int) (sfunc = same_int, stype = int, combinefunc = same_int);
+CREATE TABLE sv (k int, v int, n int8);
+SELECT flowpg.create_stream('sv_direct', 'SELECT k, same_value(v) AS s FROM sv GROUP BY k');
+-- ... and a combined state is without a value until a partial state has
+-- one: sum(int4) of a key's first rows, all NULL, is NULL (its transition
+-- function returned it), and the key's sum stayed NULL for good when that
+-- was taken for a NULL to keep
+SELECT flowpg.create_stream('sv_internal', 'SELECT k, sum(v) AS s, sum(v::int2) AS s2, avg(n) AS n FROM sv GROUP BY k');
+INSERT INTO sv VALUES (1, 10, 1), (1, 20, 1), (2, 5, 1), (4, NULL, 1);
+SELECT oracle('sv_direct');
+SELECT oracle('sv_internal');
+INSERT INTO sv VALUES (1, 30, 1), (2, 5, 1), (3, 7, 1), (4, NULL, 2);
+SELECT oracle('sv_direct');
+SELECT oracle('sv_internal');
+SELECT pg_terminate_backend(pid) AS restarted FROM flowpg.streams WHERE name IN ('public.sv_direct', 'public.sv_internal');
+INSERT INTO sv VALUES (1, 40, 1), (3, 7, 1), (4, 8, 3);
+SELECT oracle('sv_direct');
+SELECT oracle('sv_internal');
+SELECT * FROM sv_direct ORDER BY k;
+SELECT * FROM flowpg.live(NULL::sv_internal) ORDER BY k;
+SELECT flowpg.drop_stream('sv_direct');
+SELECT flowpg.drop_stream('sv_internal');
+DROP TABLE sv;
+DROP AGGREGATE same_value(int);
+DROP FUNCTION same_int(int, int);
+
 SELECT flowpg.drop_stream(name) FROM flowpg.streams WHERE source = 'm'::regclass;
 DROP TABLE m;
 DROP AGGREGATE my_sum(int);

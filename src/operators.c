@@ -29,7 +29,8 @@
  *
  * A state image is the concatenation of each aggregate's transition value
  * in datumSerialize() format, internal states through their serialization
- * function.  A key is a MinimalTuple of the GROUP BY values.
+ * function, but for a NULL that a transition function returned (see
+ * IMAGE_RETURNED_NULL).  A key is a MinimalTuple of the GROUP BY values.
  *
  * The per-row path is what a busy stream's worker spends most of its own
  * time on (test/bench/profile counts it), so the common cases skip steps:
@@ -213,9 +214,25 @@ typedef struct ImageValue
 {
 	Datum		value;
 	bool		isnull;
+	bool		returned_null;	/* NULL from the transition function */
 	bool		byval;
 	int16		typlen;
 } ImageValue;
+
+/*
+ * The header of a transition value in an image where datumSerialize's
+ * would be -2 (NULL): a NULL that an aggregate without an initial value
+ * has as its state once its transition function returned NULL, not
+ * because it has seen no row.  Strict transition functions are not
+ * called with a NULL state: the state stays NULL for good, where a first
+ * row would become the state of one with none yet.  Direct plans only:
+ * the states of the others are combined, and combining, as PostgreSQL's
+ * partial aggregation does, skips NULL partial states, so that a key's
+ * stored state stays without a value until a partial state has one
+ * (sum(int4) of a key's first rows, all NULL, is NULL: taken for a NULL
+ * returned, it kept the key's sum NULL for good).
+ */
+#define IMAGE_RETURNED_NULL		(-3)
 
 struct FlowBatch
 {
@@ -1011,6 +1028,8 @@ image_prepare(FlowPlan *plan, AggValue *vals, ImageValue *out)
 
 		iv->value = vals[i].value;
 		iv->isnull = vals[i].isnull;
+		iv->returned_null = plan->direct && vals[i].isnull &&
+			!vals[i].noTransValue && agg->initValueIsNull;
 		iv->byval = agg->transtypeByVal;
 		iv->typlen = agg->transtypeLen;
 		if (agg->transtype == INTERNALOID)
@@ -1041,8 +1060,18 @@ image_write(FlowPlan *plan, ImageValue *values, char *dest)
 	int			i;
 
 	for (i = 0; i < plan->naggs; i++)
+	{
+		if (values[i].returned_null)
+		{
+			int			header = IMAGE_RETURNED_NULL;
+
+			memcpy(dest, &header, sizeof(int));
+			dest += sizeof(int);
+			continue;
+		}
 		datumSerialize(values[i].value, values[i].isnull, values[i].byval,
 					   values[i].typlen, &dest);
+	}
 }
 
 /* Read transition values from an image into the current context. */
@@ -1056,8 +1085,20 @@ image_read(FlowPlan *plan, const char *image, AggValue *vals)
 	{
 		FlowAgg    *agg = &plan->aggs[i];
 		bool		isnull;
-		Datum		value = datumRestore(&p, &isnull);
+		Datum		value;
+		int			header;
 
+		memcpy(&header, p, sizeof(int));
+		if (header == IMAGE_RETURNED_NULL)
+		{
+			p += sizeof(int);
+			vals[i].value = (Datum) 0;
+			vals[i].isnull = true;
+			vals[i].noTransValue = false;
+			vals[i].borrowed = false;
+			continue;
+		}
+		value = datumRestore(&p, &isnull);
 		if (agg->transtype == INTERNALOID && !isnull)
 		{
 			FunctionCallInfo fcinfo = agg->deserialfcinfo;
@@ -1101,8 +1142,8 @@ group_from_image(FlowPlan *plan, const char *image, Size len)
 
 		memcpy(&header, p, sizeof(int));
 		p += sizeof(int);
-		v->isnull = header == -2;
-		v->noTransValue = v->isnull && plan->aggs[i].initValueIsNull;
+		v->isnull = header == -2 || header == IMAGE_RETURNED_NULL;
+		v->noTransValue = header == -2 && plan->aggs[i].initValueIsNull;
 		v->borrowed = header > 0;
 		if (header == -1)
 		{
