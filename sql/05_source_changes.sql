@@ -327,3 +327,51 @@ SELECT flowpg.drop_stream('my_sums');
 DROP TABLE agg_src;
 DROP AGGREGATE my_sum(int);
 DROP FUNCTION my_t1(bigint, int), my_c1(bigint, bigint), my_t2(numeric, int), my_c2(numeric, numeric), my_f2(numeric);
+
+-- a function replaced while a stream runs: the stream computes with it as
+-- it is, from the rows decoded after (README).  Decoding reads the catalog
+-- as it was when each row was written, and the functions ran under it:
+-- replaced twice while the stream was paused, the function ran with its
+-- middle body (PL/pgSQL) under the handler of its last language (SQL), a
+-- syntax error that failed the stream for good; and a restore computed
+-- the rows since the savepoint again with the bodies they had met, not
+-- with the function as fixed
+CREATE TABLE repl_src (k int, v int);
+CREATE FUNCTION repl_t(bigint, int) RETURNS bigint IMMUTABLE LANGUAGE sql
+    AS 'SELECT coalesce($1, 0) + $2';
+CREATE AGGREGATE repl_sum(int) (sfunc = repl_t, stype = bigint, combinefunc = int8pl);
+SELECT flowpg.create_stream('repl_sums', 'SELECT k, repl_sum(v) AS s FROM repl_src GROUP BY k');
+SELECT flowpg.savepoint('repl_sums', 'before') > 0 AS saved;
+INSERT INTO repl_src VALUES (1, 1);
+SELECT flowpg.wait('repl_sums');
+SELECT flowpg.pause_stream('repl_sums');
+CREATE OR REPLACE FUNCTION repl_t(bigint, int) RETURNS bigint IMMUTABLE LANGUAGE plpgsql
+    AS 'BEGIN RETURN coalesce($1, 0) + $2 * 100; END';
+INSERT INTO repl_src VALUES (1, 1);
+CREATE OR REPLACE FUNCTION repl_t(bigint, int) RETURNS bigint IMMUTABLE LANGUAGE sql
+    AS 'SELECT coalesce($1, 0) + $2 * 10000';
+SELECT flowpg.resume_stream('repl_sums');
+SELECT try($$SELECT flowpg.wait('repl_sums')$$);
+SELECT status, last_error FROM flowpg.streams WHERE name = 'public.repl_sums';
+-- 1 + 10000: the second row was decoded after the last replacement
+TABLE repl_sums;
+CREATE OR REPLACE FUNCTION repl_t(bigint, int) RETURNS bigint IMMUTABLE LANGUAGE plpgsql
+    AS 'BEGIN RETURN coalesce($1, 0) + $2 * 10; END';
+INSERT INTO repl_src VALUES (1, 1);
+-- replaced with one in another language while the worker runs: its
+-- compiled call (of a SQL function) read the new body, a syntax error;
+-- the next worker compiles it again and starts at once, and the wait
+-- goes on for it
+SELECT try($$SELECT flowpg.wait('repl_sums')$$);
+TABLE repl_sums;
+CREATE OR REPLACE FUNCTION repl_t(bigint, int) RETURNS bigint IMMUTABLE LANGUAGE plpgsql
+    AS 'BEGIN RETURN coalesce($1, 0) + $2; END';
+SELECT flowpg.restore('repl_sums', 'before');
+SELECT flowpg.wait('repl_sums');
+-- every row computed again with the function as it is: the batch's 3
+TABLE repl_sums;
+SELECT k, repl_sum(v) AS s FROM repl_src GROUP BY k;
+SELECT flowpg.drop_stream('repl_sums');
+DROP TABLE repl_src;
+DROP AGGREGATE repl_sum(int);
+DROP FUNCTION repl_t(bigint, int);

@@ -2026,6 +2026,7 @@ checkpoint_published(FlowWorker *w, int64 id, XLogRecPtr lsn,
 		ctl->result_lsn = lsn;
 	ctl->failures = 0;
 	ctl->ckpt_failures = 0;
+	ctl->replaced_retried = false;
 	/* past the transaction that made a row uncomputable: suspect no more */
 	if (lsn > ctl->rows_failed_at)
 	{

@@ -21,7 +21,9 @@
  *	  is not flagged PROC_IN_LOGICAL_DECODING.
  *	- Callbacks run under a historic snapshot inside a transaction the
  *	  reorder buffer aborts: they only compute into worker-local memory;
- *	  everything durable happens in the main loop (checkpoint.c).
+ *	  everything durable happens in the main loop (checkpoint.c).  The
+ *	  stream's own expressions and aggregates see the catalog as it is,
+ *	  though (add_row).
  *	- Every batch of reading is bounded by the WAL flush position, and the
  *	  page reader waits for WAL on the worker's latch, so that the worker
  *	  exits when the postmaster dies.
@@ -68,6 +70,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "utils/snapmgr.h"
 
 #include "decode.h"
 
@@ -280,6 +283,34 @@ source_table(FlowWorker *w, Relation relation, PartEntry **part)
 }
 
 /*
+ * Feed a decoded row to the operators, which run the stream's expressions
+ * and aggregates: functions that look up the catalog (a PL/pgSQL or SQL
+ * function finds its body there whenever its cached copy was invalidated,
+ * and its queries take snapshots).  They must see the catalog as it is,
+ * as the worker compiled the stream (README: a function replaced is used
+ * from the rows decoded after), not as it was when the row was written:
+ * a function replaced twice was run with its middle body, under the
+ * handler of its latest language (a stream failed for good on a syntax
+ * error), and a restore computed the rows again with the bodies they had
+ * met.  So the historic snapshot is set aside meanwhile.  The caches the
+ * operators fill are the current catalog's, which decoding does not read
+ * (it lays rows out with the relcache entry of their table, built with
+ * the historic catalog); what decoding builds follows the invalidations
+ * of the transactions it decodes.
+ */
+static void
+add_row(FlowWorker *w, HeapTuple tuple)
+{
+	Snapshot	historic = GetCatalogSnapshot(InvalidOid);
+	HTAB	   *tuplecids = HistoricSnapshotGetTupleCids();
+
+	Assert(HistoricSnapshotActive());
+	TeardownHistoricSnapshot(false);
+	BatchAdd(w->batch, w->state, tuple);
+	SetupHistoricSnapshot(historic, tuplecids);
+}
+
+/*
  * One decoded change.  Inserts into the source go through the operators;
  * UPDATE and DELETE are counted and not applied: a source is a stream of
  * events.
@@ -317,7 +348,7 @@ flowpg_change_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 				MemoryContextSwitchTo(oldcxt);
 			}
 			w->events++;
-			BatchAdd(w->batch, w->state, tuple);
+			add_row(w, tuple);
 			break;
 		case REORDER_BUFFER_CHANGE_UPDATE:
 			w->ignored_updates++;

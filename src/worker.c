@@ -44,6 +44,7 @@
 #include "access/xlog_internal.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
@@ -52,9 +53,11 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "adopt.h"
 #include "checkpoint.h"
@@ -227,13 +230,79 @@ WorkerCompile(FlowWorker *w)
 	MemoryContextSwitchTo(oldcxt);
 }
 
+/*
+ * Was a function the stream calls replaced since the worker compiled it?
+ * See record_error.  The functions are known by their catalog cache hash
+ * values (an invalidation carries no more).
+ */
+static bool functions_changed = false;
+static List *compiled_functions = NIL;
+
+static void
+functions_changed_cb(Datum arg, int cacheid, uint32 hashvalue)
+{
+	if (hashvalue == 0 || list_member_int(compiled_functions, (int) hashvalue))
+		functions_changed = true;
+}
+
+static bool
+add_compiled_function(Oid func, void *context)
+{
+	if (OidIsValid(func))
+		compiled_functions = list_append_unique_int(compiled_functions,
+													(int) GetSysCacheHashValue1(PROCOID, ObjectIdGetDatum(func)));
+	return false;
+}
+
+static bool
+compiled_functions_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	(void) check_functions_in_node(node, add_compiled_function, NULL);
+	return expression_tree_walker(node, compiled_functions_walker, NULL);
+}
+
+/* The functions the compiled stream calls, in its expressions and aggregates. */
+static void
+collect_compiled_functions(FlowWorker *w)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(w->cxt);
+	FlowQuery  *fq = w->fq;
+	int			i;
+
+	list_free(compiled_functions);
+	compiled_functions = NIL;
+	(void) compiled_functions_walker((Node *) fq->where, NULL);
+	(void) compiled_functions_walker((Node *) fq->keys, NULL);
+	(void) compiled_functions_walker((Node *) fq->aggs, NULL);
+	(void) compiled_functions_walker((Node *) fq->output, NULL);
+	for (i = 0; i < w->plan->naggs; i++)
+	{
+		FlowAgg    *agg = &w->plan->aggs[i];
+
+		(void) add_compiled_function(agg->transfn.fn_oid, NULL);
+		(void) add_compiled_function(agg->combinefn.fn_oid, NULL);
+		(void) add_compiled_function(agg->finalfn.fn_oid, NULL);
+		(void) add_compiled_function(agg->serialfn.fn_oid, NULL);
+		(void) add_compiled_function(agg->deserialfn.fn_oid, NULL);
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
 /* Compile the stream and prepare its checkpoint statements (step 2). */
 static void
 compile_stream(FlowWorker *w)
 {
 	MemoryContext oldcxt;
+	static bool registered = false;
 
+	if (!registered)
+		CacheRegisterSyscacheCallback(PROCOID, functions_changed_cb, (Datum) 0);
+	registered = true;
 	WorkerCompile(w);
+	collect_compiled_functions(w);
+	functions_changed = false;
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	w->batch = BatchCreate(w->plan);
 	MemoryContextSwitchTo(oldcxt);
@@ -1074,9 +1143,22 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 	ErrorData  *edata = CopyErrorData();
 	bool		rows = row_error(edata->sqlerrcode);
 	bool		found;
+	bool		replaced;
 
 	FreeErrorData(edata);
 	MemoryContextSwitchTo(oldcxt);
+
+	/*
+	 * A function was replaced since the worker compiled the stream: the
+	 * calls it compiled may not fit the new one (replaced with one in
+	 * another language, its old handler read the new body: a syntax
+	 * error).  The next worker compiles the stream as it is now, and
+	 * starts at once; once, until a checkpoint is published, as decoding
+	 * the replacement's transaction again tells each next worker too.
+	 */
+	SpinLockAcquire(&ctl->mutex);
+	replaced = functions_changed && !ctl->replaced_retried;
+	SpinLockRelease(&ctl->mutex);
 
 	/*
 	 * Computing the rows of the keys one transaction changed, a careful
@@ -1085,11 +1167,13 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 	 * at once, stops before it, and is suspect (see rows_computable).
 	 */
 	found = w->verifying && rows;
-	if (found)
+	if (found || replaced)
 		ControlFailOver(ctl);
 	else
 		ControlFail(ctl);
 	SpinLockAcquire(&ctl->mutex);
+	if (replaced)
+		ctl->replaced_retried = true;
 	if (found)
 	{
 		ctl->careful_until = InvalidXLogRecPtr;
