@@ -129,6 +129,13 @@ SELECT try_create('bad', 'SELECT count(*) FROM src WHERE now() > ''2026-01-01'''
 SELECT try_create('bad', 'SELECT k, max(CURRENT_TIMESTAMP) FROM src GROUP BY k');
 SELECT try_create('bad', 'SELECT k, count(*) FROM src WHERE k > pg_backend_pid() GROUP BY k');
 SELECT try_create('bad', 'SELECT k, sum(txid_current()) FROM src GROUP BY k');
+-- (the worker's settings, ages from the worker's transaction, what the
+-- server has counted by then: they were accepted, and a stream's results
+-- were the worker's, 'public.bad' for application_name, not the batch's)
+SELECT try_create('bad', 'SELECT current_setting(''application_name'') AS app, count(*) FROM src GROUP BY 1');
+SELECT try_create('bad', 'SELECT k, count(*) FROM src WHERE current_setting(''work_mem'', true) IS NOT NULL GROUP BY k');
+SELECT try_create('bad', 'SELECT k, max(age(k::text::xid)) FROM src GROUP BY k');
+SELECT try_create('bad', 'SELECT k, max(pg_stat_get_numscans(k::oid)) FROM src GROUP BY k');
 -- stable functions in SQL or a PL may read tables; immutable ones may run
 CREATE TABLE lookup (k int);
 CREATE FUNCTION in_lookup(int) RETURNS bool STABLE LANGUAGE sql

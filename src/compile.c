@@ -334,8 +334,32 @@ static const Oid context_functions[] = {
 	F_PG_CURRENT_XACT_ID, F_PG_CURRENT_XACT_ID_IF_ASSIGNED,
 	F_PG_CURRENT_SNAPSHOT, F_PG_BACKEND_PID, F_PG_POSTMASTER_START_TIME,
 	F_PG_CONF_LOAD_TIME, F_PG_TRIGGER_DEPTH, F_INET_CLIENT_ADDR,
-	F_INET_CLIENT_PORT, F_INET_SERVER_ADDR, F_INET_SERVER_PORT
+	F_INET_CLIENT_PORT, F_INET_SERVER_ADDR, F_INET_SERVER_PORT,
+	/* the evaluating session's settings (a stream keeps only some) */
+	F_CURRENT_SETTING_TEXT, F_CURRENT_SETTING_TEXT_BOOL,
+	/* ages counted from the evaluating transaction's */
+	F_AGE_XID, F_MXID_AGE,
+	F_PG_MY_TEMP_SCHEMA, F_PG_IS_OTHER_TEMP_SCHEMA
 };
+
+/*
+ * The statistics functions (pg_stat_get_*): what the server has counted
+ * when the worker evaluates them.
+ */
+static bool
+statistics_function(Oid func)
+{
+	char	   *name;
+	bool		found;
+
+	if (func >= FirstNormalObjectId)
+		return false;
+	name = get_func_name(func);
+	found = name != NULL && strncmp(name, "pg_stat_get_", 12) == 0;
+	if (name != NULL)
+		pfree(name);
+	return found;
+}
 
 static Oid
 func_language(Oid func)
@@ -380,6 +404,11 @@ bad_function_checker(Oid func, void *context)
 				bad->why = 'c';
 				return true;
 			}
+		if (statistics_function(func))
+		{
+			bad->why = 'c';
+			return true;
+		}
 		return false;
 	}
 	return true;
