@@ -155,6 +155,25 @@ BEGIN
 END
 $$;
 
+/*
+ * flowpg checks and follows DDL on streams' tables in hooks of its
+ * library, which a server has only when it preloads it.  On a server that
+ * does not (flowpg taken out of shared_preload_libraries for a while),
+ * these event triggers run the same checks and refuse what they cannot
+ * follow (dropping a stream's table, changing a stream's owner); on one
+ * that does, they do nothing.
+ */
+CREATE FUNCTION flowpg.ddl_guard()
+RETURNS event_trigger
+AS 'MODULE_PATHNAME', 'flowpg_ddl_guard'
+LANGUAGE C;
+CREATE EVENT TRIGGER flowpg_ddl_start ON ddl_command_start
+    EXECUTE FUNCTION flowpg.ddl_guard();
+CREATE EVENT TRIGGER flowpg_ddl_end ON ddl_command_end
+    EXECUTE FUNCTION flowpg.ddl_guard();
+CREATE EVENT TRIGGER flowpg_sql_drop ON sql_drop
+    EXECUTE FUNCTION flowpg.ddl_guard();
+
 CREATE FUNCTION flowpg.create_stream(name text, query text,
                                      checkpoint_interval interval DEFAULT NULL)
 RETURNS void

@@ -68,6 +68,7 @@
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
+#include "commands/event_trigger.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -1467,6 +1468,17 @@ give_stream(StreamDef *def)
 			 errdetail("Its worker runs as its owner: it starts again as the new owner once the transaction commits.")));
 }
 
+/*
+ * At a worker's start: a result table that changed hands where flowpg
+ * could not follow (REASSIGN OWNED on a server that did not preload it,
+ * which no event trigger sees) gives its stream to its owner now.
+ */
+void
+CatalogFollowTableOwner(StreamDef *def)
+{
+	give_stream(def);
+}
+
 /* After ALTER TABLE ... OWNER TO or REASSIGN OWNED: see above. */
 static void
 give_streams(Node *stmt)
@@ -2211,6 +2223,110 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 		 changes_owner((AlterTableStmt *) pstmt->utilityStmt)) ||
 		IsA(pstmt->utilityStmt, ReassignOwnedStmt))
 		give_streams(pstmt->utilityStmt);
+}
+
+/* ---------------------------------------------------------------------
+ * Without the hooks
+ * ---------------------------------------------------------------------
+ */
+
+/* Refuse, on a server that does not preload flowpg, what its hooks follow. */
+static void
+refuse_unloaded(const char *what, const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("cannot %s \"%s\" while flowpg is not loaded", what, name),
+			 errdetail("flowpg follows this change for its streams only where it is in shared_preload_libraries."),
+			 errhint("Add flowpg to shared_preload_libraries and restart the server first.")));
+}
+
+/* A relation that sql_drop lists is a stream's source or result table. */
+static void
+refuse_unloaded_drops(void)
+{
+	int			rc;
+
+	SPI_connect();
+	rc = SPI_execute("SELECT s.name FROM pg_catalog.pg_event_trigger_dropped_objects() d "
+					 "JOIN flowpg.stream s ON d.objid OPERATOR(pg_catalog.=) s.result "
+					 "OR d.objid OPERATOR(pg_catalog.=) s.source "
+					 "WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+					 "AND d.objsubid OPERATOR(pg_catalog.=) 0 LIMIT 1", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read the objects dropped");
+	if (SPI_processed > 0)
+		refuse_unloaded("drop a table of stream",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	SPI_finish();
+}
+
+/*
+ * flowpg.ddl_guard(): the event triggers that stand in for the hooks above
+ * where the server does not preload flowpg (taken out of
+ * shared_preload_libraries for a while), which nothing else checks then:
+ * a result table dropped or altered there left a stream that could
+ * neither run nor be dropped (drop_stream finds a stream by its table),
+ * a source made unlogged and back lost the rows inserted meanwhile,
+ * silently, and renames left the definitions pg_dump carries behind.  The
+ * checks that read the catalog only run here as in the hooks; what needs
+ * the server's flowpg (a drop of a stream's table, a change of owner,
+ * which stop or start its worker) is refused.  With flowpg preloaded, the
+ * hooks do it all and this returns at once.
+ */
+PG_FUNCTION_INFO_V1(flowpg_ddl_guard);
+Datum
+flowpg_ddl_guard(PG_FUNCTION_ARGS)
+{
+	EventTriggerData *trig;
+	Node	   *stmt;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		elog(ERROR, "flowpg.ddl_guard must be called by an event trigger");
+	if (flowpg_preloaded || !OidIsValid(get_extension_oid("flowpg", true)))
+		PG_RETURN_VOID();
+	trig = (EventTriggerData *) fcinfo->context;
+	stmt = trig->parsetree;
+	if (strcmp(trig->event, "sql_drop") == 0)
+		refuse_unloaded_drops();
+	else if (strcmp(trig->event, "ddl_command_end") == 0)
+	{
+		if (renames_objects(stmt))
+			CatalogRefreshDefinitions();
+		if (IsA(stmt, AlterTableStmt))
+			check_attached((AlterTableStmt *) stmt);
+	}
+	else if (IsA(stmt, AlterTableStmt))
+	{
+		AlterTableStmt *alter = (AlterTableStmt *) stmt;
+		Oid			relid = altered_table(alter);
+
+		if (changes_owner(alter) && OidIsValid(relid) && is_result_here(relid))
+			refuse_unloaded("change the owner of the result table", get_rel_name(relid));
+		check_alter_table(alter);
+	}
+	else if (IsA(stmt, CreateStmt))
+		check_create_table((CreateStmt *) stmt, false);
+	else if (IsA(stmt, CreateForeignTableStmt))
+		check_create_table(&((CreateForeignTableStmt *) stmt)->base, true);
+	else if (IsA(stmt, DropStmt))
+		check_drop_index((DropStmt *) stmt);
+	else if (IsA(stmt, RenameStmt) && ((RenameStmt *) stmt)->renameType == OBJECT_SCHEMA)
+		check_rename_schema((RenameStmt *) stmt);
+	else if (IsA(stmt, ReassignOwnedStmt))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((ReassignOwnedStmt *) stmt)->roles)
+		{
+			Oid			role = get_rolespec_oid(lfirst(lc), true);
+
+			if (OidIsValid(role) && streams_owned_by(role) != NIL)
+				refuse_unloaded("reassign the streams of role",
+								GetUserNameFromId(role, false));
+		}
+	}
+	PG_RETURN_VOID();
 }
 
 /* Install the hooks; from _PG_init, in the postmaster. */

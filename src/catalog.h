@@ -54,6 +54,7 @@ extern StreamDef *CatalogLookup(text *name);
 extern void CatalogInsertStream(StreamDef *def);
 extern void CatalogUpdateStream(StreamDef *def);
 extern void CatalogCheckOwner(StreamDef *def);
+extern void CatalogFollowTableOwner(StreamDef *def);
 extern int	CatalogIntervalMs(StreamDef *def);
 extern uint64 CatalogExec(const char *sql, int nargs, Oid *types, Datum *values,
 						  int expected);

@@ -168,8 +168,12 @@ fail_retained_wal(FlowWorker *w, int64 unapplied, bool held)
 {
 	char	   *message;
 
-	message = psprintf("stream \"%s\" kept " INT64_FORMAT " MB of WAL it has not applied, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
-					   w->def->name, unapplied / (1024 * 1024), flowpg_max_retained_wal);
+	/* in kB below 10 MB: "kept 1 MB, more than 1 MB" said nothing */
+	message = psprintf("stream \"%s\" kept " INT64_FORMAT " %s of WAL it has not applied, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
+					   w->def->name,
+					   unapplied >= 10 * 1024 * 1024 ? unapplied / (1024 * 1024) : (unapplied + 1023) / 1024,
+					   unapplied >= 10 * 1024 * 1024 ? "MB" : "kB",
+					   flowpg_max_retained_wal);
 	fail_for_good(w, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, message,
 				  "Drop the stream and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.",
 				  held);
@@ -388,6 +392,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		drop_orphan(w);
 		return false;
 	}
+	CatalogFollowTableOwner(w->def);
 	if (w->def->owner != ident->owner)
 	{
 		/* the launcher did not know the owner yet, or it changed */

@@ -75,4 +75,71 @@ like($err, qr/55000: flowpg requires max_replication_slots > 0/,
 	'with max_replication_slots = 0: error names it');
 is($left, '0', '... and nothing is created');
 
+# A server that has streams, started without flowpg preloaded for a while:
+# flowpg's hooks are not there, and its event triggers run its checks and
+# refuse what only it can follow.  A result table dropped so left a stream
+# that could neither run nor be dropped; one altered so, a stream failed for
+# good; a source made unlogged and back lost its rows meanwhile.  Then, with
+# flowpg back, the stream goes on, exactly.
+{
+	my $node = PostgreSQL::Test::Cluster->new('unloaded_while');
+	$node->init(allows_streaming => 'logical');
+	$node->append_conf('postgresql.conf', $conf);
+	$node->start;
+	$node->safe_psql('postgres', q{
+		CREATE EXTENSION flowpg;
+		CREATE ROLE other LOGIN;
+		CREATE TABLE src (k int, v int);
+		SELECT flowpg.create_stream('sums', 'SELECT k, sum(v) AS s FROM src GROUP BY k');
+		INSERT INTO src SELECT g % 5, g FROM generate_series(1, 100) g;
+		SELECT flowpg.wait('sums');
+		CREATE ROLE owner1 LOGIN;
+		GRANT SELECT ON src TO owner1;
+		ALTER TABLE sums OWNER TO owner1;
+	});
+	$node->stop;
+	$node->append_conf('postgresql.conf', "shared_preload_libraries = ''\n");
+	$node->start;
+	my %refused = (
+		'DROP TABLE sums' => 'drop a table of stream "public.sums"',
+		'DROP TABLE src CASCADE' => 'drop a table of stream "public.sums"',
+		'ALTER TABLE src SET UNLOGGED' => 'cannot make table "src" unlogged',
+		'ALTER TABLE sums ADD COLUMN note text' => 'sums',
+		'ALTER TABLE sums OWNER TO other' => 'change the owner of the result table "sums"',
+	);
+	for my $ddl (sort keys %refused)
+	{
+		my ($rc, $out, $err) = $node->psql('postgres', $ddl);
+		like($err, qr/ERROR:  .*\Q$refused{$ddl}\E/, "without flowpg loaded: $ddl refused");
+	}
+	# DDL elsewhere runs; renames of a stream's tables are followed, and
+	# REASSIGN OWNED (which no event trigger sees) gives the stream to its
+	# table's new owner at its worker's next start
+	$node->safe_psql('postgres', q{
+		REASSIGN OWNED BY owner1 TO other;
+		GRANT SELECT ON src TO other;
+		CREATE TABLE other_t (a int); DROP TABLE other_t;
+		ALTER TABLE src RENAME TO events;
+		INSERT INTO events SELECT g % 7, g FROM generate_series(1, 50) g;
+	});
+	like($node->safe_psql('postgres', 'SELECT definition FROM flowpg.stream'),
+		qr/FROM public\.events/, '... and the definition follows a rename');
+	$node->stop;
+	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'flowpg'\n");
+	$node->start;
+	$node->safe_psql('postgres', q{
+		INSERT INTO events SELECT g % 3, g FROM generate_series(1, 30) g;
+		SELECT flowpg.wait('sums');
+	});
+	is($node->safe_psql('postgres', q{
+		SELECT count(*) FROM (TABLE sums EXCEPT SELECT k, sum(v) FROM events GROUP BY k) d}),
+		'0', 'with flowpg back, the stream counts every row once');
+	is($node->safe_psql('postgres', q{
+		SELECT count(*) FROM (SELECT k, sum(v) FROM events GROUP BY k EXCEPT TABLE sums) d}),
+		'0', '... and misses none');
+	is($node->safe_psql('postgres', 'SELECT owner FROM flowpg.streams'),
+		'other', '... as the owner of its result table');
+	$node->stop;
+}
+
 done_testing();
