@@ -1107,6 +1107,8 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 		bool		update_indexes;
 		TM_Result	result;
 
+		/* no executor here to see a shutdown's SIGTERM: a large one took seconds */
+		CHECK_FOR_INTERRUPTS();
 		ResetPerTupleExprContext(ip.estate);
 		if (ItemPointerGetBlockNumber(&tid) >= nblocks ||
 			!table_tuple_fetch_row_version(rel, &tid, ip.snapshot, oldslot))
@@ -1198,6 +1200,8 @@ insert_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 		for (done = 0; done < n; done += nslots)
 		{
 			int			m = Min(nslots, n - done);
+
+			CHECK_FOR_INTERRUPTS();
 
 			for (i = 0; i < m; i++)
 			{
@@ -1909,7 +1913,11 @@ checkpoint_run(FlowWorker *w, StateChunk **chunks, CheckpointOrder *order,
 	segment_init(w, &seg, w->state_append, 2, Int32GetDatum(w->def->id),
 				 Int64GetDatum(order->id));
 	for (i = 0; i < order->nlog; i++)
+	{
+		if ((i & 1023) == 0)
+			CHECK_FOR_INTERRUPTS();
 		segment_add(&seg, chunks[i]);
+	}
 	segment_flush(&seg);
 	MemoryContextSwitchTo(oldcxt);
 	order->bytes = seg.bytes;

@@ -197,7 +197,7 @@ sub fails_past_limit
 		"SELECT status = 'failed' AND stale FROM flowpg.streams WHERE name = 'public.$stream'")
 	  or die "$stream did not fail for good past flowpg.max_retained_wal";
 	like(sql("SELECT last_error FROM flowpg.streams WHERE name = 'public.$stream'"),
-		qr/kept \d+ MB of WAL it has not applied, more than flowpg.max_retained_wal \($limit MB\)/,
+		qr/kept \d+ (?:kB|MB) of WAL it has not applied, more than flowpg.max_retained_wal \($limit MB\)/,
 		$label);
 	return;
 }
