@@ -110,9 +110,16 @@ static MemoryContext parts_tuple_cxt = NULL;
 static TupleDesc parts_sourcedesc = NULL;	/* the source's, in parts_cxt */
 static bool parts_valid = false;
 
+/* Relcache invalidations seen, and whether one was of every entry (add_row). */
+static uint64 relcache_invals = 0;
+static bool relcache_reset = false;
+
 static void
 source_relcache_cb(Datum arg, Oid relid)
 {
+	relcache_invals++;
+	if (relid == InvalidOid)
+		relcache_reset = true;
 	if (decode_worker == NULL)
 		return;
 	if (relid == InvalidOid || relid == decode_worker->plan->fq->source)
@@ -293,21 +300,40 @@ source_table(FlowWorker *w, Relation relation, PartEntry **part)
  * handler of its latest language (a stream failed for good on a syntax
  * error), and a restore computed the rows again with the bodies they had
  * met.  So the historic snapshot is set aside meanwhile.  The caches the
- * operators fill are the current catalog's, which decoding does not read
- * (it lays rows out with the relcache entry of their table, built with
- * the historic catalog); what decoding builds follows the invalidations
- * of the transactions it decodes.
+ * operators fill are the current catalog's, which decoding does not read,
+ * but for one: decoding lays rows out with the relcache entry of their
+ * table, built with the historic catalog.  A function that opens the
+ * source (or takes any lock) takes in the invalidations sent since, and
+ * the entry of a table rewritten since (ALTER COLUMN ... TYPE) was built
+ * again with its new columns, with which the next rows of the transaction
+ * were read: every column misread, silently.  So if any relcache entry
+ * was invalidated meanwhile, the source's and the row's table's are
+ * invalidated again under the historic snapshot, which builds them as
+ * decoding needs them (rows are copied into the operators' own slot,
+ * whose descriptor is a copy: see PlanSetSourceDesc).
  */
 static void
-add_row(FlowWorker *w, HeapTuple tuple)
+add_row(FlowWorker *w, Relation relation, HeapTuple tuple)
 {
 	Snapshot	historic = GetCatalogSnapshot(InvalidOid);
 	HTAB	   *tuplecids = HistoricSnapshotGetTupleCids();
+	uint64		invals = relcache_invals;
 
 	Assert(HistoricSnapshotActive());
+	relcache_reset = false;
 	TeardownHistoricSnapshot(false);
 	BatchAdd(w->batch, w->state, tuple);
 	SetupHistoricSnapshot(historic, tuplecids);
+	if (relcache_invals == invals)
+		return;
+	if (relcache_reset)
+		RelationCacheInvalidate(false);
+	else
+	{
+		RelationCacheInvalidateEntry(w->plan->fq->source);
+		if (RelationGetRelid(relation) != w->plan->fq->source)
+			RelationCacheInvalidateEntry(RelationGetRelid(relation));
+	}
 }
 
 /*
@@ -348,7 +374,7 @@ flowpg_change_cb(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 				MemoryContextSwitchTo(oldcxt);
 			}
 			w->events++;
-			add_row(w, tuple);
+			add_row(w, relation, tuple);
 			break;
 		case REORDER_BUFFER_CHANGE_UPDATE:
 			w->ignored_updates++;

@@ -1499,9 +1499,10 @@ BatchAdd(FlowBatch *batch, FlowState *st, HeapTuple tuple)
 
 	/*
 	 * Functions in SQL or a PL run queries, which need an active snapshot;
-	 * decoding has none set.  Theirs is decoding's own (historic) snapshot,
-	 * which is enough: such functions are immutable (compile.c refuses
-	 * stable ones).
+	 * decoding has none set.  The operators run with decoding's historic
+	 * snapshot set aside (add_row in decode.c): theirs is one of now, which
+	 * such functions, immutable (compile.c refuses stable ones), do not
+	 * read anything with but the catalog.
 	 */
 	if (snapshot)
 		PushActiveSnapshot(GetTransactionSnapshot());
