@@ -2245,9 +2245,12 @@ refuse_unloaded(const char *what, const char *name)
 static void
 refuse_unloaded_drops(void)
 {
+	CatalogPrivilege priv;
 	int			rc;
 
 	SPI_connect();
+	/* flowpg.stream is the extension owner's (whoever drops) */
+	CatalogBecomeOwner(&priv);
 	rc = SPI_execute("SELECT s.name FROM pg_catalog.pg_event_trigger_dropped_objects() d "
 					 "JOIN flowpg.stream s ON d.objid OPERATOR(pg_catalog.=) s.result "
 					 "OR d.objid OPERATOR(pg_catalog.=) s.source "
@@ -2258,6 +2261,7 @@ refuse_unloaded_drops(void)
 	if (SPI_processed > 0)
 		refuse_unloaded("drop a table of stream",
 						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	CatalogRestoreUser(&priv);
 	SPI_finish();
 }
 

@@ -93,6 +93,8 @@ is($left, '0', '... and nothing is created');
 		SELECT flowpg.create_stream('sums', 'SELECT k, sum(v) AS s FROM src GROUP BY k');
 		INSERT INTO src SELECT g % 5, g FROM generate_series(1, 100) g;
 		SELECT flowpg.wait('sums');
+		CREATE ROLE alice LOGIN;
+		GRANT CREATE ON SCHEMA public TO alice;
 		CREATE ROLE owner1 LOGIN;
 		GRANT SELECT ON src TO owner1;
 		ALTER TABLE sums OWNER TO owner1;
@@ -112,6 +114,11 @@ is($left, '0', '... and nothing is created');
 		my ($rc, $out, $err) = $node->psql('postgres', $ddl);
 		like($err, qr/ERROR:  .*\Q$refused{$ddl}\E/, "without flowpg loaded: $ddl refused");
 	}
+	# a role that may not read flowpg's catalog drops its own tables
+	$node->safe_psql('postgres', q{SET ROLE alice;
+		CREATE TABLE alice_t (a int); DROP TABLE alice_t;
+		CREATE TEMP TABLE alice_tt (a int); DROP TABLE alice_tt});
+	pass('without flowpg loaded: a role drops its own tables');
 	# DDL elsewhere runs; renames of a stream's tables are followed, and
 	# REASSIGN OWNED (which no event trigger sees) gives the stream to its
 	# table's new owner at its worker's next start
