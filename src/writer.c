@@ -511,6 +511,8 @@ writer_run(FlowWorker *w, StreamCtl *ctl, dsa_pointer jobp, uint64 posted,
 	CheckpointJob *job = dsa_get_address(ControlArea(), jobp);
 	MemoryContext oldcxt = MemoryContextSwitchTo(job_cxt);
 
+	/* query_start in pg_stat_activity: this checkpoint's start, not the first's */
+	SetCurrentStatementStartTimestamp();
 	pgstat_report_activity(STATE_RUNNING, "checkpoint");
 	PG_TRY();
 	{
