@@ -352,7 +352,7 @@ CREATE OR REPLACE FUNCTION repl_t(bigint, int) RETURNS bigint IMMUTABLE LANGUAGE
     AS 'SELECT coalesce($1, 0) + $2 * 10000';
 SELECT flowpg.resume_stream('repl_sums');
 SELECT try($$SELECT flowpg.wait('repl_sums')$$);
-SELECT status, last_error FROM flowpg.streams WHERE name = 'public.repl_sums';
+SELECT status FROM flowpg.streams WHERE name = 'public.repl_sums';
 -- 1 + 10000: the second row was decoded after the last replacement
 TABLE repl_sums;
 CREATE OR REPLACE FUNCTION repl_t(bigint, int) RETURNS bigint IMMUTABLE LANGUAGE plpgsql
@@ -375,3 +375,45 @@ SELECT flowpg.drop_stream('repl_sums');
 DROP TABLE repl_src;
 DROP AGGREGATE repl_sum(int);
 DROP FUNCTION repl_t(bigint, int);
+
+-- a compiled call keeps what it took from the catalog (a SECURITY DEFINER
+-- function's owner, strictness, a domain's constraints): the worker ran a
+-- function as it was when it started, whatever happened to it since (its
+-- body given to a role that replaced it ran as its old owner, a
+-- superuser's).  A change of any of those starts the worker again, at
+-- once, to compile the stream with them.
+CREATE ROLE flowpg_def_a;
+CREATE ROLE flowpg_def_b;
+CREATE TABLE cc_src (k int, v int);
+CREATE FUNCTION cc_who(int) RETURNS text IMMUTABLE SECURITY DEFINER LANGUAGE plpgsql
+    AS 'BEGIN RETURN current_user; END';
+ALTER FUNCTION cc_who(int) OWNER TO flowpg_def_a;
+CREATE FUNCTION cc_seven(int) RETURNS int IMMUTABLE LANGUAGE plpgsql
+    AS 'BEGIN RETURN coalesce($1, 7); END';
+SELECT flowpg.create_stream('cc_runs', 'SELECT cc_who(k) AS runner, k, sum(cc_seven(v)) AS s FROM cc_src GROUP BY 1, 2');
+INSERT INTO cc_src VALUES (1, NULL);
+SELECT flowpg.wait('cc_runs');
+ALTER FUNCTION cc_who(int) OWNER TO flowpg_def_b;
+CREATE OR REPLACE FUNCTION cc_seven(int) RETURNS int IMMUTABLE STRICT LANGUAGE plpgsql
+    AS 'BEGIN RETURN coalesce($1, 7); END';
+INSERT INTO cc_src VALUES (2, NULL);
+SELECT try($$SELECT flowpg.wait('cc_runs')$$);
+-- the row after the changes: run as the function's new owner, and the
+-- function strict (NULL for NULL)
+SELECT * FROM cc_runs ORDER BY k;
+CREATE DOMAIN cc_small AS int CHECK (VALUE >= 0);
+SELECT flowpg.create_stream('cc_dom', 'SELECT k, sum(v::cc_small) AS s FROM cc_src GROUP BY k');
+INSERT INTO cc_src VALUES (3, 60);
+SELECT flowpg.wait('cc_dom');
+ALTER DOMAIN cc_small ADD CONSTRAINT cc_lt50 CHECK (VALUE < 50);
+INSERT INTO cc_src VALUES (3, 70);
+-- as the batch query does, the stream fails on the row the new constraint refuses
+SELECT try($$SELECT k, sum(v::cc_small) FROM cc_src GROUP BY k$$);
+SELECT try($$SELECT flowpg.wait('cc_dom')$$) LIKE '55000: stream "public.cc_dom" has failed%' AS failed;
+SELECT last_error FROM flowpg.streams WHERE name = 'public.cc_dom';
+SELECT flowpg.drop_stream('cc_dom');
+SELECT flowpg.drop_stream('cc_runs');
+DROP TABLE cc_src;
+DROP DOMAIN cc_small;
+DROP FUNCTION cc_who(int), cc_seven(int);
+DROP ROLE flowpg_def_a, flowpg_def_b;

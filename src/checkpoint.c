@@ -2034,7 +2034,6 @@ checkpoint_published(FlowWorker *w, int64 id, XLogRecPtr lsn,
 		ctl->result_lsn = lsn;
 	ctl->failures = 0;
 	ctl->ckpt_failures = 0;
-	ctl->replaced_retried = false;
 	/* past the transaction that made a row uncomputable: suspect no more */
 	if (lsn > ctl->rows_failed_at)
 	{
@@ -2127,6 +2126,7 @@ checkpoint_begin(FlowWorker *w, bool lazy)
 {
 	w->ckpt_covering = w->processed_lsn;
 	FlowpgStartTransaction();
+	WorkerCheckCompiled(w);
 	origin_before_checkpoint = replorigin_session_origin;
 	if (lazy)
 		(void) set_config_option("synchronous_commit", "off", PGC_USERSET,
@@ -2286,6 +2286,7 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 	strlcpy(job->kind, kind, sizeof(job->kind));
 	job->commit_end = InvalidXLogRecPtr;
 	job->failed = false;
+	job->recompile = false;
 	job->error[0] = '\0';
 	if (in_place)
 	{
@@ -2346,6 +2347,8 @@ CheckpointCollect(FlowWorker *w, bool wait)
 	if (job->failed)
 	{
 		w->ckpt_covering = job->order.lsn;
+		/* the worker compiled the same: it starts again too (record_error) */
+		w->recompile = job->recompile;
 		ereport(ERROR,
 				(errcode(job->sqlerrcode),
 				 errmsg_internal("%s", job->error),

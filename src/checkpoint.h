@@ -60,6 +60,8 @@ typedef struct CheckpointJob
 	char		error[FLOWPG_ERROR_LEN];
 	char		detail[FLOWPG_ERROR_LEN];
 	char		hint[FLOWPG_ERROR_LEN];
+	bool		recompile;		/* the error: what the writer compiled
+								 * changed (WorkerCheckCompiled) */
 } CheckpointJob;
 
 #define CHECKPOINT_JOB_CHUNKS	MAXALIGN(sizeof(CheckpointJob))

@@ -171,7 +171,6 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->failures = 0;
 		free_ctl->setup_failures = 0;
 		free_ctl->ckpt_failures = 0;
-		free_ctl->replaced_retried = false;
 		free_ctl->restart_at = 0;
 		free_ctl->slot_wait_since = 0;
 		free_ctl->retry_requested = false;

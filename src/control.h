@@ -67,10 +67,6 @@ typedef struct StreamCtl
 								 * ran (see setup_unapplied_wal) */
 	int32		ckpt_failures;	/* workers that failed a checkpoint since
 								 * one was published (the same) */
-	bool		replaced_retried;	/* a worker failed after a function was
-									 * replaced and the next started at once,
-									 * since a checkpoint was published (see
-									 * record_error in worker.c) */
 	TimestampTz restart_at;		/* launcher starts the worker after this */
 	TimestampTz slot_wait_since;	/* since when its process has waited for
 									 * checkpoint writers to give a background

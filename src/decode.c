@@ -322,6 +322,7 @@ add_row(FlowWorker *w, Relation relation, HeapTuple tuple)
 	Assert(HistoricSnapshotActive());
 	relcache_reset = false;
 	TeardownHistoricSnapshot(false);
+	WorkerCheckCompiled(w);
 	BatchAdd(w->batch, w->state, tuple);
 	SetupHistoricSnapshot(historic, tuplecids);
 	if (relcache_invals == invals)

@@ -42,6 +42,8 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
+#include "catalog/pg_proc.h"
+#include "common/hashfn.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
 #include "nodes/nodeFuncs.h"
@@ -52,12 +54,16 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/regproc.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/typcache.h"
 
 #include "adopt.h"
 #include "checkpoint.h"
@@ -217,8 +223,225 @@ drop_orphan_savepoint_slots(FlowWorker *w)
 }
 
 /*
+ * What the compiled stream calls and checks: each function (in its
+ * expressions and aggregates) and each domain it coerces to, with a
+ * signature of what compiling took from the catalog (see below).
+ */
+typedef struct CompiledObject
+{
+	Oid			oid;
+	bool		domain;
+	uint32		hash;			/* its catalog cache hash value */
+	uint64		signature;
+} CompiledObject;
+
+static List *compiled_objects = NIL;
+static bool compiled_changed = false;
+
+/*
+ * A compiled call keeps what it took from the catalog for its life: the
+ * function's language handler, strictness, its SECURITY DEFINER owner and
+ * SET clauses (PostgreSQL's fmgr_security_definer looks them up at the
+ * first call only), a SQL function's parsed body; a domain's constraints
+ * are compiled into the expression.  So a function replaced or altered
+ * meanwhile ran as it was: a SECURITY DEFINER function given to another
+ * role, who replaced its body, ran that body as its old owner (a
+ * superuser's: COPY ... TO PROGRAM), and a constraint added to a domain
+ * went unchecked.  The signature of a function covers all of that and its
+ * body; of a domain, its constraints.
+ */
+static uint64
+function_signature(Oid func)
+{
+	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(func));
+	Form_pg_proc proc;
+	StringInfoData buf;
+	AttrNumber	texts[3] = {Anum_pg_proc_proconfig, Anum_pg_proc_prosrc, Anum_pg_proc_probin};
+	uint64		signature;
+	int			i;
+
+	if (!HeapTupleIsValid(tuple))
+		return 0;
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "%u %u %d %d %c %d %u", proc->prolang, proc->proowner,
+					 proc->prosecdef, proc->proisstrict, proc->provolatile,
+					 proc->proretset, proc->prorettype);
+	for (i = 0; i < lengthof(texts); i++)
+	{
+		bool		isnull;
+		Datum		value = SysCacheGetAttr(PROCOID, tuple, texts[i], &isnull);
+
+		appendStringInfoChar(&buf, '\x01');
+		if (!isnull)
+			appendStringInfoString(&buf, texts[i] == Anum_pg_proc_proconfig ?
+								   OidOutputFunctionCall(F_ARRAY_OUT, value) :
+								   TextDatumGetCString(value));
+	}
+	ReleaseSysCache(tuple);
+	signature = hash_bytes_extended((unsigned char *) buf.data, buf.len, 1);
+	pfree(buf.data);
+	return signature;
+}
+
+static uint64
+domain_signature(Oid domain)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "flowpg domain",
+											  ALLOCSET_SMALL_SIZES);
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	DomainConstraintRef *ref = palloc(sizeof(DomainConstraintRef));
+	StringInfoData buf;
+	ListCell   *lc;
+	uint64		signature;
+
+	InitDomainConstraintRef(domain, ref, cxt, false);
+	initStringInfo(&buf);
+	foreach(lc, ref->constraints)
+	{
+		DomainConstraintState *con = lfirst(lc);
+
+		appendStringInfo(&buf, "%d %s %s\x01", (int) con->constrainttype, con->name,
+						 con->check_expr != NULL ? nodeToString(con->check_expr) : "");
+	}
+	signature = hash_bytes_extended((unsigned char *) buf.data, buf.len, 1);
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextDelete(cxt);
+	return signature;
+}
+
+static uint64
+object_signature(CompiledObject *obj)
+{
+	return obj->domain ? domain_signature(obj->oid) : function_signature(obj->oid);
+}
+
+static void
+compiled_changed_cb(Datum arg, int cacheid, uint32 hashvalue)
+{
+	ListCell   *lc;
+
+	foreach(lc, compiled_objects)
+	{
+		CompiledObject *obj = lfirst(lc);
+
+		/* a domain's constraints are pg_constraint's: any change of them */
+		if (hashvalue == 0 || (cacheid == CONSTROID && obj->domain) ||
+			(obj->hash == hashvalue && obj->domain == (cacheid == TYPEOID)))
+			compiled_changed = true;
+	}
+}
+
+static void
+add_compiled_object(Oid oid, bool domain)
+{
+	CompiledObject *obj;
+	ListCell   *lc;
+
+	if (!OidIsValid(oid))
+		return;
+	foreach(lc, compiled_objects)
+		if (((CompiledObject *) lfirst(lc))->oid == oid &&
+			((CompiledObject *) lfirst(lc))->domain == domain)
+			return;
+	obj = palloc(sizeof(CompiledObject));
+	obj->oid = oid;
+	obj->domain = domain;
+	obj->hash = domain ? GetSysCacheHashValue1(TYPEOID, ObjectIdGetDatum(oid)) :
+		GetSysCacheHashValue1(PROCOID, ObjectIdGetDatum(oid));
+	obj->signature = object_signature(obj);
+	compiled_objects = lappend(compiled_objects, obj);
+}
+
+static bool
+add_compiled_function(Oid func, void *context)
+{
+	add_compiled_object(func, false);
+	return false;
+}
+
+static bool
+compiled_objects_walker(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	(void) check_functions_in_node(node, add_compiled_function, NULL);
+	if (IsA(node, CoerceToDomain))
+		add_compiled_object(((CoerceToDomain *) node)->resulttype, true);
+	return expression_tree_walker(node, compiled_objects_walker, NULL);
+}
+
+/* What the compiled stream calls and checks (see CompiledObject). */
+static void
+watch_compiled(FlowWorker *w)
+{
+	static bool registered = false;
+	FlowQuery  *fq = w->fq;
+	int			i;
+
+	if (!registered)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, compiled_changed_cb, (Datum) 0);
+		CacheRegisterSyscacheCallback(TYPEOID, compiled_changed_cb, (Datum) 0);
+		CacheRegisterSyscacheCallback(CONSTROID, compiled_changed_cb, (Datum) 0);
+		registered = true;
+	}
+	list_free_deep(compiled_objects);
+	compiled_objects = NIL;
+	(void) compiled_objects_walker((Node *) fq->where, NULL);
+	(void) compiled_objects_walker((Node *) fq->keys, NULL);
+	(void) compiled_objects_walker((Node *) fq->aggs, NULL);
+	(void) compiled_objects_walker((Node *) fq->output, NULL);
+	for (i = 0; i < w->plan->naggs; i++)
+	{
+		FlowAgg    *agg = &w->plan->aggs[i];
+
+		add_compiled_object(agg->transfn.fn_oid, false);
+		add_compiled_object(agg->combinefn.fn_oid, false);
+		add_compiled_object(agg->finalfn.fn_oid, false);
+		add_compiled_object(agg->serialfn.fn_oid, false);
+		add_compiled_object(agg->deserialfn.fn_oid, false);
+	}
+	compiled_changed = false;
+}
+
+/*
+ * Before the process runs the stream's compiled code, in a transaction
+ * that has taken in the catalog's invalidations: if a function or domain
+ * it compiled changed since, it stops (w->recompile: the next process
+ * compiles the stream again, at once; see record_error).  Cheap unless an
+ * invalidation came for one of them; the signatures compare what changed,
+ * as decoding passes the invalidations of the transactions it decodes
+ * again (a replacement decoded after a restart is no change).
+ */
+void
+WorkerCheckCompiled(FlowWorker *w)
+{
+	ListCell   *lc;
+
+	if (!compiled_changed)
+		return;
+	compiled_changed = false;
+	foreach(lc, compiled_objects)
+	{
+		CompiledObject *obj = lfirst(lc);
+
+		if (object_signature(obj) == obj->signature)
+			continue;
+		w->recompile = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s %s, which stream \"%s\" uses, has changed",
+						obj->domain ? "domain" : "function",
+						obj->domain ? format_type_be(obj->oid) : format_procedure(obj->oid),
+						w->def->name),
+				 errdetail("The stream's process starts again at once, to compile the stream with it.")));
+	}
+}
+
+/*
  * Compile the stream's stored query, for its worker or its checkpoint
- * writer (writer.c), in w->cxt.
+ * writer (writer.c), in w->cxt, and watch what it compiled.
  */
 void
 WorkerCompile(FlowWorker *w)
@@ -231,66 +454,7 @@ WorkerCompile(FlowWorker *w)
 	source = table_open(w->fq->source, AccessShareLock);
 	w->plan = PlanBuild(w->fq, RelationGetDescr(source));
 	table_close(source, AccessShareLock);
-	MemoryContextSwitchTo(oldcxt);
-}
-
-/*
- * Was a function the stream calls replaced since the worker compiled it?
- * See record_error.  The functions are known by their catalog cache hash
- * values (an invalidation carries no more).
- */
-static bool functions_changed = false;
-static List *compiled_functions = NIL;
-
-static void
-functions_changed_cb(Datum arg, int cacheid, uint32 hashvalue)
-{
-	if (hashvalue == 0 || list_member_int(compiled_functions, (int) hashvalue))
-		functions_changed = true;
-}
-
-static bool
-add_compiled_function(Oid func, void *context)
-{
-	if (OidIsValid(func))
-		compiled_functions = list_append_unique_int(compiled_functions,
-													(int) GetSysCacheHashValue1(PROCOID, ObjectIdGetDatum(func)));
-	return false;
-}
-
-static bool
-compiled_functions_walker(Node *node, void *context)
-{
-	if (node == NULL)
-		return false;
-	(void) check_functions_in_node(node, add_compiled_function, NULL);
-	return expression_tree_walker(node, compiled_functions_walker, NULL);
-}
-
-/* The functions the compiled stream calls, in its expressions and aggregates. */
-static void
-collect_compiled_functions(FlowWorker *w)
-{
-	MemoryContext oldcxt = MemoryContextSwitchTo(w->cxt);
-	FlowQuery  *fq = w->fq;
-	int			i;
-
-	list_free(compiled_functions);
-	compiled_functions = NIL;
-	(void) compiled_functions_walker((Node *) fq->where, NULL);
-	(void) compiled_functions_walker((Node *) fq->keys, NULL);
-	(void) compiled_functions_walker((Node *) fq->aggs, NULL);
-	(void) compiled_functions_walker((Node *) fq->output, NULL);
-	for (i = 0; i < w->plan->naggs; i++)
-	{
-		FlowAgg    *agg = &w->plan->aggs[i];
-
-		(void) add_compiled_function(agg->transfn.fn_oid, NULL);
-		(void) add_compiled_function(agg->combinefn.fn_oid, NULL);
-		(void) add_compiled_function(agg->finalfn.fn_oid, NULL);
-		(void) add_compiled_function(agg->serialfn.fn_oid, NULL);
-		(void) add_compiled_function(agg->deserialfn.fn_oid, NULL);
-	}
+	watch_compiled(w);
 	MemoryContextSwitchTo(oldcxt);
 }
 
@@ -299,14 +463,8 @@ static void
 compile_stream(FlowWorker *w)
 {
 	MemoryContext oldcxt;
-	static bool registered = false;
 
-	if (!registered)
-		CacheRegisterSyscacheCallback(PROCOID, functions_changed_cb, (Datum) 0);
-	registered = true;
 	WorkerCompile(w);
-	collect_compiled_functions(w);
-	functions_changed = false;
 	oldcxt = MemoryContextSwitchTo(w->cxt);
 	w->batch = BatchCreate(w->plan);
 	MemoryContextSwitchTo(oldcxt);
@@ -548,6 +706,7 @@ WorkerMergeBatch(FlowWorker *w)
 		DecodeIgnoreXacts(!careful);
 		FlowpgStartTransaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
+		WorkerCheckCompiled(w);
 	}
 	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
 	BatchMerge(w->batch, w->state, careful);
@@ -642,6 +801,7 @@ rows_computable(FlowWorker *w, TimestampTz now, int interval)
 		return false;
 	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	WorkerCheckCompiled(w);
 	PG_TRY();
 	{
 		/* the key that failed last time first: it likely fails again */
@@ -1148,22 +1308,9 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 	ErrorData  *edata = CopyErrorData();
 	bool		rows = row_error(edata->sqlerrcode);
 	bool		found;
-	bool		replaced;
 
 	FreeErrorData(edata);
 	MemoryContextSwitchTo(oldcxt);
-
-	/*
-	 * A function was replaced since the worker compiled the stream: the
-	 * calls it compiled may not fit the new one (replaced with one in
-	 * another language, its old handler read the new body: a syntax
-	 * error).  The next worker compiles the stream as it is now, and
-	 * starts at once; once, until a checkpoint is published, as decoding
-	 * the replacement's transaction again tells each next worker too.
-	 */
-	SpinLockAcquire(&ctl->mutex);
-	replaced = functions_changed && !ctl->replaced_retried;
-	SpinLockRelease(&ctl->mutex);
 
 	/*
 	 * Computing the rows of the keys one transaction changed, a careful
@@ -1171,14 +1318,16 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 	 * new failure (flowpg.wait waits on, for the next worker), which starts
 	 * at once, stops before it, and is suspect (see rows_computable).
 	 */
+	/*
+	 * ... and a function or domain the stream compiled changed since
+	 * (WorkerCheckCompiled): the next worker compiles it again, at once.
+	 */
 	found = w->verifying && rows;
-	if (found || replaced)
+	if (found || w->recompile)
 		ControlFailOver(ctl);
 	else
 		ControlFail(ctl);
 	SpinLockAcquire(&ctl->mutex);
-	if (replaced)
-		ctl->replaced_retried = true;
 	if (found)
 	{
 		ctl->careful_until = InvalidXLogRecPtr;

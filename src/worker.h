@@ -92,6 +92,8 @@ typedef struct FlowWorker
 	int			retry_delay_ms; /* the wait before it */
 	int			bad_index;		/* in the dirty list, the key whose row
 								 * failed last */
+	bool		recompile;		/* a function or domain it compiled changed
+								 * (WorkerCheckCompiled) */
 	bool		verifying;		/* a careful worker computes the rows of
 								 * the keys a transaction changed */
 	XLogRecPtr	ckpt_covering;	/* source position of the checkpoint the
@@ -159,5 +161,6 @@ typedef struct FlowWorker
 extern PGDLLEXPORT void FlowWorkerMain(Datum main_arg);
 extern void WorkerMergeBatch(FlowWorker *w);
 extern void WorkerCompile(FlowWorker *w);
+extern void WorkerCheckCompiled(FlowWorker *w);
 
 #endif							/* FLOWPG_WORKER_H */

@@ -529,6 +529,7 @@ writer_run(FlowWorker *w, StreamCtl *ctl, dsa_pointer jobp, uint64 posted,
 		strlcpy(job->detail, edata->detail ? edata->detail : "", FLOWPG_ERROR_LEN);
 		strlcpy(job->hint, edata->hint ? edata->hint : "", FLOWPG_ERROR_LEN);
 		job->failed = true;
+		job->recompile = w->recompile;
 		writer_done(ctl, posted);
 		PG_RE_THROW();
 	}
