@@ -172,6 +172,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->setup_failures = 0;
 		free_ctl->ckpt_failures = 0;
 		free_ctl->restart_at = 0;
+		free_ctl->started_at = 0;
 		free_ctl->slot_wait_since = 0;
 		free_ctl->retry_requested = false;
 		free_ctl->owner = InvalidOid;
@@ -552,6 +553,16 @@ ControlScheduleRestart(StreamCtl *ctl)
 		SpinLockRelease(&ctl->mutex);
 		return;
 	}
+	/*
+	 * A worker that ran a while (longer than the longest back-off) was
+	 * no failure in a row: an idle stream publishes no checkpoint, which
+	 * resets the count, and a worker terminated after minutes of running
+	 * waited out the back-off of failures long gone (60 s).
+	 */
+	if (ctl->started_at != 0 &&
+		TimestampDifferenceExceeds(ctl->started_at, GetCurrentTimestamp(),
+								   FLOWPG_RESTART_MAX_MS))
+		ctl->failures = 0;
 	failures = ++ctl->failures;
 	delay_ms = FLOWPG_RESTART_MIN_MS;
 	while (--failures > 0 && delay_ms < FLOWPG_RESTART_MAX_MS)
@@ -580,7 +591,10 @@ ControlRetryNow(StreamCtl *ctl)
 	bool		wake = false;
 
 	SpinLockAcquire(&ctl->mutex);
-	if (ctl->pid == 0 && ctl->status == STREAM_FAILED)
+	/* also a process that ended without saying (terminated: a FATAL) */
+	if (ctl->pid == 0 &&
+		(ctl->status == STREAM_FAILED ||
+		 (ctl->status == STREAM_STARTING && ctl->restart_at > GetCurrentTimestamp())))
 	{
 		ctl->status = STREAM_STARTING;
 		ctl->restart_at = retry_at(ctl);

@@ -68,6 +68,7 @@ typedef struct StreamCtl
 	int32		ckpt_failures;	/* workers that failed a checkpoint since
 								 * one was published (the same) */
 	TimestampTz restart_at;		/* launcher starts the worker after this */
+	TimestampTz started_at;		/* when its latest worker started */
 	TimestampTz slot_wait_since;	/* since when its process has waited for
 									 * checkpoint writers to give a background
 									 * worker slot up (0: it does not) */

@@ -1391,6 +1391,7 @@ FlowWorkerMain(Datum main_arg)
 	SpinLockAcquire(&ctl->mutex);
 	ctl->pid = MyProcPid;
 	ctl->latch = MyLatch;
+	ctl->started_at = GetCurrentTimestamp();
 	pg_atomic_write_u32(&ctl->sleeping, 0);
 	ctl->state_ready = false;
 	/* a first connection only to learn the owner shows nothing */

@@ -474,5 +474,31 @@ oracle_ok($node, 'rw_sums', 'SELECT k, sum(v) AS s, count(*) AS c FROM rw_src GR
 is(sql("SELECT count(*) || ' ' || sum(c) FROM rw_sums"), '5 3100', '... every row read right');
 sql("SELECT flowpg.drop_stream('rw_sums')");
 
+# A worker terminated (pg_terminate_backend: a FATAL, no error of the
+# stream's) waits out a back-off that doubles with each restart in a row:
+# flowpg.wait starts the next one at once, as it does for a failed worker
+# (it waited the back-off out: 16 s at the fifth, a timeout here), and a
+# worker that ran longer than the longest back-off counts as no failure.
+sql(q{CREATE TABLE bo_src (k int);
+	SELECT flowpg.create_stream('bo', 'SELECT k, count(*) AS n FROM bo_src GROUP BY k')});
+sql("INSERT INTO bo_src VALUES (1)");
+sql("SELECT flowpg.wait('bo')");
+# (WAL written elsewhere, and no row: the stream publishes no checkpoint)
+sql("CREATE TABLE bo_other (a int)");
+for my $round (1 .. 6)
+{
+	$node->poll_query_until('postgres',
+		"SELECT status = 'running' AND pid IS NOT NULL FROM flowpg.streams WHERE name = 'public.bo'")
+	  or die 'bo did not run';
+	sql("SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.bo'");
+	sql("INSERT INTO bo_other VALUES ($round)");
+	sql("SELECT flowpg.wait('bo', '10 s')");
+}
+sql("INSERT INTO bo_src VALUES (2)");
+sql("SELECT flowpg.wait('bo', '10 s')");
+is(sql("SELECT count(*) FROM bo"), '2', 'a worker terminated six times in a row: each wait starts the next at once');
+sql("SELECT flowpg.drop_stream('bo')");
+sql("DROP TABLE bo_src, bo_other");
+
 $node->stop;
 done_testing();
