@@ -412,8 +412,44 @@ SELECT try($$SELECT k, sum(v::cc_small) FROM cc_src GROUP BY k$$);
 SELECT try($$SELECT flowpg.wait('cc_dom')$$) LIKE '55000: stream "public.cc_dom" has failed%' AS failed;
 SELECT last_error FROM flowpg.streams WHERE name = 'public.cc_dom';
 SELECT flowpg.drop_stream('cc_dom');
+-- ... what a domain's constraints call too (a SECURITY DEFINER function
+-- in a CHECK ran as its old owner); read from the catalog, not planned
+-- (a CHECK calling a PL/pgSQL function, folded, ran it within decoding,
+-- without a snapshot: the stream failed for good at the next change of
+-- any constraint)
+CREATE FUNCTION cc_lo() RETURNS int IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN -1000; END';
+CREATE FUNCTION cc_is_a(int) RETURNS bool IMMUTABLE SECURITY DEFINER LANGUAGE plpgsql
+    AS $$BEGIN RETURN current_user = 'flowpg_def_a'; END$$;
+ALTER FUNCTION cc_is_a(int) OWNER TO flowpg_def_a;
+CREATE DOMAIN cc_above AS int CHECK (VALUE > cc_lo()) CHECK (cc_is_a(VALUE));
+SELECT flowpg.create_stream('cc_dom2', 'SELECT k, sum(v::cc_above) AS s FROM cc_src WHERE k = 4 GROUP BY k');
+INSERT INTO cc_src VALUES (4, 1);
+SELECT flowpg.wait('cc_dom2');
+CREATE TEMP TABLE cc_other (a int CHECK (a > 0));
+INSERT INTO cc_src VALUES (4, 2);
+SELECT flowpg.wait('cc_dom2');
+TABLE cc_dom2;
+ALTER FUNCTION cc_is_a(int) OWNER TO flowpg_def_b;
+INSERT INTO cc_src VALUES (4, 3);
+SELECT try($$SELECT flowpg.wait('cc_dom2')$$) LIKE '55000: stream "public.cc_dom2" has failed%' AS failed;
+SELECT last_error FROM flowpg.streams WHERE name = 'public.cc_dom2';
+SELECT flowpg.drop_stream('cc_dom2');
+-- ... and an aggregate replaced with another transition function
+CREATE FUNCTION cc_plus1(bigint, int) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN coalesce($1, 0) + 1; END';
+CREATE FUNCTION cc_plus100(bigint, int) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN coalesce($1, 0) + 100; END';
+CREATE AGGREGATE cc_agg(int) (sfunc = cc_plus1, stype = bigint, combinefunc = int8pl);
+SELECT flowpg.create_stream('cc_aggs', 'SELECT k, cc_agg(v) AS a FROM cc_src WHERE k = 5 GROUP BY k');
+INSERT INTO cc_src VALUES (5, 1);
+SELECT flowpg.wait('cc_aggs');
+CREATE OR REPLACE AGGREGATE cc_agg(int) (sfunc = cc_plus100, stype = bigint, combinefunc = int8pl);
+INSERT INTO cc_src VALUES (5, 1);
+SELECT try($$SELECT flowpg.wait('cc_aggs')$$);
+-- 1 + 100
+TABLE cc_aggs;
+SELECT flowpg.drop_stream('cc_aggs');
 SELECT flowpg.drop_stream('cc_runs');
-DROP TABLE cc_src;
-DROP DOMAIN cc_small;
-DROP FUNCTION cc_who(int), cc_seven(int);
+DROP TABLE cc_src, cc_other;
+DROP DOMAIN cc_small, cc_above;
+DROP AGGREGATE cc_agg(int);
+DROP FUNCTION cc_who(int), cc_seven(int), cc_lo(), cc_is_a(int), cc_plus1(bigint, int), cc_plus100(bigint, int);
 DROP ROLE flowpg_def_a, flowpg_def_b;

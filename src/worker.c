@@ -42,7 +42,12 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "catalog/pg_aggregate.h"
+#include "catalog/pg_constraint.h"
 #include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
@@ -63,7 +68,6 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
-#include "utils/typcache.h"
 
 #include "adopt.h"
 #include "checkpoint.h"
@@ -250,33 +254,57 @@ static bool compiled_changed = false;
  * went unchecked.  The signature of a function covers all of that and its
  * body; of a domain, its constraints.
  */
+/* Append a text or array column of a catalog row, or nothing if NULL. */
+static void
+append_catalog_text(StringInfo buf, int cacheid, HeapTuple tuple, AttrNumber attr,
+					bool array)
+{
+	bool		isnull;
+	Datum		value = SysCacheGetAttr(cacheid, tuple, attr, &isnull);
+
+	appendStringInfoChar(buf, '\x01');
+	if (!isnull)
+		appendStringInfoString(buf, array ? OidOutputFunctionCall(F_ARRAY_OUT, value) :
+							   TextDatumGetCString(value));
+}
+
 static uint64
 function_signature(Oid func)
 {
 	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(func));
 	Form_pg_proc proc;
 	StringInfoData buf;
-	AttrNumber	texts[3] = {Anum_pg_proc_proconfig, Anum_pg_proc_prosrc, Anum_pg_proc_probin};
 	uint64		signature;
-	int			i;
 
 	if (!HeapTupleIsValid(tuple))
 		return 0;
 	proc = (Form_pg_proc) GETSTRUCT(tuple);
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "%u %u %d %d %c %d %u", proc->prolang, proc->proowner,
+	/* the owner is what a SECURITY DEFINER function runs as */
+	appendStringInfo(&buf, "%u %u %d %d %c %d %u", proc->prolang,
+					 proc->prosecdef ? proc->proowner : InvalidOid,
 					 proc->prosecdef, proc->proisstrict, proc->provolatile,
 					 proc->proretset, proc->prorettype);
-	for (i = 0; i < lengthof(texts); i++)
+	append_catalog_text(&buf, PROCOID, tuple, Anum_pg_proc_proconfig, true);
+	append_catalog_text(&buf, PROCOID, tuple, Anum_pg_proc_prosrc, false);
+	append_catalog_text(&buf, PROCOID, tuple, Anum_pg_proc_probin, false);
+	append_catalog_text(&buf, PROCOID, tuple, Anum_pg_proc_prosqlbody, false);
+	if (proc->prokind == PROKIND_AGGREGATE)
 	{
-		bool		isnull;
-		Datum		value = SysCacheGetAttr(PROCOID, tuple, texts[i], &isnull);
+		/* CREATE OR REPLACE AGGREGATE changes this row, not the function's */
+		HeapTuple	aggtuple = SearchSysCache1(AGGFNOID, ObjectIdGetDatum(func));
 
-		appendStringInfoChar(&buf, '\x01');
-		if (!isnull)
-			appendStringInfoString(&buf, texts[i] == Anum_pg_proc_proconfig ?
-								   OidOutputFunctionCall(F_ARRAY_OUT, value) :
-								   TextDatumGetCString(value));
+		if (HeapTupleIsValid(aggtuple))
+		{
+			Form_pg_aggregate agg = (Form_pg_aggregate) GETSTRUCT(aggtuple);
+
+			appendStringInfo(&buf, " %u %u %u %u %u %u %c %d",
+							 agg->aggtransfn, agg->aggfinalfn, agg->aggcombinefn,
+							 agg->aggserialfn, agg->aggdeserialfn, agg->aggtranstype,
+							 agg->aggfinalmodify, agg->aggfinalextra);
+			append_catalog_text(&buf, AGGFNOID, aggtuple, Anum_pg_aggregate_agginitval, false);
+			ReleaseSysCache(aggtuple);
+		}
 	}
 	ReleaseSysCache(tuple);
 	signature = hash_bytes_extended((unsigned char *) buf.data, buf.len, 1);
@@ -284,36 +312,66 @@ function_signature(Oid func)
 	return signature;
 }
 
+/*
+ * A domain's constraints, and its base domains', as the catalog has them
+ * (not through the type cache, which plans them: a constraint calling a
+ * PL/pgSQL function ran it to fold it, within decoding).  With each, if
+ * funcs, what its expression calls and coerces to is watched too (a
+ * SECURITY DEFINER function in a CHECK ran as its old owner).
+ */
+static void compiled_objects_from(Node *node);
+
 static uint64
-domain_signature(Oid domain)
+domain_signature(Oid domain, bool watch)
 {
-	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "flowpg domain",
-											  ALLOCSET_SMALL_SIZES);
-	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-	DomainConstraintRef *ref = palloc(sizeof(DomainConstraintRef));
 	StringInfoData buf;
-	ListCell   *lc;
 	uint64		signature;
+	Relation	constraints = table_open(ConstraintRelationId, AccessShareLock);
 
-	InitDomainConstraintRef(domain, ref, cxt, false);
 	initStringInfo(&buf);
-	foreach(lc, ref->constraints)
+	while (OidIsValid(domain))
 	{
-		DomainConstraintState *con = lfirst(lc);
+		HeapTuple	type = SearchSysCache1(TYPEOID, ObjectIdGetDatum(domain));
+		Form_pg_type form;
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple	tuple;
+		Oid			base;
 
-		appendStringInfo(&buf, "%d %s %s\x01", (int) con->constrainttype, con->name,
-						 con->check_expr != NULL ? nodeToString(con->check_expr) : "");
+		if (!HeapTupleIsValid(type))
+			break;
+		form = (Form_pg_type) GETSTRUCT(type);
+		base = form->typtype == TYPTYPE_DOMAIN ? form->typbasetype : InvalidOid;
+		appendStringInfo(&buf, "%u %d %u;", domain, form->typnotnull, base);
+		ReleaseSysCache(type);
+		ScanKeyInit(&key, Anum_pg_constraint_contypid, BTEqualStrategyNumber,
+					F_OIDEQ, ObjectIdGetDatum(domain));
+		scan = systable_beginscan(constraints, ConstraintTypidIndexId, true, NULL, 1, &key);
+		while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+		{
+			Form_pg_constraint con = (Form_pg_constraint) GETSTRUCT(tuple);
+			bool		isnull;
+			Datum		bin = heap_getattr(tuple, Anum_pg_constraint_conbin,
+										   RelationGetDescr(constraints), &isnull);
+
+			appendStringInfo(&buf, "%c %s %d %s\x01", con->contype, NameStr(con->conname),
+							 con->convalidated, isnull ? "" : TextDatumGetCString(bin));
+			if (watch && !isnull)
+				compiled_objects_from(stringToNode(TextDatumGetCString(bin)));
+		}
+		systable_endscan(scan);
+		domain = base;
 	}
+	table_close(constraints, AccessShareLock);
 	signature = hash_bytes_extended((unsigned char *) buf.data, buf.len, 1);
-	MemoryContextSwitchTo(oldcxt);
-	MemoryContextDelete(cxt);
+	pfree(buf.data);
 	return signature;
 }
 
 static uint64
-object_signature(CompiledObject *obj)
+object_signature(CompiledObject *obj, bool watch)
 {
-	return obj->domain ? domain_signature(obj->oid) : function_signature(obj->oid);
+	return obj->domain ? domain_signature(obj->oid, watch) : function_signature(obj->oid);
 }
 
 static void
@@ -349,8 +407,8 @@ add_compiled_object(Oid oid, bool domain)
 	obj->domain = domain;
 	obj->hash = domain ? GetSysCacheHashValue1(TYPEOID, ObjectIdGetDatum(oid)) :
 		GetSysCacheHashValue1(PROCOID, ObjectIdGetDatum(oid));
-	obj->signature = object_signature(obj);
 	compiled_objects = lappend(compiled_objects, obj);
+	obj->signature = object_signature(obj, true);
 }
 
 static bool
@@ -369,6 +427,12 @@ compiled_objects_walker(Node *node, void *context)
 	if (IsA(node, CoerceToDomain))
 		add_compiled_object(((CoerceToDomain *) node)->resulttype, true);
 	return expression_tree_walker(node, compiled_objects_walker, NULL);
+}
+
+static void
+compiled_objects_from(Node *node)
+{
+	(void) compiled_objects_walker(node, NULL);
 }
 
 /* What the compiled stream calls and checks (see CompiledObject). */
@@ -426,7 +490,7 @@ WorkerCheckCompiled(FlowWorker *w)
 	{
 		CompiledObject *obj = lfirst(lc);
 
-		if (object_signature(obj) == obj->signature)
+		if (object_signature(obj, false) == obj->signature)
 			continue;
 		w->recompile = true;
 		ereport(ERROR,
