@@ -120,6 +120,11 @@ SELECT try_create('bad', 'SELECT sum(v ORDER BY k) FROM src');
 SELECT try_create('bad', 'SELECT array_agg(k) FROM src');
 SELECT try_create('bad', 'SELECT string_agg(t, '','') FROM src');
 SELECT try_create('bad', 'SELECT json_agg(k) FROM src');
+-- more keys than an index takes (it was PostgreSQL's error creating the
+-- result table's index)
+SELECT try_create('bad', 'SELECT ' || string_agg('k + ' || g || ' AS k' || g, ', ') ||
+                  ', count(*) FROM src GROUP BY ' || string_agg(g::text, ', '))
+  FROM generate_series(1, 33) g;
 -- volatile functions, anywhere
 SELECT try_create('bad', 'SELECT count(*) FROM src WHERE random() > 0.5');
 SELECT try_create('bad', 'SELECT clock_timestamp() > now() AS late, count(*) FROM src GROUP BY 1');

@@ -755,6 +755,13 @@ compile_keys(FlowQuery *fq, Query *query)
 	ListCell   *lc;
 	int			i = 0;
 
+	if (list_length(query->groupClause) > INDEX_MAX_KEYS)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a stream cannot group by more than %d keys", INDEX_MAX_KEYS),
+				 errdetail("The result table has a unique index on its keys, and an index takes at most %d columns.",
+						   INDEX_MAX_KEYS),
+				 errhint("Group by fewer keys: combine several into one, such as an array of them.")));
 	fq->key_outcol = palloc0(sizeof(int) * (list_length(query->groupClause) + 1));
 	foreach(lc, query->groupClause)
 	{
