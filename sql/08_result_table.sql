@@ -117,10 +117,11 @@ BEGIN
 END $$;
 -- (the stream's checkpoint writer starts with its worker: a transaction
 -- of its start-up, under way at a checkpoint, would keep the versions the
--- one before left, as any session's would; wait until it is up)
+-- one before left, as any session's would; wait until it is up: up to a
+-- minute, as under valgrind)
 DO $$
 BEGIN
-    FOR i IN 1 .. 500 LOOP
+    FOR i IN 1 .. 6000 LOOP
         EXIT WHEN EXISTS (SELECT FROM pg_stat_activity
                            WHERE backend_type = 'flowpg checkpoint writer'
                              AND application_name = 'public.hot' AND backend_xmin IS NULL);
