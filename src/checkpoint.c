@@ -1048,15 +1048,37 @@ in_place_end(InPlace *ip)
  * without a lock, as heap_page_prune_opt does: only a hint.
  */
 static bool
-page_lacks_room(TupleTableSlot *slot)
+page_lacks_room(TupleTableSlot *slot, Size needed)
 {
 	BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) slot;
 
 	if (!TTS_IS_BUFFERTUPLE(slot) || !BufferIsValid(bslot->buffer) ||
 		bslot->base.tuple == NULL)
 		return false;
-	return PageGetHeapFreeSpace(BufferGetPage(bslot->buffer)) <
-		MAXALIGN(bslot->base.tuple->t_len);
+	return PageGetHeapFreeSpace(BufferGetPage(bslot->buffer)) < needed;
+}
+
+/*
+ * The room the new version of a row takes on a page: a row that grows
+ * (max(text)) did not fit where the old version's size did, and left its
+ * page without the pruning that would have made room.  Before TOAST
+ * compresses anything: at most more than it takes.
+ */
+static Size
+new_row_size(TupleTableSlot *slot)
+{
+	TupleDesc	desc = slot->tts_tupleDescriptor;
+	Size		header = offsetof(HeapTupleHeaderData, t_bits);
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+		if (slot->tts_isnull[i])
+		{
+			header += BITMAPLEN(desc->natts);
+			break;
+		}
+	return MAXALIGN(MAXALIGN(header) +
+					heap_compute_data_size(desc, slot->tts_values, slot->tts_isnull));
 }
 
 /*
@@ -1113,7 +1135,8 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 		if (ItemPointerGetBlockNumber(&tid) >= nblocks ||
 			!table_tuple_fetch_row_version(rel, &tid, ip.snapshot, oldslot))
 			continue;
-		if (page_lacks_room(oldslot))
+		chunk_row_to_slot(w, chunk, newslot);
+		if (page_lacks_room(oldslot, new_row_size(newslot)))
 		{
 			/* prune it first, the row's version moving on the page */
 			Buffer		buffer;
@@ -1126,8 +1149,6 @@ update_in_place(FlowWorker *w, Relation rel, StateChunk **chunks, Datum *rows,
 				continue;
 		}
 		slot_getsomeattrs(oldslot, natts);
-
-		chunk_row_to_slot(w, chunk, newslot);
 		for (k = 0; k < plan->nkeys; k++)
 		{
 			oldkey[k] = oldslot->tts_values[keyatt[k]];
