@@ -606,13 +606,7 @@ adopt_finished(StreamCtl *ctl)
 static void
 adopt_failed(StreamCtl *ctl)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-	ErrorData  *edata = CopyErrorData();
-	bool		serialization = edata->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
-
-	FreeErrorData(edata);
-	MemoryContextSwitchTo(oldcxt);
-	if (serialization)
+	if (geterrcode() == ERRCODE_T_R_SERIALIZATION_FAILURE)
 		ControlFailOver(ctl);
 	else
 		ControlFail(ctl);

@@ -38,18 +38,18 @@
  */
 #include "flowpg.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlog_internal.h"
-#include "access/genam.h"
-#include "access/htup_details.h"
 #include "catalog/pg_aggregate.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
-#include "common/hashfn.h"
 #include "commands/extension.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "nodes/nodeFuncs.h"
 #include "pgstat.h"
@@ -62,9 +62,9 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
-#include "utils/regproc.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
+#include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -242,18 +242,6 @@ typedef struct CompiledObject
 static List *compiled_objects = NIL;
 static bool compiled_changed = false;
 
-/*
- * A compiled call keeps what it took from the catalog for its life: the
- * function's language handler, strictness, its SECURITY DEFINER owner and
- * SET clauses (PostgreSQL's fmgr_security_definer looks them up at the
- * first call only), a SQL function's parsed body; a domain's constraints
- * are compiled into the expression.  So a function replaced or altered
- * meanwhile ran as it was: a SECURITY DEFINER function given to another
- * role, who replaced its body, ran that body as its old owner (a
- * superuser's: COPY ... TO PROGRAM), and a constraint added to a domain
- * went unchecked.  The signature of a function covers all of that and its
- * body; of a domain, its constraints.
- */
 /* Append a text or array column of a catalog row, or nothing if NULL. */
 static void
 append_catalog_text(StringInfo buf, int cacheid, HeapTuple tuple, AttrNumber attr,
@@ -268,6 +256,18 @@ append_catalog_text(StringInfo buf, int cacheid, HeapTuple tuple, AttrNumber att
 							   TextDatumGetCString(value));
 }
 
+/*
+ * A compiled call keeps what it took from the catalog for its life: the
+ * function's language handler, strictness, its SECURITY DEFINER owner and
+ * SET clauses (PostgreSQL's fmgr_security_definer looks them up at the
+ * first call only), a SQL function's parsed body; a domain's constraints
+ * are compiled into the expression.  So a function replaced or altered
+ * meanwhile ran as it was: a SECURITY DEFINER function given to another
+ * role, who replaced its body, ran that body as its old owner (a
+ * superuser's: COPY ... TO PROGRAM), and a constraint added to a domain
+ * went unchecked.  The signature of a function covers all of that and its
+ * body; of a domain, its constraints.
+ */
 static uint64
 function_signature(Oid func)
 {
@@ -319,7 +319,7 @@ function_signature(Oid func)
  * funcs, what its expression calls and coerces to is watched too (a
  * SECURITY DEFINER function in a CHECK ran as its old owner).
  */
-static void compiled_objects_from(Node *node);
+static bool compiled_objects_walker(Node *node, void *context);
 
 static uint64
 domain_signature(Oid domain, bool watch)
@@ -357,7 +357,7 @@ domain_signature(Oid domain, bool watch)
 			appendStringInfo(&buf, "%c %s %d %s\x01", con->contype, NameStr(con->conname),
 							 con->convalidated, isnull ? "" : TextDatumGetCString(bin));
 			if (watch && !isnull)
-				compiled_objects_from(stringToNode(TextDatumGetCString(bin)));
+				(void) compiled_objects_walker(stringToNode(TextDatumGetCString(bin)), NULL);
 		}
 		systable_endscan(scan);
 		domain = base;
@@ -427,12 +427,6 @@ compiled_objects_walker(Node *node, void *context)
 	if (IsA(node, CoerceToDomain))
 		add_compiled_object(((CoerceToDomain *) node)->resulttype, true);
 	return expression_tree_walker(node, compiled_objects_walker, NULL);
-}
-
-static void
-compiled_objects_from(Node *node)
-{
-	(void) compiled_objects_walker(node, NULL);
 }
 
 /* What the compiled stream calls and checks (see CompiledObject). */
@@ -1368,22 +1362,15 @@ worker_loop(FlowWorker *w)
 static void
 record_error(StreamCtl *ctl, FlowWorker *w)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-	ErrorData  *edata = CopyErrorData();
-	bool		rows = row_error(edata->sqlerrcode);
+	bool		rows = row_error(geterrcode());
 	bool		found;
-
-	FreeErrorData(edata);
-	MemoryContextSwitchTo(oldcxt);
 
 	/*
 	 * Computing the rows of the keys one transaction changed, a careful
 	 * worker found the one after which a row cannot be computed: that is no
 	 * new failure (flowpg.wait waits on, for the next worker), which starts
-	 * at once, stops before it, and is suspect (see rows_computable).
-	 */
-	/*
-	 * ... and a function or domain the stream compiled changed since
+	 * at once, stops before it, and is suspect (see rows_computable).  So
+	 * is a function or domain the stream compiled that changed since
 	 * (WorkerCheckCompiled): the next worker compiles it again, at once.
 	 */
 	found = w->verifying && rows;
