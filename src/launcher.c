@@ -32,6 +32,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -168,6 +169,26 @@ await_writers_yield(StreamCtl *ctl)
 }
 
 /*
+ * The name of a stream's database, for the launcher's warnings (it has no
+ * database of its own, but pg_database is shared), in the caller's memory
+ * context; the stream's name is in its database, which flowpg.streams
+ * shows with the stream's id.
+ */
+static char *
+database_name(Oid dboid)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *name;
+
+	FlowpgStartTransaction();
+	name = get_database_name(dboid);
+	name = MemoryContextStrdup(cxt, name ? name : "(dropped)");
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	return name;
+}
+
+/*
  * Register a process for a stream: its worker, or for a restored stream
  * being rebuilt, its adopter.  Returns its handle, or NULL when there is
  * no free background worker slot: the stream fails for now, unless
@@ -213,8 +234,9 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	SpinLockRelease(&ctl->mutex);
 	ereport(WARNING,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("flowpg could not start the %s of stream %d: no free background worker slot",
-					adopter ? "rebuild" : "worker", ident->stream_id),
+			 errmsg("flowpg could not start the %s of stream %d of database \"%s\": no free background worker slot",
+					adopter ? "rebuild" : "worker", ident->stream_id,
+					database_name(ident->dboid)),
 			 errhint("Raise max_worker_processes.")));
 	return NULL;
 }
@@ -343,8 +365,9 @@ reconcile(void)
 			!warned_of_refusal(ident))
 			ereport(WARNING,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("flowpg cannot run stream %d: flowpg.max_streams (%d) entries are in use",
-							ident->stream_id, flowpg_max_streams),
+					 errmsg("flowpg cannot run stream %d of database \"%s\": flowpg.max_streams (%d) entries are in use",
+							ident->stream_id, database_name(ident->dboid),
+							flowpg_max_streams),
 					 errhint("Raise flowpg.max_streams and restart the server.")));
 	}
 

@@ -240,7 +240,7 @@ typedef struct CompiledObject
 } CompiledObject;
 
 static List *compiled_objects = NIL;
-static bool compiled_changed = false;
+bool		WorkerCompiledChanged = false;
 
 /* Append a text or array column of a catalog row, or nothing if NULL. */
 static void
@@ -386,7 +386,7 @@ compiled_changed_cb(Datum arg, int cacheid, uint32 hashvalue)
 		/* a domain's constraints are pg_constraint's: any change of them */
 		if (hashvalue == 0 || (cacheid == CONSTROID && obj->domain) ||
 			(obj->hash == hashvalue && obj->domain == (cacheid == TYPEOID)))
-			compiled_changed = true;
+			WorkerCompiledChanged = true;
 	}
 }
 
@@ -460,7 +460,7 @@ watch_compiled(FlowWorker *w)
 		add_compiled_object(agg->serialfn.fn_oid, false);
 		add_compiled_object(agg->deserialfn.fn_oid, false);
 	}
-	compiled_changed = false;
+	WorkerCompiledChanged = false;
 }
 
 /*
@@ -473,13 +473,11 @@ watch_compiled(FlowWorker *w)
  * again (a replacement decoded after a restart is no change).
  */
 void
-WorkerCheckCompiled(FlowWorker *w)
+WorkerCheckCompiledObjects(FlowWorker *w)
 {
 	ListCell   *lc;
 
-	if (!compiled_changed)
-		return;
-	compiled_changed = false;
+	WorkerCompiledChanged = false;
 	foreach(lc, compiled_objects)
 	{
 		CompiledObject *obj = lfirst(lc);

@@ -161,6 +161,15 @@ typedef struct FlowWorker
 extern PGDLLEXPORT void FlowWorkerMain(Datum main_arg);
 extern void WorkerMergeBatch(FlowWorker *w);
 extern void WorkerCompile(FlowWorker *w);
-extern void WorkerCheckCompiled(FlowWorker *w);
+extern void WorkerCheckCompiledObjects(FlowWorker *w);
+extern bool WorkerCompiledChanged;
+
+/* see WorkerCheckCompiledObjects: a flag test, as it is called per row */
+static inline void
+WorkerCheckCompiled(FlowWorker *w)
+{
+	if (unlikely(WorkerCompiledChanged))
+		WorkerCheckCompiledObjects(w);
+}
 
 #endif							/* FLOWPG_WORKER_H */

@@ -279,7 +279,7 @@ like($err, qr/53400: stream "\Q$left_out\E" cannot run: all 2 flowpg.max_streams
 like($err, qr/HINT:  Raise flowpg.max_streams and restart the server/, '... with a hint');
 $node->safe_psql('postgres', 'SELECT pg_sleep(2)');
 my $warnings = () = slurp_file($node->logfile) =~
-  /WARNING:  flowpg cannot run stream \d+: flowpg.max_streams \(2\)/g;
+  /WARNING:  flowpg cannot run stream \d+ of database "postgres": flowpg.max_streams \(2\)/g;
 is($warnings, 1, 'the launcher warns once, not at every round');
 $node->safe_psql('postgres', 'ALTER SYSTEM SET flowpg.max_streams = 3');
 $node->restart;
