@@ -447,9 +447,22 @@ SELECT try($$SELECT flowpg.wait('cc_aggs')$$);
 -- 1 + 100
 TABLE cc_aggs;
 SELECT flowpg.drop_stream('cc_aggs');
+-- ... and a SQL function that compiling inlined, or a call of one on
+-- constants that it folded (neither was seen: the worker went on with
+-- the old body)
+CREATE FUNCTION cc_inl(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 + 1';
+SELECT flowpg.create_stream('cc_inline', 'SELECT k, sum(cc_inl(v)) AS s, max(v + cc_inl(0)) AS m FROM cc_src WHERE k = 6 GROUP BY k');
+INSERT INTO cc_src VALUES (6, 1);
+SELECT flowpg.wait('cc_inline');
+CREATE OR REPLACE FUNCTION cc_inl(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 + 100';
+INSERT INTO cc_src VALUES (6, 1);
+SELECT try($$SELECT flowpg.wait('cc_inline')$$);
+-- 2 + 101, and 1 + 100
+TABLE cc_inline;
+SELECT flowpg.drop_stream('cc_inline');
 SELECT flowpg.drop_stream('cc_runs');
 DROP TABLE cc_src, cc_other;
 DROP DOMAIN cc_small, cc_above;
 DROP AGGREGATE cc_agg(int);
-DROP FUNCTION cc_who(int), cc_seven(int), cc_lo(), cc_is_a(int), cc_plus1(bigint, int), cc_plus100(bigint, int);
+DROP FUNCTION cc_inl(int), cc_who(int), cc_seven(int), cc_lo(), cc_is_a(int), cc_plus1(bigint, int), cc_plus100(bigint, int);
 DROP ROLE flowpg_def_a, flowpg_def_b;

@@ -423,6 +423,8 @@ compiled_objects_walker(Node *node, void *context)
 {
 	if (node == NULL)
 		return false;
+	if (IsA(node, Query))
+		return query_tree_walker((Query *) node, compiled_objects_walker, NULL, 0);
 	(void) check_functions_in_node(node, add_compiled_function, NULL);
 	if (IsA(node, CoerceToDomain))
 		add_compiled_object(((CoerceToDomain *) node)->resulttype, true);
@@ -450,6 +452,8 @@ watch_compiled(FlowWorker *w)
 	(void) compiled_objects_walker((Node *) fq->keys, NULL);
 	(void) compiled_objects_walker((Node *) fq->aggs, NULL);
 	(void) compiled_objects_walker((Node *) fq->output, NULL);
+	/* and what compiling folded or inlined (a SQL function's body) */
+	(void) compiled_objects_walker(stringToNode(w->def->plan), NULL);
 	for (i = 0; i < w->plan->naggs; i++)
 	{
 		FlowAgg    *agg = &w->plan->aggs[i];
