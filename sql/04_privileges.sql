@@ -85,6 +85,26 @@ SELECT * FROM flowpg.live(NULL::alice_sets_path);
 SHOW search_path;
 SELECT flowpg.drop_stream('alice_sets_path');
 DROP FUNCTION alice_sets(bigint);
+-- ... and with pg_temp last on the stream's search_path: a type of the
+-- caller's temporary schema named like one the owner's function names is
+-- not the one it finds (its CHECK, calling whatever the caller wants, ran
+-- as the owner)
+SET ROLE flowpg_alice;
+CREATE FUNCTION alice_pretty(bigint) RETURNS text IMMUTABLE LANGUAGE plpgsql
+    AS $$BEGIN RETURN $1::text || ' seen'; END$$;
+SELECT flowpg.create_stream('alice_pretty',
+    'SELECT who, alice_pretty(count(*)) AS n FROM sightings GROUP BY who');
+RESET ROLE;
+INSERT INTO sightings VALUES ('p'), ('p');
+SELECT flowpg.wait('alice_pretty');
+GRANT SELECT ON alice_pretty TO flowpg_bob;
+SET ROLE flowpg_bob;
+CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (VALUE IS NULL);
+SELECT * FROM flowpg.live(NULL::alice_pretty) ORDER BY who;
+DROP DOMAIN pg_temp.text;
+RESET ROLE;
+SELECT flowpg.drop_stream('alice_pretty');
+DROP FUNCTION alice_pretty(bigint);
 DROP TABLE sightings;
 
 -- a source whose row security applies to the owner is refused: the stream
@@ -167,6 +187,38 @@ ALTER TABLE events DISABLE ROW LEVEL SECURITY;
 SELECT FROM await_running('public.alice_view');
 SELECT flowpg.wait('alice_view');
 TABLE alice_view ORDER BY who;
+
+-- ... at once, between checkpoints (a stream checkpointing once a day read
+-- on until then, and flowpg.live showed what it read), and one whose owner
+-- loses EXECUTE on a function it calls (not checked again before its next
+-- start)
+CREATE TABLE payroll (who text, amount int);
+CREATE TABLE bonus (who text, v int);
+GRANT SELECT ON payroll, bonus TO flowpg_alice;
+CREATE FUNCTION doubled(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN 2 * $1; END';
+SET ROLE flowpg_alice;
+SELECT flowpg.create_stream('alice_pay', 'SELECT who, sum(amount) AS total FROM payroll GROUP BY who', '1 day');
+SELECT flowpg.create_stream('alice_doubled', 'SELECT who, sum(doubled(v)) AS total FROM bonus GROUP BY who', '1 day');
+RESET ROLE;
+INSERT INTO payroll VALUES ('intern', 10);
+INSERT INTO bonus VALUES ('d', 1);
+SELECT flowpg.wait('alice_pay'), flowpg.wait('alice_doubled');
+REVOKE SELECT ON payroll FROM flowpg_alice;
+REVOKE EXECUTE ON FUNCTION doubled(int) FROM PUBLIC;
+INSERT INTO payroll VALUES ('ceo', 999999);
+INSERT INTO bonus VALUES ('d', 2);
+SELECT FROM await_error('public.alice_pay', 'permission denied%');
+SELECT FROM await_error('public.alice_doubled', 'permission denied%');
+SELECT name, status, last_error FROM flowpg.streams
+  WHERE name IN ('public.alice_pay', 'public.alice_doubled') ORDER BY name;
+GRANT SELECT ON payroll TO flowpg_alice;
+GRANT EXECUTE ON FUNCTION doubled(int) TO PUBLIC;
+SELECT flowpg.wait('alice_pay'), flowpg.wait('alice_doubled');
+TABLE alice_pay ORDER BY who;
+TABLE alice_doubled;
+SELECT flowpg.drop_stream('alice_pay'), flowpg.drop_stream('alice_doubled');
+DROP TABLE payroll, bonus;
+DROP FUNCTION doubled(int);
 
 -- ... and one whose owner may no longer log in, until it may again
 ALTER ROLE flowpg_alice NOLOGIN;

@@ -1043,6 +1043,8 @@ flowpg_live(PG_FUNCTION_ARGS)
 	nest = NewGUCNestLevel();
 	CompileApplySettings(def->settings, GUC_ACTION_SAVE);
 	fq = CompileQueryTree(stringToNode(def->plan));
+	/* the owner may have lost SELECT on the source since the worker checked */
+	CompileCheckPermissions(fq);
 	source = table_open(fq->source, AccessShareLock);
 	plan = PlanBuild(fq, RelationGetDescr(source));
 	table_close(source, AccessShareLock);

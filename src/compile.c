@@ -54,6 +54,7 @@
 #include "utils/rls.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
+#include "utils/varlena.h"
 
 #include "compile.h"
 
@@ -1078,8 +1079,40 @@ CompileCaptureSettings(void)
 }
 
 /*
+ * A search_path with pg_temp last.  Where it is not named, PostgreSQL
+ * searches the session's temporary schema first for tables and types: in
+ * flowpg.live, the caller's, where the caller could put a type named like
+ * one the owner's functions name (a domain pg_temp.text whose CHECK calls
+ * the caller's function), and have it run as the owner.  PostgreSQL
+ * advises the same for SECURITY DEFINER functions.  Only in a caller's
+ * session: a worker's temporary schema is its owner's, and a function
+ * that reads its search_path there reads the stream's as it was set.
+ */
+static char *
+temp_schema_last(const char *value)
+{
+	char	   *raw = pstrdup(value);
+	List	   *names;
+	ListCell   *lc;
+	StringInfoData buf;
+
+	if (!SplitIdentifierString(raw, ',', &names))
+		elog(ERROR, "malformed stream search_path \"%s\"", value);
+	initStringInfo(&buf);
+	foreach(lc, names)
+	{
+		if (strcmp(lfirst(lc), "pg_temp") == 0)
+			continue;
+		appendStringInfo(&buf, "%s, ", quote_identifier(lfirst(lc)));
+	}
+	appendStringInfoString(&buf, "pg_temp");
+	return buf.data;
+}
+
+/*
  * Apply a stream's settings: for the session (GUC_ACTION_SET, in a worker)
- * or until the caller's GUC nest level ends (GUC_ACTION_SAVE).
+ * or until the caller's GUC nest level ends (GUC_ACTION_SAVE, in a
+ * caller's session: with pg_temp last in search_path).
  */
 void
 CompileApplySettings(List *settings, GucAction action)
@@ -1094,6 +1127,8 @@ CompileApplySettings(List *settings, GucAction action)
 		if (value == NULL)
 			elog(ERROR, "malformed stream setting \"%s\"", name);
 		*value++ = '\0';
+		if (action == GUC_ACTION_SAVE && strcmp(name, "search_path") == 0)
+			value = temp_schema_last(value);
 		(void) set_config_option(name, value, PGC_USERSET, PGC_S_SESSION,
 								 action, true, 0, false);
 	}

@@ -59,10 +59,12 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/rel.h"
@@ -235,6 +237,10 @@ typedef struct CompiledObject
 {
 	Oid			oid;
 	bool		domain;
+	bool		execute;		/* a function the owner must be allowed to
+								 * execute (as PostgreSQL's executor checks
+								 * it: not a type's I/O function, nor an
+								 * aggregate's support function) */
 	uint32		hash;			/* its catalog cache hash value */
 	uint64		signature;
 } CompiledObject;
@@ -390,8 +396,18 @@ compiled_changed_cb(Datum arg, int cacheid, uint32 hashvalue)
 	}
 }
 
+/* the source, whose privileges the owner may lose (see compiled_source_cb) */
+static Oid	compiled_source = InvalidOid;
+
 static void
-add_compiled_object(Oid oid, bool domain)
+compiled_source_cb(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == compiled_source)
+		WorkerCompiledChanged = true;
+}
+
+static void
+add_compiled_object(Oid oid, bool domain, bool execute)
 {
 	CompiledObject *obj;
 	ListCell   *lc;
@@ -399,12 +415,18 @@ add_compiled_object(Oid oid, bool domain)
 	if (!OidIsValid(oid))
 		return;
 	foreach(lc, compiled_objects)
-		if (((CompiledObject *) lfirst(lc))->oid == oid &&
-			((CompiledObject *) lfirst(lc))->domain == domain)
+	{
+		obj = lfirst(lc);
+		if (obj->oid == oid && obj->domain == domain)
+		{
+			obj->execute |= execute;
 			return;
+		}
+	}
 	obj = palloc(sizeof(CompiledObject));
 	obj->oid = oid;
 	obj->domain = domain;
+	obj->execute = execute;
 	obj->hash = domain ? GetSysCacheHashValue1(TYPEOID, ObjectIdGetDatum(oid)) :
 		GetSysCacheHashValue1(PROCOID, ObjectIdGetDatum(oid));
 	compiled_objects = lappend(compiled_objects, obj);
@@ -414,20 +436,24 @@ add_compiled_object(Oid oid, bool domain)
 static bool
 add_compiled_function(Oid func, void *context)
 {
-	add_compiled_object(func, false);
+	add_compiled_object(func, false, *(bool *) context);
 	return false;
 }
 
 static bool
 compiled_objects_walker(Node *node, void *context)
 {
+	bool		execute;
+
 	if (node == NULL)
 		return false;
 	if (IsA(node, Query))
 		return query_tree_walker((Query *) node, compiled_objects_walker, NULL, 0);
-	(void) check_functions_in_node(node, add_compiled_function, NULL);
+	/* the executor checks EXECUTE on calls, not on I/O or row comparisons */
+	execute = !IsA(node, CoerceViaIO) && !IsA(node, RowCompareExpr);
+	(void) check_functions_in_node(node, add_compiled_function, &execute);
 	if (IsA(node, CoerceToDomain))
-		add_compiled_object(((CoerceToDomain *) node)->resulttype, true);
+		add_compiled_object(((CoerceToDomain *) node)->resulttype, true, false);
 	return expression_tree_walker(node, compiled_objects_walker, NULL);
 }
 
@@ -444,8 +470,10 @@ watch_compiled(FlowWorker *w)
 		CacheRegisterSyscacheCallback(PROCOID, compiled_changed_cb, (Datum) 0);
 		CacheRegisterSyscacheCallback(TYPEOID, compiled_changed_cb, (Datum) 0);
 		CacheRegisterSyscacheCallback(CONSTROID, compiled_changed_cb, (Datum) 0);
+		CacheRegisterRelcacheCallback(compiled_source_cb, (Datum) 0);
 		registered = true;
 	}
+	compiled_source = fq->source;
 	list_free_deep(compiled_objects);
 	compiled_objects = NIL;
 	(void) compiled_objects_walker((Node *) fq->where, NULL);
@@ -458,11 +486,11 @@ watch_compiled(FlowWorker *w)
 	{
 		FlowAgg    *agg = &w->plan->aggs[i];
 
-		add_compiled_object(agg->transfn.fn_oid, false);
-		add_compiled_object(agg->combinefn.fn_oid, false);
-		add_compiled_object(agg->finalfn.fn_oid, false);
-		add_compiled_object(agg->serialfn.fn_oid, false);
-		add_compiled_object(agg->deserialfn.fn_oid, false);
+		add_compiled_object(agg->transfn.fn_oid, false, false);
+		add_compiled_object(agg->combinefn.fn_oid, false, false);
+		add_compiled_object(agg->finalfn.fn_oid, false, false);
+		add_compiled_object(agg->serialfn.fn_oid, false, false);
+		add_compiled_object(agg->deserialfn.fn_oid, false, false);
 	}
 	WorkerCompiledChanged = false;
 }
@@ -496,6 +524,24 @@ WorkerCheckCompiledObjects(FlowWorker *w)
 						obj->domain ? format_type_be(obj->oid) : format_procedure(obj->oid),
 						w->def->name),
 				 errdetail("The stream's process starts again at once, to compile the stream with it.")));
+	}
+
+	/*
+	 * A REVOKE on the source or on a function the stream calls: the owner
+	 * may read or call no more what the stream reads and calls, which
+	 * PostgreSQL checks where the stream was compiled.  The stream fails
+	 * then, as it does when its next process compiles it (a running
+	 * worker read on, and flowpg.live showed rows the owner could not
+	 * read, until its next checkpoint).
+	 */
+	CompileCheckPermissions(w->fq);
+	foreach(lc, compiled_objects)
+	{
+		CompiledObject *obj = lfirst(lc);
+
+		if (obj->execute &&
+			pg_proc_aclcheck(obj->oid, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, get_func_name(obj->oid));
 	}
 }
 
