@@ -117,6 +117,17 @@ SELECT flowpg.create_stream('alice_secret', 'SELECT count(*) AS n FROM secret');
 RESET ROLE;
 DROP TABLE secret;
 
+-- flowpg's trigger that marks a stream restored from a dump fires on its
+-- catalog only (on a table of the caller's with the same columns, it
+-- asked for the rebuild of any stream id)
+SET ROLE flowpg_bob;
+CREATE TABLE fake_stream (id int, result oid, plan text, restored bool, owner oid);
+CREATE TRIGGER fake BEFORE INSERT ON fake_stream
+    FOR EACH ROW EXECUTE FUNCTION flowpg.stream_restored();
+INSERT INTO fake_stream VALUES (1, 'pg_class'::regclass, '', false, 0);
+DROP TABLE fake_stream;
+RESET ROLE;
+
 -- a role that cannot log in cannot own a stream: its worker could not connect
 SET ROLE flowpg_group;
 SELECT flowpg.create_stream('group_view', 'SELECT count(*) AS n FROM events');

@@ -72,6 +72,7 @@
 #include "access/table.h"
 #include "access/tupconvert.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/index.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_inherits.h"
@@ -163,6 +164,12 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
 		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		elog(ERROR, "flowpg.stream_restored must be a BEFORE INSERT row trigger");
+	/* not on a table of the caller's with the same columns */
+	if (RelationGetRelid(trigdata->tg_relation) !=
+		get_relname_relid("stream", get_namespace_oid("flowpg", false)))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("flowpg.stream_restored is a trigger of flowpg.stream only")));
 	tuple = trigdata->tg_trigtuple;
 	if (CatalogInserting())
 		return PointerGetDatum(tuple);
