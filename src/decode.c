@@ -577,6 +577,99 @@ DecodeCopySlot(const char *src, const char *dst)
 	PG_END_TRY();
 }
 
+/*
+ * Rewind a stream's slot to a savepoint's (flowpg.restore): its positions
+ * and the catalog rows it keeps become the savepoint slot's, as
+ * pg_copy_logical_replication_slot sets a copy's, but in place: the stream
+ * kept its slot through it.  (Dropping the slot, then copying the
+ * savepoint's under its name, left the stream without one, stale, when
+ * the copy failed: a statement timeout, a cancel, another session taking
+ * the slot just freed.)  The savepoint's slot keeps that WAL and those
+ * rows meanwhile; if PostgreSQL invalidated it before ours took them over,
+ * ours goes back to where it was and the restore fails.  A stream left
+ * without a slot (stale) gets a copy.
+ */
+void
+DecodeRewindSlot(const char *src, const char *dst)
+{
+	ReplicationSlot *sp;
+	ReplicationSlot *slot;
+	ReplicationSlotPersistentData from;
+	ReplicationSlotPersistentData before;
+	TransactionId effective_xmin;
+	TransactionId effective_catalog_xmin;
+	TransactionId before_xmin;
+	TransactionId before_catalog_xmin;
+	XLogSegNo	segno;
+	bool		kept;
+
+	if (SearchNamedReplicationSlot(dst, true) == NULL)
+	{
+		DecodeCopySlot(src, dst);
+		return;
+	}
+	ReplicationSlotAcquire(dst, false);
+	slot = MyReplicationSlot;
+	HOLD_INTERRUPTS();
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	sp = SearchNamedReplicationSlot(src, false);
+	if (sp != NULL)
+	{
+		SpinLockAcquire(&sp->mutex);
+		from = sp->data;
+		effective_xmin = sp->effective_xmin;
+		effective_catalog_xmin = sp->effective_catalog_xmin;
+		SpinLockRelease(&sp->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	if (sp == NULL || XLogRecPtrIsInvalid(from.restart_lsn))
+		elog(ERROR, "replication slot \"%s\" is gone or invalidated", src);
+
+	SpinLockAcquire(&slot->mutex);
+	before = slot->data;
+	before_xmin = slot->effective_xmin;
+	before_catalog_xmin = slot->effective_catalog_xmin;
+	slot->effective_xmin = effective_xmin;
+	slot->effective_catalog_xmin = effective_catalog_xmin;
+	slot->data.xmin = from.xmin;
+	slot->data.catalog_xmin = from.catalog_xmin;
+	slot->data.restart_lsn = from.restart_lsn;
+	slot->data.confirmed_flush = from.confirmed_flush;
+	/* what decoding from its old position found to move it to: a copy has none */
+	slot->candidate_catalog_xmin = InvalidTransactionId;
+	slot->candidate_xmin_lsn = InvalidXLogRecPtr;
+	slot->candidate_restart_lsn = InvalidXLogRecPtr;
+	slot->candidate_restart_valid = InvalidXLogRecPtr;
+	SpinLockRelease(&slot->mutex);
+	ReplicationSlotsComputeRequiredXmin(false);
+	ReplicationSlotsComputeRequiredLSN();
+
+	/* now that ours keeps them: were they still kept? */
+	XLByteToSeg(from.restart_lsn, segno, wal_segment_size);
+	kept = ControlSlotUsable(src) && XLogGetLastRemovedSegno() < segno;
+	if (!kept)
+	{
+		SpinLockAcquire(&slot->mutex);
+		slot->effective_xmin = before_xmin;
+		slot->effective_catalog_xmin = before_catalog_xmin;
+		slot->data = before;
+		SpinLockRelease(&slot->mutex);
+		ReplicationSlotsComputeRequiredXmin(false);
+		ReplicationSlotsComputeRequiredLSN();
+	}
+	ReplicationSlotMarkDirty();
+	ReplicationSlotSave();
+	ReplicationSlotRelease();
+	RESUME_INTERRUPTS();
+	if (!kept)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("replication slot \"%s\" was invalidated while it was being restored",
+						src),
+				 errdetail("PostgreSQL removed the WAL since its position %X/%X (max_slot_wal_keep_size).",
+						   LSN_FORMAT_ARGS(from.restart_lsn))));
+}
+
 /* The worker's decoding context, from its slot's position; in w->cxt. */
 static void
 begin_decoding(FlowWorker *w)

@@ -289,7 +289,9 @@ restore_catalog(StreamDef *def, Savepoint *sp)
 /*
  * flowpg.restore(stream text, savepoint text): rewind the stream to the
  * savepoint.  Owner only; it must be the first write of its transaction
- * (it creates a replication slot).  Takes effect at commit: the result
+ * (a stale stream's restore creates a replication slot; the slot of one
+ * that has its own is rewound: see DecodeRewindSlot).  Takes effect at
+ * commit: the result
  * table is rewritten by the stream's next worker, and flowpg.wait then
  * waits until everything committed since the savepoint is applied again.
  */
@@ -311,7 +313,7 @@ flowpg_restore(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
 				 errmsg("flowpg.restore must run before any other write in its transaction"),
-				 errdetail("Restoring a savepoint creates a logical replication slot, which PostgreSQL only allows in a transaction that has not written anything yet."),
+				 errdetail("Restoring a savepoint may create a logical replication slot, which PostgreSQL only allows in a transaction that has not written anything yet."),
 				 errhint("Call flowpg.restore in its own transaction.")));
 
 	/* the worker stops first: it may be dropping the slots right now */
@@ -331,8 +333,7 @@ flowpg_restore(PG_FUNCTION_ARGS)
 				 errhint("The stream failed for good: drop it and create it again.") :
 				 errhint("Drop the savepoint; take savepoints again from now on.")));
 	FlowpgSlotName(slot_name, MyDatabaseId, def->id);
-	DecodeDropSlot(slot_name);
-	DecodeCopySlot(sp_slot, slot_name);
+	DecodeRewindSlot(sp_slot, slot_name);
 	restore_catalog(def, &sp);
 	ereport(LOG,
 			(errmsg("flowpg: stream \"%s\" restored to savepoint \"%s\" at %X/%X",
