@@ -44,6 +44,7 @@
 #include "parser/analyze.h"
 #include "parser/parse_agg.h"
 #include "parser/parse_clause.h"
+#include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
@@ -295,8 +296,15 @@ check_source(RangeTblEntry *rte)
 		not_supported("TABLESAMPLE clauses", NULL);
 	if (rte->relkind == RELKIND_PARTITIONED_TABLE)
 	{
-		List	   *parts = find_all_inheritors(rte->relid, AccessShareLock, NULL);
+		List	   *parts;
 		ListCell   *lc;
+
+		/*
+		 * The table before its partitions, in PostgreSQL's order: the other
+		 * deadlocked with a DETACH PARTITION or DROP TABLE of a partition.
+		 */
+		LockRelationOid(rte->relid, AccessShareLock);
+		parts = find_all_inheritors(rte->relid, AccessShareLock, NULL);
 
 		foreach(lc, parts)
 			CompileCheckPartition(lfirst_oid(lc), rte->relid, false);
