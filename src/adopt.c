@@ -491,18 +491,23 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 }
 
 /*
- * Drop the replication origins of streams whose database is gone.  A
- * stream's origin goes with the stream (drop_stream, DROP EXTENSION, its
- * orphaned slot's worker), but a database may be dropped with streams that
- * have no slot left (failed for good; PostgreSQL refuses to drop a
- * database only while it has slots): their origins stayed, and enough of
- * them made new streams fail for want of a replication state slot.
+ * Drop the replication origins of streams whose database is gone, and of
+ * this database's streams that have no slot.  A stream's origin goes with
+ * the stream (drop_stream, DROP EXTENSION, its orphaned slot's worker) or
+ * when it fails for good, but a database may be dropped with streams that
+ * have no slot left (PostgreSQL refuses to drop a database only while it
+ * has slots), and a slot may be dropped by hand: their origins stayed,
+ * each taking one of the server's max_replication_slots replication
+ * states, and new streams found a slot but no state, failing at every
+ * start.  A stream without a slot needs no origin until it has a slot
+ * again (a rebuild or restore), and its worker then makes one.
  * pg_replication_origin is a shared catalog, which only a process
  * connected to a database reads: each scan does it (the launcher has the
- * databases scanned after a DROP DATABASE commits).  In a transaction.
+ * databases scanned after a DROP DATABASE commits), and create_stream
+ * before it makes the new stream's.  In a transaction.
  */
-static void
-sweep_origins(void)
+void
+AdoptSweepOrigins(void)
 {
 	List	   *gone = NIL;
 	ListCell   *lc;
@@ -519,19 +524,27 @@ sweep_origins(void)
 		Oid			dboid;
 		int32		stream_id;
 
-		if (FlowpgParseSlotName(name, &dboid, &stream_id) &&
-			!SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dboid)))
+		if (!FlowpgParseSlotName(name, &dboid, &stream_id))
+			continue;
+		if (!SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dboid)))
+		{
+			ereport(LOG,
+					(errmsg("flowpg: dropping replication origin \"%s\": its database does not exist",
+							name)));
 			gone = lappend(gone, name);
+		}
+		else if (dboid == MyDatabaseId && SearchNamedReplicationSlot(name, true) == NULL)
+		{
+			ereport(LOG,
+					(errmsg("flowpg: dropping replication origin \"%s\": its stream has no replication slot",
+							name)));
+			gone = lappend(gone, name);
+		}
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	foreach(lc, gone)
-	{
-		ereport(LOG,
-				(errmsg("flowpg: dropping replication origin \"%s\": its database does not exist",
-						(char *) lfirst(lc))));
 		replorigin_drop_by_name(lfirst(lc), true, false);
-	}
 }
 
 /*
@@ -553,7 +566,7 @@ AdoptScanMain(Datum main_arg)
 
 	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	sweep_origins();
+	AdoptSweepOrigins();
 	if (OidIsValid(get_extension_oid("flowpg", true)))
 	{
 		foreach(lc, CatalogListRestored())

@@ -13,6 +13,7 @@
 #include "control.h"
 
 extern void AdoptRequest(StreamIdentity *ident);
+extern void AdoptSweepOrigins(void);
 extern PGDLLEXPORT void FlowAdoptMain(Datum main_arg);
 extern PGDLLEXPORT void AdoptScanMain(Datum main_arg);
 

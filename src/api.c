@@ -377,6 +377,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	FlowpgSlotName(slot_name, MyDatabaseId, def->id);
 	DecodeCreateSlot(slot_name, NULL);
 	CatalogPendingCreate();
+	AdoptSweepOrigins();
 	replorigin_create(slot_name);
 
 	def->result = create_result_table(fq, rv, nsp);

@@ -129,16 +129,27 @@ drop_orphan(FlowWorker *w)
 
 /*
  * Drop the slots of a stream that failed for good (see check_retained_wal):
- * its own, which this worker holds if `held`, and its savepoints'.
+ * its own, which this worker holds if `held`, and its savepoints'; and its
+ * replication origin, whose progress takes one of the server's
+ * max_replication_slots replication states: kept by a stale stream, it
+ * left a new stream a slot but no state, and its workers failed at every
+ * start.  A rebuild or restore gives the stream a new one.
  */
 static void
 release_slots(FlowWorker *w, bool held)
 {
 	if (held)
 		ReplicationSlotRelease();
+	if (w->origin != InvalidRepOriginId)
+	{
+		replorigin_session_reset();
+		replorigin_session_origin = InvalidRepOriginId;
+		w->origin = InvalidRepOriginId;
+	}
 	FlowpgStartTransaction();
 	DecodeDropSlot(w->slot_name);
 	DecodeDropSavepointSlots(MyDatabaseId, w->def->id);
+	replorigin_drop_by_name(w->slot_name, true, false);
 	CommitTransactionCommand();
 	ereport(LOG,
 			(errmsg("flowpg: dropped the replication slots of failed stream \"%s\"",
@@ -707,7 +718,10 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	if (w->fq->recorded_transtypes)
 		CatalogStorePlan(w->def->id, nodeToString(w->fq->query));
 	restore_state(w);
-	origin = replorigin_by_name(w->slot_name, false);
+	/* a stream restored or rebuilt after it failed for good has none */
+	origin = replorigin_by_name(w->slot_name, true);
+	if (origin == InvalidRepOriginId)
+		origin = replorigin_create(w->slot_name);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();

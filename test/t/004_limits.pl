@@ -305,6 +305,26 @@ like($err, qr/HINT:  .*max_replication_slots/, '... with a hint naming the setti
 is($few->safe_psql('postgres',
 	"SELECT (SELECT count(*) FROM pg_replication_slots) || '/' || (SELECT count(*) FROM flowpg.streams) || '/' || (to_regclass('two') IS NULL)"),
 	'1/1/true', '... and nothing is left behind');
+# a stream whose slot was dropped by hand (stale) gives its replication
+# origin up, whose progress takes one of max_replication_slots replication
+# states: a new stream found a slot but no state, and failed at every start
+my $dropped = 0;
+for (1 .. 50)
+{
+	$few->safe_psql('postgres', 'SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE pid IS NOT NULL');
+	($rc) = $few->psql('postgres',
+		"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name LIKE 'flowpg%'");
+	$dropped = 1, last if $rc == 0;
+	sleep 0.1;
+}
+ok($dropped, 'the slot of stream one was dropped by hand');
+is($few->safe_psql('postgres', "SELECT stale FROM flowpg.streams WHERE name = 'public.one'"), 't',
+	'... and the stream is stale');
+$few->safe_psql('postgres', "SELECT flowpg.create_stream('two', 'SELECT count(*) AS n FROM ev')");
+$few->safe_psql('postgres', 'INSERT INTO ev VALUES (1), (2)');
+($rc, $out, $err) = $few->psql('postgres', "SELECT flowpg.wait('two', '30 s')");
+is($rc, 0, 'a new stream runs beside the stale one') or diag($err);
+oracle_ok($few, 'two', 'SELECT count(*) AS n FROM ev', 'the new stream beside a stale one');
 $few->stop;
 
 # no free background worker slot: refused at create time, naming the setting
