@@ -174,6 +174,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->restart_at = 0;
 		free_ctl->started_at = 0;
 		free_ctl->slot_wait_since = 0;
+		free_ctl->no_worker_slot = false;
 		free_ctl->retry_requested = false;
 		free_ctl->owner = InvalidOid;
 		free_ctl->reconnect = false;

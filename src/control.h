@@ -72,6 +72,8 @@ typedef struct StreamCtl
 	TimestampTz slot_wait_since;	/* since when its process has waited for
 									 * checkpoint writers to give a background
 									 * worker slot up (0: it does not) */
+	bool		no_worker_slot;	/* its last process found no background
+								 * worker slot (the launcher warned) */
 	bool		retry_requested;	/* flowpg.wait: start it again at once */
 	Oid			owner;			/* the stream's owner, as whom its process
 								 * connects; InvalidOid: unknown (after a

@@ -201,6 +201,7 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	BackgroundWorkerHandle *handle;
 	MemoryContext oldcxt;
 	bool		registered;
+	bool		warned;
 	StreamIdentity who = *ident;
 
 	LauncherDescribeWorker(&bgw, adopter ? "FlowAdoptMain" : "FlowWorkerMain",
@@ -221,23 +222,35 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	SpinLockAcquire(&ctl->mutex);
 	ctl->retry_requested = false;
 	if (registered)
+	{
 		ctl->slot_wait_since = 0;
+		ctl->no_worker_slot = false;
+	}
 	SpinLockRelease(&ctl->mutex);
 	if (registered)
 		return handle;
 	if (await_writers_yield(ctl))
 		return NULL;
-	ControlSetError(ctl, "no free background worker slot: raise max_worker_processes");
+
+	/*
+	 * Tried again after 1 s, doubling up to 60 s, as after a failure, and
+	 * said once until a process starts (it was every second, in the log).
+	 */
 	SpinLockAcquire(&ctl->mutex);
+	ctl->started_at = 0;
+	warned = ctl->status == STREAM_FAILED && ctl->no_worker_slot;
+	ctl->no_worker_slot = true;
 	ctl->status = STREAM_FAILED;
-	ctl->restart_at = GetCurrentTimestamp() + FLOWPG_RESTART_MIN_MS * 1000L;
 	SpinLockRelease(&ctl->mutex);
-	ereport(WARNING,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("flowpg could not start the %s of stream %d of database \"%s\": no free background worker slot",
-					adopter ? "rebuild" : "worker", ident->stream_id,
-					database_name(ident->dboid)),
-			 errhint("Raise max_worker_processes.")));
+	ControlSetError(ctl, "no free background worker slot: raise max_worker_processes");
+	ControlScheduleRestart(ctl);
+	if (!warned)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("flowpg could not start the %s of stream %d of database \"%s\": no free background worker slot",
+						adopter ? "rebuild" : "worker", ident->stream_id,
+						database_name(ident->dboid)),
+				 errhint("Raise max_worker_processes.")));
 	return NULL;
 }
 

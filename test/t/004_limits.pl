@@ -341,6 +341,25 @@ like($err, qr/HINT:  Raise max_worker_processes/, '... with a hint naming the se
 is($busy->safe_psql('postgres',
 	"SELECT (SELECT count(*) FROM pg_replication_slots) || '/' || (SELECT count(*) FROM flowpg.streams) || '/' || (to_regclass('two') IS NULL)"),
 	'1/1/true', '... and nothing is left behind');
+# a stream that finds no background worker slot after a restart (the
+# setting lowered) is failed, tried again after 1 s, doubling, and said
+# once in the log (it was every second)
+$busy->append_conf('postgresql.conf', "max_worker_processes = 4\n");
+$busy->restart;
+$busy->safe_psql('postgres', "SELECT flowpg.create_stream('two', 'SELECT count(*) AS n FROM ev')");
+$busy->append_conf('postgresql.conf', "max_worker_processes = 3\n");
+$busy->restart;
+$busy->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM flowpg.streams WHERE last_error LIKE 'no free background worker slot%'")
+  or die 'no stream lacks a background worker slot';
+sleep 6;
+my $slotless = () = slurp_file($busy->logfile) =~
+  /WARNING:  flowpg could not start the worker of stream \d+ of database "postgres": no free background worker slot/g;
+is($slotless, 1, 'a stream without a background worker slot is logged once');
+$busy->append_conf('postgresql.conf', "max_worker_processes = 8\n");
+$busy->restart;
+$busy->safe_psql('postgres', 'INSERT INTO ev VALUES (1)');
+oracle_ok($busy, $_, 'SELECT count(*) AS n FROM ev', "$_, once there are slots again") for qw(one two);
 $busy->stop;
 
 done_testing();
