@@ -156,6 +156,16 @@ writer_stop(int code, Datum arg)
 	pid_t		pid;
 	int			waited = 0;
 
+	/*
+	 * After the postmaster's death the writer exits on its own, and the
+	 * next server makes its shared memory anew: nothing to wait for.  (Its
+	 * slot never says stopped then, and an exited writer stays a zombie
+	 * until someone reaps it, which kill(pid, 0) cannot tell from a live
+	 * one: the worker waited up to a minute, attached to the old shared
+	 * memory, and the new server could not start meanwhile.)
+	 */
+	if (!PostmasterIsAlive())
+		return;
 	if (w->writer != NULL)
 	{
 		TerminateBackgroundWorker(w->writer);
@@ -163,14 +173,11 @@ writer_stop(int code, Datum arg)
 		{
 			BgwHandleStatus status = GetBackgroundWorkerPid(w->writer, &pid);
 
-			/*
-			 * After the postmaster's death its slot never says stopped: the
-			 * writer, which exits on its own then, is looked for itself.
-			 */
-			if (status == BGWH_STOPPED || status == BGWH_POSTMASTER_DIED ||
-				(!PostmasterIsAlive() &&
-				 (status != BGWH_STARTED || (kill(pid, 0) != 0 && errno == ESRCH))))
+			if (status == BGWH_STOPPED)
 				break;
+			/* keep the buffer: the writer may still read it */
+			if (status == BGWH_POSTMASTER_DIED || !PostmasterIsAlive())
+				return;
 			if (waited++ >= WRITER_STOP_WAIT_MS)
 			{
 				/* keep the buffer: the writer may still read it */

@@ -14,6 +14,8 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Config;
+use POSIX qw(WNOHANG);
 use FlowpgTest;
 
 my $node = new_node('writer');
@@ -119,6 +121,41 @@ $holder = checkpoint_waiting_for(1001,
 crash_restart($node);
 eval { $holder->quit };
 oracle_ok($node, 'spend', $query, 'kill -9 of the postmaster while a checkpoint of 120,000 keys waited in the writer');
+
+# 3d. kill -9 of the postmaster where nothing reaps its orphaned processes
+#     at once (a container whose init reaps only its own child): this test
+#     takes them as a subreaper and does not reap them.  The server starts
+#     again within seconds: the worker waited for its writer, which had
+#     exited but stayed a zombie, up to a minute, holding the old shared
+#     memory, and every start failed meanwhile.
+SKIP:
+{
+	skip 'prctl by its x86_64 Linux syscall number', 1
+	  unless $Config{archname} =~ /^x86_64-linux/;
+	# prctl(PR_SET_CHILD_SUBREAPER, 1): the server started next is ours
+	syscall(157, 36, 1, 0, 0, 0) == 0 or die "prctl: $!";
+	$node->restart;
+	$node->poll_query_until('postgres', "SELECT $writers = 1")
+	  or die 'no checkpoint writer after the restart';
+	my $start = time;
+	my $postmaster = $node->{_pid};
+	$node->kill9;
+	# the postmaster only: its pid would stay taken (postmaster.pid)
+	waitpid($postmaster, 0);
+	my $started = 0;
+	for (1 .. 90)
+	{
+		sleep 1;
+		$node->{_pid} = undef;
+		$started = 1, last if $node->start(fail_ok => 1);
+	}
+	my $took = time - $start;
+	syscall(157, 36, 0, 0, 0, 0);
+	1 while waitpid(-1, WNOHANG) > 0;
+	ok($started && $took < 20,
+		"the server starts again after kill -9 with its processes unreaped (${took} s)");
+}
+oracle_ok($node, 'spend', $query, 'kill -9 of the postmaster with its processes unreaped');
 
 # 4. kill -9 of the writer under load: the server restarts, the stream
 #    comes back exact.
