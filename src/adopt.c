@@ -260,7 +260,7 @@ AdoptRequest(StreamIdentity *ident)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("flowpg cannot rebuild restored stream %d: flowpg.max_streams (%d) entries are in use",
+				 errmsg("flowpg cannot rebuild stream %d now: flowpg.max_streams (%d) entries are in use",
 						ident->stream_id, flowpg_max_streams),
 				 errhint("Raise flowpg.max_streams and restart the server; flowpg.wait on the stream tries again.")));
 		return;

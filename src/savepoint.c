@@ -330,7 +330,7 @@ flowpg_restore(PG_FUNCTION_ARGS)
 				 errdetail("The WAL since its position %X/%X is no longer kept: its replication slot \"%s\" is gone.",
 						   LSN_FORMAT_ARGS(sp.lsn), sp_slot),
 				 def->failure != NULL ?
-				 errhint("The stream failed for good: drop it and create it again.") :
+				 errhint("The stream failed for good: rebuild it from its source table with flowpg.rebuild_stream, or drop it and create it again.") :
 				 errhint("Drop the savepoint; take savepoints again from now on.")));
 	FlowpgSlotName(slot_name, MyDatabaseId, def->id);
 	DecodeRewindSlot(sp_slot, slot_name);

@@ -182,7 +182,7 @@ fail_for_good(FlowWorker *w, int sqlerrcode, const char *message,
 	ereport(ERROR,
 			(errcode(sqlerrcode),
 			 errmsg_internal("%s", message),
-			 errhint("Drop the stream and create it again.")));
+			 errhint("Rebuild the stream from its source table with flowpg.rebuild_stream, or drop it and create it again.")));
 }
 
 /* The stream kept `unapplied` bytes of WAL, past flowpg.max_retained_wal: it fails for good. */
@@ -198,7 +198,7 @@ fail_retained_wal(FlowWorker *w, int64 unapplied, bool held)
 					   unapplied >= 10 * 1024 * 1024 ? "MB" : "kB",
 					   flowpg_max_retained_wal);
 	fail_for_good(w, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, message,
-				  "Drop the stream and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.",
+				  "Rebuild the stream with flowpg.rebuild_stream, or drop it and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.",
 				  held);
 }
 
@@ -737,7 +737,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 		fail_for_good(w, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 					  psprintf("the replication slot \"%s\" of stream \"%s\" was invalidated: PostgreSQL removed WAL the stream had not applied (max_slot_wal_keep_size); it has stopped for good and its results are stale",
 								  w->slot_name, w->def->name),
-					  "Drop the stream and create it again; set max_slot_wal_keep_size to -1 (flowpg.max_retained_wal bounds the WAL streams keep), or above it, to avoid this.",
+					  "Rebuild the stream with flowpg.rebuild_stream, or drop it and create it again; set max_slot_wal_keep_size to -1 (flowpg.max_retained_wal bounds the WAL streams keep), or above it, to avoid this.",
 					  true);
 	/* the slot may lie before the checkpoint: see checkpoint.c */
 	if (w->processed_lsn < w->restored_lsn)
