@@ -460,6 +460,21 @@ SELECT try($$SELECT flowpg.wait('cc_inline')$$);
 -- 2 + 101, and 1 + 100
 TABLE cc_inline;
 SELECT flowpg.drop_stream('cc_inline');
+-- a function that writes, called by an IMMUTABLE one: the stream fails
+-- with flowpg's error (it was PostgreSQL's "output plugin used XID"), and
+-- the write does not stay
+CREATE TABLE cc_log (v int);
+CREATE FUNCTION cc_logs(int) RETURNS int VOLATILE LANGUAGE plpgsql
+    AS 'BEGIN INSERT INTO cc_log VALUES ($1); RETURN $1; END';
+CREATE FUNCTION cc_pure(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN cc_logs($1); END';
+SELECT flowpg.create_stream('cc_writes', 'SELECT k, sum(cc_pure(v)) AS s FROM cc_src WHERE k = 7 GROUP BY k');
+INSERT INTO cc_src VALUES (7, 1);
+SELECT try($$SELECT flowpg.wait('cc_writes')$$) LIKE '55000: stream "public.cc_writes" has failed%' AS failed;
+SELECT last_error FROM flowpg.streams WHERE name = 'public.cc_writes';
+SELECT count(*) AS written FROM cc_log;
+SELECT flowpg.drop_stream('cc_writes');
+DROP TABLE cc_log;
+DROP FUNCTION cc_pure(int), cc_logs(int);
 SELECT flowpg.drop_stream('cc_runs');
 DROP TABLE cc_src, cc_other;
 DROP DOMAIN cc_small, cc_above;

@@ -324,6 +324,14 @@ add_row(FlowWorker *w, Relation relation, HeapTuple tuple)
 	TeardownHistoricSnapshot(false);
 	WorkerCheckCompiled(w);
 	BatchAdd(w->batch, w->state, tuple);
+	/* PostgreSQL's own check, after the transaction: "output plugin used XID" */
+	if (GetCurrentTransactionIdIfAny() != InvalidTransactionId)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("a function that stream \"%s\" calls wrote to the database",
+						w->def->name),
+				 errdetail("A stream's functions run as its worker decodes the WAL, where they may not write."),
+				 errhint("Change the function so that it does not write (an IMMUTABLE function may call a VOLATILE one that does).")));
 	SetupHistoricSnapshot(historic, tuplecids);
 	if (relcache_invals == invals)
 		return;
