@@ -230,6 +230,26 @@ TABLE alice_doubled;
 SELECT flowpg.drop_stream('alice_pay'), flowpg.drop_stream('alice_doubled');
 DROP TABLE payroll, bonus;
 DROP FUNCTION doubled(int);
+-- ... but not on a call that compiling folded away unrun, which
+-- PostgreSQL does not check either (the stream failed at the next VACUUM
+-- of its source, and at every start after)
+CREATE FUNCTION hidden(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1';
+REVOKE EXECUTE ON FUNCTION hidden(int) FROM PUBLIC;
+CREATE TABLE folded (k int, v int);
+GRANT SELECT ON folded TO flowpg_alice;
+SET ROLE flowpg_alice;
+SELECT flowpg.create_stream('alice_folded',
+    'SELECT k, count(*) AS n FROM folded WHERE true OR hidden(v) > 0 GROUP BY k');
+RESET ROLE;
+INSERT INTO folded VALUES (1, 1);
+SELECT flowpg.wait('alice_folded');
+VACUUM folded;
+INSERT INTO folded VALUES (1, 2);
+SELECT flowpg.wait('alice_folded');
+TABLE alice_folded;
+SELECT flowpg.drop_stream('alice_folded');
+DROP TABLE folded;
+DROP FUNCTION hidden(int);
 
 -- ... and one whose owner may no longer log in, until it may again
 ALTER ROLE flowpg_alice NOLOGIN;

@@ -425,6 +425,15 @@ add_compiled_object(Oid oid, bool domain, bool execute)
 
 	if (!OidIsValid(oid))
 		return;
+
+	/*
+	 * What the owner may not execute now, compiling did not need: a call it
+	 * folded away unrun (WHERE true OR f(v)), which PostgreSQL does not
+	 * check either.  Watched for it, the stream failed at the next
+	 * invalidation of the source (a VACUUM), and at every start after.
+	 */
+	if (execute && pg_proc_aclcheck(oid, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+		execute = false;
 	foreach(lc, compiled_objects)
 	{
 		obj = lfirst(lc);
