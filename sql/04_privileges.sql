@@ -250,6 +250,20 @@ TABLE alice_folded;
 SELECT flowpg.drop_stream('alice_folded');
 DROP TABLE folded;
 DROP FUNCTION hidden(int);
+-- create_stream refuses what the owner may not run (each start of the
+-- stream's worker refused it, for good)
+CREATE AGGREGATE locked_sum(int) (sfunc = int4pl, stype = int, combinefunc = int4pl, initcond = '0');
+REVOKE EXECUTE ON FUNCTION locked_sum(int) FROM PUBLIC;
+CREATE FUNCTION locked_check(int) RETURNS bool IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN $1 > 0; END';
+REVOKE EXECUTE ON FUNCTION locked_check(int) FROM PUBLIC;
+CREATE DOMAIN locked_pos AS int CHECK (locked_check(VALUE));
+SET ROLE flowpg_alice;
+SELECT flowpg.create_stream('alice_locked_agg', 'SELECT who, locked_sum(v) AS s FROM events GROUP BY who');
+SELECT flowpg.create_stream('alice_locked_dom', 'SELECT who, sum(v::locked_pos) AS s FROM events GROUP BY who');
+RESET ROLE;
+DROP DOMAIN locked_pos;
+DROP FUNCTION locked_check(int);
+DROP AGGREGATE locked_sum(int);
 
 -- ... and one whose owner may no longer log in, until it may again
 ALTER ROLE flowpg_alice NOLOGIN;

@@ -272,6 +272,22 @@ create_result_table(FlowQuery *fq, RangeVar *rv, Oid nsp)
 }
 
 /*
+ * Build the stream's operators as its worker will, and throw them away:
+ * what the owner may not run there (an aggregate, a function a domain's
+ * CHECK calls: checked as they are set up) is refused now, not by each
+ * start of the worker, for good.
+ */
+static void
+check_plan(FlowQuery *fq)
+{
+	Relation	source = table_open(fq->source, AccessShareLock);
+	FlowPlan   *plan = PlanBuild(fq, RelationGetDescr(source));
+
+	table_close(source, AccessShareLock);
+	MemoryContextDelete(plan->cxt);
+}
+
+/*
  * A query without GROUP BY has one result row even over no rows, like the
  * batch query: insert it now, computed from the aggregates' initial values.
  */
@@ -343,6 +359,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 
 	fq = CompileQueryText(query);
 	CompileCheckPermissions(fq);
+	check_plan(fq);
 	other = CatalogFindByResult(fq->source);
 	if (other != NULL)
 		ereport(ERROR,
