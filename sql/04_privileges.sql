@@ -230,6 +230,25 @@ TABLE alice_doubled;
 SELECT flowpg.drop_stream('alice_pay'), flowpg.drop_stream('alice_doubled');
 DROP TABLE payroll, bonus;
 DROP FUNCTION doubled(int);
+-- ... and so when the owner leaves the role it read the source through
+CREATE TABLE team (who text, v int);
+GRANT SELECT ON team TO flowpg_group;
+GRANT flowpg_group TO flowpg_alice;
+SET ROLE flowpg_alice;
+SELECT flowpg.create_stream('alice_team', 'SELECT who, sum(v) AS total FROM team GROUP BY who', '1 day');
+RESET ROLE;
+INSERT INTO team VALUES ('a', 1);
+SELECT flowpg.wait('alice_team');
+REVOKE flowpg_group FROM flowpg_alice;
+INSERT INTO team VALUES ('a', 2);
+SELECT FROM await_error('public.alice_team', 'permission denied%');
+SELECT status, last_error FROM flowpg.streams WHERE name = 'public.alice_team';
+GRANT flowpg_group TO flowpg_alice;
+SELECT flowpg.wait('alice_team');
+TABLE alice_team;
+SELECT flowpg.drop_stream('alice_team');
+REVOKE flowpg_group FROM flowpg_alice;
+DROP TABLE team;
 -- ... but not on a call that compiling folded away unrun, which
 -- PostgreSQL does not check either (the stream failed at the next VACUUM
 -- of its source, and at every start after)

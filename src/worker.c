@@ -417,6 +417,13 @@ compiled_source_cb(Datum arg, Oid relid)
 		WorkerCompiledChanged = true;
 }
 
+/* ... and with a role's membership, what it had through the role */
+static void
+memberships_cb(Datum arg, int cacheid, uint32 hashvalue)
+{
+	WorkerCompiledChanged = true;
+}
+
 static void
 add_compiled_object(Oid oid, bool domain, bool execute)
 {
@@ -491,6 +498,7 @@ watch_compiled(FlowWorker *w)
 		CacheRegisterSyscacheCallback(TYPEOID, compiled_changed_cb, (Datum) 0);
 		CacheRegisterSyscacheCallback(CONSTROID, compiled_changed_cb, (Datum) 0);
 		CacheRegisterRelcacheCallback(compiled_source_cb, (Datum) 0);
+		CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, memberships_cb, (Datum) 0);
 		registered = true;
 	}
 	compiled_source = fq->source;
