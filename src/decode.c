@@ -330,7 +330,7 @@ add_row(FlowWorker *w, Relation relation, HeapTuple tuple)
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("a function that stream \"%s\" calls wrote to the database",
 						w->def->name),
-				 errdetail("A stream's functions run as its worker decodes the WAL, where they may not write."),
+				 errdetail("A stream's functions run as its worker decodes the WAL, where they may not write, lock rows (FOR SHARE) or advance sequences: anything that takes a transaction ID."),
 				 errhint("Change the function so that it does not write (an IMMUTABLE function may call a VOLATILE one that does).")));
 	SetupHistoricSnapshot(historic, tuplecids);
 	if (relcache_invals == invals)
