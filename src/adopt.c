@@ -72,7 +72,6 @@
 #include "access/table.h"
 #include "access/tupconvert.h"
 #include "access/xact.h"
-#include "catalog/namespace.h"
 #include "catalog/index.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_inherits.h"
@@ -165,8 +164,7 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		elog(ERROR, "flowpg.stream_restored must be a BEFORE INSERT row trigger");
 	/* not on a table of the caller's with the same columns */
-	if (RelationGetRelid(trigdata->tg_relation) !=
-		get_relname_relid("stream", get_namespace_oid("flowpg", false)))
+	if (RelationGetRelid(trigdata->tg_relation) != CatalogStreamRelid())
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("flowpg.stream_restored is a trigger of flowpg.stream only")));
@@ -409,7 +407,6 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 {
 	MemoryContext oldcxt;
 	Snapshot	snapshot;
-	Relation	source;
 	int64		id;
 
 	FlowpgStartTransaction();
@@ -449,9 +446,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 						w->def->name, get_rel_name(w->def->source)),
 				 errdetail("Its definition is: %s", w->def->definition)));
 	CompileCheckPermissions(w->fq);
-	source = table_open(w->fq->source, AccessShareLock);
-	w->plan = PlanBuild(w->fq, RelationGetDescr(source));
-	table_close(source, AccessShareLock);
+	w->plan = PlanBuild(w->fq);
 	w->batch = BatchCreate(w->plan);
 	w->def->plan = nodeToString(w->fq->query);
 	MemoryContextSwitchTo(oldcxt);

@@ -280,11 +280,7 @@ create_result_table(FlowQuery *fq, RangeVar *rv, Oid nsp)
 static void
 check_plan(FlowQuery *fq)
 {
-	Relation	source = table_open(fq->source, AccessShareLock);
-	FlowPlan   *plan = PlanBuild(fq, RelationGetDescr(source));
-
-	table_close(source, AccessShareLock);
-	MemoryContextDelete(plan->cxt);
+	MemoryContextDelete(PlanBuild(fq)->cxt);
 }
 
 /*
@@ -294,8 +290,7 @@ check_plan(FlowQuery *fq)
 static void
 insert_initial_row(FlowQuery *fq, Oid result)
 {
-	Relation	source = table_open(fq->source, AccessShareLock);
-	FlowPlan   *plan = PlanBuild(fq, RelationGetDescr(source));
+	FlowPlan   *plan = PlanBuild(fq);
 	Relation	rel = table_open(result, RowExclusiveLock);
 	TupleDesc	desc = RelationGetDescr(rel);
 	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
@@ -319,7 +314,6 @@ insert_initial_row(FlowQuery *fq, Oid result)
 				   quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 											  RelationGetRelationName(rel)));
 	table_close(rel, NoLock);
-	table_close(source, NoLock);
 
 	SPI_connect();
 	if (SPI_execute_with_args(sql, 1, &argtype, &array, NULL, false, 0) != SPI_OK_INSERT)
@@ -1000,7 +994,6 @@ flowpg_live(PG_FUNCTION_ARGS)
 	StreamCtl  *ctl;
 	FlowQuery  *fq;
 	FlowPlan   *plan;
-	Relation	source;
 	List	   *keys;
 	ListCell   *lc;
 	Datum	   *values;
@@ -1063,9 +1056,7 @@ flowpg_live(PG_FUNCTION_ARGS)
 	fq = CompileQueryTree(stringToNode(def->plan));
 	/* the owner may have lost SELECT on the source since the worker checked */
 	CompileCheckPermissions(fq);
-	source = table_open(fq->source, AccessShareLock);
-	plan = PlanBuild(fq, RelationGetDescr(source));
-	table_close(source, AccessShareLock);
+	plan = PlanBuild(fq);
 
 	InitMaterializedSRF(fcinfo, 0);
 	values = palloc(sizeof(Datum) * rsinfo->setDesc->natts);

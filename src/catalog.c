@@ -156,12 +156,18 @@ CatalogTableOwner(Oid relid)
 	return owner;
 }
 
+/* flowpg.stream, the catalog of streams */
+Oid
+CatalogStreamRelid(void)
+{
+	return get_relname_relid("stream", get_namespace_oid("flowpg", false));
+}
+
 /* The role that owns flowpg's catalog: the extension's owner. */
 static Oid
 catalog_owner(void)
 {
-	Oid			nsp = get_namespace_oid("flowpg", false);
-	Oid			owner = CatalogTableOwner(get_relname_relid("stream", nsp));
+	Oid			owner = CatalogTableOwner(CatalogStreamRelid());
 
 	if (!OidIsValid(owner))
 		ereport(ERROR,
@@ -1417,7 +1423,6 @@ check_new_owner(StreamDef *def)
 	int			nest;
 	ErrorContextCallback callback;
 	FlowQuery  *fq;
-	Relation	source;
 
 	callback.callback = new_owner_context;
 	callback.arg = def;
@@ -1433,9 +1438,7 @@ check_new_owner(StreamDef *def)
 		CompileApplySettings(def->settings, GUC_ACTION_SAVE);
 		fq = CompileQueryTree(stringToNode(def->plan));
 		CompileCheckPermissions(fq);
-		source = table_open(fq->source, AccessShareLock);
-		(void) PlanBuild(fq, RelationGetDescr(source));
-		table_close(source, AccessShareLock);
+		(void) PlanBuild(fq);
 		AtEOXact_GUC(false, nest);
 		SetUserIdAndSecContext(save_user, save_sec);
 	}

@@ -64,6 +64,7 @@ extern void CatalogAdoptStream(StreamDef *def);
 extern void CatalogRefreshDefinitions(void);
 extern List *CatalogListRestored(void);
 extern Oid	CatalogTableOwner(Oid relid);
+extern Oid	CatalogStreamRelid(void);
 extern void CatalogCheckCanOwn(Oid role);
 extern void CatalogRebuildStream(int32 id);
 extern void CatalogRebuildCopies(void);

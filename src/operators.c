@@ -58,6 +58,7 @@
 #include "access/heaptoast.h"
 #include "access/itup.h"
 #include "access/nbtree.h"
+#include "access/table.h"
 #include "catalog/pg_aggregate.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
@@ -513,16 +514,17 @@ calls_non_c_walker(Node *node, void *context)
 
 /*
  * Compile a stream's operators for this process, in a new memory context
- * under the current one.  srcdesc is the source table's descriptor.
+ * under the current one, with the source table's descriptor as it is now.
  */
 FlowPlan *
-PlanBuild(FlowQuery *fq, TupleDesc srcdesc)
+PlanBuild(FlowQuery *fq)
 {
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext,
 											  "flowpg plan",
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 	FlowPlan   *plan = palloc0(sizeof(FlowPlan));
+	Relation	source = table_open(fq->source, AccessShareLock);
 	TupleDesc	finaldesc;
 	ListCell   *lc;
 	int			i = 0;
@@ -532,7 +534,7 @@ PlanBuild(FlowQuery *fq, TupleDesc srcdesc)
 	plan->nkeys = list_length(fq->keys);
 	plan->naggs = list_length(fq->aggs);
 
-	plan->basedesc = CreateTupleDescCopyConstr(srcdesc);
+	plan->basedesc = CreateTupleDescCopyConstr(RelationGetDescr(source));
 	plan->srcslot = MakeSingleTupleTableSlot(plan->basedesc, &TTSOpsHeapTuple);
 	pull_varattnos((Node *) fq->where, 1, &plan->srccols);
 	pull_varattnos((Node *) fq->keys, 1, &plan->srccols);
@@ -579,6 +581,7 @@ PlanBuild(FlowQuery *fq, TupleDesc srcdesc)
 	plan->outproj = ExecBuildProjectionInfo(fq->output, plan->outecontext,
 											plan->outslot, NULL, finaldesc);
 
+	table_close(source, AccessShareLock);
 	MemoryContextSwitchTo(oldcxt);
 	return plan;
 }

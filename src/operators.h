@@ -118,7 +118,7 @@ typedef struct FlowPlan
  */
 typedef struct FlowBatch FlowBatch;
 
-extern FlowPlan *PlanBuild(FlowQuery *fq, TupleDesc srcdesc);
+extern FlowPlan *PlanBuild(FlowQuery *fq);
 extern void PlanSetSourceDesc(FlowPlan *plan, TupleDesc desc);
 extern void PlanSetKeyIndex(FlowPlan *plan, Relation index, const int *cols);
 extern TupleTableSlot *PlanFinalize(FlowPlan *plan, MinimalTuple key,

@@ -581,13 +581,10 @@ void
 WorkerCompile(FlowWorker *w)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(w->cxt);
-	Relation	source;
 
 	w->fq = CompileQueryTree(stringToNode(w->def->plan));
 	CompileCheckPermissions(w->fq);
-	source = table_open(w->fq->source, AccessShareLock);
-	w->plan = PlanBuild(w->fq, RelationGetDescr(source));
-	table_close(source, AccessShareLock);
+	w->plan = PlanBuild(w->fq);
 	watch_compiled(w);
 	MemoryContextSwitchTo(oldcxt);
 }
