@@ -113,6 +113,8 @@ my @ops = (
 		my ($s) = @_;
 		return 'paused' if $paused{$s};
 		my $sp = 'sp' . ++$sp_seq;
+		# refused while a rebuild a crash interrupted runs (README): wait first
+		sql("SELECT flowpg.wait('$s', '120 s')");
 		sql("SELECT flowpg.savepoint('$s', '$sp')");
 		push @{ $savepoints{$s} }, $sp;
 		$sp } ],
