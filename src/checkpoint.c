@@ -2464,7 +2464,8 @@ CheckpointRunJob(FlowWorker *w, CheckpointJob *job)
  * slot (which keeps the WAL from the checkpoint's position on), then a
  * full copy of the state under the savepoint's row.  The savepoint's id is
  * its checkpoint's.  A crash before the last step leaves a slot without a
- * savepoint row; the next worker drops it (worker.c).
+ * savepoint row; the next worker drops it (worker.c).  Returns 0 when no
+ * replication slot was free for the copy (the checkpoint stays, as any).
  */
 int64
 CheckpointSavepoint(FlowWorker *w, const char *name)
@@ -2482,7 +2483,13 @@ CheckpointSavepoint(FlowWorker *w, const char *name)
 	FlowpgSavepointSlotName(sp_slot, MyDatabaseId, w->def->id, id);
 	FlowpgStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	DecodeCopyOwnSlot(w, sp_slot);
+	if (!DecodeCopyOwnSlot(w, sp_slot))
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextDelete(cxt);
+		return 0;
+	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 

@@ -117,7 +117,8 @@ typedef struct StreamCtl
 	uint64		sp_done;		/* requests served */
 	uint64		sp_abandoned;	/* requests a failed worker left undone,
 								 * or their callers withdrew */
-	int64		sp_id;			/* id of the last savepoint taken */
+	int64		sp_id;			/* id of the last savepoint taken, 0 if
+								 * no replication slot was free for it */
 	char		sp_name[NAMEDATALEN];	/* name of the requested savepoint */
 
 	uint64		events;			/* source rows decoded since worker start */

@@ -705,17 +705,51 @@ begin_decoding(FlowWorker *w)
  * decodes from the confirmed position on, and assembles the transactions
  * in progress again from the slot's restart point, as when a worker
  * starts.
+ *
+ * flowpg.savepoint checks that a replication slot is free before it asks,
+ * but another session may take it first: then this returns false, the
+ * caller's transaction aborted and a new one begun in its place (with an
+ * active snapshot, as the caller's), and the worker goes on with its slot
+ * (it failed, and started again, for what its caller is told anyway).
  */
-void
+bool
 DecodeCopyOwnSlot(FlowWorker *w, const char *dst)
 {
+	MemoryContext oldcxt = CurrentMemoryContext;
+	bool		copied = true;
+
 	Assert(w->confirmed_lsn == w->processed_lsn);
 	FreeDecodingContext(w->decoding);
 	w->decoding = NULL;
 	ReplicationSlotRelease();
-	DecodeCopySlot(w->slot_name, dst);
+	PG_TRY();
+	{
+		DecodeCopySlot(w->slot_name, dst);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_CONFIGURATION_LIMIT_EXCEEDED)
+			PG_RE_THROW();
+		HOLD_INTERRUPTS();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		/* PostgreSQL creates the slot first: none was made */
+		Assert(MyReplicationSlot == NULL);
+		RESUME_INTERRUPTS();
+		/* the caller's transaction goes on: a new one in its place */
+		FlowpgStartTransaction();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		FreeErrorData(edata);
+		copied = false;
+	}
+	PG_END_TRY();
 	ReplicationSlotAcquire(w->slot_name, true);
 	begin_decoding(w);
+	return copied;
 }
 
 /* Drop a stream's slot if it exists, waiting for its worker to let go. */

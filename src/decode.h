@@ -23,7 +23,7 @@ extern bool DecodeDropFreeSlot(const char *slot_name, pid_t *holder);
 extern void DecodeDropSavepointSlots(Oid dboid, int32 stream_id);
 extern void DecodeCopySlot(const char *src, const char *dst);
 extern void DecodeRewindSlot(const char *src, const char *dst);
-extern void DecodeCopyOwnSlot(FlowWorker *w, const char *dst);
+extern bool DecodeCopyOwnSlot(FlowWorker *w, const char *dst);
 extern bool DecodeStart(FlowWorker *w);
 extern bool DecodeRead(FlowWorker *w, int max_records);
 extern void DecodeConfirm(FlowWorker *w, XLogRecPtr lsn);

@@ -151,6 +151,16 @@ withdraw_request(StreamCtl *ctl, uint64 request)
 	SpinLockRelease(&ctl->mutex);
 }
 
+static pg_attribute_noreturn() void
+no_free_slot(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("all replication slots are in use"),
+			 errdetail("A savepoint keeps a replication slot of its own."),
+			 errhint("Free one or increase max_replication_slots.")));
+}
+
 /*
  * flowpg.savepoint(stream text, savepoint text) RETURNS bigint: the
  * worker takes a checkpoint and keeps it as the savepoint.  Like
@@ -194,11 +204,7 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 
 	/* the worker copies its slot for the savepoint: fail here, not there */
 	if (ControlFreeReplicationSlots() == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("all replication slots are in use"),
-				 errdetail("A savepoint keeps a replication slot of its own."),
-				 errhint("Free one or increase max_replication_slots.")));
+		no_free_slot();
 	/* see FlowpgUnlockStream */
 	FlowpgUnlockStream(def->id, ShareUpdateExclusiveLock);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
@@ -243,6 +249,9 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	ConditionVariableCancelSleep();
+	/* another session took the free slot before the worker could */
+	if (id == 0)
+		no_free_slot();
 	PG_RETURN_INT64(id);
 }
 

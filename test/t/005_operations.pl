@@ -155,6 +155,39 @@ for my $i (1 .. 60)
 is($stale, 0, 'restores cancelled at random moments leave the stream its slot');
 oracle_all('after restores cancelled at random moments');
 
+#    A savepoint whose replication slot another session takes while the
+#    worker is busy (here waiting for a lock on the result table) is
+#    refused as when none was free to begin with, and the worker goes on
+#    (it failed, and started again, and its caller was told the worker
+#    had restarted).
+my $restarts = sql("SELECT restarts FROM flowpg.streams WHERE name = 'public.spend'");
+my $blocker = $node->background_psql('postgres', on_error_stop => 0);
+$blocker->query_safe("BEGIN; LOCK TABLE spend IN ACCESS EXCLUSIVE MODE");
+my $taker = $node->background_psql('postgres', on_error_stop => 0);
+$taker->query_until(qr/asking/,
+	"\\echo asking\n\\set VERBOSITY verbose\nSELECT flowpg.savepoint('spend', 'raced');\n");
+$node->poll_query_until('postgres',
+	"SELECT EXISTS (SELECT FROM pg_locks l JOIN flowpg.streams s ON l.pid = s.pid "
+	  . "WHERE s.name = 'public.spend' AND NOT l.granted)")
+  or die 'the worker did not wait for the result table';
+sql("SELECT count(pg_create_physical_replication_slot('taken_' || g)) FROM generate_series(1, "
+	  . "(SELECT setting::int FROM pg_settings WHERE name = 'max_replication_slots') "
+	  . "- (SELECT count(*) FROM pg_replication_slots)) g");
+$blocker->query_safe("COMMIT");
+$blocker->quit;
+$taker->quit;
+like($taker->{stderr}, qr/53400: all replication slots are in use/,
+	'a savepoint whose slot another session took meanwhile is refused: no slot free');
+is(sql("SELECT status || ' ' || (restarts = $restarts) || ' ' || (SELECT count(*) FROM flowpg.savepoints "
+	  . "WHERE name = 'raced') FROM flowpg.streams WHERE name = 'public.spend'"),
+	'running true 0', '... and the worker goes on, no savepoint left half made');
+sql("SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots "
+	  . "WHERE slot_name LIKE 'taken\\_%'");
+sql("SELECT flowpg.savepoint('spend', 'raced')");
+sql("INSERT INTO clicks (campaign, cost) SELECT g % 30, 2 FROM generate_series(1, 300) g");
+oracle_all('after a savepoint refused for want of a slot');
+sql("SELECT flowpg.drop_savepoint('spend', 'raced')");
+
 # 4. Pause, then pg_ctl restart -m fast: still paused, then resumed it
 #    catches up; pg_ctl restart -m immediate under load: all exact.
 sql("SELECT flowpg.pause_stream('total')");
