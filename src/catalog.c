@@ -2043,7 +2043,11 @@ check_drop_index(DropStmt *stmt)
  * until this transaction ends, as flowpg.restore does; the launcher then
  * starts them again, and each resumes from its checkpoint (the database
  * keeps its oid, which the streams' slots name).  CREATE DATABASE ...
- * TEMPLATE wants its template without sessions too.  Returns whether the
+ * TEMPLATE wants its template without sessions too.  DROP DATABASE wants
+ * none, and refused a database whose slots are in use: with the workers
+ * stopped, PostgreSQL drops the slots, and the launcher forgets the
+ * streams (their origins go in the scan after the commit); if the drop
+ * fails, the streams start again, as after a rename.  Returns whether the
  * database has streams that run.
  */
 static bool
@@ -2201,6 +2205,8 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 	}
 	else if (IsA(pstmt->utilityStmt, CreatedbStmt))
 		hold_template_streams((CreatedbStmt *) pstmt->utilityStmt);
+	else if (IsA(pstmt->utilityStmt, DropdbStmt))
+		(void) hold_database_streams(((DropdbStmt *) pstmt->utilityStmt)->dbname);
 	if (prev_process_utility_hook)
 		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
 								  params, queryEnv, dest, qc);

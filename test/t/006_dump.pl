@@ -141,26 +141,28 @@ crash_restart($node);
 oracle_ok($node, $_, $streams{$_}, 'loaded with psql, then kill -9', 'fromsql')
   for sort keys %streams;
 
-# DROP DATABASE is refused while the database has running streams (their
-# slots are active).  When a worker is down at that moment (here, stopped
-# by pg_terminate_backend and not restarted yet), DROP DATABASE ... WITH
-# (FORCE) goes through and drops the slots: flowpg forgets those streams
-# and the others go on.
+# DROP DATABASE stops the database's streams, whose workers are sessions
+# in it and whose slots are active (PostgreSQL refused the drop while they
+# ran: "used by an active logical replication slot"), as PostgreSQL stops
+# autovacuum's workers there, and drops their slots.  A drop that fails
+# for another reason (another session is in the database) leaves them
+# running, exactly.
+my $visitor = $node->background_psql('fromsql');
+$visitor->query_safe('SELECT 1');
 my ($drc, $dout, $derr) = $node->psql('postgres', 'DROP DATABASE fromsql');
-like($derr, qr/is used by an active logical replication slot/,
-	'DROP DATABASE is refused while streams run in it');
-my $dropped = 0;
-for (1 .. 20)
-{
-	my ($rc) = $node->psql('postgres', q{
-		SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-		 WHERE backend_type = 'flowpg worker' AND datname = 'fromsql';
-		SELECT pg_sleep(0.2);
-		DROP DATABASE fromsql WITH (FORCE);});
-	if ($rc == 0) { $dropped = 1; last; }
-	sleep 1;
-}
-ok($dropped, 'DROP DATABASE WITH (FORCE) while its workers are down');
+like($derr, qr/database "fromsql" is being accessed by other users/,
+	'DROP DATABASE with another session in it fails as without streams');
+$visitor->quit;
+$node->safe_psql('fromsql', q{INSERT INTO app.clicks (campaign, cost)
+	SELECT g % 7, 2 FROM generate_series(1, 300) g});
+oracle_ok($node, $_, $streams{$_}, 'after a DROP DATABASE that failed', 'fromsql')
+  for sort keys %streams;
+my $fromsql_oid = $node->safe_psql('postgres', q{SELECT oid FROM pg_database WHERE datname = 'fromsql'});
+($drc, $dout, $derr) = $node->psql('postgres', 'DROP DATABASE fromsql');
+is($drc, 0, 'DROP DATABASE of a database whose streams run');
+ok($node->poll_query_until('postgres', qq{SELECT count(*) = 0 FROM pg_replication_origin
+	WHERE roname LIKE 'flowpg\\_${fromsql_oid}\\_%'}),
+	'its streams\' replication origins are dropped');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots
 	WHERE slot_name LIKE 'flowpg%' AND database IS DISTINCT FROM 'postgres'
 	  AND database IS DISTINCT FROM 'restored'}), 0, 'its slots are gone');
