@@ -283,6 +283,15 @@ INSERT INTO notes SELECT string_agg(md5(g::text), ''), 7 FROM generate_series(1,
 SELECT try($$SELECT flowpg.wait('note_counts')$$) LIKE '55000: stream "public.note_counts" has failed%' AS failed;
 SELECT last_error FROM flowpg.streams WHERE name = 'public.note_counts';
 SELECT flowpg.drop_stream('note_counts');
+-- a key past the largest entry any index takes (8 kB) says the same (it
+-- was PostgreSQL's "index row requires 9616 bytes")
+CREATE TABLE huge_keys (body text);
+SELECT flowpg.create_stream('huge_counts', 'SELECT body, count(*) AS c FROM huge_keys GROUP BY body');
+INSERT INTO huge_keys SELECT string_agg(md5(g::text), '') FROM generate_series(1, 300) g;
+SELECT try($$SELECT flowpg.wait('huge_counts')$$) LIKE '55000: stream "public.huge_counts" has failed%' AS failed;
+SELECT last_error FROM flowpg.streams WHERE name = 'public.huge_counts';
+SELECT flowpg.drop_stream('huge_counts');
+DROP TABLE huge_keys;
 DROP TABLE notes;
 
 -- CREATE OR REPLACE AGGREGATE may change an aggregate's state type, and a

@@ -69,7 +69,7 @@ SET quote_all_identifiers = on;
 SELECT flowpg.create_stream('read_as', $$
     SELECT CASE WHEN t NOT LIKE '{%' THEN t::timestamptz END AS ts,
            CASE WHEN t LIKE '{%' THEN (t::text[])[1] IS NULL END AS null_element,
-           'read_src'::regclass::text AS source, count(*) AS n
+           quote_ident('read_src') AS source, count(*) AS n
       FROM read_src GROUP BY 1, 2, 3 $$);
 RESET timezone_abbreviations;
 RESET TimeZone;

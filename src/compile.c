@@ -326,15 +326,19 @@ check_source(RangeTblEntry *rte)
  * or session's (its time, its xid, its process), listed here; nor stable
  * functions in SQL or a procedural language, which may read tables (a
  * worker would read them as they are when it runs, not as they were when
- * the row was inserted).  Stable built-in functions otherwise depend only
- * on their arguments, the catalog and the worker's settings (those in SQL
- * read only the catalog, which decoding shows as it was).
+ * the row was inserted); nor the built-in functions that look up what the
+ * catalog says of objects (privileges, names, descriptions: see
+ * catalog_function), which change under a stream.  Stable built-in
+ * functions otherwise depend only on their arguments and the worker's
+ * settings (and on what the catalog says of types, such as an enum's
+ * labels).
  */
 typedef struct BadFunction
 {
 	Oid			func;			/* the function, or InvalidOid */
 	const char *what;			/* or the SQL construct */
-	char		why;			/* 'v' volatile, 'c' context, 's' stable PL */
+	char		why;			/* 'v' volatile, 'c' context, 's' stable PL,
+								 * 'k' catalog */
 } BadFunction;
 
 static const Oid context_functions[] = {
@@ -351,23 +355,65 @@ static const Oid context_functions[] = {
 	F_PG_MY_TEMP_SCHEMA, F_PG_IS_OTHER_TEMP_SCHEMA
 };
 
-/*
- * The statistics functions (pg_stat_get_*): what the server has counted
- * when the worker evaluates them.
- */
+/* Does name begin with prefix and end with suffix? */
 static bool
-statistics_function(Oid func)
+name_matches(const char *name, const char *prefix, const char *suffix)
+{
+	size_t		len = strlen(name);
+
+	return strncmp(name, prefix, strlen(prefix)) == 0 &&
+		len >= strlen(prefix) + strlen(suffix) &&
+		strcmp(name + len - strlen(suffix), suffix) == 0;
+}
+
+/*
+ * Built-in functions that look up what the catalog says of objects: who
+ * may do what (has_table_privilege, pg_has_role, ...), what a name stands
+ * for or an oid is called (to_regclass, the casts to and from regclass and
+ * its kin, format_type, pg_get_userbyid, pg_get_*def, ...), which objects
+ * the search path shows, their descriptions (obj_description).  A worker
+ * evaluates them as the catalog was when the row was inserted (decoding
+ * reads it so) or is when it computes a result row, and the batch query
+ * as it is then: a GRANT, a table created or renamed later makes them
+ * differ.  And the statistics functions (pg_stat_get_*): what the server
+ * has counted when the worker evaluates them ('c').
+ */
+static const char *const catalog_function_names[] = {
+	"pg_has_role", "row_security_active", "format_type", "current_schema",
+	"current_schemas", "current_database", "current_user", "session_user",
+	"pg_describe_object", "pg_identify_object",
+	"pg_identify_object_as_address", "pg_tablespace_location",
+	"pg_relation_filenode", "pg_relation_filepath", "pg_filenode_relation",
+	"regclass", "regclassin", "regclassout", "regtypein", "regtypeout",
+	"regprocin", "regprocout", "regprocedurein", "regprocedureout",
+	"regoperin", "regoperout", "regoperatorin", "regoperatorout",
+	"regnamespacein", "regnamespaceout", "regrolein", "regroleout",
+	"regcollationin", "regcollationout", "regconfigin", "regconfigout",
+	"regdictionaryin", "regdictionaryout"
+};
+
+static char
+catalog_function(Oid func)
 {
 	char	   *name;
-	bool		found;
+	char		why = 0;
+	int			i;
 
-	if (func >= FirstNormalObjectId)
-		return false;
-	name = get_func_name(func);
-	found = name != NULL && strncmp(name, "pg_stat_get_", 12) == 0;
-	if (name != NULL)
-		pfree(name);
-	return found;
+	if (func >= FirstNormalObjectId || (name = get_func_name(func)) == NULL)
+		return 0;
+	if (strncmp(name, "pg_stat_get_", 12) == 0)
+		why = 'c';
+	else if (name_matches(name, "has_", "_privilege") ||
+			 name_matches(name, "to_reg", "") ||
+			 name_matches(name, "pg_get_", "") ||
+			 name_matches(name, "", "_description") ||
+			 name_matches(name, "pg_", "_is_visible"))
+		why = 'k';
+	for (i = 0; why == 0 && i < lengthof(catalog_function_names); i++)
+		if (strcmp(name, catalog_function_names[i]) == 0)
+			why = 'k';
+	pfree(name);
+	return why;
 }
 
 static Oid
@@ -413,19 +459,20 @@ bad_function_checker(Oid func, void *context)
 				bad->why = 'c';
 				return true;
 			}
-		if (statistics_function(func))
-		{
-			bad->why = 'c';
-			return true;
-		}
-		return false;
+		bad->why = catalog_function(func);
+		return bad->why != 0;
 	}
 	return true;
 }
 
-/* CURRENT_TIMESTAMP and its kin: the evaluating transaction's time */
+/*
+ * CURRENT_TIMESTAMP and its kin, the evaluating transaction's time, and
+ * CURRENT_USER and its kin, the evaluating session's role (the stream's
+ * owner, who may give it away), its database's name, its search path's
+ * first schema (as the catalog has them then: see catalog_function).
+ */
 static const char *
-time_value_name(SQLValueFunction *svf)
+value_function_name(SQLValueFunction *svf)
 {
 	switch (svf->op)
 	{
@@ -443,9 +490,47 @@ time_value_name(SQLValueFunction *svf)
 		case SVFOP_LOCALTIMESTAMP:
 		case SVFOP_LOCALTIMESTAMP_N:
 			return "LOCALTIMESTAMP";
-		default:
-			return NULL;		/* CURRENT_USER and the like: the owner's */
+		case SVFOP_CURRENT_ROLE:
+			return "CURRENT_ROLE";
+		case SVFOP_CURRENT_USER:
+			return "CURRENT_USER";
+		case SVFOP_USER:
+			return "USER";
+		case SVFOP_SESSION_USER:
+			return "SESSION_USER";
+		case SVFOP_CURRENT_CATALOG:
+			return "CURRENT_CATALOG";
+		case SVFOP_CURRENT_SCHEMA:
+			return "CURRENT_SCHEMA";
 	}
+	return NULL;
+}
+
+static bool find_bad_function_walker(Node *node, BadFunction *bad);
+
+/*
+ * The CHECK constraints of a domain a stream coerces to, and of its base
+ * domains, run as its expressions do: they were not looked at, so that a
+ * volatile function or a stable one in a PL went unrefused there.  As
+ * planned for the type cache (SQL functions inlined where they can be).
+ */
+static bool
+find_bad_domain_function(Oid domain, BadFunction *bad)
+{
+	/* palloc'd: the memory context's reset callback points into it */
+	DomainConstraintRef *ref = palloc(sizeof(DomainConstraintRef));
+	ListCell   *lc;
+
+	InitDomainConstraintRef(domain, ref, CurrentMemoryContext, false);
+	foreach(lc, ref->constraints)
+	{
+		DomainConstraintState *con = lfirst(lc);
+
+		if (con->constrainttype == DOM_CONSTRAINT_CHECK &&
+			find_bad_function_walker((Node *) con->check_expr, bad))
+			return true;
+	}
+	return false;
 }
 
 static bool
@@ -462,12 +547,15 @@ find_bad_function_walker(Node *node, BadFunction *bad)
 		return true;
 	}
 	if (IsA(node, SQLValueFunction) &&
-		(bad->what = time_value_name((SQLValueFunction *) node)) != NULL)
+		(bad->what = value_function_name((SQLValueFunction *) node)) != NULL)
 	{
 		bad->func = InvalidOid;
 		bad->why = 'c';
 		return true;
 	}
+	if (IsA(node, CoerceToDomain) &&
+		find_bad_domain_function(((CoerceToDomain *) node)->resulttype, bad))
+		return true;
 	if (IsA(node, Query))
 		return query_tree_walker((Query *) node, find_bad_function_walker,
 								 bad, 0);
@@ -494,6 +582,12 @@ report_bad_function(BadFunction *bad, const char *role)
 				 errdetail("It is written in %s and may read tables, which a stream would read as they are when its worker runs, not as they were when the row was inserted.",
 						   get_language_name(func_language(bad->func), false)),
 				 errhint("Declare the function IMMUTABLE if its result depends only on its arguments.")));
+	if (bad->why == 'k')
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s is not supported in a stream%s", name, role),
+				 errdetail("It looks up what the system catalogs say of objects (privileges, names, descriptions), which change: a stream sees them as they were when the row was inserted or are when its worker computes a result, not when the query is run."),
+				 errhint("Store the value in a column of the source table when the row is inserted.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("%s is not supported in a stream%s", name, role),

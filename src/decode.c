@@ -715,7 +715,6 @@ begin_decoding(FlowWorker *w)
 bool
 DecodeCopyOwnSlot(FlowWorker *w, const char *dst)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
 	bool		copied = true;
 
 	Assert(w->confirmed_lsn == w->processed_lsn);
@@ -729,10 +728,14 @@ DecodeCopyOwnSlot(FlowWorker *w, const char *dst)
 	PG_CATCH();
 	{
 		ErrorData  *edata;
+		int			code;
 
-		MemoryContextSwitchTo(oldcxt);
+		/* not in the transaction's memory, which the abort frees */
+		MemoryContextSwitchTo(w->cxt);
 		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_CONFIGURATION_LIMIT_EXCEEDED)
+		code = edata->sqlerrcode;
+		FreeErrorData(edata);
+		if (code != ERRCODE_CONFIGURATION_LIMIT_EXCEEDED)
 			PG_RE_THROW();
 		HOLD_INTERRUPTS();
 		FlushErrorState();
@@ -743,7 +746,6 @@ DecodeCopyOwnSlot(FlowWorker *w, const char *dst)
 		/* the caller's transaction goes on: a new one in its place */
 		FlowpgStartTransaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		FreeErrorData(edata);
 		copied = false;
 	}
 	PG_END_TRY();

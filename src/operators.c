@@ -787,7 +787,8 @@ key_size_context(void *arg)
  * unique index?  Its entry is formed as the index forms it at a
  * checkpoint (from the key's values detoasted, as the state keeps them,
  * compressed as the index compresses them); index_form_tuple itself
- * refuses one past the largest any index takes.  In the per-row memory.
+ * refuses one past the largest any index takes, which is said the same
+ * way.  In the per-row memory.
  */
 static void
 check_key_size(FlowPlan *plan)
@@ -797,7 +798,7 @@ check_key_size(FlowPlan *plan)
 	bool		isnull[INDEX_MAX_KEYS];
 	ErrorContextCallback callback;
 	IndexTuple	itup;
-	Size		size;
+	volatile Size size;
 	int			j;
 
 	for (j = 0; j < desc->natts; j++)
@@ -813,18 +814,36 @@ check_key_size(FlowPlan *plan)
 	callback.arg = plan->key_index_name;
 	callback.previous = error_context_stack;
 	error_context_stack = &callback;
-	itup = index_form_tuple(desc, values, isnull);
-	size = MAXALIGN(IndexTupleSize(itup));
-	if (size > plan->key_index_max)
+	size = 0;
+	PG_TRY();
+	{
+		itup = index_form_tuple(desc, values, isnull);
+		size = MAXALIGN(IndexTupleSize(itup));
+		pfree(itup);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata = CopyErrorData();
+
+		/* past the largest entry any index takes ("index row requires") */
+		if (edata->sqlerrcode != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
+			PG_RE_THROW();
+		FlushErrorState();
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	if (size == 0 || size > plan->key_index_max)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("group key too long for index \"%s\" of the stream's result table",
 						plan->key_index_name),
+				 size > 0 ?
 				 errdetail("The key's index entry would take %zu bytes; an entry of a btree index takes at most %zu.",
-						   size, plan->key_index_max),
+						   size, plan->key_index_max) :
+				 errdetail("The key's index entry would take more than any index entry can; an entry of a btree index takes at most %zu bytes.",
+						   plan->key_index_max),
 				 errhint("Group by a shorter expression of the key, such as md5() of a long text.")));
 	error_context_stack = callback.previous;
-	pfree(itup);
 }
 
 /* ---------------------------------------------------------------------

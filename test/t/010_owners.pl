@@ -17,13 +17,17 @@ $node->safe_psql('postgres', q{
 	CREATE ROLE flowpg_bob LOGIN;
 	CREATE ROLE flowpg_team LOGIN;
 	CREATE TABLE clicks (id bigserial, campaign int, cost numeric);
+	-- current_user, as the worker's session has it (a stream refuses
+	-- current_user itself)
+	CREATE FUNCTION runner(int) RETURNS name IMMUTABLE LANGUAGE plpgsql
+		AS 'BEGIN RETURN current_user; END';
 	GRANT SELECT, INSERT ON clicks TO flowpg_alice, flowpg_bob, flowpg_team;
 	GRANT CREATE ON SCHEMA public TO flowpg_alice, flowpg_bob, flowpg_team;
 	SET ROLE flowpg_alice;
 	SELECT flowpg.create_stream('spend',
 		'SELECT campaign, count(*) AS clicks, sum(cost) AS spend FROM clicks GROUP BY campaign');
 	SELECT flowpg.create_stream('runs',
-		'SELECT current_user AS runner, count(*) AS n FROM clicks GROUP BY current_user');
+		'SELECT runner(campaign) AS runner, count(*) AS n FROM clicks GROUP BY runner(campaign)');
 });
 my $spend = q{SELECT campaign, count(*) AS clicks, sum(cost) AS spend FROM clicks GROUP BY campaign};
 
