@@ -177,13 +177,23 @@ SELECT try_create('bad', 'SELECT format_type(k::oid, NULL) AS ty, count(*) FROM 
 SELECT try_create('bad', 'SELECT pg_get_userbyid(k::oid) AS who, count(*) FROM src GROUP BY 1');
 SELECT try_create('bad', 'SELECT obj_description(k::oid) AS d, count(*) FROM src GROUP BY 1');
 SELECT try_create('bad', 'SELECT k, count(*) FROM src WHERE pg_table_is_visible(k::oid) GROUP BY k');
+-- (names printed by functions that take any type, or by an array's or a
+-- row's output, are names all the same)
+SELECT try_create('bad', 'SELECT format(''%s'', k::oid::regclass) AS rel, count(*) FROM src GROUP BY 1');
+SELECT try_create('bad', 'SELECT concat(''in '', k::oid::regclass) AS rel, count(*) FROM src GROUP BY 1');
+SELECT try_create('bad', 'SELECT ARRAY[k::oid::regclass]::text AS rel, count(*) FROM src GROUP BY 1');
+SELECT try_create('bad', 'SELECT k, count(*) FROM src WHERE to_jsonb(row(k, k::oid::regtype)) IS NOT NULL GROUP BY k');
 -- and the session's role, database and schema
 SELECT try_create('bad', 'SELECT k, count(*) FROM src WHERE t = CURRENT_USER GROUP BY k');
 SELECT try_create('bad', 'SELECT session_user AS who, count(*) FROM src GROUP BY 1');
+SELECT try_create('bad', 'SELECT getpgusername() AS who, count(*) FROM src GROUP BY 1');
 SELECT try_create('bad', 'SELECT k, count(*) FROM src WHERE t = current_schema() GROUP BY k');
 -- (a constant is looked up once, when the query is compiled)
 SELECT flowpg.create_stream('by_class', 'SELECT k, count(*) FILTER (WHERE k::oid = ''src''::regclass) AS n FROM src GROUP BY k');
 SELECT flowpg.drop_stream('by_class');
+-- (and an oid kept as a key, compared or counted, is no name)
+SELECT flowpg.create_stream('by_oid', 'SELECT k::oid::regclass AS rel, count(*) FILTER (WHERE k::oid::regclass = ''src''::regclass) AS n FROM src GROUP BY 1');
+SELECT flowpg.drop_stream('by_oid');
 -- system columns and whole rows: decoded rows have neither
 SELECT try_create('bad', 'SELECT xmin::text AS x, count(*) FROM src GROUP BY 1');
 SELECT try_create('bad', 'SELECT count(*) FROM src WHERE tableoid > 0');

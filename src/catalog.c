@@ -2072,6 +2072,30 @@ hold_database_streams(const char *dbname)
 }
 
 /*
+ * Is a DROP DATABASE one that PostgreSQL does not refuse at once (in a
+ * transaction block, of the database this session is in, of a template)?
+ * Only then are the database's streams stopped for it: each restart
+ * reads a stream's state again.
+ */
+static bool
+drop_may_succeed(DropdbStmt *stmt, ProcessUtilityContext context)
+{
+	Oid			dboid = get_database_oid(stmt->dbname, true);
+	HeapTuple	tuple;
+	bool		template;
+
+	if (context != PROCESS_UTILITY_TOPLEVEL || IsTransactionBlock() ||
+		IsSubTransaction() || !OidIsValid(dboid) || dboid == MyDatabaseId)
+		return false;
+	tuple = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+	if (!HeapTupleIsValid(tuple))
+		return false;
+	template = ((Form_pg_database) GETSTRUCT(tuple))->datistemplate;
+	ReleaseSysCache(tuple);
+	return !template;
+}
+
+/*
  * CREATE DATABASE copies its template (template1 unless it names one),
  * and needs it without sessions.  For the template's owner, its streams'
  * workers stop until the statement is over; the copy's streams, which
@@ -2205,7 +2229,8 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 	}
 	else if (IsA(pstmt->utilityStmt, CreatedbStmt))
 		hold_template_streams((CreatedbStmt *) pstmt->utilityStmt);
-	else if (IsA(pstmt->utilityStmt, DropdbStmt))
+	else if (IsA(pstmt->utilityStmt, DropdbStmt) &&
+			 drop_may_succeed((DropdbStmt *) pstmt->utilityStmt, context))
 		(void) hold_database_streams(((DropdbStmt *) pstmt->utilityStmt)->dbname);
 	if (prev_process_utility_hook)
 		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,

@@ -339,6 +339,7 @@ typedef struct BadFunction
 	const char *what;			/* or the SQL construct */
 	char		why;			/* 'v' volatile, 'c' context, 's' stable PL,
 								 * 'k' catalog */
+	Oid			domain;			/* the domain whose CHECK calls it, if any */
 } BadFunction;
 
 static const Oid context_functions[] = {
@@ -384,6 +385,10 @@ static const char *const catalog_function_names[] = {
 	"pg_describe_object", "pg_identify_object",
 	"pg_identify_object_as_address", "pg_tablespace_location",
 	"pg_relation_filenode", "pg_relation_filepath", "pg_filenode_relation",
+	"pg_collation_for", "oidvectortypes", "pg_relation_is_updatable",
+	"pg_column_is_updatable", "pg_index_has_property",
+	"pg_index_column_has_property", "pg_indexam_has_property",
+	"pg_relation_is_publishable",
 	"regclass", "regclassin", "regclassout", "regtypein", "regtypeout",
 	"regprocin", "regprocout", "regprocedurein", "regprocedureout",
 	"regoperin", "regoperout", "regoperatorin", "regoperatorout",
@@ -401,13 +406,16 @@ catalog_function(Oid func)
 
 	if (func >= FirstNormalObjectId || (name = get_func_name(func)) == NULL)
 		return 0;
-	if (strncmp(name, "pg_stat_get_", 12) == 0)
+	if (strncmp(name, "pg_stat_get_", 12) == 0 || strcmp(name, "getpgusername") == 0)
 		why = 'c';
 	else if (name_matches(name, "has_", "_privilege") ||
 			 name_matches(name, "to_reg", "") ||
 			 name_matches(name, "pg_get_", "") ||
 			 name_matches(name, "", "_description") ||
-			 name_matches(name, "pg_", "_is_visible"))
+			 name_matches(name, "pg_", "_is_visible") ||
+			 name_matches(name, "", "_to_xml") ||
+			 name_matches(name, "", "_to_xmlschema") ||
+			 name_matches(name, "", "_to_xml_and_xmlschema"))
 		why = 'k';
 	for (i = 0; why == 0 && i < lengthof(catalog_function_names); i++)
 		if (strcmp(name, catalog_function_names[i]) == 0)
@@ -508,6 +516,157 @@ value_function_name(SQLValueFunction *svf)
 
 static bool find_bad_function_walker(Node *node, BadFunction *bad);
 
+/* Is the type one of the reg* types, whose output is an object's name? */
+static bool
+reg_type(Oid type)
+{
+	switch (getBaseType(type))
+	{
+		case REGCLASSOID:
+		case REGTYPEOID:
+		case REGPROCOID:
+		case REGPROCEDUREOID:
+		case REGOPEROID:
+		case REGOPERATOROID:
+		case REGNAMESPACEOID:
+		case REGROLEOID:
+		case REGCOLLATIONOID:
+		case REGCONFIGOID:
+		case REGDICTIONARYOID:
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Does the expression's value hold a reg* value: is it of such a type, an
+ * array of one, a row with one?  Printing it prints names, as the catalog
+ * has them then (see catalog_function); so do the functions that take
+ * any type and print their arguments (format, concat, to_json, the output
+ * of arrays and rows), which the casts to text refused do not show.
+ */
+static bool
+holds_reg_value(Node *expr, int depth)
+{
+	Oid			type = getBaseType(exprType(expr));
+	Oid			elem = get_element_type(type);
+
+	if (reg_type(type) || (OidIsValid(elem) && reg_type(elem)))
+		return true;
+	if (depth > 4)
+		return false;
+	if (IsA(expr, RowExpr))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((RowExpr *) expr)->args)
+			if (holds_reg_value(lfirst(lc), depth + 1))
+				return true;
+	}
+	else if (IsA(expr, ArrayExpr))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((ArrayExpr *) expr)->elements)
+			if (holds_reg_value(lfirst(lc), depth + 1))
+				return true;
+	}
+	else if (type_is_rowtype(type) && type != RECORDOID)
+	{
+		TupleDesc	desc = lookup_rowtype_tupdesc(type, -1);
+		bool		found = false;
+		int			i;
+
+		for (i = 0; i < desc->natts && !found; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			Oid			atype = getBaseType(att->atttypid);
+			Oid			aelem = get_element_type(atype);
+
+			found = !att->attisdropped &&
+				(reg_type(atype) || (OidIsValid(aelem) && reg_type(aelem)));
+		}
+		ReleaseTupleDesc(desc);
+		return found;
+	}
+	return false;
+}
+
+/*
+ * A reg* value given to a function that takes any type (a pseudo-type
+ * parameter: "any", anyelement, anyarray, ...), or converted to text
+ * through its type's output (an array's, a row's).
+ */
+static bool
+prints_reg_value(Node *node, BadFunction *bad)
+{
+	Oid			func = InvalidOid;
+	List	   *args = NIL;
+	ListCell   *lc;
+	int			i = 0;
+	Oid		   *params = NULL;
+	int			nparams = 0;
+
+	if (IsA(node, CoerceViaIO))
+	{
+		if (!holds_reg_value((Node *) ((CoerceViaIO *) node)->arg, 0))
+			return false;
+		bad->func = InvalidOid;
+		bad->what = psprintf("a cast of a %s value to %s",
+							 format_type_be(exprType((Node *) ((CoerceViaIO *) node)->arg)),
+							 format_type_be(((CoerceViaIO *) node)->resulttype));
+		bad->why = 'k';
+		return true;
+	}
+	if (IsA(node, FuncExpr))
+	{
+		func = ((FuncExpr *) node)->funcid;
+		args = ((FuncExpr *) node)->args;
+	}
+	else if (IsA(node, Aggref))
+	{
+		func = ((Aggref *) node)->aggfnoid;
+		foreach(lc, ((Aggref *) node)->args)
+			args = lappend(args, ((TargetEntry *) lfirst(lc))->expr);
+	}
+	else if (IsA(node, OpExpr) || IsA(node, DistinctExpr) || IsA(node, NullIfExpr))
+	{
+		func = ((OpExpr *) node)->opfuncid;
+		args = ((OpExpr *) node)->args;
+	}
+	if (!OidIsValid(func) || args == NIL)
+		return false;
+	foreach(lc, args)
+	{
+		if (params == NULL)
+		{
+			HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(func));
+			Form_pg_proc proc;
+
+			if (!HeapTupleIsValid(tuple))
+				return false;
+			proc = (Form_pg_proc) GETSTRUCT(tuple);
+			nparams = proc->pronargs;
+			params = palloc(Max(nparams, 1) * sizeof(Oid));
+			memcpy(params, proc->proargtypes.values, nparams * sizeof(Oid));
+			ReleaseSysCache(tuple);
+		}
+		/* a variadic function's arguments past its last have that type */
+		if (nparams > 0 &&
+			get_typtype(params[Min(i, nparams - 1)]) == TYPTYPE_PSEUDO &&
+			holds_reg_value(lfirst(lc), 0))
+		{
+			bad->func = InvalidOid;
+			bad->what = psprintf("%s given a %s value", format_procedure(func),
+								 format_type_be(exprType(lfirst(lc))));
+			bad->why = 'k';
+			return true;
+		}
+		i++;
+	}
+	return false;
+}
+
 /*
  * The CHECK constraints of a domain a stream coerces to, and of its base
  * domains, run as its expressions do: they were not looked at, so that a
@@ -553,9 +712,15 @@ find_bad_function_walker(Node *node, BadFunction *bad)
 		bad->why = 'c';
 		return true;
 	}
+	if (prints_reg_value(node, bad))
+		return true;
 	if (IsA(node, CoerceToDomain) &&
 		find_bad_domain_function(((CoerceToDomain *) node)->resulttype, bad))
+	{
+		if (!OidIsValid(bad->domain))
+			bad->domain = ((CoerceToDomain *) node)->resulttype;
 		return true;
+	}
 	if (IsA(node, Query))
 		return query_tree_walker((Query *) node, find_bad_function_walker,
 								 bad, 0);
@@ -592,7 +757,7 @@ report_bad_function(BadFunction *bad, const char *role)
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg("%s is not supported in a stream%s", name, role),
 			 errdetail("Its result depends on the transaction or session that evaluates it, and a stream evaluates it when its worker processes the row, and again after a failure."),
-			 errhint("Store the value in a column of the source table when the row is inserted, for example with DEFAULT now().")));
+			 errhint("Store the value in a column of the source table when the row is inserted, for example with DEFAULT now() or DEFAULT current_user.")));
 }
 
 /*
@@ -602,20 +767,22 @@ report_bad_function(BadFunction *bad, const char *role)
 static void
 check_functions(FlowQuery *fq)
 {
-	BadFunction bad = {InvalidOid, NULL, 0};
+	BadFunction bad = {InvalidOid, NULL, 0, InvalidOid};
 
 	if (find_bad_function_walker((Node *) fq->where, &bad) ||
 		find_bad_function_walker((Node *) fq->keys, &bad) ||
 		find_bad_function_walker((Node *) fq->aggs, &bad) ||
 		find_bad_function_walker((Node *) fq->output, &bad))
-		report_bad_function(&bad, "");
+		report_bad_function(&bad, OidIsValid(bad.domain) ?
+							psprintf(" (a CHECK constraint of domain %s calls it)",
+									 format_type_be(bad.domain)) : "");
 }
 
 /* The same for an aggregate's support functions. */
 static void
 check_support_function(Oid func, const char *agg)
 {
-	BadFunction bad = {InvalidOid, NULL, 0};
+	BadFunction bad = {InvalidOid, NULL, 0, InvalidOid};
 
 	if (OidIsValid(func) && bad_function_checker(func, &bad))
 		report_bad_function(&bad, psprintf(" (it is a support function of aggregate %s)", agg));

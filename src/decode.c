@@ -739,9 +739,10 @@ DecodeCopyOwnSlot(FlowWorker *w, const char *dst)
 			PG_RE_THROW();
 		HOLD_INTERRUPTS();
 		FlushErrorState();
+		/* (PostgreSQL fails before it makes the slot: none was made) */
+		if (MyReplicationSlot != NULL)
+			ReplicationSlotRelease();
 		AbortCurrentTransaction();
-		/* PostgreSQL creates the slot first: none was made */
-		Assert(MyReplicationSlot == NULL);
 		RESUME_INTERRUPTS();
 		/* the caller's transaction goes on: a new one in its place */
 		FlowpgStartTransaction();

@@ -797,6 +797,7 @@ check_key_size(FlowPlan *plan)
 	Datum		values[INDEX_MAX_KEYS];
 	bool		isnull[INDEX_MAX_KEYS];
 	ErrorContextCallback callback;
+	MemoryContext cxt = CurrentMemoryContext;
 	IndexTuple	itup;
 	volatile Size size;
 	int			j;
@@ -823,13 +824,11 @@ check_key_size(FlowPlan *plan)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata = CopyErrorData();
-
 		/* past the largest entry any index takes ("index row requires") */
-		if (edata->sqlerrcode != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
+		if (geterrcode() != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
 			PG_RE_THROW();
+		MemoryContextSwitchTo(cxt);
 		FlushErrorState();
-		FreeErrorData(edata);
 	}
 	PG_END_TRY();
 	if (size == 0 || size > plan->key_index_max)

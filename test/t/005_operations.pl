@@ -161,6 +161,8 @@ oracle_all('after restores cancelled at random moments');
 #    (it failed, and started again, and its caller was told the worker
 #    had restarted).
 my $restarts = sql("SELECT restarts FROM flowpg.streams WHERE name = 'public.spend'");
+my $last_sp = sql("SELECT coalesce(max(id), 0) FROM flowpg.checkpoints "
+	  . "WHERE stream = 'public.spend' AND kind = 'savepoint'");
 my $blocker = $node->background_psql('postgres', on_error_stop => 0);
 $blocker->query_safe("BEGIN; LOCK TABLE spend IN ACCESS EXCLUSIVE MODE");
 my $taker = $node->background_psql('postgres', on_error_stop => 0);
@@ -181,6 +183,8 @@ like($taker->{stderr}, qr/53400: all replication slots are in use/,
 is(sql("SELECT status || ' ' || (restarts = $restarts) || ' ' || (SELECT count(*) FROM flowpg.savepoints "
 	  . "WHERE name = 'raced') FROM flowpg.streams WHERE name = 'public.spend'"),
 	'running true 0', '... and the worker goes on, no savepoint left half made');
+is(sql("SELECT max(id) > $last_sp FROM flowpg.checkpoints WHERE stream = 'public.spend' AND kind = 'savepoint'"),
+	't', '... once it took the checkpoint of the savepoint: the slot was taken after the call asked');
 sql("SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots "
 	  . "WHERE slot_name LIKE 'taken\\_%'");
 sql("SELECT flowpg.savepoint('spend', 'raced')");

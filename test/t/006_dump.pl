@@ -147,9 +147,18 @@ oracle_ok($node, $_, $streams{$_}, 'loaded with psql, then kill -9', 'fromsql')
 # autovacuum's workers there, and drops their slots.  A drop that fails
 # for another reason (another session is in the database) leaves them
 # running, exactly.
+# (not for a drop PostgreSQL refuses at once, which restarted them all)
+my $restarts = $node->safe_psql('fromsql', 'SELECT sum(restarts) FROM flowpg.streams');
+my ($drc, $dout, $derr) = $node->psql('postgres', 'BEGIN; DROP DATABASE fromsql');
+like($derr, qr/DROP DATABASE cannot run inside a transaction block/,
+	'DROP DATABASE in a transaction block is refused');
+($drc, $dout, $derr) = $node->psql('fromsql', 'DROP DATABASE fromsql');
+like($derr, qr/cannot drop the currently open database/, '... and in the database itself');
+is($node->safe_psql('fromsql', 'SELECT sum(restarts) FROM flowpg.streams'), $restarts,
+	'... and neither stops its streams');
 my $visitor = $node->background_psql('fromsql');
 $visitor->query_safe('SELECT 1');
-my ($drc, $dout, $derr) = $node->psql('postgres', 'DROP DATABASE fromsql');
+($drc, $dout, $derr) = $node->psql('postgres', 'DROP DATABASE fromsql');
 like($derr, qr/database "fromsql" is being accessed by other users/,
 	'DROP DATABASE with another session in it fails as without streams');
 $visitor->quit;
