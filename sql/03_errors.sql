@@ -166,8 +166,9 @@ DROP AGGREGATE stable_sum(int), volatile_sum(int);
 DROP FUNCTION in_lookup(int), stable_pl(int, int), volatile_sql(int, int);
 DROP TABLE lookup;
 -- built-in functions that look up what the catalog says of objects: a
--- stream saw it as it was when the row was inserted, the batch query as
--- it is (a GRANT, a table created later: they were accepted, and differed)
+-- stream saw it as it was when its worker processed the row, the batch
+-- query as it is (a GRANT, a table created later: they were accepted, and
+-- differed)
 SELECT try_create('bad', 'SELECT has_table_privilege(t, ''src'', ''SELECT'') AS a, count(*) FROM src GROUP BY 1');
 SELECT try_create('bad', 'SELECT k, count(*) FROM src WHERE pg_has_role(t, ''pg_monitor'', ''MEMBER'') GROUP BY k');
 SELECT try_create('bad', 'SELECT to_regclass(t)::text AS rel, count(*) FROM src GROUP BY 1');

@@ -373,10 +373,10 @@ name_matches(const char *name, const char *prefix, const char *suffix)
  * for or an oid is called (to_regclass, the casts to and from regclass and
  * its kin, format_type, pg_get_userbyid, pg_get_*def, ...), which objects
  * the search path shows, their descriptions (obj_description).  A worker
- * evaluates them as the catalog was when the row was inserted (decoding
- * reads it so) or is when it computes a result row, and the batch query
- * as it is then: a GRANT, a table created or renamed later makes them
- * differ.  And the statistics functions (pg_stat_get_*): what the server
+ * evaluates them with the catalog as it is when it processes the row (or
+ * computes a result row, or again after a failure), and the batch query
+ * as it is when the query runs: a GRANT, a table created or renamed in
+ * between makes them differ.  And the statistics functions (pg_stat_get_*): what the server
  * has counted when the worker evaluates them ('c').
  */
 static const char *const catalog_function_names[] = {
@@ -751,7 +751,7 @@ report_bad_function(BadFunction *bad, const char *role)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s is not supported in a stream%s", name, role),
-				 errdetail("It looks up what the system catalogs say of objects (privileges, names, descriptions), which change: a stream sees them as they were when the row was inserted or are when its worker computes a result, not when the query is run."),
+				 errdetail("It looks up what the system catalogs say of objects (privileges, names, descriptions), which change: a stream sees them as they are when its worker processes the row, not when the query is run."),
 				 errhint("Store the value in a column of the source table when the row is inserted.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
