@@ -710,7 +710,7 @@ begin_decoding(FlowWorker *w)
  * but another session may take it first: then this returns false, the
  * caller's transaction aborted and a new one begun in its place (with an
  * active snapshot, as the caller's), and the worker goes on with its slot
- * (it failed, and started again, for what its caller is told anyway).
+ * (it failed and started again, and its caller was told of a restart).
  */
 bool
 DecodeCopyOwnSlot(FlowWorker *w, const char *dst)
@@ -727,16 +727,10 @@ DecodeCopyOwnSlot(FlowWorker *w, const char *dst)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-		int			code;
-
+		if (geterrcode() != ERRCODE_CONFIGURATION_LIMIT_EXCEEDED)
+			PG_RE_THROW();
 		/* not in the transaction's memory, which the abort frees */
 		MemoryContextSwitchTo(w->cxt);
-		edata = CopyErrorData();
-		code = edata->sqlerrcode;
-		FreeErrorData(edata);
-		if (code != ERRCODE_CONFIGURATION_LIMIT_EXCEEDED)
-			PG_RE_THROW();
 		HOLD_INTERRUPTS();
 		FlushErrorState();
 		/* (PostgreSQL fails before it makes the slot: none was made) */
