@@ -376,8 +376,9 @@ name_matches(const char *name, const char *prefix, const char *suffix)
  * evaluates them with the catalog as it is when it processes the row (or
  * computes a result row, or again after a failure), and the batch query
  * as it is when the query runs: a GRANT, a table created or renamed in
- * between makes them differ.  And the statistics functions (pg_stat_get_*): what the server
- * has counted when the worker evaluates them ('c').
+ * between makes them differ.  And the statistics functions
+ * (pg_stat_get_*): what the server has counted when the worker evaluates
+ * them ('c').
  */
 static const char *const catalog_function_names[] = {
 	"pg_has_role", "row_security_active", "format_type", "current_schema",
@@ -538,6 +539,17 @@ reg_type(Oid type)
 	return false;
 }
 
+/* A reg* type, or an array of one. */
+static bool
+reg_or_reg_array(Oid type)
+{
+	Oid			elem;
+
+	type = getBaseType(type);
+	elem = get_element_type(type);
+	return reg_type(type) || (OidIsValid(elem) && reg_type(elem));
+}
+
 /*
  * Does the expression's value hold a reg* value: is it of such a type, an
  * array of one, a row with one?  Printing it prints names, as the catalog
@@ -549,9 +561,8 @@ static bool
 holds_reg_value(Node *expr, int depth)
 {
 	Oid			type = getBaseType(exprType(expr));
-	Oid			elem = get_element_type(type);
 
-	if (reg_type(type) || (OidIsValid(elem) && reg_type(elem)))
+	if (reg_or_reg_array(type))
 		return true;
 	if (depth > 4)
 		return false;
@@ -580,11 +591,8 @@ holds_reg_value(Node *expr, int depth)
 		for (i = 0; i < desc->natts && !found; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
-			Oid			atype = getBaseType(att->atttypid);
-			Oid			aelem = get_element_type(atype);
 
-			found = !att->attisdropped &&
-				(reg_type(atype) || (OidIsValid(aelem) && reg_type(aelem)));
+			found = !att->attisdropped && reg_or_reg_array(att->atttypid);
 		}
 		ReleaseTupleDesc(desc);
 		return found;
@@ -603,7 +611,6 @@ prints_reg_value(Node *node, BadFunction *bad)
 	Oid			func = InvalidOid;
 	List	   *args = NIL;
 	ListCell   *lc;
-	int			i = 0;
 	Oid		   *params = NULL;
 	int			nparams = 0;
 
@@ -638,23 +645,15 @@ prints_reg_value(Node *node, BadFunction *bad)
 		return false;
 	foreach(lc, args)
 	{
-		if (params == NULL)
-		{
-			HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(func));
-			Form_pg_proc proc;
+		int			i = foreach_current_index(lc);
 
-			if (!HeapTupleIsValid(tuple))
-				return false;
-			proc = (Form_pg_proc) GETSTRUCT(tuple);
-			nparams = proc->pronargs;
-			params = palloc(Max(nparams, 1) * sizeof(Oid));
-			memcpy(params, proc->proargtypes.values, nparams * sizeof(Oid));
-			ReleaseSysCache(tuple);
-		}
+		if (!holds_reg_value(lfirst(lc), 0))
+			continue;
+		if (params == NULL)
+			(void) get_func_signature(func, &params, &nparams);
 		/* a variadic function's arguments past its last have that type */
 		if (nparams > 0 &&
-			get_typtype(params[Min(i, nparams - 1)]) == TYPTYPE_PSEUDO &&
-			holds_reg_value(lfirst(lc), 0))
+			get_typtype(params[Min(i, nparams - 1)]) == TYPTYPE_PSEUDO)
 		{
 			bad->func = InvalidOid;
 			bad->what = psprintf("%s given a %s value", format_procedure(func),
@@ -662,7 +661,6 @@ prints_reg_value(Node *node, BadFunction *bad)
 			bad->why = 'k';
 			return true;
 		}
-		i++;
 	}
 	return false;
 }
