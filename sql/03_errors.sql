@@ -237,6 +237,13 @@ SELECT try($$ALTER SCHEMA flowpg RENAME TO fp$$);
 SELECT flowpg.create_stream('good', 'SELECT k, count(*) AS n FROM src GROUP BY k');
 SELECT try_create('bad', 'SELECT count(*) FROM good');
 SELECT flowpg.drop_stream('good');
+-- messages quote a name that needs quotes once, as PostgreSQL's do
+SELECT flowpg.create_stream('"Good é"', 'SELECT k, count(*) AS n FROM src GROUP BY k');
+SELECT try_create('bad', 'SELECT count(*) FROM "Good é"');
+SELECT name FROM flowpg.streams WHERE name LIKE '%Good%';
+SELECT flowpg.drop_stream('"Good é"');
+SELECT try('SELECT flowpg.wait(''"Good é"'')');
+SELECT try('SELECT flowpg.wait(''public."No Such"'')');
 
 -- create_stream needs a transaction that has not written yet
 BEGIN;

@@ -213,7 +213,7 @@ check_rebuild_room(StreamDef *def)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("cannot rebuild stream \"%s\": %d streams run already, as many as flowpg.max_streams allows",
-						def->name, list_length(slots)),
+						FlowpgLabel(def->name), list_length(slots)),
 				 errhint("Drop a stream, or raise flowpg.max_streams and restart the server.")));
 }
 
@@ -239,7 +239,7 @@ flowpg_rebuild_stream(PG_FUNCTION_ARGS)
 		StreamHold(MyDatabaseId, def->id);
 	CatalogRebuildStream(def->id);
 	ereport(LOG,
-			(errmsg("flowpg: stream \"%s\" is to be rebuilt from its source table", def->name)));
+			(errmsg("flowpg: stream \"%s\" is to be rebuilt from its source table", FlowpgLabel(def->name))));
 	PG_RETURN_VOID();
 }
 
@@ -443,7 +443,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("restored stream \"%s\" does not read its source table \"%s\"",
-						w->def->name, get_rel_name(w->def->source)),
+						FlowpgLabel(w->def->name), get_rel_name(w->def->source)),
 				 errdetail("Its definition is: %s", w->def->definition)));
 	CompileCheckPermissions(w->fq);
 	w->plan = PlanBuild(w->fq);
@@ -456,7 +456,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 	pgstat_report_activity(STATE_RUNNING, "rebuilding a stream from its source table");
 	ereport(LOG,
 			(errmsg("flowpg: rebuilding stream \"%s\" from its source table",
-					w->def->name)));
+					FlowpgLabel(w->def->name))));
 
 	ControlApplyStateLimit();
 	LWLockAcquire(&w->ctl->state_lock, LW_EXCLUSIVE);
@@ -480,7 +480,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 	CommitTransactionCommand();
 	ereport(LOG,
 			(errmsg("flowpg: stream \"%s\" rebuilt from " UINT64_FORMAT " source rows into " UINT64_FORMAT " keys (checkpoint " INT64_FORMAT " at %X/%X)",
-					w->def->name, w->events, StateKeys(w->state), id,
+					FlowpgLabel(w->def->name), w->events, StateKeys(w->state), id,
 					LSN_FORMAT_ARGS(w->processed_lsn))));
 	return ADOPT_READY;
 }

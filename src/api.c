@@ -359,7 +359,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("source \"%s\" is the result table of stream \"%s\"",
-						get_rel_name(fq->source), other->name),
+						get_rel_name(fq->source), FlowpgLabel(other->name)),
 				 errdetail("Result tables are updated in place, not appended to, so they cannot feed a stream.")));
 
 	nsp = RangeVarGetAndCheckCreationNamespace(rv, NoLock, &existing);
@@ -556,7 +556,7 @@ ApiCheckNotFailed(StreamDef *def)
 	if (def->failure != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("stream \"%s\" has failed for good", def->name),
+				 errmsg("stream \"%s\" has failed for good", FlowpgLabel(def->name)),
 				 errdetail("%s", def->failure),
 				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Rebuild the stream from its source table with flowpg.rebuild_stream, or drop it and create it again.")));
 	if (def->restored)
@@ -564,7 +564,7 @@ ApiCheckNotFailed(StreamDef *def)
 	if (RecoveryInProgress())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("stream \"%s\" does not run on a standby", def->name),
+				 errmsg("stream \"%s\" does not run on a standby", FlowpgLabel(def->name)),
 				 errdetail("Streams run on the primary: PostgreSQL 15 keeps no logical replication slot on a standby."),
 				 errhint("Query the stream on the primary.  If this standby is promoted, its streams are rebuilt from their source tables.")));
 
@@ -592,7 +592,7 @@ ApiCheckNotFailed(StreamDef *def)
 	if (CatalogReadStream(def->id) == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("stream \"%s\" does not exist", def->name),
+				 errmsg("stream \"%s\" does not exist", FlowpgLabel(def->name)),
 				 errdetail("It was dropped while this call looked it up.")));
 	if (ControlSlotUsable(slot_name))
 	{
@@ -602,7 +602,7 @@ ApiCheckNotFailed(StreamDef *def)
 	}
 	ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("stream \"%s\" has lost its replication slot", def->name),
+				 errmsg("stream \"%s\" has lost its replication slot", FlowpgLabel(def->name)),
 				 errdetail("Replication slot \"%s\" was dropped or invalidated (max_slot_wal_keep_size) outside flowpg, so the WAL the stream had not applied may be gone.",
 						   slot_name),
 				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Rebuild the stream from its source table with flowpg.rebuild_stream, rewind it to one of its savepoints with flowpg.restore, or drop it and create it again.")));
@@ -687,14 +687,14 @@ ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 errmsg("stream \"%s\" cannot run: all %d flowpg.max_streams entries are taken by other streams",
-							def->name, flowpg_max_streams),
+							FlowpgLabel(def->name), flowpg_max_streams),
 					 errdetail("The server has more streams than flowpg.max_streams allows (it was lowered after they were created, or a restore brought more); the streams without an entry do not run, and their slots keep their WAL."),
 					 errhint("Raise flowpg.max_streams and restart the server, or drop streams.")));
 		if (now >= deadline)
 			ereport(ERROR,
 					(errcode(ERRCODE_QUERY_CANCELED),
 					 errmsg("timed out waiting for the worker of stream \"%s\" to start",
-							def->name),
+							FlowpgLabel(def->name)),
 					 errhint("Check that the server has free background worker slots (max_worker_processes).")));
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 10, PG_WAIT_EXTENSION);
@@ -734,13 +734,13 @@ ApiRaiseIfFailed(StreamDef *def, StreamCtl *ctl)
 	if (failed && def->restored)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("stream \"%s\" could not be rebuilt from its source table", def->name),
+				 errmsg("stream \"%s\" could not be rebuilt from its source table", FlowpgLabel(def->name)),
 				 errdetail("Rebuilding it from its source table failed with: %s", error),
 				 errhint("flowpg tries again after a delay, and at once when flowpg.wait is called; fix the cause and check flowpg.streams.")));
 	if (failed)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("stream \"%s\" has failed", def->name),
+				 errmsg("stream \"%s\" has failed", FlowpgLabel(def->name)),
 				 errdetail("The worker stopped with: %s", error),
 				 errhint("flowpg restarts the worker after a delay; fix the cause and check flowpg.streams.")));
 }
@@ -765,7 +765,7 @@ ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("stream \"%s\" was dropped while this call waited for %s",
-						def->name, what)));
+						FlowpgLabel(def->name), what)));
 	}
 	TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
 	ms = secs * 1000 + usecs / 1000;
@@ -779,7 +779,7 @@ ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 		ConditionVariableCancelSleep();
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
-				 errmsg("timed out waiting for %s of stream \"%s\"", what, def->name),
+				 errmsg("timed out waiting for %s of stream \"%s\"", what, FlowpgLabel(def->name)),
 				 XLogRecPtrIsInvalid(target) ?
 				 errdetail("The stream's worker has not taken it yet.") :
 				 XLogRecPtrIsInvalid(result) ?
@@ -857,7 +857,7 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	if (def->paused)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("stream \"%s\" is paused", def->name),
+				 errmsg("stream \"%s\" is paused", FlowpgLabel(def->name)),
 				 errhint("Resume it with flowpg.resume_stream.")));
 
 	target = ApiCommittedLsn();
@@ -969,7 +969,7 @@ copy_state(StreamDef *def, StreamCtl *ctl)
 		LWLockRelease(&ctl->state_lock);
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("stream \"%s\" has no live state right now", def->name),
+				 errmsg("stream \"%s\" has no live state right now", FlowpgLabel(def->name)),
 				 errdetail("Its worker is starting or has failed; see flowpg.streams."),
 				 errhint("Read the result table, or try again once the stream is running.")));
 	}
@@ -1038,7 +1038,7 @@ flowpg_live(PG_FUNCTION_ARGS)
 	if (ctl == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("stream \"%s\" has no live state right now", def->name),
+				 errmsg("stream \"%s\" has no live state right now", FlowpgLabel(def->name)),
 				 errdetail("Its worker has not started yet."),
 				 errhint("Read the result table, or try again once the stream is running.")));
 

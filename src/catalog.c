@@ -398,6 +398,7 @@ StreamDef *
 CatalogLookup(text *name)
 {
 	char	   *str;
+	List	   *names;
 	RangeVar   *rv;
 	Oid			relid;
 	StreamDef  *def = NULL;
@@ -411,14 +412,15 @@ CatalogLookup(text *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("stream name must not be empty")));
-	rv = makeRangeVarFromNameList(textToQualifiedNameList(name));
+	names = textToQualifiedNameList(name);
+	rv = makeRangeVarFromNameList(names);
 	relid = RangeVarGetRelid(rv, NoLock, true);
 	if (OidIsValid(relid))
 		def = CatalogFindByResult(relid);
 	if (def == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("stream \"%s\" does not exist", str),
+				 errmsg("stream \"%s\" does not exist", NameListToString(names)),
 				 errhint("The streams of this database are listed in flowpg.streams.")));
 	return def;
 }
@@ -665,7 +667,7 @@ CatalogRebuildCopies(void)
 			continue;
 		ereport(LOG,
 				(errmsg("flowpg: stream \"%s\" of database \"%s\" has no replication slot here, a copy of where its slot was made (pg_upgrade, a promoted standby, a recovered base backup or CREATE DATABASE ... TEMPLATE): rebuilding it from its source table",
-						def->name, get_database_name(MyDatabaseId))));
+						FlowpgLabel(def->name), get_database_name(MyDatabaseId))));
 		CatalogRebuildStream(def->id);
 	}
 }
@@ -740,7 +742,7 @@ CatalogCheckOwner(StreamDef *def)
 	if (!has_privs_of_role(GetUserId(), def->owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of stream \"%s\"", def->name),
+				 errmsg("must be owner of stream \"%s\"", FlowpgLabel(def->name)),
 				 errdetail("The stream is owned by role %s.",
 						   GetUserNameFromId(def->owner, false))));
 }
@@ -1403,7 +1405,7 @@ new_owner_context(void *arg)
 	StreamDef  *def = arg;
 
 	errcontext("checking that role %s, the new owner of stream \"%s\", may run it",
-			   GetUserNameFromId(def->owner, true), def->name);
+			   GetUserNameFromId(def->owner, true), FlowpgLabel(def->name));
 }
 
 /*
@@ -1467,7 +1469,7 @@ give_stream(StreamDef *def)
 	MemoryContextSwitchTo(oldcxt);
 	ereport(NOTICE,
 			(errmsg("stream \"%s\" now belongs to role %s",
-					def->name, GetUserNameFromId(owner, false)),
+					FlowpgLabel(def->name), GetUserNameFromId(owner, false)),
 			 errdetail("Its worker runs as its owner: it starts again as the new owner once the transaction commits.")));
 }
 
@@ -1552,7 +1554,7 @@ check_drop_role(DropRoleStmt *stmt)
 					 errmsg("role \"%s\" cannot be dropped because it owns a flowpg stream",
 							spec->rolename),
 					 errdetail("The role owns stream \"%s\"; streams run as their owner.",
-							   def->name),
+							   FlowpgLabel(def->name)),
 					 errhint("Give the role's streams to another role (REASSIGN OWNED BY %s TO ...), or drop them (DROP OWNED BY drops them with their result tables), in each database.",
 							 quote_identifier(spec->rolename))));
 	}
@@ -1806,7 +1808,7 @@ check_result_columns(Oid relid, AlterTableCmd *cmd)
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 			 errmsg_internal("%s", what),
 			 errdetail("It is the result table of stream \"%s\", whose columns are the stream's output columns.",
-					   def ? def->name : get_rel_name(relid)),
+					   def ? FlowpgLabel(def->name) : get_rel_name(relid)),
 			 errhint("Create a view over the table for other columns; to change the query, drop the stream and create it again.")));
 }
 
@@ -2030,7 +2032,7 @@ check_drop_index(DropStmt *stmt)
 		ereport(WARNING,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 				 errmsg("index %s is the unique index of the result table of stream \"%s\"",
-						get_rel_name(index), def ? def->name : get_rel_name(table)),
+						get_rel_name(index), def ? FlowpgLabel(def->name) : get_rel_name(table)),
 				 errdetail("The stream keeps one row per key through it: it stops at its next checkpoint, until the table has that index again."),
 				 errhint("Create it again: %s", pg_get_indexdef_string(index))));
 	}

@@ -172,7 +172,7 @@ check_result_table(FlowWorker *w, Relation rel, const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("result table %s no longer has the columns of stream \"%s\"",
-						name, w->def->name),
+						name, FlowpgLabel(w->def->name)),
 				 errdetail("Its columns were altered after the stream was created."),
 				 errhint("Drop the stream and create it again; do not alter its result table.")));
 
@@ -634,7 +634,7 @@ lock_for_identity(FlowWorker *w)
 		{
 			ereport(LOG,
 					(errmsg("flowpg: stream \"%s\" waits for the lock of its result table to set its replica identity",
-							w->def->name),
+							FlowpgLabel(w->def->name)),
 					 errdetail("A publication publishes the table's updates or deletes; other sessions have held a lock on the table for %d ms.",
 							   IDENTITY_LOCK_TRIES_MS)));
 			LockRelationOid(w->def->result, AccessExclusiveLock);
@@ -2288,7 +2288,7 @@ CheckpointHandOff(FlowWorker *w, const char *kind)
 		if (!w->job_no_room)
 			ereport(LOG,
 					(errmsg("stream \"%s\" writes its checkpoints itself: flowpg.state_memory has no room for its checkpoint writer's copy of %d keys (%zu bytes)",
-							w->def->name, order.nlog, size),
+							FlowpgLabel(w->def->name), order.nlog, size),
 					 errhint("Raise flowpg.state_memory; with its checkpoints written by its writer, the worker goes on decoding while they are written.")));
 		w->job_no_room = true;
 		checkpoint_begin(w, lazy);
@@ -2428,7 +2428,7 @@ CheckpointRunJob(FlowWorker *w, CheckpointJob *job)
 		LWLockAcquire(&w->ctl->state_lock, LW_SHARED);
 		st = StateAttach(w->ctl);
 		if (st == NULL)
-			elog(ERROR, "stream \"%s\" has no state in shared memory", w->def->name);
+			elog(ERROR, "stream \"%s\" has no state in shared memory", FlowpgLabel(w->def->name));
 		for (i = 0; i < job->order.nlog; i++)
 			chunks[i] = StateGetSlot(st, slots[i]);
 		StateDetach(st);
@@ -2522,7 +2522,7 @@ restore_corrupted(FlowWorker *w)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_DATA_CORRUPTED),
-			 errmsg("checkpointed state of stream \"%s\" is corrupted", w->def->name),
+			 errmsg("checkpointed state of stream \"%s\" is corrupted", FlowpgLabel(w->def->name)),
 			 errhint("Restore the stream from a savepoint with flowpg.restore, or rebuild it from its source table with flowpg.rebuild_stream.")));
 }
 
@@ -2765,7 +2765,7 @@ CheckpointRestore(FlowWorker *w)
 	INSTR_TIME_SUBTRACT(elapsed, start);
 	ereport(DEBUG1,
 			(errmsg_internal("flowpg: stream \"%s\" restored %llu keys from %llu entries of its state log in %.1f ms",
-							 w->def->name, (unsigned long long) StateKeys(w->state),
+							 FlowpgLabel(w->def->name), (unsigned long long) StateKeys(w->state),
 							 (unsigned long long) w->log_entries,
 							 INSTR_TIME_GET_MILLISEC(elapsed))));
 	w->restored_keys_end = w->state->next_key_id;

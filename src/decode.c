@@ -329,7 +329,7 @@ add_row(FlowWorker *w, Relation relation, HeapTuple tuple)
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("a function that stream \"%s\" calls wrote to the database",
-						w->def->name),
+						FlowpgLabel(w->def->name)),
 				 errdetail("A stream's functions run as its worker decodes the WAL, where they may not write, lock rows (FOR SHARE) or advance sequences: anything that takes a transaction ID."),
 				 errhint("Change the function so that it does not write (an IMMUTABLE function may call a VOLATILE one that does).")));
 	SetupHistoricSnapshot(historic, tuplecids);
@@ -883,7 +883,7 @@ DecodeStart(FlowWorker *w)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("replication slot \"%s\" of stream \"%s\" does not exist",
-						w->slot_name, w->def->name),
+						w->slot_name, FlowpgLabel(w->def->name)),
 				 errhint("Drop the stream and create it again.")));
 	ReplicationSlotAcquire(w->slot_name, true);
 	if (XLogRecPtrIsInvalid(MyReplicationSlot->data.restart_lsn))
@@ -952,7 +952,7 @@ DecodeRead(FlowWorker *w, int max_records)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("could not read WAL for stream \"%s\": %s",
-							w->def->name, errm)));
+							FlowpgLabel(w->def->name), errm)));
 		if (record != NULL)
 			LogicalDecodingProcessRecord(w->decoding, reader);
 		CHECK_FOR_INTERRUPTS();

@@ -17,6 +17,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
 #include "common/int.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -287,6 +288,20 @@ FlowpgParseSavepointSlotName(const char *name, Oid *dboid, int32 *stream_id,
 		return false;
 	*savepoint_id = (int64) id;
 	return true;
+}
+
+/*
+ * A stream's name as messages show it.  flowpg.streams keeps it as SQL
+ * writes it, quoted where it must be (public."Spend"); messages quote a
+ * name whole, as PostgreSQL's own do ("public.Spend"): quoting the SQL
+ * form again showed "public."Spend"".
+ */
+const char *
+FlowpgLabel(const char *qualified)
+{
+	if (strchr(qualified, '"') == NULL)
+		return qualified;
+	return NameListToString(stringToQualifiedNameList(qualified));
 }
 
 int64

@@ -66,6 +66,7 @@ extern void FlowpgCheckLoaded(void);
 extern void FlowpgCheckPrerequisites(void);
 extern void FlowpgCheckNotStandby(FunctionCallInfo fcinfo);
 extern int	FlowpgCheckpointIntervalMs(void);
+extern const char *FlowpgLabel(const char *qualified);
 
 /*
  * Slot and origin name of a stream: flowpg_<database>_<stream id>.  The

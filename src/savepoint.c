@@ -110,7 +110,7 @@ savepoint_missing(StreamDef *def, const char *name)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
-			 errmsg("savepoint \"%s\" of stream \"%s\" does not exist", name, def->name),
+			 errmsg("savepoint \"%s\" of stream \"%s\" does not exist", name, FlowpgLabel(def->name)),
 			 errhint("The savepoints of this database are listed in flowpg.savepoints.")));
 }
 
@@ -131,7 +131,7 @@ check_not_rebuilding(StreamDef *def, StreamCtl *ctl)
 	if (adopting || def->restored)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("stream \"%s\" is being rebuilt from its source table", def->name),
+				 errmsg("stream \"%s\" is being rebuilt from its source table", FlowpgLabel(def->name)),
 				 errdetail("A savepoint is a checkpoint that the stream's worker takes, and the worker starts once the rebuild is done."),
 				 errhint("Wait for the rebuild with flowpg.wait, then take the savepoint.")));
 }
@@ -188,7 +188,7 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot take a savepoint of stream \"%s\" in a transaction that changed the stream or dropped one of its savepoints",
-						def->name),
+						FlowpgLabel(def->name)),
 				 errdetail("The stream's worker takes the savepoint, in a transaction that would wait for this one."),
 				 errhint("Commit this transaction first.")));
 	/* one savepoint of a stream at a time: a lock of their own */
@@ -199,7 +199,7 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 	if (savepoint_find(def, name, &sp))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("savepoint \"%s\" of stream \"%s\" already exists", name, def->name),
+				 errmsg("savepoint \"%s\" of stream \"%s\" already exists", name, FlowpgLabel(def->name)),
 				 errhint("Drop it with flowpg.drop_savepoint first, or choose another name.")));
 
 	/* the worker copies its slot for the savepoint: fail here, not there */
@@ -234,7 +234,7 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("the worker of stream \"%s\" restarted while taking savepoint \"%s\"",
-								def->name, name),
+								FlowpgLabel(def->name), name),
 						 errhint("See last_error in flowpg.streams, then take the savepoint again.")));
 			check_not_rebuilding(def, ctl);
 			ApiWakeWorker(ctl);
@@ -332,7 +332,7 @@ flowpg_restore(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("savepoint \"%s\" of stream \"%s\" can no longer be restored",
-						name, def->name),
+						name, FlowpgLabel(def->name)),
 				 SearchNamedReplicationSlot(sp_slot, true) != NULL ?
 				 errdetail("The WAL since its position %X/%X is no longer kept: PostgreSQL invalidated its replication slot \"%s\" (max_slot_wal_keep_size).",
 						   LSN_FORMAT_ARGS(sp.lsn), sp_slot) :
@@ -346,7 +346,7 @@ flowpg_restore(PG_FUNCTION_ARGS)
 	restore_catalog(def, &sp);
 	ereport(LOG,
 			(errmsg("flowpg: stream \"%s\" restored to savepoint \"%s\" at %X/%X",
-					def->name, name, LSN_FORMAT_ARGS(sp.lsn))));
+					FlowpgLabel(def->name), name, LSN_FORMAT_ARGS(sp.lsn))));
 	PG_RETURN_VOID();
 }
 

@@ -153,7 +153,7 @@ release_slots(FlowWorker *w, bool held)
 	CommitTransactionCommand();
 	ereport(LOG,
 			(errmsg("flowpg: dropped the replication slots of failed stream \"%s\"",
-					w->def->name)));
+					FlowpgLabel(w->def->name))));
 }
 
 /*
@@ -193,7 +193,7 @@ fail_retained_wal(FlowWorker *w, int64 unapplied, bool held)
 
 	/* in kB below 10 MB: "kept 1 MB, more than 1 MB" said nothing */
 	message = psprintf("stream \"%s\" kept " INT64_FORMAT " %s of WAL it has not applied, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
-					   w->def->name,
+					   FlowpgLabel(w->def->name),
 					   unapplied >= 10 * 1024 * 1024 ? unapplied / (1024 * 1024) : (unapplied + 1023) / 1024,
 					   unapplied >= 10 * 1024 * 1024 ? "MB" : "kB",
 					   flowpg_max_retained_wal);
@@ -550,7 +550,7 @@ WorkerCheckCompiledObjects(FlowWorker *w)
 				 errmsg("%s %s, which stream \"%s\" uses, has changed",
 						obj->domain ? "domain" : "function",
 						obj->domain ? format_type_be(obj->oid) : format_procedure(obj->oid),
-						w->def->name),
+						FlowpgLabel(w->def->name)),
 				 errdetail("The stream's process starts again at once, to compile the stream with it.")));
 	}
 
@@ -750,7 +750,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	if (!usable)
 		fail_for_good(w, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 					  psprintf("the replication slot \"%s\" of stream \"%s\" was invalidated: PostgreSQL removed WAL the stream had not applied (max_slot_wal_keep_size); it has stopped for good and its results are stale",
-								  w->slot_name, w->def->name),
+								  w->slot_name, FlowpgLabel(w->def->name)),
 					  "Rebuild the stream with flowpg.rebuild_stream, or drop it and create it again; set max_slot_wal_keep_size to -1 (flowpg.max_retained_wal bounds the WAL streams keep), or above it, to avoid this.",
 					  true);
 	/* the slot may lie before the checkpoint: see checkpoint.c */
@@ -798,7 +798,7 @@ careful_context(void *arg)
 	FlowWorker *w = (FlowWorker *) arg;
 
 	errcontext("result rows of stream \"%s\" after source transaction %u, committed at %X/%X",
-			   w->def->name, w->careful_xid, LSN_FORMAT_ARGS(w->careful_commit));
+			   FlowpgLabel(w->def->name), w->careful_xid, LSN_FORMAT_ARGS(w->careful_commit));
 }
 
 /*
@@ -974,7 +974,7 @@ rows_computable(FlowWorker *w, TimestampTz now, int interval)
 		w->retry_delay_ms = Min(interval, 1000);
 		ereport(LOG,
 				(errmsg("stream \"%s\" postpones its checkpoints: the result row of a key it changed cannot be computed: %s",
-						w->def->name, edata->message),
+						FlowpgLabel(w->def->name), edata->message),
 				 errdetail("A source transaction made a row of the stream impossible to compute; it tries again until every row can be computed, as its batch query could.")));
 	}
 	else
@@ -1156,7 +1156,7 @@ restart_as_new_owner(FlowWorker *w, StreamDef *def)
 {
 	ereport(LOG,
 			(errmsg("flowpg: stream \"%s\" now belongs to role %s: its worker starts again as that role",
-					def->name, GetUserNameFromId(def->owner, true))));
+					FlowpgLabel(def->name), GetUserNameFromId(def->owner, true))));
 	ControlReconnectAs(w->ctl, def->owner);
 	proc_exit(0);
 }

@@ -129,7 +129,7 @@ writer_unavailable(FlowWorker *w, const char *why, bool hint)
 	w->writer_why = why;
 	ereport(LOG,
 			(errmsg("flowpg: stream \"%s\" writes its checkpoints itself: %s",
-					w->def->name, why),
+					FlowpgLabel(w->def->name), why),
 			 hint ? errhint("Raise max_worker_processes.") : 0));
 }
 
@@ -264,7 +264,7 @@ WriterReady(FlowWorker *w)
 			writer_stop(0, PointerGetDatum(w));
 			ereport(LOG,
 					(errmsg("flowpg: stream \"%s\" writes its checkpoints itself: flowpg.checkpoint_writer is off",
-							w->def->name)));
+							FlowpgLabel(w->def->name))));
 		}
 		return false;
 	}
@@ -417,7 +417,7 @@ WriterJobDone(FlowWorker *w, bool wait)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("the checkpoint writer of stream \"%s\" exited while writing a checkpoint",
-							w->def->name),
+							FlowpgLabel(w->def->name)),
 					 errhint("The stream starts again from its last checkpoint.")));
 		}
 		if (!wait)
