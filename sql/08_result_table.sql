@@ -131,7 +131,12 @@ BEGIN
 END $$;
 CALL hot_rounds(30);
 SELECT oracle('hot');
-SELECT count(*) AS rows, pg_relation_size('hot') <= 6 * 8192 AS kept_its_size
+-- (300 rows take 4 pages at fillfactor 50, and kept them over 30 rounds
+-- here; with no pruning, the 9,000 versions of the 30 rounds take 50.
+-- 12 leaves room for a few rounds whose pruning another process's
+-- transaction held back: under valgrind on a loaded machine, 6 was once
+-- exceeded.)
+SELECT count(*) AS rows, pg_relation_size('hot') <= 12 * 8192 AS kept_its_size
   FROM hot;
 SELECT flowpg.drop_stream('hot');
 DROP PROCEDURE hot_rounds;
