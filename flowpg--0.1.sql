@@ -355,7 +355,7 @@ SELECT CASE WHEN c.oid IS NULL THEN s.name ELSE pg_catalog.format('%I.%I', n.nsp
             THEN '<insufficient privilege>' ELSE
        COALESCE(s.failure,
                 CASE WHEN lost.slot IS NOT NULL THEN
-                    pg_catalog.format('replication slot "%s" was dropped or invalidated outside flowpg: the WAL the stream had not applied may be gone; its results are stale (flowpg.rebuild_stream rebuilds it from its source table)',
+                    pg_catalog.format('replication slot "%s" was dropped or invalidated outside flowpg, or dropped by flowpg past flowpg.max_retained_wal while the stream could not run (the server log says which): the WAL the stream had not applied may be gone; its results are stale (flowpg.rebuild_stream rebuilds it from its source table)',
                                       lost.slot) END,
                 st.last_error,
                 CASE WHEN st.stream_id IS NULL AND e.none_free THEN

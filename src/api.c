@@ -570,7 +570,8 @@ ApiCheckNotFailed(StreamDef *def)
 
 	/*
 	 * Its slot went without flowpg (dropped by hand, invalidated by
-	 * max_slot_wal_keep_size, not carried by pg_upgrade): the WAL it had not
+	 * max_slot_wal_keep_size, not carried by pg_upgrade), or the launcher
+	 * dropped it while the stream could not run (drop_unrunnable): the WAL it had not
 	 * applied may be gone.  Look again once a drop or flowpg.restore that
 	 * replaces the slot, under the stream's lock, is over.
 	 */
@@ -603,7 +604,7 @@ ApiCheckNotFailed(StreamDef *def)
 	ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("stream \"%s\" has lost its replication slot", FlowpgLabel(def->name)),
-				 errdetail("Replication slot \"%s\" was dropped or invalidated (max_slot_wal_keep_size) outside flowpg, so the WAL the stream had not applied may be gone.",
+				 errdetail("Replication slot \"%s\" was dropped or invalidated (max_slot_wal_keep_size) outside flowpg, or dropped by flowpg past flowpg.max_retained_wal while the stream could not run (the server log says which), so the WAL the stream had not applied may be gone.",
 						   slot_name),
 				 errhint("Its result table keeps the results it had, marked stale in flowpg.streams. Rebuild the stream from its source table with flowpg.rebuild_stream, rewind it to one of its savepoints with flowpg.restore, or drop it and create it again.")));
 }

@@ -175,6 +175,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->started_at = 0;
 		free_ctl->slot_wait_since = 0;
 		free_ctl->no_worker_slot = false;
+		free_ctl->connect_failures = 0;
 		free_ctl->retry_requested = false;
 		free_ctl->owner = InvalidOid;
 		free_ctl->reconnect = false;
@@ -403,6 +404,8 @@ connect_log_hook(ErrorData *edata)
 	{
 		mark_failed(connecting_ctl, edata->message);
 		SpinLockAcquire(&connecting_ctl->mutex);
+		if (OidIsValid(connecting_ctl->owner))
+			connecting_ctl->connect_failures++;
 		connecting_ctl->owner = InvalidOid;
 		SpinLockRelease(&connecting_ctl->mutex);
 	}
@@ -419,6 +422,13 @@ ControlConnect(StreamCtl *ctl, StreamIdentity *ident)
 	BackgroundWorkerInitializeConnectionByOid(ident->dboid, ident->owner, 0);
 	connecting_ctl = NULL;
 	emit_log_hook = prev_emit_log_hook;
+	/* (as the bootstrap superuser, only to read the owner, it proves nothing) */
+	if (OidIsValid(ident->owner))
+	{
+		SpinLockAcquire(&ctl->mutex);
+		ctl->connect_failures = 0;
+		SpinLockRelease(&ctl->mutex);
+	}
 	FlowpgSetProcessSettings();
 }
 
@@ -816,6 +826,23 @@ ControlUnappliedWal(Oid dboid, int32 stream_id, XLogRecPtr processed)
 								&oldest, &applied));
 	keep_oldest(&applied, processed);
 	return wal_since(applied);
+}
+
+/* More than flowpg.max_retained_wal bytes? */
+bool
+ControlOverRetainedWal(int64 unapplied)
+{
+	return flowpg_max_retained_wal >= 0 &&
+		unapplied > (int64) flowpg_max_retained_wal * 1024 * 1024;
+}
+
+/* An amount of WAL for a message: in kB below 10 MB ("kept 1 MB, more than 1 MB" said nothing). */
+char *
+ControlWalAmount(int64 bytes)
+{
+	if (bytes >= 10 * 1024 * 1024)
+		return psprintf(INT64_FORMAT " MB", bytes / (1024 * 1024));
+	return psprintf(INT64_FORMAT " kB", (bytes + 1023) / 1024);
 }
 
 /* Replication slots not in use: room for as many new slots. */

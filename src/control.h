@@ -74,6 +74,8 @@ typedef struct StreamCtl
 									 * worker slot up (0: it does not) */
 	bool		no_worker_slot;	/* its last process found no background
 								 * worker slot (the launcher warned) */
+	int32		connect_failures;	/* its processes that could not connect
+									 * as its owner since one last did */
 	bool		retry_requested;	/* flowpg.wait: start it again at once */
 	Oid			owner;			/* the stream's owner, as whom its process
 								 * connects; InvalidOid: unknown (after a
@@ -209,6 +211,8 @@ extern int64 ControlRetainedWal(Oid dboid, int32 stream_id);
 extern int	ControlFreeReplicationSlots(void);
 extern int64 ControlUnappliedWal(Oid dboid, int32 stream_id,
 								 XLogRecPtr processed);
+extern bool ControlOverRetainedWal(int64 unapplied);
+extern char *ControlWalAmount(int64 bytes);
 extern List *ControlListSavepointSlots(Oid dboid, int32 stream_id);
 
 #endif							/* FLOWPG_CONTROL_H */

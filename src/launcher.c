@@ -45,6 +45,7 @@
 #include "utils/snapmgr.h"
 
 #include "control.h"
+#include "decode.h"
 #include "launcher.h"
 #include "state.h"
 #include "worker.h"
@@ -355,6 +356,69 @@ warned_of_refusal(StreamIdentity *ident)
 	return false;
 }
 
+/*
+ * flowpg.max_retained_wal for a stream that cannot run: a worker checks
+ * its own stream's WAL (check_retained_wal, and as it starts), but a
+ * stream whose worker cannot start (no free background worker slot, no
+ * flowpg.max_streams entry) or cannot connect as its owner (NOLOGIN) has
+ * none, and its slots kept all the WAL written until the cause was fixed.
+ * The launcher judges those from what their slots confirmed, and past the
+ * limit drops their slots, its savepoints' first (so that none is left
+ * without its stream's), unless a process holds one (judged again next
+ * round): the disk does not fill.  It cannot record the failure in the
+ * stream's catalog row, in a database it is not connected to: the stream
+ * shows stale, as when its slot went without flowpg, and the server log
+ * says why.  True if the slots went.
+ */
+static bool
+drop_unrunnable(Oid dboid, int32 stream_id, const char *why)
+{
+	char		slot_name[NAMEDATALEN];
+	int64		unapplied;
+	pid_t		holder;
+	ListCell   *lc;
+
+	if (flowpg_max_retained_wal < 0)
+		return false;
+	unapplied = ControlUnappliedWal(dboid, stream_id, InvalidXLogRecPtr);
+	if (!ControlOverRetainedWal(unapplied))
+		return false;
+	foreach(lc, ControlListSavepointSlots(dboid, stream_id))
+	{
+		if (!DecodeDropFreeSlot(NameStr(*(NameData *) lfirst(lc)), &holder))
+			return false;
+	}
+	FlowpgSlotName(slot_name, dboid, stream_id);
+	if (!DecodeDropFreeSlot(slot_name, &holder))
+		return false;
+	ereport(WARNING,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("flowpg dropped the replication slots of stream %d of database \"%s\": they kept %s of WAL it has not applied, more than flowpg.max_retained_wal (%d MB), while it could not run (%s)",
+					stream_id, database_name(dboid), ControlWalAmount(unapplied),
+					flowpg_max_retained_wal, why),
+			 errdetail("The stream has stopped for good, and its results are stale."),
+			 errhint("Rebuild the stream with flowpg.rebuild_stream, or drop it and create it again; to avoid this, fix what keeps a stream from running, or raise flowpg.max_retained_wal.")));
+	return true;
+}
+
+/* Why a stream's worker cannot run, or NULL if nothing says it cannot. */
+static const char *
+unrunnable(StreamCtl *ctl)
+{
+	bool		no_worker_slot;
+	int32		connect_failures;
+
+	SpinLockAcquire(&ctl->mutex);
+	no_worker_slot = ctl->no_worker_slot;
+	connect_failures = ctl->connect_failures;
+	SpinLockRelease(&ctl->mutex);
+	if (no_worker_slot)
+		return "no free background worker slot";
+	if (connect_failures >= 2)
+		return "its worker cannot connect as its owner";
+	return NULL;
+}
+
 /* Make the set of entries and workers match the set of slots. */
 static void
 reconcile(void)
@@ -374,14 +438,17 @@ reconcile(void)
 	{
 		StreamIdentity *ident = lfirst(lc);
 
-		if (ControlAcquire(ident->dboid, ident->stream_id) == NULL &&
-			!warned_of_refusal(ident))
+		if (ControlAcquire(ident->dboid, ident->stream_id) != NULL)
+			continue;
+		if (!warned_of_refusal(ident))
 			ereport(WARNING,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 errmsg("flowpg cannot run stream %d of database \"%s\": flowpg.max_streams (%d) entries are in use",
 							ident->stream_id, database_name(ident->dboid),
 							flowpg_max_streams),
 					 errhint("Raise flowpg.max_streams and restart the server.")));
+		(void) drop_unrunnable(ident->dboid, ident->stream_id,
+							   "no flowpg.max_streams entry");
 	}
 
 	for (i = 0; i < FlowCtl->max_streams; i++)
@@ -422,7 +489,16 @@ reconcile(void)
 		}
 		LWLockRelease(&FlowCtl->lock);
 
-		if (running || dropping || ctl->restart_at > now)
+		if (running || dropping)
+			continue;
+		if (!adopting && ident != NULL)
+		{
+			const char *why = unrunnable(ctl);
+
+			if (why != NULL && drop_unrunnable(ctl->dboid, ctl->stream_id, why))
+				continue;		/* its entry goes next round */
+		}
+		if (ctl->restart_at > now)
 			continue;
 		/* a stream to rebuild may have its old slot still: the adopter drops it */
 		if (adopting)

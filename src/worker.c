@@ -191,23 +191,12 @@ fail_retained_wal(FlowWorker *w, int64 unapplied, bool held)
 {
 	char	   *message;
 
-	/* in kB below 10 MB: "kept 1 MB, more than 1 MB" said nothing */
-	message = psprintf("stream \"%s\" kept " INT64_FORMAT " %s of WAL it has not applied, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
-					   FlowpgLabel(w->def->name),
-					   unapplied >= 10 * 1024 * 1024 ? unapplied / (1024 * 1024) : (unapplied + 1023) / 1024,
-					   unapplied >= 10 * 1024 * 1024 ? "MB" : "kB",
+	message = psprintf("stream \"%s\" kept %s of WAL it has not applied, more than flowpg.max_retained_wal (%d MB); it has stopped for good and its results are stale",
+					   FlowpgLabel(w->def->name), ControlWalAmount(unapplied),
 					   flowpg_max_retained_wal);
 	fail_for_good(w, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, message,
 				  "Rebuild the stream with flowpg.rebuild_stream, or drop it and create it again; raise flowpg.max_retained_wal, or keep the stream running and drop old savepoints, to avoid this.",
 				  held);
-}
-
-/* More than flowpg.max_retained_wal bytes? */
-static bool
-over_retained_wal(int64 unapplied)
-{
-	return flowpg_max_retained_wal >= 0 &&
-		unapplied > (int64) flowpg_max_retained_wal * 1024 * 1024;
 }
 
 /*
@@ -715,7 +704,7 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	}
 	drop_orphan_savepoint_slots(w);
 	unapplied = setup_unapplied_wal(w);
-	if (over_retained_wal(unapplied))
+	if (ControlOverRetainedWal(unapplied))
 	{
 		SPI_finish();
 		PopActiveSnapshot();
@@ -1244,7 +1233,7 @@ check_retained_wal(FlowWorker *w)
 	unapplied = ControlUnappliedWal(MyDatabaseId, w->def->id,
 									w->postponed_since != 0 ? InvalidXLogRecPtr :
 									w->processed_lsn);
-	if (over_retained_wal(unapplied))
+	if (ControlOverRetainedWal(unapplied))
 		fail_retained_wal(w, unapplied, true);
 }
 

@@ -2,7 +2,9 @@
 # with a clear error and loses nothing; more streams than flowpg.max_streams
 # or than free replication slots is a clear error at create time, leaving
 # nothing behind; a transaction of several million rows (far beyond
-# flowpg.decoding_work_mem, so spilled to disk) is applied exactly once.
+# flowpg.decoding_work_mem, so spilled to disk) is applied exactly once;
+# a stream that cannot run (no background worker slot, an owner who may
+# not log in) is held to flowpg.max_retained_wal by the launcher.
 use strict;
 use warnings;
 
@@ -364,6 +366,65 @@ $busy->append_conf('postgresql.conf', "max_worker_processes = 8\n");
 $busy->restart;
 $busy->safe_psql('postgres', 'INSERT INTO ev VALUES (1)');
 oracle_ok($busy, $_, 'SELECT count(*) AS n FROM ev', "$_, once there are slots again") for qw(one two);
+
+# flowpg.max_retained_wal holds for a stream that cannot run too: its
+# slots kept all the WAL written until max_worker_processes was raised
+# (or its owner could log in again), as nothing checked them.  The
+# launcher drops them past the limit and says so; the stream is stale
+# until rebuilt, and the one that runs goes on.
+my $two = $busy->safe_psql('postgres', "SELECT id FROM flowpg.streams WHERE name = 'public.two'");
+$busy->safe_psql('postgres', 'CREATE TABLE pad (x text)');
+$busy->safe_psql('postgres', "SELECT flowpg.savepoint('two', 'before')");
+$busy->append_conf('postgresql.conf', "max_worker_processes = 3\nflowpg.max_retained_wal = 2MB\n");
+$busy->restart;
+$busy->poll_query_until('postgres',
+	"SELECT last_error LIKE 'no free background worker slot%' FROM flowpg.streams WHERE name = 'public.two'")
+  or die 'stream two has a background worker slot';
+$busy->safe_psql('postgres', 'INSERT INTO ev VALUES (2)');
+ok(!$busy->log_contains('flowpg dropped the replication slots'), 'below the limit, its slots stay');
+$busy->safe_psql('postgres', "INSERT INTO pad SELECT repeat('x', 200) FROM generate_series(1, 15000)");
+$busy->poll_query_until('postgres',
+	"SELECT stale AND status = 'failed' FROM flowpg.streams WHERE name = 'public.two'")
+  or die 'stream two kept its slots past flowpg.max_retained_wal';
+like(slurp_file($busy->logfile),
+	qr/WARNING:  flowpg dropped the replication slots of stream $two of database "postgres": they kept \d+ kB of WAL it has not applied, more than flowpg.max_retained_wal \(2 MB\), while it could not run \(no free background worker slot\)/,
+	'past flowpg.max_retained_wal, the launcher drops the slots of a stream that cannot run');
+is($busy->safe_psql('postgres', "SELECT count(*) FROM pg_replication_slots
+	  WHERE slot_name = format('flowpg_%s_%s', (SELECT oid FROM pg_database WHERE datname = 'postgres'), $two)
+	     OR slot_name LIKE 'flowpg\\_sp\\_%'"),
+	'0', '... its savepoints\' too');
+($rc, $out, $err) = $busy->psql('postgres', "SELECT flowpg.wait('two', '5 s')");
+like($err, qr/stream "public.two" has lost its replication slot/, '... and wait says it is stale');
+$busy->safe_psql('postgres', 'INSERT INTO ev VALUES (3)');
+oracle_ok($busy, 'one', 'SELECT count(*) AS n FROM ev', 'the stream that runs goes on');
+$busy->append_conf('postgresql.conf', "max_worker_processes = 8\n");
+$busy->restart;
+$busy->safe_psql('postgres', "SELECT flowpg.rebuild_stream('two')");
+oracle_ok($busy, 'two', 'SELECT count(*) AS n FROM ev', 'the stream dropped past the limit, rebuilt');
+
+# and for a stream whose owner may no longer log in, whose workers fail
+# as they connect
+$busy->safe_psql('postgres', q{
+	CREATE ROLE walker LOGIN;
+	GRANT SELECT ON ev TO walker;
+	GRANT CREATE ON SCHEMA public TO walker;
+});
+$busy->safe_psql('postgres', "SET ROLE walker; SELECT flowpg.create_stream('walked', 'SELECT count(*) AS n FROM ev')");
+my $walked = $busy->safe_psql('postgres', "SELECT id FROM flowpg.streams WHERE name = 'public.walked'");
+$busy->safe_psql('postgres', 'ALTER ROLE walker NOLOGIN');
+$busy->safe_psql('postgres', "SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.walked'");
+$busy->poll_query_until('postgres',
+	"SELECT last_error LIKE '%not permitted to log in%' FROM flowpg.streams WHERE name = 'public.walked'")
+  or die 'the worker of stream walked connected';
+$busy->safe_psql('postgres', "INSERT INTO pad SELECT repeat('x', 200) FROM generate_series(1, 15000)");
+$busy->poll_query_until('postgres',
+	"SELECT stale FROM flowpg.streams WHERE name = 'public.walked'")
+  or die 'stream walked kept its slot past flowpg.max_retained_wal';
+like(slurp_file($busy->logfile),
+	qr/flowpg dropped the replication slots of stream $walked of database "postgres": .* while it could not run \(its worker cannot connect as its owner\)/,
+	'... and of a stream whose owner may not log in');
+$busy->safe_psql('postgres', 'INSERT INTO ev VALUES (4)');
+oracle_ok($busy, $_, 'SELECT count(*) AS n FROM ev', "$_ goes on") for qw(one two);
 $busy->stop;
 
 done_testing();
