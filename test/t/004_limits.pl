@@ -294,6 +294,19 @@ oracle_ok($node, 'second', "SELECT count(*) - $base AS n FROM ev",
 # (third, rebuilt, counts every row of the table)
 oracle_ok($node, 'third', 'SELECT count(*) AS n FROM ev',
 	'third, after flowpg.max_streams was raised again');
+# left without an entry while the WAL grows past flowpg.max_retained_wal:
+# the launcher drops its slots (see below for streams without a worker)
+$node->safe_psql('postgres', "ALTER SYSTEM SET flowpg.max_streams = 2; ALTER SYSTEM SET flowpg.max_retained_wal = '2MB'");
+$node->restart;
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM flowpg.streams WHERE last_error LIKE 'all 2 flowpg.max_streams entries%'")
+  or die 'no stream says it has no entry';
+$node->safe_psql('postgres', "CREATE TABLE pad AS SELECT repeat('x', 200) AS x FROM generate_series(1, 15000)");
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM flowpg.streams WHERE stale")
+  or die 'the stream without an entry kept its slot past flowpg.max_retained_wal';
+like(slurp_file($node->logfile),
+	qr/WARNING:  flowpg dropped the replication slots of stream \d+ of database "postgres": .* while it could not run \(no flowpg.max_streams entry\)/,
+	'past flowpg.max_retained_wal, the launcher drops the slots of a stream without an entry');
 $node->stop;
 
 # no free replication slot: PostgreSQL's error, and nothing left behind
@@ -310,7 +323,7 @@ is($few->safe_psql('postgres',
 # a stream whose slot was dropped by hand (stale) gives its replication
 # origin up, whose progress takes one of max_replication_slots replication
 # states: a new stream found a slot but no state, and failed at every start
-my $dropped = 0;
+$dropped = 0;
 for (1 .. 50)
 {
 	$few->safe_psql('postgres', 'SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE pid IS NOT NULL');
