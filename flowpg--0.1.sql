@@ -3,6 +3,28 @@
 \echo Use "CREATE EXTENSION flowpg" to load this file. \quit
 
 /*
+ * CREATE EXTENSION uses the schema flowpg if it exists already.  Owned by
+ * a role that is not a superuser, that role could drop every stream of
+ * every role with it (DROP SCHEMA ... CASCADE), or put functions of its
+ * own beside flowpg's: refuse it.
+ */
+DO $$
+DECLARE
+    owner pg_catalog.name;
+BEGIN
+    SELECT r.rolname INTO owner
+      FROM pg_catalog.pg_namespace n
+      JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+     WHERE n.nspname OPERATOR(pg_catalog.=) 'flowpg' AND NOT r.rolsuper;
+    IF FOUND THEN
+        RAISE EXCEPTION 'schema "flowpg" is owned by role "%", which is not a superuser', owner
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'flowpg installs into the existing schema flowpg, whose owner could drop or shadow flowpg''s objects.',
+                  HINT = 'Drop the schema, or give it to a superuser (ALTER SCHEMA flowpg OWNER TO ...), then create the extension.';
+    END IF;
+END $$;
+
+/*
  * Catalog: one row per stream.  Written only by flowpg's C code, which
  * switches to the extension owner for that; users read it through the
  * flowpg.streams view.

@@ -78,6 +78,8 @@ SELECT try_create('no_such_schema.bad', 'SELECT count(*) FROM src');
 SELECT try_create('bad', 'SELEC count(*) FROM src');
 SELECT try_create('bad', 'SELECT count(*) FROM src; SELECT 1');
 SELECT try_create('bad', 'INSERT INTO src VALUES (1)');
+SELECT try_create('bad', 'SELECT k INTO newtab FROM src');
+SELECT try_create('bad', 'EXPLAIN SELECT count(*) FROM src');
 SELECT try_create('bad', 'VALUES (1)');
 -- sources
 SELECT try_create('bad', 'SELECT count(*) FROM no_such_table');
@@ -260,6 +262,58 @@ SELECT try('SELECT flowpg.wait(''taken'')');
 SELECT try('SELECT flowpg.checkpoint(''no_such_stream'')');
 SELECT try('SELECT * FROM flowpg.live(NULL::int)');
 SELECT try('SELECT * FROM flowpg.live(NULL::taken)');
+-- flowpg's trigger functions, called otherwise
+SELECT try('SELECT flowpg.stream_restored()');
+SELECT try('SELECT flowpg.not_replicated()');
+SELECT try('SELECT flowpg.ddl_guard()');
+-- functions that change a stream, in a read-only transaction: refused at
+-- once (drop_stream dropped the result table, and only the commit failed)
+SELECT flowpg.create_stream('ro', 'SELECT k, count(*) AS n FROM src GROUP BY k');
+BEGIN READ ONLY;
+SELECT try('SELECT flowpg.drop_stream(''ro'')');
+SELECT try('SELECT flowpg.pause_stream(''ro'')');
+SELECT try('SELECT flowpg.create_stream(''ro2'', ''SELECT count(*) FROM src'')');
+SELECT try('SELECT flowpg.drop_savepoint(''ro'', ''none'')');
+SELECT to_regclass('ro') IS NOT NULL AS still_there;
+COMMIT;
+-- waiting for the worker in the transaction that changed the stream: the
+-- worker waits for that transaction (it timed out, blaming the background
+-- worker slots)
+BEGIN;
+SELECT flowpg.set_checkpoint_interval('ro', '5 s');
+SELECT try('SELECT flowpg.wait(''ro'', ''30 s'')');
+SELECT try('SELECT flowpg.checkpoint(''ro'')');
+ROLLBACK;
+BEGIN;
+SELECT flowpg.create_stream('ro2', 'SELECT count(*) AS n FROM src');
+SELECT try('SELECT flowpg.wait(''ro2'', ''30 s'')');
+ROLLBACK;
+-- a wait that times out as the worker reaches its position returns (it
+-- raised its timeout, with a detail saying the table was exact up to
+-- the position it needed: 59 times in 200 here)
+CREATE FUNCTION short_waits(n int) RETURNS TABLE (outcome text, calls bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    detail text;
+    outcomes text[] := '{}';
+BEGIN
+    FOR i IN 1 .. n LOOP
+        BEGIN
+            INSERT INTO src VALUES (i % 5, 1);
+            PERFORM flowpg.wait('ro', '1 ms');
+            outcomes := outcomes || 'returned'::text;
+        EXCEPTION WHEN query_canceled THEN
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+            outcomes := outcomes || CASE
+                WHEN detail ~ 'exact up to WAL position (\S+); the wait needs \1\.'
+                THEN 'timed out at the position it needed' ELSE 'timed out' END;
+        END;
+    END LOOP;
+    RETURN QUERY SELECT o, count(*) FROM unnest(outcomes) o GROUP BY o;
+END $$;
+SELECT outcome FROM short_waits(200) WHERE outcome = 'timed out at the position it needed';
+DROP FUNCTION short_waits;
+SELECT flowpg.drop_stream('ro');
 
 -- the output plugin is flowpg's alone
 SELECT try('SELECT pg_create_logical_replication_slot(''mine'', ''flowpg'')');

@@ -63,3 +63,18 @@ SELECT to_regclass('t4') AS t4, to_regclass('t5') AS t5;
 SELECT workers();
 DROP TABLE s;
 DROP FUNCTION workers();
+
+-- CREATE EXTENSION refuses a schema flowpg that a role other than a
+-- superuser owns (it could drop every stream with it, or shadow flowpg's
+-- functions), and leaves nothing
+-- (DROP EXTENSION left the schema, as it does any extension's)
+DROP SCHEMA flowpg;
+CREATE ROLE flowpg_squatter;
+CREATE SCHEMA flowpg AUTHORIZATION flowpg_squatter;
+\set SHOW_CONTEXT never
+CREATE EXTENSION flowpg;
+\echo :LAST_ERROR_SQLSTATE
+\set SHOW_CONTEXT errors
+SELECT count(*) AS objects FROM pg_class WHERE relnamespace = 'flowpg'::regnamespace;
+DROP SCHEMA flowpg;
+DROP ROLE flowpg_squatter;

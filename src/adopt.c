@@ -130,7 +130,9 @@ flowpg_not_replicated(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
-		elog(ERROR, "flowpg.not_replicated must be a BEFORE row trigger");
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("flowpg.not_replicated must be called as a BEFORE row trigger")));
 	if (MyLogicalRepWorker != NULL)
 		return PointerGetDatum(NULL);
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
@@ -162,7 +164,9 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
 		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-		elog(ERROR, "flowpg.stream_restored must be a BEFORE INSERT row trigger");
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("flowpg.stream_restored must be called as a BEFORE INSERT row trigger")));
 	/* not on a table of the caller's with the same columns */
 	if (RelationGetRelid(trigdata->tg_relation) != CatalogStreamRelid())
 		ereport(ERROR,

@@ -333,7 +333,6 @@ insert_initial_row(FlowQuery *fq, Oid result)
 Datum
 flowpg_create_stream(PG_FUNCTION_ARGS)
 {
-	char	   *name;
 	char	   *query;
 	int			interval;
 	RangeVar   *rv;
@@ -344,9 +343,9 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	Oid			existing;
 	char		slot_name[NAMEDATALEN];
 
-	FlowpgCheckNotStandby(fcinfo);
+	FlowpgCheckChange(fcinfo);
 	FlowpgCheckPrerequisites();
-	name = ApiTextArg(fcinfo, 0, "stream name");
+	(void) ApiTextArg(fcinfo, 0, "stream name");
 	query = ApiTextArg(fcinfo, 1, "stream query");
 	interval = interval_arg(fcinfo, 2, "checkpoint_interval", true, true);
 	rv = result_rangevar(PG_GETARG_TEXT_PP(0));
@@ -370,7 +369,7 @@ flowpg_create_stream(PG_FUNCTION_ARGS)
 	if (OidIsValid(existing))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_TABLE),
-				 errmsg("relation \"%s\" already exists", name),
+				 errmsg("relation \"%s\" already exists", rv->relname),
 				 errhint("A stream creates its result table; choose another name or drop the existing relation.")));
 	CatalogCheckCanOwn(GetUserId());
 	check_stream_limit();
@@ -424,7 +423,7 @@ flowpg_drop_stream(PG_FUNCTION_ARGS)
 	ObjectAddress table;
 
 	FlowpgCheckLoaded();
-	FlowpgCheckNotStandby(fcinfo);
+	FlowpgCheckChange(fcinfo);
 
 	/*
 	 * The stream's lock comes after its table's, as it commits.  A drop of
@@ -474,7 +473,7 @@ ApiStreamToChange(FunctionCallInfo fcinfo)
 	StreamDef  *def;
 
 	FlowpgCheckLoaded();
-	FlowpgCheckNotStandby(fcinfo);
+	FlowpgCheckChange(fcinfo);
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	FlowpgLockStream(def->id, AccessExclusiveLock);
@@ -777,6 +776,9 @@ ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 		SpinLockAcquire(&ctl->mutex);
 		result = ctl->result_lsn;
 		SpinLockRelease(&ctl->mutex);
+		/* reached since the caller looked: it returns */
+		if (!XLogRecPtrIsInvalid(target) && result >= target)
+			return;
 		ConditionVariableCancelSleep();
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
@@ -833,6 +835,23 @@ ApiRequestTarget(StreamCtl *ctl)
 }
 
 /*
+ * The stream's worker waits for a transaction that created or changed the
+ * stream: refuse to wait for the worker in it (it timed out, blaming the
+ * background worker slots).
+ */
+static void
+check_not_changed_here(StreamDef *def, const char *what)
+{
+	if (CatalogChangedHere(def->id))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot %s stream \"%s\" in the transaction that created or changed it",
+						what, FlowpgLabel(def->name)),
+				 errdetail("The stream's worker waits for this transaction to end."),
+				 errhint("Commit this transaction first.")));
+}
+
+/*
  * flowpg.wait(name text, timeout interval): return once every transaction
  * committed before the call is reflected in the result table.
  */
@@ -855,6 +874,7 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	timeout = interval_arg(fcinfo, 1, "timeout", false, false);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout);
 	ApiCheckNotFailed(def);
+	check_not_changed_here(def, "wait for");
 	if (def->paused)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -899,6 +919,7 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 	FlowpgCheckLoaded();
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
+	check_not_changed_here(def, "take a checkpoint of");
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 	ctl = ApiAwaitControl(def, deadline);
 	ApiRequestTarget(ctl);
@@ -1019,7 +1040,7 @@ flowpg_live(PG_FUNCTION_ARGS)
 	def = CatalogFindByResult(relid);
 	if (def == NULL)
 		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not the result table of a stream", get_rel_name(relid))));
 	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT);
 	if (aclresult != ACLCHECK_OK)

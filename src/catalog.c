@@ -417,6 +417,11 @@ CatalogLookup(text *name)
 	relid = RangeVarGetRelid(rv, NoLock, true);
 	if (OidIsValid(relid))
 		def = CatalogFindByResult(relid);
+	if (def == NULL && OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a stream", NameListToString(names)),
+				 errhint("The streams of this database are listed in flowpg.streams.")));
 	if (def == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -991,21 +996,20 @@ CatalogPendingAdopt(int32 stream_id)
 }
 
 /*
- * Has this transaction changed the stream (paused, resumed, restored it,
- * changed its interval: the stream's lock, which a worker that reloads
- * its definition or starts waits for, is held until the transaction ends)
- * or dropped one of its savepoints (whose row it has deleted, not
- * committed)?  Then a savepoint, which the worker takes in a transaction
- * of its own, would wait for this one.
+ * Has this transaction created or changed the stream (paused, resumed,
+ * restored, rebuilt it, changed its interval: the stream's lock, which a
+ * worker that reloads its definition or starts waits for, is held until
+ * the transaction ends)?  Then the stream's worker waits for this
+ * transaction, and flowpg.wait or flowpg.checkpoint in it would wait for
+ * the worker until they timed out.
  */
 bool
-CatalogPendingChanges(int32 stream_id)
+CatalogChangedHere(int32 stream_id)
 {
 	ListCell   *lc;
 
 	if (FlowpgStreamLockHeld(stream_id, AccessExclusiveLock))
 		return true;
-
 	foreach(lc, pending.held)
 	{
 		StreamCtl  *ctl = lfirst(lc);
@@ -1013,6 +1017,22 @@ CatalogPendingChanges(int32 stream_id)
 		if (ctl->dboid == MyDatabaseId && ctl->stream_id == stream_id)
 			return true;
 	}
+	return false;
+}
+
+/*
+ * Has this transaction changed the stream (CatalogChangedHere) or dropped
+ * one of its savepoints (whose row it has deleted, not committed)?  Then
+ * a savepoint, which the worker takes in a transaction of its own, would
+ * wait for this one.
+ */
+bool
+CatalogPendingChanges(int32 stream_id)
+{
+	ListCell   *lc;
+
+	if (CatalogChangedHere(stream_id))
+		return true;
 	foreach(lc, pending.slots_to_drop)
 	{
 		Oid			db;
@@ -1589,6 +1609,16 @@ source_user(Oid relid, Oid *source)
 }
 
 /*
+ * A stream's result table, named as flowpg.streams names the stream
+ * (schema-qualified), for messages.
+ */
+static char *
+stream_label(Oid result)
+{
+	return psprintf("%s.%s", get_namespace_name(get_rel_namespace(result)),
+					get_rel_name(result));
+}
+/*
  * Refuse what would make a source deliver rows its stream cannot see, or
  * a result table lose rows at a crash: an unlogged source, or partition
  * of one, writes no WAL to decode, an unlogged result table is emptied by
@@ -1609,9 +1639,9 @@ check_source_change(Oid relid, bool unlogged)
 				 errmsg("cannot inherit from table \"%s\"", get_rel_name(relid)),
 				 unlogged && source != relid ?
 				 errdetail("It is a partition of \"%s\", the source of the stream whose result table is \"%s\".",
-						   get_rel_name(source), get_rel_name(user)) :
+						   get_rel_name(source), stream_label(user)) :
 				 errdetail("It is the source of the stream whose result table is \"%s\".",
-						   get_rel_name(user)),
+						   stream_label(user)),
 				 errhint("Drop the stream first.")));
 	if (unlogged && is_result_here(relid))
 		ereport(ERROR,
@@ -1651,9 +1681,9 @@ refuse_access_method(Oid relid, const char *amname, Oid parent, Oid source,
 					amname, get_rel_name(parent)),
 			 relid == source ?
 			 errdetail("It is the source of the stream whose result table is \"%s\".",
-					   get_rel_name(user)) :
+					   stream_label(user)) :
 			 errdetail("Table \"%s\" is the source of the stream whose result table is \"%s\".",
-					   get_rel_name(source), get_rel_name(user)),
+					   get_rel_name(source), stream_label(user)),
 			 errhint("Streams decode the heap's records in the write-ahead log; other table access methods write other records.")));
 }
 
@@ -1899,7 +1929,7 @@ check_alter_table(AlterTableStmt *stmt)
 						 errmsg("cannot alter type of column \"%s\" of table \"%s\"",
 								cmd->name, get_rel_name(rel)),
 						 errdetail("Table \"%s\" depends on it; it is the result table of a stream.",
-								   get_rel_name(user)),
+								   stream_label(user)),
 						 errhint("Drop the stream, alter the column, and create the stream again.")));
 		}
 	}
@@ -2322,7 +2352,9 @@ flowpg_ddl_guard(PG_FUNCTION_ARGS)
 	Node	   *stmt;
 
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
-		elog(ERROR, "flowpg.ddl_guard must be called by an event trigger");
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("flowpg.ddl_guard must be called as an event trigger")));
 	if (flowpg_preloaded || !OidIsValid(get_extension_oid("flowpg", true)))
 		PG_RETURN_VOID();
 	trig = (EventTriggerData *) fcinfo->context;

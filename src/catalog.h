@@ -47,6 +47,7 @@ extern void CatalogRestoreUser(CatalogPrivilege *priv);
 
 extern StreamDef *CatalogReadStream(int32 id);
 extern void CatalogStorePlan(int32 id, const char *plan);
+extern bool CatalogChangedHere(int32 stream_id);
 extern bool CatalogPendingChanges(int32 stream_id);
 extern StreamDef *CatalogLockStream(int32 id, LOCKMODE mode);
 extern StreamDef *CatalogFindByResult(Oid result);

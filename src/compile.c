@@ -75,7 +75,12 @@ check_query_shape(Query *query)
 	if (query->commandType != CMD_SELECT || query->utilityStmt != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("a stream query must be a SELECT statement")));
+				 errmsg("a stream query must be a SELECT statement"),
+				 query->utilityStmt != NULL ?
+				 errdetail("The statement is %s, not SELECT.",
+						   GetCommandTagName(CreateCommandTag(query->utilityStmt))) : 0,
+				 query->utilityStmt != NULL && IsA(query->utilityStmt, CreateTableAsStmt) ?
+				 errhint("Leave INTO out: flowpg.create_stream creates the stream's result table.") : 0));
 	if (query->cteList != NIL)
 		not_supported("WITH queries (common table expressions)",
 					  "Write the query over the source table directly.");
@@ -1214,7 +1219,7 @@ analyze_text(const char *sql)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("a stream query must be a SELECT statement"),
-				 errdetail("The query is a %s statement.",
+				 errdetail("The statement is %s, not SELECT.",
 						   GetCommandTagName(CreateCommandTag(stmt->stmt)))));
 
 	return parse_analyze_fixedparams(stmt, sql, NULL, 0, NULL);

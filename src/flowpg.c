@@ -25,6 +25,7 @@
 #include "storage/ipc.h"
 #include "storage/lock.h"
 #include "storage/shmem.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/regproc.h"
@@ -174,6 +175,21 @@ FlowpgCheckNotStandby(FunctionCallInfo fcinfo)
 						format_procedure(fcinfo->flinfo->fn_oid)),
 				 errdetail("Streams run, and are created and changed, on the primary."),
 				 errhint("Run it on the primary; it reaches this standby through replication.")));
+}
+
+/*
+ * The same, and in a read-only transaction, for the functions that change
+ * a stream: it failed at the commit, or at the first statement flowpg ran
+ * for it, naming that statement (a drop_stream dropped the result table
+ * in a read-only transaction, and only its commit failed).
+ * flowpg.savepoint and flowpg.checkpoint, taken by the stream's worker,
+ * are allowed there, as CHECKPOINT is.
+ */
+void
+FlowpgCheckChange(FunctionCallInfo fcinfo)
+{
+	FlowpgCheckNotStandby(fcinfo);
+	PreventCommandIfReadOnly(format_procedure(fcinfo->flinfo->fn_oid));
 }
 
 /* Raise an error unless flowpg was loaded by shared_preload_libraries. */

@@ -65,6 +65,7 @@ extern bool flowpg_decoding_allowed;
 extern void FlowpgCheckLoaded(void);
 extern void FlowpgCheckPrerequisites(void);
 extern void FlowpgCheckNotStandby(FunctionCallInfo fcinfo);
+extern void FlowpgCheckChange(FunctionCallInfo fcinfo);
 extern int	FlowpgCheckpointIntervalMs(void);
 extern const char *FlowpgLabel(const char *qualified);
 

@@ -364,7 +364,7 @@ flowpg_drop_savepoint(PG_FUNCTION_ARGS)
 	Datum		value;
 
 	FlowpgCheckLoaded();
-	FlowpgCheckNotStandby(fcinfo);
+	FlowpgCheckChange(fcinfo);
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	name = savepoint_arg(fcinfo);
