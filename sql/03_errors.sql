@@ -290,7 +290,7 @@ SELECT try('SELECT flowpg.wait(''ro2'', ''30 s'')');
 ROLLBACK;
 -- a wait that times out as the worker reaches its position returns (it
 -- raised its timeout, with a detail saying the table was exact up to
--- the position it needed: 59 times in 200 here)
+-- the position it needed: 59 and 118 times in 200)
 CREATE FUNCTION short_waits(n int) RETURNS TABLE (outcome text, calls bigint)
 LANGUAGE plpgsql AS $$
 DECLARE

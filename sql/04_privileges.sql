@@ -375,6 +375,17 @@ SELECT flowpg.savepoint('alice_view', 'prepared') > 0 AS taken;
 PREPARE TRANSACTION 'flowpg_savepoint';
 SELECT flowpg.drop_savepoint('alice_view', 'prepared');
 SELECT status, checkpoint_interval FROM flowpg.streams WHERE name = 'public.alice_view';
+-- a pause rolled back to a savepoint let its lock go and changes nothing:
+-- the transaction may be prepared (it was refused)
+BEGIN;
+CREATE TABLE flowpg_scratch (k int);
+SAVEPOINT s;
+SELECT flowpg.pause_stream('alice_view');
+ROLLBACK TO SAVEPOINT s;
+PREPARE TRANSACTION 'flowpg_unpaused';
+COMMIT PREPARED 'flowpg_unpaused';
+DROP TABLE flowpg_scratch;
+SELECT status FROM flowpg.streams WHERE name = 'public.alice_view';
 BEGIN;
 CREATE TABLE flowpg_scratch (k int);
 DROP TABLE flowpg_scratch;

@@ -477,7 +477,7 @@ ApiStreamToChange(FunctionCallInfo fcinfo)
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	FlowpgLockStream(def->id, AccessExclusiveLock);
-	CatalogPendingLocked();
+	CatalogPendingLocked(def->id);
 	return def;
 }
 

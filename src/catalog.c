@@ -118,8 +118,9 @@ static struct
 	List	   *given;			/* StreamIdentity of streams given to
 								 * another owner */
 	bool		copied_db;		/* a database with streams was copied */
-	bool		locked;			/* a stream locked to change it, or for a
-								 * savepoint: no PREPARE */
+	List	   *locked;			/* ids of streams locked to change them, or
+								 * for a savepoint: no PREPARE while a lock
+								 * is held */
 } pending;
 
 static XLogRecPtr last_woken_commit = InvalidXLogRecPtr;
@@ -782,9 +783,32 @@ CatalogPendingCreate(void)
  * would not ask for.
  */
 void
-CatalogPendingLocked(void)
+CatalogPendingLocked(int32 stream_id)
 {
-	pending.locked = true;
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+
+	pending.locked = list_append_unique_int(pending.locked, stream_id);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Does the transaction still hold a lock it took to change a stream?  A
+ * change rolled back to a savepoint let its lock go, and changes nothing
+ * at commit (a PREPARE after it was refused).
+ */
+static bool
+holds_change_locks(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, pending.locked)
+	{
+		if (FlowpgStreamLockHeld(lfirst_int(lc), AccessExclusiveLock) ||
+			FlowpgStreamLockHeld(lfirst_int(lc), ShareUpdateExclusiveLock) ||
+			FlowpgSavepointsLockHeld(lfirst_int(lc)))
+			return true;
+	}
+	return false;
 }
 
 /*
@@ -978,7 +1002,7 @@ reset_pending(void)
 	pending.dropped_dbs = NIL;
 	pending.copied_db = false;
 	pending.given = NIL;
-	pending.locked = false;
+	pending.locked = NIL;
 }
 
 /* A stream row came from a dump: rebuild the stream once we commit. */
@@ -1163,7 +1187,7 @@ flowpg_xact_callback(XactEvent event, void *arg)
 			if (pending.create_active || drops_result_table() ||
 				pending.extension_dropped || pending.held != NIL ||
 				pending.slots_to_drop != NIL || pending.adopt != NIL ||
-				pending.given != NIL || pending.locked)
+				pending.given != NIL || holds_change_locks())
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot prepare a transaction that changes a flowpg stream"),

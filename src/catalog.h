@@ -75,7 +75,7 @@ extern void CatalogPendingAdopt(int32 stream_id);
 
 extern void CatalogRegisterHooks(void);
 extern void CatalogPendingCreate(void);
-extern void CatalogPendingLocked(void);
+extern void CatalogPendingLocked(int32 stream_id);
 extern void StreamStopAndDrop(Oid dboid, int32 stream_id);
 extern void StreamHold(Oid dboid, int32 stream_id);
 extern void CatalogPendingSlotDrop(Oid dboid, int32 stream_id, int64 savepoint_id);

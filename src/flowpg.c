@@ -401,6 +401,16 @@ FlowpgStreamLockHeld(int32 stream_id, LOCKMODE mode)
 	return LockHeldByMe(&tag, mode);
 }
 
+/* Does it hold the lock of the stream's savepoints (FlowpgLockSavepoints)? */
+bool
+FlowpgSavepointsLockHeld(int32 stream_id)
+{
+	LOCKTAG		tag;
+
+	stream_locktag(&tag, stream_id, true);
+	return LockHeldByMe(&tag, ExclusiveLock);
+}
+
 /*
  * Start a transaction in one of flowpg's background processes.  A backend
  * marks the start of each statement it receives, and a transaction's

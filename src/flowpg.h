@@ -97,6 +97,7 @@ extern int64 FlowpgIntervalUsecs(const Interval *iv);
 /* Transaction-scoped lock that serializes create, drop and worker start. */
 extern void FlowpgLockStream(int32 stream_id, LOCKMODE mode);
 extern bool FlowpgStreamLockHeld(int32 stream_id, LOCKMODE mode);
+extern bool FlowpgSavepointsLockHeld(int32 stream_id);
 extern void FlowpgUnlockStream(int32 stream_id, LOCKMODE mode);
 extern void FlowpgLockSavepoints(int32 stream_id);
 

@@ -195,7 +195,7 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 	FlowpgLockSavepoints(def->id);
 	/* the stream's, for the checks (not held while the worker takes it) */
 	FlowpgLockStream(def->id, ShareUpdateExclusiveLock);
-	CatalogPendingLocked();
+	CatalogPendingLocked(def->id);
 	if (savepoint_find(def, name, &sp))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
