@@ -71,6 +71,7 @@ SELECT try_create('bad', 'SELECT count(*) FROM src', '300000 years');
 SELECT try_create('bad', 'SELECT count(*) FROM src', '-300000 years');
 SELECT try_create('bad', 'SELECT count(*) FROM src', '7116800 mons -1526289.448384 secs');
 SELECT try_create(repeat('x', 70), 'SELECT count(*) FROM src');
+SELECT try_create('public."' || repeat('Y', 70) || '"', 'SELECT count(*) FROM src');
 SELECT try_create('"bad', 'SELECT count(*) FROM src');
 SELECT try_create('taken', 'SELECT count(*) FROM src');
 SELECT try_create('no_such_schema.bad', 'SELECT count(*) FROM src');
@@ -233,8 +234,11 @@ DROP TABLE pairs;
 DROP DOMAIN pair_d;
 DROP TYPE pair;
 
--- flowpg's schema keeps its name
+-- flowpg's schema keeps its name, and a superuser owner
 SELECT try($$ALTER SCHEMA flowpg RENAME TO fp$$);
+CREATE ROLE flowpg_schema_taker;
+SELECT try($$ALTER SCHEMA flowpg OWNER TO flowpg_schema_taker$$);
+DROP ROLE flowpg_schema_taker;
 -- a stream cannot read another stream's result table
 SELECT flowpg.create_stream('good', 'SELECT k, count(*) AS n FROM src GROUP BY k');
 SELECT try_create('bad', 'SELECT count(*) FROM good');
@@ -255,6 +259,7 @@ ROLLBACK;
 
 -- the other functions
 SELECT try('SELECT flowpg.drop_stream(NULL)');
+SELECT try('SELECT flowpg.wait('' '')');
 SELECT try('SELECT flowpg.drop_stream(''no_such_stream'')');
 SELECT try('SELECT flowpg.drop_stream(''taken'')');
 SELECT try('SELECT flowpg.wait(''no_such_stream'')');

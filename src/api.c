@@ -153,23 +153,27 @@ result_rangevar(text *name)
 
 	while (*p != '\0')
 	{
-		int			len = 0;
+		StringInfoData part;	/* the identifier, unquoted */
 
+		initStringInfo(&part);
 		if (*p == '"')
 		{
-			for (p++; *p != '\0' && !(p[0] == '"' && p[1] != '"'); p++, len++)
+			for (p++; *p != '\0' && !(p[0] == '"' && p[1] != '"'); p++)
+			{
 				if (p[0] == '"')
 					p++;		/* doubled quote */
+				appendStringInfoChar(&part, *p);
+			}
 			if (*p == '"')
 				p++;
 		}
 		else
 			for (; *p != '\0' && *p != '.' && !isspace((unsigned char) *p); p++)
-				len++;
-		if (len >= NAMEDATALEN)
+				appendStringInfoChar(&part, *p);
+		if (part.len >= NAMEDATALEN)
 			ereport(ERROR,
 					(errcode(ERRCODE_NAME_TOO_LONG),
-					 errmsg("stream name \"%s\" is too long", raw),
+					 errmsg("stream name \"%s\" is too long", part.data),
 					 errdetail("Names can be at most %d bytes long.", NAMEDATALEN - 1)));
 		while (*p != '\0' && (*p == '.' || isspace((unsigned char) *p)))
 			p++;
@@ -696,6 +700,7 @@ ApiAwaitControl(StreamDef *def, TimestampTz deadline)
 					 errmsg("timed out waiting for the worker of stream \"%s\" to start",
 							FlowpgLabel(def->name)),
 					 errhint("Check that the server has free background worker slots (max_worker_processes).")));
+		CatalogReleaseLocks();
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 10, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -792,6 +797,7 @@ ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 						   LSN_FORMAT_ARGS(result), LSN_FORMAT_ARGS(target)),
 				 errhint("Check the stream's status in flowpg.streams, or wait longer.")));
 	}
+	CatalogReleaseLocks();
 	ConditionVariableTimedSleep(&ctl->cv, Min(ms, 100), PG_WAIT_EXTENSION);
 }
 
@@ -866,6 +872,7 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	AclResult	aclresult;
 
 	FlowpgCheckLoaded();
+	CatalogNoteLocks();
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	/* it waits to read the result table, and may force a checkpoint */
 	aclresult = pg_class_aclcheck(def->result, GetUserId(), ACL_SELECT);
@@ -917,6 +924,7 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 	int64		id;
 
 	FlowpgCheckLoaded();
+	CatalogNoteLocks();
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	check_not_changed_here(def, "take a checkpoint of");

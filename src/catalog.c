@@ -164,6 +164,83 @@ CatalogStreamRelid(void)
 	return get_relname_relid("stream", get_namespace_oid("flowpg", false));
 }
 
+/* flowpg.stream, if the extension is there (InvalidOid if not). */
+static Oid
+stream_catalog_relid(void)
+{
+	Oid			nsp = get_namespace_oid("flowpg", true);
+
+	return OidIsValid(nsp) ? get_relname_relid("stream", nsp) : InvalidOid;
+}
+
+static bool
+share_locked(Oid relid)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, relid);
+	return LockHeldByMe(&tag, AccessShareLock);
+}
+
+/* Let go of the holds of a relation's AccessShareLock this call took. */
+static void
+release_share_lock(Oid relid)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, relid);
+	while (LockHeldByMe(&tag, AccessShareLock) &&
+		   LockRelease(&tag, AccessShareLock, false))
+		;
+}
+
+/*
+ * May the current call let go of its locks on flowpg.stream
+ * (CatalogReleaseLocks)?  Only if the transaction held none when it began:
+ * those are the call's own, taken under its resource owner; earlier ones
+ * are the transaction's (an earlier statement's, or the query that made
+ * the call), which it keeps.
+ */
+static bool catalog_locks_mine = false;
+
+void
+CatalogNoteLocks(void)
+{
+	Oid			relid = stream_catalog_relid();
+
+	catalog_locks_mine = OidIsValid(relid) && !share_locked(relid);
+}
+
+/*
+ * Let go of the locks the current call's lookups took on flowpg.stream and
+ * its indexes (held to the end of the transaction, as any query's), before
+ * it waits for a stream's process: the process reads flowpg.stream as it
+ * starts, and a REINDEX or VACUUM FULL of it, queued behind those locks,
+ * kept it waiting for the call that waited for it.  The deadlock detector
+ * does not see a wait on a process, and everything touching the stream
+ * waited until the call timed out (a minute for flowpg.checkpoint).
+ * PostgreSQL lets go of its own catalogs' locks once it has read them
+ * likewise; the next lookup locks them again.
+ */
+void
+CatalogReleaseLocks(void)
+{
+	Oid			relid;
+	Relation	rel;
+	ListCell   *lc;
+
+	if (!catalog_locks_mine)
+		return;
+	relid = stream_catalog_relid();
+	if (!OidIsValid(relid) || !share_locked(relid))
+		return;
+	rel = relation_open(relid, NoLock);
+	foreach(lc, RelationGetIndexList(rel))
+		release_share_lock(lfirst_oid(lc));
+	relation_close(rel, NoLock);
+	release_share_lock(relid);
+}
+
 /* The role that owns flowpg's catalog: the extension's owner. */
 static Oid
 catalog_owner(void)
@@ -409,7 +486,7 @@ CatalogLookup(text *name)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("stream name must not be null")));
 	str = text_to_cstring(name);
-	if (str[0] == '\0')
+	if (str[strspn(str, " \t\n\r\f\v")] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("stream name must not be empty")));
@@ -2253,6 +2330,29 @@ check_rename_schema(RenameStmt *stmt)
 				 errdetail("flowpg finds its catalog and functions in the schema by its name.")));
 }
 
+/*
+ * ALTER SCHEMA flowpg OWNER TO a role that is not a superuser: that role
+ * could drop every stream of every role with the schema, or shadow
+ * flowpg's functions; and a dump restored the owner before CREATE
+ * EXTENSION, which refuses such a schema (see flowpg--0.1.sql).
+ */
+static void
+check_schema_owner(AlterOwnerStmt *stmt)
+{
+	Oid			owner;
+
+	if (stmt->objectType != OBJECT_SCHEMA ||
+		strcmp(strVal(stmt->object), "flowpg") != 0 ||
+		!OidIsValid(get_extension_oid("flowpg", true)))
+		return;
+	owner = get_rolespec_oid(stmt->newowner, true);
+	if (OidIsValid(owner) && !superuser_arg(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("schema \"flowpg\" of extension flowpg can only be owned by a superuser"),
+				 errdetail("Its owner could drop or shadow flowpg's objects, every role's streams with them.")));
+}
+
 static void
 flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 					   bool readOnlyTree, ProcessUtilityContext context,
@@ -2277,6 +2377,8 @@ flowpg_process_utility(PlannedStmt *pstmt, const char *queryString,
 	else if (IsA(pstmt->utilityStmt, RenameStmt) &&
 			 ((RenameStmt *) pstmt->utilityStmt)->renameType == OBJECT_SCHEMA)
 		check_rename_schema((RenameStmt *) pstmt->utilityStmt);
+	else if (IsA(pstmt->utilityStmt, AlterOwnerStmt))
+		check_schema_owner((AlterOwnerStmt *) pstmt->utilityStmt);
 	else if (IsA(pstmt->utilityStmt, AlterDatabaseStmt) &&
 			 moves_database((AlterDatabaseStmt *) pstmt->utilityStmt))
 	{
@@ -2409,6 +2511,8 @@ flowpg_ddl_guard(PG_FUNCTION_ARGS)
 		check_drop_index((DropStmt *) stmt);
 	else if (IsA(stmt, RenameStmt) && ((RenameStmt *) stmt)->renameType == OBJECT_SCHEMA)
 		check_rename_schema((RenameStmt *) stmt);
+	else if (IsA(stmt, AlterOwnerStmt))
+		check_schema_owner((AlterOwnerStmt *) stmt);
 	else if (IsA(stmt, ReassignOwnedStmt))
 	{
 		ListCell   *lc;

@@ -48,6 +48,8 @@ extern void CatalogRestoreUser(CatalogPrivilege *priv);
 extern StreamDef *CatalogReadStream(int32 id);
 extern void CatalogStorePlan(int32 id, const char *plan);
 extern bool CatalogChangedHere(int32 stream_id);
+extern void CatalogNoteLocks(void);
+extern void CatalogReleaseLocks(void);
 extern bool CatalogPendingChanges(int32 stream_id);
 extern StreamDef *CatalogLockStream(int32 id, LOCKMODE mode);
 extern StreamDef *CatalogFindByResult(Oid result);

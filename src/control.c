@@ -175,6 +175,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->started_at = 0;
 		free_ctl->slot_wait_since = 0;
 		free_ctl->no_worker_slot = false;
+		free_ctl->no_slot_tries = 0;
 		free_ctl->connect_failures = 0;
 		free_ctl->retry_requested = false;
 		free_ctl->owner = InvalidOid;
@@ -404,8 +405,7 @@ connect_log_hook(ErrorData *edata)
 	{
 		mark_failed(connecting_ctl, edata->message);
 		SpinLockAcquire(&connecting_ctl->mutex);
-		if (OidIsValid(connecting_ctl->owner))
-			connecting_ctl->connect_failures++;
+		connecting_ctl->connect_failures++;
 		connecting_ctl->owner = InvalidOid;
 		SpinLockRelease(&connecting_ctl->mutex);
 	}

@@ -74,8 +74,11 @@ typedef struct StreamCtl
 									 * worker slot up (0: it does not) */
 	bool		no_worker_slot;	/* its last process found no background
 								 * worker slot (the launcher warned) */
+	int32		no_slot_tries;	/* starts in a row that found no background
+								 * worker slot */
 	int32		connect_failures;	/* its processes that could not connect
-									 * as its owner since one last did */
+									 * since one last connected as its
+									 * owner */
 	bool		retry_requested;	/* flowpg.wait: start it again at once */
 	Oid			owner;			/* the stream's owner, as whom its process
 								 * connects; InvalidOid: unknown (after a

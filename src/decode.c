@@ -198,15 +198,38 @@ part_lookup(FlowWorker *w, Relation relation)
  * (checkpoints, at start the compilation of the stream), which see the
  * catalog as it is, and decoding, which sees it as it was when the source
  * row was written.  pg_logical_slot_get_changes invalidates every cache
- * around each call; a worker decodes every few milliseconds, so it drops
- * only what decoding must not take from its own transactions: the source
- * table's relcache entry, whose descriptor lays out the decoded rows.  The
- * worker's transactions do not read anything that decoding builds for
- * them, and what decoding builds follows the invalidations of the
- * transactions it decodes.
+ * around each call.  A worker decodes every few milliseconds, and starts
+ * a transaction of its own far less often (merges into the state, which
+ * read no catalog, aside): so as decoding resumes after one, it drops
+ * only what decoding must not take from it, the source table's relcache
+ * entry, whose descriptor lays out the decoded rows; and before one, if
+ * it decoded since, it drops every cache (DecodeBeforeOwnTransaction).
+ * Decoding builds the relcache entry of every table whose rows it
+ * decodes, other streams' writes to flowpg's own tables included, from
+ * the catalog as it was: a worker behind a VACUUM FULL of flowpg.state
+ * then wrote its next checkpoint into the file VACUUM FULL had dropped,
+ * with index entries in the new index pointing at nothing there, and
+ * every other stream of the database failed for good decoding it ("could
+ * not map filenode").
  */
 static bool xacts_ignored = false;
 static bool own_xact_since_decoding = true;
+static bool decoded_since_own_xact = false;
+
+/*
+ * At the start of a transaction of the process's own (FlowpgStartTransaction):
+ * drop the cache entries decoding built with the historic catalog since
+ * the last one, as pg_logical_slot_get_changes does after decoding.
+ * Merges (DecodeIgnoreXacts) read no catalog: they keep them.
+ */
+void
+DecodeBeforeOwnTransaction(void)
+{
+	if (!decoded_since_own_xact || xacts_ignored)
+		return;
+	InvalidateSystemCaches();
+	decoded_since_own_xact = false;
+}
 
 static void
 decode_xact_cb(XactEvent event, void *arg)
@@ -860,6 +883,37 @@ DecodeDropFreeSlot(const char *slot_name, pid_t *holder)
 	return true;
 }
 
+/*
+ * Take the slot, free, so that no other process takes it meanwhile (as
+ * DecodeDropFreeSlot does before it drops it); false if another holds it
+ * or it is gone.  DecodeUnclaimSlot gives it back; ReplicationSlotDrop
+ * drops it.
+ */
+bool
+DecodeClaimSlot(const char *slot_name)
+{
+	pid_t		holder;
+
+	return slot_holder(slot_name, true, &holder) != NULL && holder == MyProcPid;
+}
+
+void
+DecodeUnclaimSlot(const char *slot_name)
+{
+	ReplicationSlot *slot;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	slot = SearchNamedReplicationSlot(slot_name, false);
+	if (slot != NULL)
+	{
+		SpinLockAcquire(&slot->mutex);
+		if (slot->active_pid == MyProcPid)
+			slot->active_pid = 0;
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+}
+
 /* Drop every savepoint slot of a stream. */
 void
 DecodeDropSavepointSlots(Oid dboid, int32 stream_id)
@@ -954,7 +1008,10 @@ DecodeRead(FlowWorker *w, int max_records)
 					 errmsg("could not read WAL for stream \"%s\": %s",
 							FlowpgLabel(w->def->name), errm)));
 		if (record != NULL)
+		{
+			decoded_since_own_xact = true;
 			LogicalDecodingProcessRecord(w->decoding, reader);
+		}
 		CHECK_FOR_INTERRUPTS();
 		FlowpgExitIfOrphaned();
 		if (++n >= max_records || w->commit_reached)

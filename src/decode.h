@@ -28,5 +28,8 @@ extern bool DecodeStart(FlowWorker *w);
 extern bool DecodeRead(FlowWorker *w, int max_records);
 extern void DecodeConfirm(FlowWorker *w, XLogRecPtr lsn);
 extern void DecodeIgnoreXacts(bool ignore);
+extern void DecodeBeforeOwnTransaction(void);
+extern bool DecodeClaimSlot(const char *slot_name);
+extern void DecodeUnclaimSlot(const char *slot_name);
 
 #endif							/* FLOWPG_DECODE_H */

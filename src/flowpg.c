@@ -33,6 +33,7 @@
 
 #include "catalog.h"
 #include "control.h"
+#include "decode.h"
 #include "launcher.h"
 
 PG_MODULE_MAGIC;
@@ -424,6 +425,7 @@ FlowpgStartTransaction(void)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	DecodeBeforeOwnTransaction();
 }
 
 /*

@@ -63,6 +63,9 @@
 /* Some stream waits for a writer's slot: the launcher naps LAUNCHER_RETRY_MS. */
 static bool retry_soon = false;
 
+static bool drop_unrunnable(Oid dboid, int32 stream_id, XLogRecPtr processed,
+							const char *why);
+
 /* Handles of the workers and adopters this launcher started, by StreamCtl index. */
 static BackgroundWorkerHandle **handles;
 static BackgroundWorkerHandle **adopters;
@@ -203,6 +206,8 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	MemoryContext oldcxt;
 	bool		registered;
 	bool		warned;
+	int32		tries;
+	XLogRecPtr	processed;
 	StreamIdentity who = *ident;
 
 	LauncherDescribeWorker(&bgw, adopter ? "FlowAdoptMain" : "FlowWorkerMain",
@@ -226,6 +231,7 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	{
 		ctl->slot_wait_since = 0;
 		ctl->no_worker_slot = false;
+		ctl->no_slot_tries = 0;
 	}
 	SpinLockRelease(&ctl->mutex);
 	if (registered)
@@ -242,6 +248,8 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	warned = ctl->status == STREAM_FAILED && ctl->no_worker_slot;
 	ctl->no_worker_slot = true;
 	ctl->status = STREAM_FAILED;
+	tries = ++ctl->no_slot_tries;
+	processed = ctl->processed_lsn;
 	SpinLockRelease(&ctl->mutex);
 	ControlSetError(ctl, "no free background worker slot: raise max_worker_processes");
 	ControlScheduleRestart(ctl);
@@ -252,6 +260,10 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 						adopter ? "rebuild" : "worker", ident->stream_id,
 						database_name(ident->dboid)),
 				 errhint("Raise max_worker_processes.")));
+	/* (an adopter's stream has no slot to keep) */
+	if (!adopter && tries >= 2)
+		(void) drop_unrunnable(ident->dboid, ident->stream_id, processed,
+							   "no free background worker slot");
 	return NULL;
 }
 
@@ -360,36 +372,61 @@ warned_of_refusal(StreamIdentity *ident)
  * flowpg.max_retained_wal for a stream that cannot run: a worker checks
  * its own stream's WAL (check_retained_wal, and as it starts), but a
  * stream whose worker cannot start (no free background worker slot, no
- * flowpg.max_streams entry) or cannot connect as its owner (NOLOGIN) has
- * none, and its slots kept all the WAL written until the cause was fixed.
- * The launcher judges those from what their slots confirmed, and past the
- * limit drops their slots, its savepoints' first (so that none is left
- * without its stream's), unless a process holds one (judged again next
- * round): the disk does not fill.  It cannot record the failure in the
- * stream's catalog row, in a database it is not connected to: the stream
- * shows stale, as when its slot went without flowpg, and the server log
- * says why.  True if the slots went.
+ * flowpg.max_streams entry) or cannot connect (its owner made NOLOGIN,
+ * the database closed to connections) has none, and its slots kept all
+ * the WAL written until the cause was fixed.  The launcher judges those,
+ * as a worker judges a stream whose workers fail before they run
+ * (setup_unapplied_wal): once two tries in a row have failed, before the
+ * next one, counting from the position its last worker applied (or its
+ * slot confirmed).  Past the limit it drops their slots: it holds the
+ * stream's own slot while it drops its savepoints' (so that no process
+ * starts on it, and none is left with some of its savepoints gone), then
+ * drops it; if a process holds one of them, the stream is judged again at
+ * its next try.  The disk does not fill.  The launcher cannot record the
+ * failure in the stream's catalog row, in a database it is not connected
+ * to: the stream shows stale, as when its slot went without flowpg, and
+ * the server log says why.  True if the slots went.
  */
 static bool
-drop_unrunnable(Oid dboid, int32 stream_id, const char *why)
+drop_unrunnable(Oid dboid, int32 stream_id, XLogRecPtr processed, const char *why)
 {
 	char		slot_name[NAMEDATALEN];
 	int64		unapplied;
-	pid_t		holder;
-	ListCell   *lc;
+	bool		dropped = true;
 
 	if (flowpg_max_retained_wal < 0)
 		return false;
-	unapplied = ControlUnappliedWal(dboid, stream_id, InvalidXLogRecPtr);
+	unapplied = ControlUnappliedWal(dboid, stream_id, processed);
 	if (!ControlOverRetainedWal(unapplied))
 		return false;
-	foreach(lc, ControlListSavepointSlots(dboid, stream_id))
-	{
-		if (!DecodeDropFreeSlot(NameStr(*(NameData *) lfirst(lc)), &holder))
-			return false;
-	}
 	FlowpgSlotName(slot_name, dboid, stream_id);
-	if (!DecodeDropFreeSlot(slot_name, &holder))
+	if (!DecodeClaimSlot(slot_name))
+		return false;
+	PG_TRY();
+	{
+		ListCell   *lc;
+		pid_t		holder;
+
+		foreach(lc, ControlListSavepointSlots(dboid, stream_id))
+		{
+			if (!DecodeDropFreeSlot(NameStr(*(NameData *) lfirst(lc)), &holder))
+			{
+				dropped = false;
+				break;
+			}
+		}
+		if (dropped)
+			ReplicationSlotDrop(slot_name, true);
+		else
+			DecodeUnclaimSlot(slot_name);
+	}
+	PG_CATCH();
+	{
+		DecodeUnclaimSlot(slot_name);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (!dropped)
 		return false;
 	ereport(WARNING,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -401,22 +438,23 @@ drop_unrunnable(Oid dboid, int32 stream_id, const char *why)
 	return true;
 }
 
-/* Why a stream's worker cannot run, or NULL if nothing says it cannot. */
-static const char *
-unrunnable(StreamCtl *ctl)
+/*
+ * Before a stream's next try: if the last two could not connect, judge it
+ * (drop_unrunnable); true if its slots went.
+ */
+static bool
+drop_unconnectable(StreamCtl *ctl)
 {
-	bool		no_worker_slot;
 	int32		connect_failures;
+	XLogRecPtr	processed;
 
 	SpinLockAcquire(&ctl->mutex);
-	no_worker_slot = ctl->no_worker_slot;
 	connect_failures = ctl->connect_failures;
+	processed = ctl->processed_lsn;
 	SpinLockRelease(&ctl->mutex);
-	if (no_worker_slot)
-		return "no free background worker slot";
-	if (connect_failures >= 2)
-		return "its worker cannot connect as its owner";
-	return NULL;
+	return connect_failures >= 2 &&
+		drop_unrunnable(ctl->dboid, ctl->stream_id, processed,
+						"its worker cannot connect");
 }
 
 /* Make the set of entries and workers match the set of slots. */
@@ -447,7 +485,7 @@ reconcile(void)
 							ident->stream_id, database_name(ident->dboid),
 							flowpg_max_streams),
 					 errhint("Raise flowpg.max_streams and restart the server.")));
-		(void) drop_unrunnable(ident->dboid, ident->stream_id,
+		(void) drop_unrunnable(ident->dboid, ident->stream_id, InvalidXLogRecPtr,
 							   "no flowpg.max_streams entry");
 	}
 
@@ -489,22 +527,14 @@ reconcile(void)
 		}
 		LWLockRelease(&FlowCtl->lock);
 
-		if (running || dropping)
-			continue;
-		if (!adopting && ident != NULL)
-		{
-			const char *why = unrunnable(ctl);
-
-			if (why != NULL && drop_unrunnable(ctl->dboid, ctl->stream_id, why))
-				continue;		/* its entry goes next round */
-		}
-		if (ctl->restart_at > now)
+		if (running || dropping || ctl->restart_at > now)
 			continue;
 		/* a stream to rebuild may have its old slot still: the adopter drops it */
 		if (adopting)
 			adopters[i] = start_process(ctl, i, &adopt, true);
-		else if (ident != NULL)
+		else if (ident != NULL && !drop_unconnectable(ctl))
 			handles[i] = start_process(ctl, i, ident, false);
+		/* (a stream whose slots went: its entry goes next round) */
 	}
 	list_free_deep(slots);
 }

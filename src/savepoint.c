@@ -180,6 +180,7 @@ flowpg_savepoint(PG_FUNCTION_ARGS)
 
 	FlowpgCheckPrerequisites();
 	FlowpgCheckNotStandby(fcinfo);
+	CatalogNoteLocks();
 	def = CatalogLookup(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0));
 	CatalogCheckOwner(def);
 	name = savepoint_arg(fcinfo);

@@ -1,0 +1,100 @@
+# flowpg's own tables rewritten (VACUUM FULL, CLUSTER) while a stream's
+# worker decodes the WAL from before the rewrite.  Decoding builds the
+# relcache entry of every table whose rows it reads (other streams'
+# checkpoints into flowpg.state and flowpg.checkpoint among them) from the
+# catalog as it was: a worker behind the rewrite wrote its next checkpoint
+# into the file the rewrite had dropped, with entries in the new indexes
+# pointing at nothing in the new file, and every other stream of the
+# database failed for good when it decoded that write ("could not map
+# filenode").  The worker writes its checkpoints itself here
+# (flowpg.checkpoint_writer = off), as it does its first ones, those after
+# a restore and savepoints.  After each rewrite: no stream failed, each
+# equals its query run as a batch, and the rewritten table's indexes hold
+# exactly its rows (amcheck).  And a REINDEX of flowpg.stream while a call
+# waits for a stream's worker that is starting: the worker reads
+# flowpg.stream behind the REINDEX, which waited for the call's lock on
+# the catalog, and the call waited for the worker until it timed out.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FlowpgTest;
+
+my $node = new_node('own_tables', extra_conf => "flowpg.checkpoint_writer = off\n");
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sql(q{
+	CREATE EXTENSION amcheck;
+	CREATE TABLE src (k int, v int);
+});
+my $query = 'SELECT k, count(*) AS n, sum(v) AS total FROM src GROUP BY k';
+sql("SELECT flowpg.create_stream('$_', '$query')") for qw(ahead behind);
+sql('INSERT INTO src SELECT g % 1000, 1 FROM generate_series(1, 10000) g');
+oracle_ok($node, $_, $query, "$_ before any rewrite") for qw(ahead behind);
+
+my $round = 0;
+for my $rewrite ('VACUUM FULL flowpg.state', 'VACUUM FULL flowpg.checkpoint',
+	'CLUSTER flowpg.state USING state_pkey')
+{
+	$round++;
+	# behind decodes the checkpoints ahead writes meanwhile
+	sql("SELECT flowpg.pause_stream('behind')");
+	for (1 .. 3)
+	{
+		sql('INSERT INTO src SELECT g % 1000, 1 FROM generate_series(1, 1000) g');
+		sql("SELECT flowpg.checkpoint('ahead')");
+	}
+	# and enough after them to checkpoint while it is still behind
+	sql('INSERT INTO src SELECT g % 1000, 1 FROM generate_series(1, 5000) g')
+	  for 1 .. 100;
+	sql($rewrite);
+	sql("SELECT flowpg.resume_stream('behind')");
+	$node->poll_query_until('postgres',
+		"SELECT bool_and(status = 'running' AND lag_bytes = 0) OR bool_or(status = 'failed')
+		   FROM (SELECT status, lag_bytes FROM flowpg.streams) s")
+	  or die 'the streams did not catch up';
+	is(sql("SELECT string_agg(name || ': ' || last_error, '; ') FROM flowpg.streams WHERE status = 'failed'"),
+		'', "$rewrite: no stream failed");
+	oracle_ok($node, $_, $query, "$rewrite: $_") for qw(ahead behind);
+	# (the first checkpoint of each, after the rewrite, writes into it)
+	sql("SELECT flowpg.checkpoint('$_')") for qw(ahead behind);
+	my ($table) = $rewrite =~ /(flowpg\.\w+)/;
+	is(sql("SELECT count(*) FROM (SELECT bt_index_check(indexrelid, true) FROM pg_index
+	          WHERE indrelid = '$table'::regclass) c"),
+		sql("SELECT count(*) FROM pg_index WHERE indrelid = '$table'::regclass"),
+		"$rewrite: its indexes hold exactly its rows");
+}
+
+# flowpg.checkpoint waits for a worker that is starting (held back by a
+# transaction that changed the stream), and REINDEX TABLE flowpg.stream
+# waits behind both: once that transaction ends, the worker reads
+# flowpg.stream after the REINDEX, which must not wait for the call.
+my $changer = $node->background_psql('postgres', on_error_stop => 0);
+$changer->query_safe("BEGIN; SELECT flowpg.set_checkpoint_interval('ahead', '2 s')");
+sql("SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.ahead'");
+my $caller = $node->background_psql('postgres', on_error_stop => 0);
+$caller->query_until(qr/calling/, q{\echo calling
+SELECT 'checkpoint ' || flowpg.checkpoint('ahead') AS taken;
+});
+$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE query LIKE '%flowpg.checkpoint(''ahead'')%' AND wait_event_type = 'Extension'})
+  or die 'flowpg.checkpoint did not wait for the worker';
+my $reindexer = $node->background_psql('postgres', on_error_stop => 0);
+$reindexer->query_until(qr/reindexing/, q{\echo reindexing
+REINDEX TABLE flowpg.stream;
+\echo reindexed
+});
+$node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE query LIKE 'REINDEX TABLE flowpg.stream%' AND wait_event_type = 'Lock'})
+  or die 'the REINDEX did not wait';
+$changer->query_safe('COMMIT');
+$reindexer->query_until(qr/reindexed/, '');
+pass('the REINDEX did not wait for the call that waits for the worker');
+like($caller->query_until(qr/checkpoint \d+/, ''), qr/checkpoint \d+/,
+	'... and the checkpoint was taken (it timed out after a minute)');
+$_->quit for $changer, $caller, $reindexer;
+oracle_ok($node, $_, $query, "$_ after the REINDEX") for qw(ahead behind);
+
+done_testing();
