@@ -910,6 +910,8 @@ DecodeUnclaimSlot(const char *slot_name)
 		if (slot->active_pid == MyProcPid)
 			slot->active_pid = 0;
 		SpinLockRelease(&slot->mutex);
+		/* as ReplicationSlotRelease: a process may wait to acquire it */
+		ConditionVariableBroadcast(&slot->active_cv);
 	}
 	LWLockRelease(ReplicationSlotControlLock);
 }
