@@ -164,15 +164,6 @@ CatalogStreamRelid(void)
 	return get_relname_relid("stream", get_namespace_oid("flowpg", false));
 }
 
-/* flowpg.stream, if the extension is there (InvalidOid if not). */
-static Oid
-stream_catalog_relid(void)
-{
-	Oid			nsp = get_namespace_oid("flowpg", true);
-
-	return OidIsValid(nsp) ? get_relname_relid("stream", nsp) : InvalidOid;
-}
-
 static bool
 share_locked(Oid relid)
 {
@@ -195,20 +186,20 @@ release_share_lock(Oid relid)
 }
 
 /*
- * May the current call let go of its locks on flowpg.stream
- * (CatalogReleaseLocks)?  Only if the transaction held none when it began:
- * those are the call's own, taken under its resource owner; earlier ones
- * are the transaction's (an earlier statement's, or the query that made
- * the call), which it keeps.
+ * flowpg.stream, if the current call may let go of its locks on it
+ * (CatalogReleaseLocks); else InvalidOid.  Only if the transaction held
+ * none when the call began: those are the call's own, taken under its
+ * resource owner; earlier ones are the transaction's (an earlier
+ * statement's, or the query that made the call), which it keeps.
  */
-static bool catalog_locks_mine = false;
+static Oid	catalog_locks_mine = InvalidOid;
 
 void
 CatalogNoteLocks(void)
 {
-	Oid			relid = stream_catalog_relid();
+	Oid			relid = CatalogStreamRelid();
 
-	catalog_locks_mine = OidIsValid(relid) && !share_locked(relid);
+	catalog_locks_mine = share_locked(relid) ? InvalidOid : relid;
 }
 
 /*
@@ -225,13 +216,10 @@ CatalogNoteLocks(void)
 void
 CatalogReleaseLocks(void)
 {
-	Oid			relid;
+	Oid			relid = catalog_locks_mine;
 	Relation	rel;
 	ListCell   *lc;
 
-	if (!catalog_locks_mine)
-		return;
-	relid = stream_catalog_relid();
 	if (!OidIsValid(relid) || !share_locked(relid))
 		return;
 	rel = relation_open(relid, NoLock);
@@ -1719,6 +1707,7 @@ stream_label(Oid result)
 	return psprintf("%s.%s", get_namespace_name(get_rel_namespace(result)),
 					get_rel_name(result));
 }
+
 /*
  * Refuse what would make a source deliver rows its stream cannot see, or
  * a result table lose rows at a crash: an unlogged source, or partition
