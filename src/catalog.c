@@ -408,7 +408,17 @@ CatalogReadStream(int32 id)
 StreamDef *
 CatalogLockStream(int32 id, LOCKMODE mode)
 {
-	StreamDef  *def = CatalogReadStream(id);
+	StreamDef  *def;
+
+	/*
+	 * The caller goes on to prepare its checkpoint statements, an UPDATE
+	 * of flowpg.stream among them, which locks it RowExclusive: take that
+	 * first.  Reading it first took AccessShare on its index, and a
+	 * REINDEX (or CREATE INDEX) of flowpg.stream in between, holding its
+	 * Share lock and waiting for the index, deadlocked with the process.
+	 */
+	LockRelationOid(CatalogStreamRelid(), RowExclusiveLock);
+	def = CatalogReadStream(id);
 
 	while (def != NULL)
 	{

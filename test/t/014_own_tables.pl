@@ -15,7 +15,11 @@
 # locks on flowpg.stream as it waits (under concurrent load, a REINDEX
 # queued behind them kept a starting worker or writer waiting for the
 # call that waited for it, until the call timed out; this sequence did
-# not reproduce that stall without the change).
+# not reproduce that stall without the change).  And a REINDEX while a
+# stream's process starts: the process read flowpg.stream (locking its
+# index) before the UPDATE of it it prepares (locking the table
+# RowExclusive), and deadlocked (40P01) with the REINDEX, which holds the
+# table and waits for the index; it now locks the table first.
 use strict;
 use warnings;
 
@@ -103,5 +107,25 @@ $reindexer->query_until(qr/reindexed/, '');
 pass('... and the REINDEX was done');
 $_->quit for $locker, $caller, $reindexer;
 oracle_ok($node, $_, $query, "$_ after the REINDEX") for qw(ahead behind);
+
+# A REINDEX of flowpg.stream as a stream's worker starts, while
+# flowpg.wait waits for it: the REINDEX failed with "deadlock detected"
+# (the worker held flowpg.stream's index, read, and asked for the table,
+# to prepare its UPDATE of it; the REINDEX held the table and asked for
+# the index), twice in two runs before the change; it must succeed, well
+# within its lock_timeout.
+sql('INSERT INTO src SELECT g % 1000, 1 FROM generate_series(1, 1000) g');
+sql("SELECT pg_terminate_backend(pid) FROM flowpg.streams WHERE name = 'public.ahead'");
+$caller = $node->background_psql('postgres', on_error_stop => 0);
+$caller->query_until(qr/waiting/, q{\echo waiting
+SELECT 'waited' FROM (SELECT flowpg.wait('ahead', '30 s')) w;
+});
+my ($out, $err) = ('', '');
+$node->psql('postgres', q{SET lock_timeout = '10s'; REINDEX TABLE flowpg.stream},
+	stdout => \$out, stderr => \$err, on_error_stop => 1);
+is($err, '', 'a REINDEX of flowpg.stream does not wait for a call waiting for a starting worker');
+like($caller->query_until(qr/waited/, ''), qr/waited/, '... and the call returned');
+$caller->quit;
+oracle_ok($node, $_, $query, "$_ after that REINDEX") for qw(ahead behind);
 
 done_testing();
