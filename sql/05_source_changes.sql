@@ -482,6 +482,55 @@ SELECT try($$SELECT flowpg.wait('cc_writes')$$) LIKE '55000: stream "public.cc_w
 SELECT last_error FROM flowpg.streams WHERE name = 'public.cc_writes';
 SELECT count(*) AS written FROM cc_log;
 SELECT flowpg.drop_stream('cc_writes');
+-- the same in what is computed from the aggregates (an output expression,
+-- a final function), at checkpoints and in flowpg.live: refused too.  Such
+-- a write went through: it committed with each checkpoint, and the rows
+-- it inserted into the stream's source were never counted (the worker's
+-- decoding skips its own transactions)
+CREATE FUNCTION cc_feeds(bigint) RETURNS bigint VOLATILE LANGUAGE plpgsql
+    AS 'BEGIN INSERT INTO cc_src VALUES (8, 100); RETURN $1; END';
+CREATE FUNCTION cc_fed(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN cc_feeds($1); END';
+CREATE AGGREGATE cc_sum_fed(bigint) (sfunc = int8pl, stype = bigint, combinefunc = int8pl,
+    finalfunc = cc_fed, initcond = '0');
+SELECT flowpg.create_stream('cc_out_writes', 'SELECT k, cc_fed(count(*)) AS n FROM cc_src WHERE k = 8 GROUP BY k');
+SELECT flowpg.create_stream('cc_final_writes', 'SELECT k, cc_sum_fed(v) AS s FROM cc_src WHERE k = 9 GROUP BY k');
+INSERT INTO cc_src VALUES (8, 1), (9, 1);
+SELECT try($$SELECT flowpg.wait('cc_out_writes', '5 s')$$);
+SELECT try($$SELECT flowpg.wait('cc_final_writes', '5 s')$$);
+SELECT name, last_error FROM flowpg.streams WHERE name LIKE 'public.cc_%writes' ORDER BY 1;
+-- flowpg.live, in its caller's transaction: a function that writes only
+-- when the caller has set cc.write
+CREATE FUNCTION cc_feeds_if(bigint) RETURNS bigint VOLATILE LANGUAGE plpgsql
+    AS $$BEGIN
+        IF current_setting('cc.write', true) = 'on' THEN INSERT INTO cc_log VALUES (2); END IF;
+        RETURN $1;
+    END$$;
+CREATE FUNCTION cc_fed_if(bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN cc_feeds_if($1); END';
+SELECT flowpg.create_stream('cc_live_writes', 'SELECT k, cc_fed_if(count(*)) AS n FROM cc_src WHERE k = 8 GROUP BY k');
+INSERT INTO cc_src VALUES (8, 2);
+SELECT flowpg.wait('cc_live_writes');
+SELECT * FROM flowpg.live(NULL::cc_live_writes);
+SET cc.write = on;
+SELECT try($$SELECT * FROM flowpg.live(NULL::cc_live_writes)$$);
+-- the calling transaction may write once it has caught the error
+DO $$
+BEGIN
+    BEGIN
+        PERFORM * FROM flowpg.live(NULL::cc_live_writes);
+    EXCEPTION WHEN read_only_sql_transaction THEN
+        RAISE NOTICE 'refused: %', SQLERRM;
+    END;
+    INSERT INTO cc_log VALUES (1);
+END$$;
+RESET cc.write;
+SELECT count(*) AS written FROM cc_log;
+SELECT v FROM cc_log;
+SELECT k, count(*) FROM cc_src WHERE k IN (8, 9) GROUP BY k ORDER BY k;
+SELECT flowpg.drop_stream('cc_out_writes');
+SELECT flowpg.drop_stream('cc_final_writes');
+SELECT flowpg.drop_stream('cc_live_writes');
+DROP AGGREGATE cc_sum_fed(bigint);
+DROP FUNCTION cc_fed(bigint), cc_feeds(bigint), cc_fed_if(bigint), cc_feeds_if(bigint);
 DROP TABLE cc_log;
 DROP FUNCTION cc_pure(int), cc_logs(int);
 SELECT flowpg.drop_stream('cc_runs');

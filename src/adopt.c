@@ -451,6 +451,7 @@ adopt(FlowWorker *w, StreamIdentity *ident)
 				 errdetail("Its definition is: %s", w->def->definition)));
 	CompileCheckPermissions(w->fq);
 	w->plan = PlanBuild(w->fq);
+	w->plan->name = MemoryContextStrdup(w->plan->cxt, w->def->name);
 	w->batch = BatchCreate(w->plan);
 	w->def->plan = nodeToString(w->fq->query);
 	MemoryContextSwitchTo(oldcxt);

@@ -1087,6 +1087,7 @@ flowpg_live(PG_FUNCTION_ARGS)
 	/* the owner may have lost SELECT on the source since the worker checked */
 	CompileCheckPermissions(fq);
 	plan = PlanBuild(fq);
+	plan->name = MemoryContextStrdup(plan->cxt, def->name);
 
 	InitMaterializedSRF(fcinfo, 0);
 	values = palloc(sizeof(Datum) * rsinfo->setDesc->natts);

@@ -1196,27 +1196,94 @@ PlanFinalize(FlowPlan *plan, MinimalTuple key, const char *image, Size len)
 	MemoryContext cxt = plan->outecontext->ecxt_per_tuple_memory;
 	MemoryContext oldcxt;
 	TupleTableSlot *final = plan->finalslot;
-	AggValue   *vals;
-	int			i;
+	TupleTableSlot *volatile out = NULL;
+	bool		read_only = PlanReadOnlyBegin();
 
 	ResetExprContext(plan->outecontext);
 	oldcxt = MemoryContextSwitchTo(cxt);
-	ExecClearTuple(final);
-	key_deform(plan, key, final->tts_values, final->tts_isnull);
+	PG_TRY();
+	{
+		AggValue   *vals;
+		int			i;
 
-	vals = palloc(sizeof(AggValue) * (plan->naggs + 1));
-	if (image != NULL)
-		image_read(plan, image, vals);
-	else
-		init_values(plan, vals, cxt);
-	for (i = 0; i < plan->naggs; i++)
-		agg_finalize(plan, &plan->aggs[i], &vals[i],
-					 &final->tts_values[plan->nkeys + i],
-					 &final->tts_isnull[plan->nkeys + i]);
-	ExecStoreVirtualTuple(final);
+		ExecClearTuple(final);
+		key_deform(plan, key, final->tts_values, final->tts_isnull);
+		vals = palloc(sizeof(AggValue) * (plan->naggs + 1));
+		if (image != NULL)
+			image_read(plan, image, vals);
+		else
+			init_values(plan, vals, cxt);
+		for (i = 0; i < plan->naggs; i++)
+			agg_finalize(plan, &plan->aggs[i], &vals[i],
+						 &final->tts_values[plan->nkeys + i],
+						 &final->tts_isnull[plan->nkeys + i]);
+		ExecStoreVirtualTuple(final);
+		out = ExecProject(plan->outproj);
+	}
+	PG_CATCH();
+	{
+		PlanReadOnlyEnd(plan, read_only, true);
+	}
+	PG_END_TRY();
+	PlanReadOnlyEnd(plan, read_only, false);
 	MemoryContextSwitchTo(oldcxt);
+	return out;
+}
 
-	return ExecProject(plan->outproj);
+/*
+ * The user code a stream runs outside decoding (final and combine
+ * functions, output expressions: at checkpoints, in merges, in
+ * flowpg.live) runs in a transaction that may write (a checkpoint's, or
+ * flowpg.live's caller's); it must not write any more than in decoding,
+ * where a write takes a transaction ID, which decode.c refuses.  Such a
+ * write went through: it committed with the checkpoint, again at each
+ * computation of the row, and rows it inserted into the stream's own
+ * source carried the worker's replication origin, whose changes the
+ * worker's decoding skips, and were never counted.  So that code runs
+ * with the transaction read-only, and a write it tries fails as one in
+ * decoding does.  Returns what PlanReadOnlyEnd restores.
+ */
+bool
+PlanReadOnlyBegin(void)
+{
+	bool		was = XactReadOnly;
+
+	XactReadOnly = true;
+	return was;
+}
+
+/*
+ * End PlanReadOnlyBegin.  In a PG_CATCH block (failed), rethrow the error;
+ * a write refused is reported as a stream's function's.
+ */
+void
+PlanReadOnlyEnd(FlowPlan *plan, bool was, bool failed)
+{
+	ErrorData  *edata;
+	MemoryContext oldcxt;
+
+	XactReadOnly = was;
+	if (!failed)
+		return;
+	oldcxt = MemoryContextSwitchTo(plan->cxt);
+	edata = CopyErrorData();
+	MemoryContextSwitchTo(oldcxt);
+	if (was || edata->sqlerrcode != ERRCODE_READ_ONLY_SQL_TRANSACTION)
+	{
+		FreeErrorData(edata);
+		PG_RE_THROW();
+	}
+	FlushErrorState();
+	ereport(ERROR,
+			(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+			 plan->name != NULL ?
+			 errmsg("a function that stream \"%s\" calls wrote to the database",
+					FlowpgLabel(plan->name)) :
+			 errmsg("a function that a stream calls wrote to the database"),
+			 errdetail("A stream's functions may not write, lock rows (FOR SHARE) or advance sequences, neither as its worker decodes the WAL nor as its result rows are computed: %s",
+					   edata->message),
+			 edata->context != NULL ? errcontext("%s", edata->context) : 0,
+			 errhint("Change the function so that it does not write (an IMMUTABLE function may call a VOLATILE one that does).")));
 }
 
 /* The same, for a key of the state: its chunk's key and image. */
@@ -1665,14 +1732,24 @@ void
 BatchMerge(FlowBatch *batch, FlowState *st, bool verify)
 {
 	int			i;
+	bool		read_only = PlanReadOnlyBegin();	/* combine functions */
 
 	batch->probe->st = st;
 	batch->written = verify ?
 		MemoryContextAlloc(batch->cxt, sizeof(dsa_pointer) * (batch->ngroups + 1)) :
 		NULL;
 	batch->nwritten = 0;
-	for (i = 0; i < batch->ngroups; i++)
-		merge_group(batch, st, i);
+	PG_TRY();
+	{
+		for (i = 0; i < batch->ngroups; i++)
+			merge_group(batch, st, i);
+	}
+	PG_CATCH();
+	{
+		PlanReadOnlyEnd(batch->plan, read_only, true);
+	}
+	PG_END_TRY();
+	PlanReadOnlyEnd(batch->plan, read_only, false);
 	MemoryContextReset(batch->mergecxt);
 }
 

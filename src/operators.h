@@ -65,6 +65,8 @@ typedef struct FlowPlan
 {
 	FlowQuery  *fq;
 	MemoryContext cxt;
+	const char *name;			/* the stream's name, for messages (its
+								 * caller sets it) */
 	int			nkeys;
 	int			naggs;
 	FlowAgg    *aggs;
@@ -121,6 +123,8 @@ typedef struct FlowBatch FlowBatch;
 extern FlowPlan *PlanBuild(FlowQuery *fq);
 extern void PlanSetSourceDesc(FlowPlan *plan, TupleDesc desc);
 extern void PlanSetKeyIndex(FlowPlan *plan, Relation index, const int *cols);
+extern bool PlanReadOnlyBegin(void);
+extern void PlanReadOnlyEnd(FlowPlan *plan, bool was, bool failed);
 extern TupleTableSlot *PlanFinalize(FlowPlan *plan, MinimalTuple key,
 									const char *image, Size len);
 extern TupleTableSlot *PlanFinalizeChunk(FlowPlan *plan, StateChunk *chunk);

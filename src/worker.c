@@ -574,6 +574,7 @@ WorkerCompile(FlowWorker *w)
 	w->fq = CompileQueryTree(stringToNode(w->def->plan));
 	CompileCheckPermissions(w->fq);
 	w->plan = PlanBuild(w->fq);
+	w->plan->name = MemoryContextStrdup(w->plan->cxt, w->def->name);
 	watch_compiled(w);
 	MemoryContextSwitchTo(oldcxt);
 }
