@@ -722,6 +722,18 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	if (w->fq->recorded_transtypes)
 		CatalogStorePlan(w->def->id, nodeToString(w->fq->query));
 	restore_state(w);
+
+	/*
+	 * The checkpoint restored may be one the previous worker's writer
+	 * committed without waiting for its flush, and not flushed yet (a
+	 * worker that failed, or was terminated, does not wait for that): this
+	 * worker confirms positions past it with nothing dirty, taking the
+	 * checkpoint as durable, and only its own lazy commits are in
+	 * unconfirmed_commit.  A crash could take the checkpoint back with the
+	 * slot already past its rows.  (Code review: no flush was seen to stop
+	 * short of such a commit; one flush a start rules it out.)
+	 */
+	XLogFlush(GetXLogInsertRecPtr());
 	/* a stream restored or rebuilt after it failed for good has none */
 	origin = replorigin_by_name(w->slot_name, true);
 	if (origin == InvalidRepOriginId)
@@ -1476,6 +1488,17 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 	}
 	SpinLockRelease(&ctl->mutex);
 
+	/*
+	 * The writer may be reading the state: a job written in place, whose
+	 * chunks the worker keeps as they are while it waits for it, and a
+	 * cancel (pg_cancel_backend) ended that wait.  It goes first, as it
+	 * would at the worker's exit: freed, the chunks it read were its
+	 * checkpoint's keys (dsa_free writes into them), and every later
+	 * worker found the state log corrupted.  A writer that does not exit
+	 * keeps the state from being freed.
+	 */
+	if (w->writer != NULL && !WriterStop(w))
+		return;
 	if (!LWLockHeldByMe(&ctl->state_lock))
 		LWLockAcquire(&ctl->state_lock, LW_EXCLUSIVE);
 	else

@@ -194,6 +194,17 @@ writer_stop(int code, Datum arg)
 	job_buffer_free(w);
 }
 
+/*
+ * Stop the worker's writer now, as its exit would (writer_stop).  Returns
+ * false if a writer is left (it did not exit, or the postmaster died).
+ */
+bool
+WriterStop(FlowWorker *w)
+{
+	writer_stop(0, PointerGetDatum(w));
+	return w->writer == NULL;
+}
+
 /* Register the worker's writer; logs why not if it cannot. */
 static void
 writer_start(FlowWorker *w)

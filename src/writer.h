@@ -20,6 +20,7 @@ extern bool WriterReclaim(void *arg);
 extern CheckpointJob *WriterJob(FlowWorker *w);
 extern void WriterPost(FlowWorker *w);
 extern bool WriterJobDone(FlowWorker *w, bool wait);
+extern bool WriterStop(FlowWorker *w);
 extern void WriterYield(FlowWorker *w);
 extern PGDLLEXPORT void FlowWriterMain(Datum main_arg);
 

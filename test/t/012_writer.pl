@@ -122,6 +122,22 @@ crash_restart($node);
 eval { $holder->quit };
 oracle_ok($node, 'spend', $query, 'kill -9 of the postmaster while a checkpoint of 120,000 keys waited in the writer');
 
+# 3c'. pg_cancel_backend of the worker (it shows the stream's query,
+#      active) while it waits for its writer to write such a checkpoint
+#      from its chunks: the worker stops the writer before it frees the
+#      state.  It freed the state first: a writer that got as far as its
+#      commit then wrote freed chunks as its keys, and every later worker
+#      found the stream's state log corrupted (a race this test does not
+#      force: the writer here waits for a row lock, and is terminated).
+$node->poll_query_until('postgres', "SELECT $writers = 1")
+  or die 'no checkpoint writer after the crash';
+$holder = checkpoint_waiting_for(1002,
+	'INSERT INTO clicks (campaign, cost) SELECT 1000 + g, 4 FROM generate_series(1, 120000) g');
+sql("SELECT pg_cancel_backend(pid) FROM flowpg.streams WHERE name = 'public.spend'");
+$holder->query_safe('ROLLBACK');
+$holder->quit;
+oracle_ok($node, 'spend', $query, 'a cancel of the worker while a checkpoint of 120,000 keys waited in the writer');
+
 # 3d. kill -9 of the postmaster where nothing reaps its orphaned processes
 #     at once (a container whose init reaps only its own child): this test
 #     takes them as a subreaper and does not reap them.  The server starts
