@@ -1530,7 +1530,8 @@ new_owner_context(void *arg)
 /*
  * Check what create_stream checks, as the stream's new owner: LOGIN,
  * SELECT on the source, no row security that applies, EXECUTE on the
- * aggregates and functions.  Compiling the plan may run the owner's
+ * aggregates and functions; and that the code the stream runs is not
+ * another role's with fewer privileges (CompileCheckCodeOwners).  Compiling the plan may run the owner's
  * functions (on constants), so as REFRESH MATERIALIZED VIEW does, in a
  * security-restricted operation whose settings (the stream's) do not
  * outlive it.  A restored stream not rebuilt yet has no plan: its adopter
@@ -1562,6 +1563,7 @@ check_new_owner(StreamDef *def)
 		(void) PlanBuild(fq);
 		AtEOXact_GUC(false, nest);
 		SetUserIdAndSecContext(save_user, save_sec);
+		CompileCheckCodeOwners(fq, def->result, def->owner, FlowpgLabel(def->name));
 	}
 	error_context_stack = callback.previous;
 }

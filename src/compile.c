@@ -33,10 +33,15 @@
 #include "catalog/pg_aggregate.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_constraint.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "access/genam.h"
+#include "access/table.h"
+#include "miscadmin.h"
+#include "access/relation.h"
 #include "executor/executor.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
@@ -52,7 +57,11 @@
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
 #include "utils/ruleutils.h"
+#include "rewrite/prs2lock.h"
+#include "utils/acl.h"
+#include "utils/rel.h"
 #include "utils/rls.h"
+#include "rewrite/rowsecurity.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 #include "utils/varlena.h"
@@ -1418,4 +1427,210 @@ CompileRecordDependencies(FlowQuery *fq, Oid result)
 					 get_extension_oid("flowpg", false));
 	recordDependencyOnExpr(&table, (Node *) fq->query, NIL, DEPENDENCY_NORMAL);
 	recordDependencyOn(&table, &extension, DEPENDENCY_AUTO);
+}
+
+/*
+ * Whose code a stream runs as its owner.  A stream runs, as its owner, in
+ * the background, whenever rows come: the functions its query calls (and
+ * the aggregates' support functions, the CHECK constraints of the domains
+ * it casts to), and what an UPDATE or INSERT of its result table runs
+ * (triggers, index expressions, constraints, defaults, policies, rules).
+ * Whoever owns one of those functions, domains or aggregates may change
+ * it (CREATE OR REPLACE, ALTER DOMAIN ... ADD CONSTRAINT).  A stream given
+ * to another role (ALTER TABLE ... OWNER TO, REASSIGN OWNED) would run
+ * that code with the new owner's privileges: given to a superuser, the
+ * old owner's trigger made itself a superuser at the next checkpoint.
+ * So the new owner may only get a stream whose code belongs to roles that
+ * have all its privileges (superusers have everyone's; built-in functions
+ * are the bootstrap superuser's): as PostgreSQL 16 asks of a subscription
+ * owner towards the tables' owners whose triggers it runs.
+ */
+typedef struct CodeOwners
+{
+	Oid			owner;			/* the role the code would run as */
+	const char *stream;			/* for messages */
+} CodeOwners;
+
+static void
+check_code_owner(CodeOwners *co, Oid objowner, const char *kind, const char *name)
+{
+	if (has_privs_of_role(objowner, co->owner))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("stream \"%s\" would run %s %s, which role %s owns, as role %s",
+					co->stream, kind, name, GetUserNameFromId(objowner, false),
+					GetUserNameFromId(co->owner, false)),
+			 errdetail("A stream runs its query's functions, and its result table's triggers, index expressions, constraints and defaults, as its owner, in the background; role %s may change that %s, and does not have the privileges of role %s.",
+					   GetUserNameFromId(objowner, false), kind,
+					   GetUserNameFromId(co->owner, false)),
+			 errhint("Give the %s to role %s first (ALTER ... OWNER TO), or give the stream to a role whose privileges role %s has.",
+					 kind, GetUserNameFromId(co->owner, false),
+					 GetUserNameFromId(objowner, false))));
+}
+
+static void
+check_function_owner(CodeOwners *co, Oid func)
+{
+	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(func));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tuple))
+		return;
+	owner = ((Form_pg_proc) GETSTRUCT(tuple))->proowner;
+	ReleaseSysCache(tuple);
+	if (!has_privs_of_role(owner, co->owner))	/* format only to refuse */
+		check_code_owner(co, owner, "function", format_procedure(func));
+}
+
+static bool
+code_owner_function(Oid func, void *context)
+{
+	check_function_owner(context, func);
+	return false;
+}
+
+static bool code_owners_walker(Node *node, CodeOwners *co);
+
+/* A domain (and the domains it is over): its owner, and its constraints. */
+static void
+check_domain_owners(CodeOwners *co, Oid domain)
+{
+	Relation	constraints = table_open(ConstraintRelationId, AccessShareLock);
+
+	while (OidIsValid(domain))
+	{
+		HeapTuple	type = SearchSysCache1(TYPEOID, ObjectIdGetDatum(domain));
+		Form_pg_type form;
+		ScanKeyData key;
+		SysScanDesc scan;
+		HeapTuple	tuple;
+		Oid			base;
+
+		if (!HeapTupleIsValid(type))
+			break;
+		form = (Form_pg_type) GETSTRUCT(type);
+		base = form->typtype == TYPTYPE_DOMAIN ? form->typbasetype : InvalidOid;
+		if (form->typtype == TYPTYPE_DOMAIN)
+			check_code_owner(co, form->typowner, "domain", format_type_be(domain));
+		ReleaseSysCache(type);
+		ScanKeyInit(&key, Anum_pg_constraint_contypid, BTEqualStrategyNumber,
+					F_OIDEQ, ObjectIdGetDatum(domain));
+		scan = systable_beginscan(constraints, ConstraintTypidIndexId, true, NULL, 1, &key);
+		while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+		{
+			bool		isnull;
+			Datum		bin = heap_getattr(tuple, Anum_pg_constraint_conbin,
+										   RelationGetDescr(constraints), &isnull);
+
+			if (!isnull)
+				(void) code_owners_walker(stringToNode(TextDatumGetCString(bin)), co);
+		}
+		systable_endscan(scan);
+		domain = base;
+	}
+	table_close(constraints, AccessShareLock);
+}
+
+static bool
+code_owners_walker(Node *node, CodeOwners *co)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Query))
+		return query_tree_walker((Query *) node, code_owners_walker, co, 0);
+	(void) check_functions_in_node(node, code_owner_function, co);
+	if (IsA(node, Aggref))
+	{
+		Oid			aggfn = ((Aggref *) node)->aggfnoid;
+		HeapTuple	tuple = SearchSysCache1(AGGFNOID, ObjectIdGetDatum(aggfn));
+
+		check_function_owner(co, aggfn);
+		if (HeapTupleIsValid(tuple))
+		{
+			Form_pg_aggregate agg = (Form_pg_aggregate) GETSTRUCT(tuple);
+			Oid			support[] = {agg->aggtransfn, agg->aggfinalfn, agg->aggcombinefn,
+			agg->aggserialfn, agg->aggdeserialfn};
+			int			i;
+
+			for (i = 0; i < lengthof(support); i++)
+				if (OidIsValid(support[i]))
+					check_function_owner(co, support[i]);
+			ReleaseSysCache(tuple);
+		}
+	}
+	if (IsA(node, CoerceToDomain))
+		check_domain_owners(co, ((CoerceToDomain *) node)->resulttype);
+	return expression_tree_walker(node, code_owners_walker, co);
+}
+
+static void
+code_owners_text(CodeOwners *co, const char *nodetext)
+{
+	if (nodetext != NULL)
+		(void) code_owners_walker(stringToNode(nodetext), co);
+}
+
+/*
+ * Refuse to give the stream to `owner` if it would run code that a role
+ * without all of `owner`'s privileges may change (see above).
+ */
+void
+CompileCheckCodeOwners(FlowQuery *fq, Oid result, Oid owner, const char *stream)
+{
+	CodeOwners	co = {owner, stream};
+	Relation	rel;
+	TupleConstr *constr;
+	ListCell   *lc;
+	int			i;
+
+	/* the query as analyzed, and as compiled (inlined SQL functions' bodies) */
+	(void) code_owners_walker((Node *) fq->query, &co);
+	(void) code_owners_walker((Node *) fq->where, &co);
+	(void) code_owners_walker((Node *) fq->keys, &co);
+	(void) code_owners_walker((Node *) fq->aggs, &co);
+	(void) code_owners_walker((Node *) fq->output, &co);
+
+	rel = table_open(result, AccessShareLock);
+	if (rel->trigdesc != NULL)
+		for (i = 0; i < rel->trigdesc->numtriggers; i++)
+		{
+			Trigger    *trig = &rel->trigdesc->triggers[i];
+
+			check_function_owner(&co, trig->tgfoid);
+			code_owners_text(&co, trig->tgqual);
+		}
+	constr = RelationGetDescr(rel)->constr;
+	if (constr != NULL)
+	{
+		for (i = 0; i < constr->num_check; i++)
+			code_owners_text(&co, constr->check[i].ccbin);
+		for (i = 0; i < constr->num_defval; i++)
+			code_owners_text(&co, constr->defval[i].adbin);
+	}
+	foreach(lc, RelationGetIndexList(rel))
+	{
+		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
+
+		(void) code_owners_walker((Node *) RelationGetIndexExpressions(index), &co);
+		(void) code_owners_walker((Node *) RelationGetIndexPredicate(index), &co);
+		index_close(index, AccessShareLock);
+	}
+	if (rel->rd_rsdesc != NULL)
+		foreach(lc, rel->rd_rsdesc->policies)
+		{
+			RowSecurityPolicy *policy = lfirst(lc);
+
+			(void) code_owners_walker((Node *) policy->qual, &co);
+			(void) code_owners_walker((Node *) policy->with_check_qual, &co);
+		}
+	if (rel->rd_rules != NULL)
+		for (i = 0; i < rel->rd_rules->numLocks; i++)
+		{
+			RewriteRule *rule = rel->rd_rules->rules[i];
+
+			(void) code_owners_walker(rule->qual, &co);
+			(void) code_owners_walker((Node *) rule->actions, &co);
+		}
+	table_close(rel, AccessShareLock);
 }

@@ -199,5 +199,52 @@ oracle_ok($node, 's', 'SELECT k, count(*) AS n FROM public.t GROUP BY k',
 is($node->safe_psql('postgres', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'flowpg_dbowner'}),
 	'f', 'the database owner\'s operators never ran as a superuser');
 
+# A stream given to a role with privileges the owners of its code lack:
+# ALTER TABLE ... OWNER TO a superuser of a stream whose result table had
+# a trigger of the old owner's made the old owner a superuser at the next
+# checkpoint (the trigger ran as the new owner; security helper).  Refused
+# (42501), and so is a query's function, given to another role; the
+# stream can be given once its code is the new owner's, and REASSIGN
+# OWNED gives the code with the stream.
+$node->safe_psql('postgres', q{
+	CREATE ROLE flowpg_eve LOGIN;
+	CREATE TABLE eve_clicks (campaign int, cost numeric);
+	GRANT SELECT, INSERT ON eve_clicks TO flowpg_eve, flowpg_alice;
+	GRANT CREATE ON SCHEMA public TO flowpg_eve;
+	SET ROLE flowpg_eve;
+	CREATE FUNCTION eve_grab() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+		IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
+			EXECUTE 'ALTER ROLE flowpg_eve SUPERUSER';
+		END IF;
+		RETURN NEW;
+	END $f$;
+	CREATE FUNCTION eve_double(numeric) RETURNS numeric IMMUTABLE LANGUAGE sql AS 'SELECT $1 * 2';
+	SELECT flowpg.create_stream('eve_spend', 'SELECT campaign, count(*) AS clicks FROM eve_clicks GROUP BY campaign');
+	CREATE TRIGGER grab AFTER INSERT OR UPDATE ON eve_spend FOR EACH ROW EXECUTE FUNCTION eve_grab();
+	SELECT flowpg.create_stream('eve_double', 'SELECT campaign, sum(eve_double(cost)) AS d FROM eve_clicks GROUP BY campaign');
+});
+($rc, $out, $err) = $node->psql('postgres', 'ALTER TABLE eve_spend OWNER TO CURRENT_USER');
+like($err, qr/ERROR:  stream "public.eve_spend" would run function eve_grab\(\), which role flowpg_eve owns, as role \w+\n.*\nHINT:  Give the function to role \w+ first/,
+	'a stream whose result table has a trigger of its owner\'s is not given to a superuser');
+($rc, $out, $err) = $node->psql('postgres', 'ALTER TABLE eve_double OWNER TO flowpg_alice');
+like($err, qr/ERROR:  stream "public.eve_double" would run function eve_double\(numeric\), which role flowpg_eve owns, as role flowpg_alice/,
+	'... nor one whose query calls a function of its owner\'s, to another role');
+$node->safe_psql('postgres', q{
+	ALTER FUNCTION eve_double(numeric) OWNER TO flowpg_alice;
+	ALTER TABLE eve_double OWNER TO flowpg_alice;
+	REASSIGN OWNED BY flowpg_eve TO flowpg_alice;
+	INSERT INTO eve_clicks (campaign, cost) SELECT g % 5, 1 FROM generate_series(1, 100) g;
+});
+is(owners() =~ s/.*(public\.eve_double=\w+ public\.eve_spend=\w+).*/$1/r,
+	'public.eve_double=flowpg_alice public.eve_spend=flowpg_alice',
+	'given once the function was the new owner\'s, and by REASSIGN OWNED with its trigger');
+oracle_ok($node, 'eve_spend', 'SELECT campaign, count(*) AS clicks FROM eve_clicks GROUP BY campaign',
+	'the stream given by REASSIGN OWNED');
+oracle_ok($node, 'eve_double', 'SELECT campaign, sum(eve_double(cost)) AS d FROM eve_clicks GROUP BY campaign',
+	'the stream given with its function');
+is($node->safe_psql('postgres', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'flowpg_eve'}),
+	'f', 'the old owner\'s trigger never ran as a superuser');
+
 $node->stop;
 done_testing();
