@@ -1477,7 +1477,9 @@ check_function_owner(CodeOwners *co, Oid func)
 
 	if (!HeapTupleIsValid(tuple))
 		return;
-	owner = ((Form_pg_proc) GETSTRUCT(tuple))->proowner;
+	/* a SECURITY DEFINER function runs as its owner, whoever calls it */
+	owner = ((Form_pg_proc) GETSTRUCT(tuple))->prosecdef ? co->owner :
+		((Form_pg_proc) GETSTRUCT(tuple))->proowner;
 	ReleaseSysCache(tuple);
 	if (!has_privs_of_role(owner, co->owner))	/* format only to refuse */
 		check_code_owner(co, owner, "function", format_procedure(func));

@@ -220,9 +220,12 @@ $node->safe_psql('postgres', q{
 		RETURN NEW;
 	END $f$;
 	CREATE FUNCTION eve_double(numeric) RETURNS numeric IMMUTABLE LANGUAGE sql AS 'SELECT $1 * 2';
+	-- runs as eve, whoever calls it: no more than eve may do
+	CREATE FUNCTION eve_tag(int) RETURNS text IMMUTABLE SECURITY DEFINER LANGUAGE plpgsql
+		AS 'BEGIN RETURN ''tag '' || $1; END';
 	SELECT flowpg.create_stream('eve_spend', 'SELECT campaign, count(*) AS clicks FROM eve_clicks GROUP BY campaign');
 	CREATE TRIGGER grab AFTER INSERT OR UPDATE ON eve_spend FOR EACH ROW EXECUTE FUNCTION eve_grab();
-	SELECT flowpg.create_stream('eve_double', 'SELECT campaign, sum(eve_double(cost)) AS d FROM eve_clicks GROUP BY campaign');
+	SELECT flowpg.create_stream('eve_double', 'SELECT campaign, sum(eve_double(cost)) AS d, max(eve_tag(campaign)) AS tag FROM eve_clicks GROUP BY campaign');
 });
 ($rc, $out, $err) = $node->psql('postgres', 'ALTER TABLE eve_spend OWNER TO CURRENT_USER');
 like($err, qr/ERROR:  stream "public.eve_spend" would run function eve_grab\(\), which role flowpg_eve owns, as role \w+\n.*\nHINT:  Give the function to role \w+ first/,
@@ -238,10 +241,10 @@ $node->safe_psql('postgres', q{
 });
 is(owners() =~ s/.*(public\.eve_double=\w+ public\.eve_spend=\w+).*/$1/r,
 	'public.eve_double=flowpg_alice public.eve_spend=flowpg_alice',
-	'given once the function was the new owner\'s, and by REASSIGN OWNED with its trigger');
+	'given once the function was the new owner\'s (not its SECURITY DEFINER one), and by REASSIGN OWNED with its trigger');
 oracle_ok($node, 'eve_spend', 'SELECT campaign, count(*) AS clicks FROM eve_clicks GROUP BY campaign',
 	'the stream given by REASSIGN OWNED');
-oracle_ok($node, 'eve_double', 'SELECT campaign, sum(eve_double(cost)) AS d FROM eve_clicks GROUP BY campaign',
+oracle_ok($node, 'eve_double', 'SELECT campaign, sum(eve_double(cost)) AS d, max(eve_tag(campaign)) AS tag FROM eve_clicks GROUP BY campaign',
 	'the stream given with its function');
 is($node->safe_psql('postgres', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'flowpg_eve'}),
 	'f', 'the old owner\'s trigger never ran as a superuser');
