@@ -332,6 +332,8 @@ SELECT flowpg.drop_stream('public."x""; DROP TABLE events; --"');
 -- a stream changes hands with its result table; the new owner must be
 -- able to run it: log in, read events (bob may not yet) ...
 SELECT flowpg.wait('alice_view');
+-- (and only to a role whose privileges its owner has: alice may act as bob)
+GRANT flowpg_bob TO flowpg_alice;
 \set VERBOSITY default
 ALTER TABLE alice_view OWNER TO flowpg_group;
 ALTER TABLE alice_view OWNER TO flowpg_bob;
@@ -347,6 +349,13 @@ INSERT INTO events VALUES ('x', 6), ('y', 7);
 SELECT flowpg.wait('alice_view');
 TABLE alice_view ORDER BY runner, who;
 SELECT sum(n) = (SELECT count(*) FROM events) AS exact FROM alice_view;
+-- a stream does not go to a role whose privileges its owner lacks (bob
+-- may not act as alice), even from a superuser; from now on bob may
+\set VERBOSITY default
+ALTER TABLE alice_view OWNER TO flowpg_alice;
+\set VERBOSITY terse
+REVOKE flowpg_bob FROM flowpg_alice;
+GRANT flowpg_alice TO flowpg_bob;
 -- not in a transaction that rolls back, nor in a prepared one
 BEGIN;
 ALTER TABLE alice_view OWNER TO flowpg_alice;

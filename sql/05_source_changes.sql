@@ -523,6 +523,18 @@ BEGIN
     INSERT INTO cc_log VALUES (1);
 END$$;
 RESET cc.write;
+-- and as a rebuild reads the source table (its writes committed with it)
+CREATE FUNCTION cc_logs_666(int) RETURNS int VOLATILE LANGUAGE plpgsql
+    AS 'BEGIN IF $1 = 666 THEN INSERT INTO cc_log VALUES (666); END IF; RETURN $1; END';
+CREATE FUNCTION cc_pure_666(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS 'BEGIN RETURN cc_logs_666($1); END';
+INSERT INTO cc_src VALUES (10, 666);
+SELECT flowpg.create_stream('cc_rebuild_writes', 'SELECT k, sum(cc_pure_666(v)) AS s FROM cc_src WHERE k = 10 GROUP BY k');
+SELECT flowpg.rebuild_stream('cc_rebuild_writes');
+SELECT try($$SELECT flowpg.wait('cc_rebuild_writes', '10 s')$$) LIKE '55000: %' AS failed;
+SELECT status, last_error FROM flowpg.streams WHERE name = 'public.cc_rebuild_writes';
+SELECT count(*) AS written_666 FROM cc_log WHERE v = 666;
+SELECT flowpg.drop_stream('cc_rebuild_writes');
+DROP FUNCTION cc_pure_666(int), cc_logs_666(int);
 SELECT count(*) AS written FROM cc_log;
 SELECT v FROM cc_log;
 SELECT k, count(*) FROM cc_src WHERE k IN (8, 9) GROUP BY k ORDER BY k;

@@ -352,25 +352,41 @@ scan_table(FlowWorker *w, Relation rel, TupleConversionMap *map, uint64 *rows)
 	TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
 	HeapTuple	tuple;
 
-	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		FlowpgExitIfOrphaned();
-		if (map != NULL)
-		{
-			HeapTuple	converted = execute_attr_map_tuple(tuple, map);
+	/*
+	 * The stream's functions may not write here either (a worker refuses
+	 * their writes as it decodes): this transaction commits, and their
+	 * writes with it.
+	 */
+	bool		read_only = PlanReadOnlyBegin();
 
-			BatchAdd(w->batch, w->state, converted);
-			heap_freetuple(converted);
-		}
-		else
-			BatchAdd(w->batch, w->state, tuple);
-		w->events++;
-		if (++*rows % ADOPT_MERGE_ROWS == 0)
+	PG_TRY();
+	{
+		while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
 		{
-			WorkerMergeBatch(w);
-			CHECK_FOR_INTERRUPTS();
+			FlowpgExitIfOrphaned();
+			if (map != NULL)
+			{
+				HeapTuple	converted = execute_attr_map_tuple(tuple, map);
+
+				BatchAdd(w->batch, w->state, converted);
+				heap_freetuple(converted);
+			}
+			else
+				BatchAdd(w->batch, w->state, tuple);
+			w->events++;
+			if (++*rows % ADOPT_MERGE_ROWS == 0)
+			{
+				WorkerMergeBatch(w);
+				CHECK_FOR_INTERRUPTS();
+			}
 		}
 	}
+	PG_CATCH();
+	{
+		PlanReadOnlyEnd(w->plan, read_only, true);
+	}
+	PG_END_TRY();
+	PlanReadOnlyEnd(w->plan, read_only, false);
 	table_endscan(scan);
 }
 

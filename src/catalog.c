@@ -1528,17 +1528,56 @@ new_owner_context(void *arg)
 }
 
 /*
+ * A stream goes only to a role whose privileges its owner has (a role it
+ * is a member of, with INHERIT; any role, from a superuser).  The stream
+ * runs in the background, as its owner, whenever rows come, code its
+ * owner chose and may change: the functions its query calls (and what
+ * they call, through the stream's search_path), its domains, and its
+ * result table's triggers (the owner may also have granted TRIGGER on it),
+ * index expressions, constraints, defaults.  Given to a role with more
+ * privileges (a superuser, by ALTER TABLE ... OWNER TO or REASSIGN OWNED),
+ * that code ran with them: a trigger of the old owner's made the old
+ * owner a superuser at the next checkpoint.  Which code that is cannot be
+ * told for sure (a composite type's domain field, a function that changes
+ * after the handover, a trusted function resolving names through the old
+ * owner's schemas); who could run as the new owner anyway can, as
+ * PostgreSQL 16 asks of a subscription's owner towards the tables whose
+ * triggers it runs.  Checked before anything runs as the new owner.
+ */
+static void
+check_no_escalation(StreamDef *def, Oid old_owner)
+{
+	char	   *old_name;
+	char	   *new_name;
+
+	/* none: a row inserted by hand, or by pg_restore */
+	if (!OidIsValid(old_owner) || has_privs_of_role(old_owner, def->owner))
+		return;
+	old_name = GetUserNameFromId(old_owner, true);
+	new_name = GetUserNameFromId(def->owner, false);
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("stream \"%s\" cannot be given to role %s, whose privileges its owner %s does not have",
+					FlowpgLabel(def->name), new_name,
+					old_name != NULL ? old_name : "(dropped)"),
+			 errdetail("A stream runs the code its owner chose (its functions, its result table's triggers) as its owner, in the background: given to role %s, that code would run with privileges its author lacks.",
+					   new_name),
+			 errhint("Give it to a role that %s is a member of; or, to take it over, drop it and create it again as role %s (flowpg.rebuild_stream then counts the rows already in its source), after checking the code it runs.",
+					 old_name != NULL ? old_name : "its owner", new_name)));
+}
+
+/*
  * Check what create_stream checks, as the stream's new owner: LOGIN,
  * SELECT on the source, no row security that applies, EXECUTE on the
- * aggregates and functions; and that the code the stream runs is not
- * another role's with fewer privileges (CompileCheckCodeOwners).  Compiling the plan may run the owner's
+ * aggregates and functions; and, before anything runs as the new owner,
+ * that the old owner has its privileges.  Compiling the plan may run the owner's
  * functions (on constants), so as REFRESH MATERIALIZED VIEW does, in a
  * security-restricted operation whose settings (the stream's) do not
  * outlive it.  A restored stream not rebuilt yet has no plan: its adopter
  * checks, as the new owner.
  */
 static void
-check_new_owner(StreamDef *def)
+check_new_owner(StreamDef *def, Oid old_owner)
 {
 	Oid			save_user;
 	int			save_sec;
@@ -1551,6 +1590,7 @@ check_new_owner(StreamDef *def)
 	callback.previous = error_context_stack;
 	error_context_stack = &callback;
 	CatalogCheckCanOwn(def->owner);
+	check_no_escalation(def, old_owner);
 	if (!def->restored)
 	{
 		GetUserIdAndSecContext(&save_user, &save_sec);
@@ -1563,7 +1603,6 @@ check_new_owner(StreamDef *def)
 		(void) PlanBuild(fq);
 		AtEOXact_GUC(false, nest);
 		SetUserIdAndSecContext(save_user, save_sec);
-		CompileCheckCodeOwners(fq, def->result, def->owner, FlowpgLabel(def->name));
 	}
 	error_context_stack = callback.previous;
 }
@@ -1573,13 +1612,14 @@ static void
 give_stream(StreamDef *def)
 {
 	Oid			owner = CatalogTableOwner(def->result);
+	Oid			old_owner = def->owner;
 	MemoryContext oldcxt;
 	StreamIdentity *given;
 
 	if (!OidIsValid(owner) || owner == def->owner)
 		return;
 	def->owner = owner;
-	check_new_owner(def);
+	check_new_owner(def, old_owner);
 	CatalogUpdateStream(def);
 	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
 	given = palloc(sizeof(StreamIdentity));

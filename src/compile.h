@@ -50,8 +50,6 @@ extern bool CompileFunctionIsC(Oid func);
 extern char *CompileDeparse(Query *query);
 extern FlowQuery *CompileDefinition(const char *definition);
 extern void CompileRecordDependencies(FlowQuery *fq, Oid result);
-extern void CompileCheckCodeOwners(FlowQuery *fq, Oid result, Oid owner,
-								   const char *stream);
 extern List *CompileCaptureSettings(void);
 extern void CompileApplySettings(List *settings, GucAction action);
 

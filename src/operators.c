@@ -1197,10 +1197,11 @@ PlanFinalize(FlowPlan *plan, MinimalTuple key, const char *image, Size len)
 	MemoryContext oldcxt;
 	TupleTableSlot *final = plan->finalslot;
 	TupleTableSlot *volatile out = NULL;
-	bool		read_only = PlanReadOnlyBegin();
+	bool		read_only;
 
 	ResetExprContext(plan->outecontext);
 	oldcxt = MemoryContextSwitchTo(cxt);
+	read_only = PlanReadOnlyBegin();
 	PG_TRY();
 	{
 		AggValue   *vals;

@@ -76,6 +76,7 @@
 #include "compile.h"
 #include "decode.h"
 #include "worker.h"
+#include "api.h"
 #include "writer.h"
 
 /* WAL records decoded between two merges. */
@@ -731,9 +732,12 @@ worker_setup(FlowWorker *w, StreamIdentity *ident)
 	 * checkpoint as durable, and only its own lazy commits are in
 	 * unconfirmed_commit.  A crash could take the checkpoint back with the
 	 * slot already past its rows.  (Code review: no flush was seen to stop
-	 * short of such a commit; one flush a start rules it out.)
+	 * short of such a commit; one flush a start rules it out.)  Up to the
+	 * end of the last record, not the insert position, which may be past a
+	 * page header no record follows yet ("xlog flush request ... is not
+	 * satisfied": the first version failed so under cassert).
 	 */
-	XLogFlush(GetXLogInsertRecPtr());
+	(void) ApiCommittedLsn();
 	/* a stream restored or rebuilt after it failed for good has none */
 	origin = replorigin_by_name(w->slot_name, true);
 	if (origin == InvalidRepOriginId)
@@ -1495,7 +1499,11 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 	 * would at the worker's exit: freed, the chunks it read were its
 	 * checkpoint's keys (dsa_free writes into them), and every later
 	 * worker found the state log corrupted.  A writer that does not exit
-	 * keeps the state from being freed.
+	 * keeps the state from being freed.  An error in a merge holds the
+	 * state's lock meanwhile, as it should: flowpg.live must not read a
+	 * state merged in part (a terminated writer exits at once; it takes
+	 * that lock only for a job written in place, which the worker waits
+	 * for unlocked).
 	 */
 	if (w->writer != NULL && !WriterStop(w))
 		return;

@@ -97,6 +97,8 @@ is($left, '0', '... and nothing is created');
 		GRANT CREATE ON SCHEMA public TO alice;
 		CREATE ROLE owner1 LOGIN;
 		GRANT SELECT ON src TO owner1;
+		-- (a stream goes only to a role whose privileges its owner has)
+		GRANT other TO owner1;
 		ALTER TABLE sums OWNER TO owner1;
 	});
 	$node->stop;

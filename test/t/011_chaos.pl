@@ -27,6 +27,8 @@ my $node = new_node('chaos', extra_conf => "flowpg.checkpoint_interval = 200ms\n
 $node->safe_psql('postgres', q{
 	CREATE ROLE flowpg_ann LOGIN;
 	CREATE ROLE flowpg_ben LOGIN;
+	-- a stream goes only to a role whose privileges its owner has
+	GRANT flowpg_ben TO flowpg_ann;
 	CREATE TABLE events (k int, v numeric, at timestamptz DEFAULT now());
 	GRANT SELECT ON events TO flowpg_ann, flowpg_ben;
 });
@@ -157,8 +159,14 @@ my @ops = (
 	[ 'owner' => sub {
 		my ($s) = @_;
 		my $to = ('flowpg_ann', 'flowpg_ben', 'postgres')[ int(rand(3)) ];
-		sql("SET client_min_messages = warning; ALTER TABLE $s OWNER TO $to");
-		$to } ],
+		# (from ann to ben, or from postgres; refused otherwise)
+		my ($rc, $out, $err) = $node->psql('postgres',
+			"SET client_min_messages = warning; ALTER TABLE $s OWNER TO $to");
+		return $to if $rc == 0;
+		die "connection error: $err" if $rc == 2;    # as safe_psql says it
+		die "owner change to $to: $err"
+		  unless $err =~ /cannot be given to role $to, whose privileges its owner \S+ does not have/;
+		"$to refused" } ],
 	[ 'VACUUM FULL' => sub {
 		my $t = rand() < 0.5 ? $_[0] : 'events';
 		sql("VACUUM FULL $t"); $t } ],
