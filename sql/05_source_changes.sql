@@ -495,8 +495,8 @@ CREATE AGGREGATE cc_sum_fed(bigint) (sfunc = int8pl, stype = bigint, combinefunc
 SELECT flowpg.create_stream('cc_out_writes', 'SELECT k, cc_fed(count(*)) AS n FROM cc_src WHERE k = 8 GROUP BY k');
 SELECT flowpg.create_stream('cc_final_writes', 'SELECT k, cc_sum_fed(v) AS s FROM cc_src WHERE k = 9 GROUP BY k');
 INSERT INTO cc_src VALUES (8, 1), (9, 1);
-SELECT try($$SELECT flowpg.wait('cc_out_writes', '5 s')$$);
-SELECT try($$SELECT flowpg.wait('cc_final_writes', '5 s')$$);
+SELECT try($$SELECT flowpg.wait('cc_out_writes')$$);
+SELECT try($$SELECT flowpg.wait('cc_final_writes')$$);
 SELECT name, last_error FROM flowpg.streams WHERE name LIKE 'public.cc_%writes' ORDER BY 1;
 -- flowpg.live, in its caller's transaction: a function that writes only
 -- when the caller has set cc.write
@@ -530,7 +530,7 @@ CREATE FUNCTION cc_pure_666(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS 'BEGI
 INSERT INTO cc_src VALUES (10, 666);
 SELECT flowpg.create_stream('cc_rebuild_writes', 'SELECT k, sum(cc_pure_666(v)) AS s FROM cc_src WHERE k = 10 GROUP BY k');
 SELECT flowpg.rebuild_stream('cc_rebuild_writes');
-SELECT try($$SELECT flowpg.wait('cc_rebuild_writes', '10 s')$$) LIKE '55000: %' AS failed;
+SELECT try($$SELECT flowpg.wait('cc_rebuild_writes')$$) LIKE '55000: %' AS failed;
 SELECT status, last_error FROM flowpg.streams WHERE name = 'public.cc_rebuild_writes';
 SELECT count(*) AS written_666 FROM cc_log WHERE v = 666;
 SELECT flowpg.drop_stream('cc_rebuild_writes');
