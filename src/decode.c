@@ -349,12 +349,9 @@ add_row(FlowWorker *w, Relation relation, HeapTuple tuple)
 	BatchAdd(w->batch, w->state, tuple);
 	/* PostgreSQL's own check, after the transaction: "output plugin used XID" */
 	if (GetCurrentTransactionIdIfAny() != InvalidTransactionId)
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("a function that stream \"%s\" calls wrote to the database",
-						FlowpgLabel(w->def->name)),
-				 errdetail("A stream's functions run as its worker decodes the WAL, where they may not write, lock rows (FOR SHARE) or advance sequences: anything that takes a transaction ID."),
-				 errhint("Change the function so that it does not write (an IMMUTABLE function may call a VOLATILE one that does).")));
+		PlanRaiseWrite(w->def->name,
+					   "A stream's functions run as its worker decodes the WAL, where they may not write, lock rows (FOR SHARE) or advance sequences: anything that takes a transaction ID.",
+					   NULL);
 	SetupHistoricSnapshot(historic, tuplecids);
 	if (relcache_invals == invals)
 		return;

@@ -1266,24 +1266,34 @@ PlanReadOnlyEnd(FlowPlan *plan, bool was, bool failed)
 	XactReadOnly = was;
 	if (!failed)
 		return;
+	if (was || geterrcode() != ERRCODE_READ_ONLY_SQL_TRANSACTION)
+		PG_RE_THROW();
 	oldcxt = MemoryContextSwitchTo(plan->cxt);
 	edata = CopyErrorData();
 	MemoryContextSwitchTo(oldcxt);
-	if (was || edata->sqlerrcode != ERRCODE_READ_ONLY_SQL_TRANSACTION)
-	{
-		FreeErrorData(edata);
-		PG_RE_THROW();
-	}
 	FlushErrorState();
+	PlanRaiseWrite(plan->name,
+				   psprintf("A stream's functions may not write, lock rows (FOR SHARE) or advance sequences, neither as its worker decodes the WAL nor as its result rows are computed: %s",
+							edata->message),
+				   edata->context);
+}
+
+/*
+ * Raise the error of a stream's function that wrote to the database (or
+ * tried to): `name` is the stream's (NULL if not known), `detail` says
+ * where, `context` is the write's own error context, if any.
+ */
+void
+PlanRaiseWrite(const char *name, const char *detail, const char *context)
+{
 	ereport(ERROR,
 			(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-			 plan->name != NULL ?
+			 name != NULL ?
 			 errmsg("a function that stream \"%s\" calls wrote to the database",
-					FlowpgLabel(plan->name)) :
+					FlowpgLabel(name)) :
 			 errmsg("a function that a stream calls wrote to the database"),
-			 errdetail("A stream's functions may not write, lock rows (FOR SHARE) or advance sequences, neither as its worker decodes the WAL nor as its result rows are computed: %s",
-					   edata->message),
-			 edata->context != NULL ? errcontext("%s", edata->context) : 0,
+			 errdetail_internal("%s", detail),
+			 context != NULL ? errcontext("%s", context) : 0,
 			 errhint("Change the function so that it does not write (an IMMUTABLE function may call a VOLATILE one that does).")));
 }
 

@@ -125,6 +125,8 @@ extern void PlanSetSourceDesc(FlowPlan *plan, TupleDesc desc);
 extern void PlanSetKeyIndex(FlowPlan *plan, Relation index, const int *cols);
 extern bool PlanReadOnlyBegin(void);
 extern void PlanReadOnlyEnd(FlowPlan *plan, bool was, bool failed);
+extern void PlanRaiseWrite(const char *name, const char *detail,
+						   const char *context) pg_attribute_noreturn();
 extern TupleTableSlot *PlanFinalize(FlowPlan *plan, MinimalTuple key,
 									const char *image, Size len);
 extern TupleTableSlot *PlanFinalizeChunk(FlowPlan *plan, StateChunk *chunk);
