@@ -2391,7 +2391,8 @@ check_schema_owner(AlterOwnerStmt *stmt)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("schema \"flowpg\" of extension flowpg can only be owned by a superuser"),
-				 errdetail("Its owner could drop or shadow flowpg's objects, every role's streams with them.")));
+				 errdetail("Its owner could drop or shadow flowpg's objects, every role's streams with them."),
+				 errhint("Leave the schema to a superuser.")));
 }
 
 static void
