@@ -560,6 +560,21 @@ DecodeCreateSlot(const char *slot_name, Snapshot *snapshot)
 		flowpg_decoding_allowed = was_allowed;
 	}
 	PG_END_TRY();
+
+	/*
+	 * Let go of the reference to the new slot's statistics that
+	 * ReplicationSlotCreate gave this process, by dropping them: they are
+	 * all zero yet, and the worker's decoding makes them again.  A session
+	 * that goes on with other work (flowpg.create_stream's) would keep it
+	 * after the slot is gone.  When a rebuild then drops the slot, makes its
+	 * own at the same index and drops that (it failed), PostgreSQL 15 never
+	 * frees the entry once the session lets go: its reference is of an
+	 * older generation (pgstat_release_entry_ref).  An assertion-enabled
+	 * server then fails at shutdown ("!ps->dropped", pgstat.c).
+	 */
+	LWLockAcquire(ReplicationSlotAllocationLock, LW_EXCLUSIVE);
+	pgstat_drop_replslot(MyReplicationSlot);
+	LWLockRelease(ReplicationSlotAllocationLock);
 }
 
 /*
