@@ -750,6 +750,41 @@ ApiRaiseIfFailed(StreamDef *def, StreamCtl *ctl)
 				 errhint("flowpg restarts the worker after a delay; fix the cause and check flowpg.streams.")));
 }
 
+/*
+ * ApiRaiseIfFailed for a caller that waits for results (flowpg.wait,
+ * flowpg.checkpoint), which lets one failure pass: a checkpoint that
+ * failed computing a row, before any careful worker looked for the source
+ * transaction after which the row cannot be computed (see WorkerMergeBatch
+ * in worker.c).  The next worker, started at once, checkpoints what came
+ * before that transaction and goes on; the transactions after it may make
+ * every row computable again by the position waited for, as they would
+ * make the batch query succeed (the failed checkpoint may have covered
+ * less than the caller waits for).  A failure after that one (the
+ * checkpoint waited for fails again, or anything else) is raised.
+ * *passed: the failure let pass (fail_count), 0 for none yet.
+ */
+static void
+raise_if_failed_for_good(StreamDef *def, StreamCtl *ctl, uint64 *passed)
+{
+	bool		failed;
+	bool		unexamined;
+	uint64		count;
+
+	SpinLockAcquire(&ctl->mutex);
+	failed = ctl->status == STREAM_FAILED;
+	count = ctl->fail_count;
+	unexamined = !XLogRecPtrIsInvalid(ctl->careful_until) &&
+		XLogRecPtrIsInvalid(ctl->rows_failed_at);
+	SpinLockRelease(&ctl->mutex);
+	if (failed && (count == *passed || (*passed == 0 && unexamined)))
+	{
+		*passed = count;
+		ControlRetryNow(ctl);
+		return;
+	}
+	ApiRaiseIfFailed(def, ctl);
+}
+
 /* Sleep on the stream's condition variable until the deadline at most. */
 void
 ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
@@ -870,6 +905,7 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	TimestampTz deadline;
 	int			timeout;
 	AclResult	aclresult;
+	uint64		passed = 0;
 
 	FlowpgCheckLoaded();
 	CatalogNoteLocks();
@@ -902,7 +938,7 @@ flowpg_wait(PG_FUNCTION_ARGS)
 		SpinLockRelease(&ctl->mutex);
 		if (result >= target)
 			break;
-		ApiRaiseIfFailed(def, ctl);
+		raise_if_failed_for_good(def, ctl, &passed);
 		ApiWakeWorker(ctl);
 		ApiSleepUntil(def, ctl, deadline, "the results", target);
 		CHECK_FOR_INTERRUPTS();
@@ -922,6 +958,7 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 	TimestampTz deadline;
 	uint64		request;
 	int64		id;
+	uint64		passed = 0;
 
 	FlowpgCheckLoaded();
 	CatalogNoteLocks();
@@ -945,7 +982,7 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 		SpinLockRelease(&ctl->mutex);
 		if (done)
 			break;
-		ApiRaiseIfFailed(def, ctl);
+		raise_if_failed_for_good(def, ctl, &passed);
 		ApiWakeWorker(ctl);
 		ApiSleepUntil(def, ctl, deadline, "a checkpoint", InvalidXLogRecPtr);
 		CHECK_FOR_INTERRUPTS();

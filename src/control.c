@@ -346,6 +346,7 @@ mark_failed(StreamCtl *ctl, const char *message)
 	SpinLockAcquire(&ctl->mutex);
 	ctl->status = STREAM_FAILED;
 	ctl->state_ready = false;
+	ctl->fail_count++;
 	SpinLockRelease(&ctl->mutex);
 	ConditionVariableBroadcast(&ctl->cv);
 }

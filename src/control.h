@@ -65,6 +65,9 @@ typedef struct StreamCtl
 	int32		failures;		/* consecutive failed starts */
 	int32		setup_failures; /* of them, workers that failed before they
 								 * ran (see setup_unapplied_wal) */
+	uint64		fail_count;		/* failures said so far (mark_failed), never
+								 * reset: a waiter tells a new one from one
+								 * it has seen */
 	int32		ckpt_failures;	/* workers that failed a checkpoint since
 								 * one was published (the same) */
 	TimestampTz restart_at;		/* launcher starts the worker after this */

@@ -1456,10 +1456,6 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 	 * (WorkerCheckCompiled): the next worker compiles it again, at once.
 	 */
 	found = w->verifying && rows;
-	if (found || w->recompile)
-		ControlFailOver(ctl);
-	else
-		ControlFail(ctl);
 	SpinLockAcquire(&ctl->mutex);
 	if (found)
 	{
@@ -1491,6 +1487,12 @@ record_error(StreamCtl *ctl, FlowWorker *w)
 			ctl->careful_until = w->ckpt_covering;
 	}
 	SpinLockRelease(&ctl->mutex);
+
+	/* said last: a flowpg.wait that sees the failure sees the above too */
+	if (found || w->recompile)
+		ControlFailOver(ctl);
+	else
+		ControlFail(ctl);
 
 	/*
 	 * The writer may be reading the state: a job written in place, whose

@@ -1,0 +1,87 @@
+# flowpg.wait through a checkpoint that fails computing a row, when the
+# position the call waits for is past the source transaction that makes
+# the row computable again.  The checkpoint covers a transaction after
+# which sum(b) is 0 (here held, at its division, on an advisory lock the
+# test holds, while the transaction that makes sum(b) 1 commits and the
+# wait starts); it fails with "division by zero".  The next worker, a
+# careful one, finds that transaction and checkpoints what came before it,
+# and the one after goes on to a checkpoint where every row can be
+# computed, as the batch query can.  flowpg.wait raised the first error
+# at once (it returns now, with the oracle's results), and so did a
+# flowpg.checkpoint called before it.  A wait for a position where a row
+# still cannot be computed still fails, after one careful worker.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FlowpgTest;
+
+my $node = new_node('wait_row_error');
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+my $query = 'SELECT k, gated_ratio(sum(a), sum(b)) AS r FROM ratios GROUP BY k';
+sql(q{
+	CREATE TABLE ratios (k int, a int, b int);
+	CREATE FUNCTION gate_ratio(bigint, bigint) RETURNS bigint VOLATILE LANGUAGE plpgsql AS $$
+	BEGIN
+		PERFORM pg_advisory_lock_shared(7);
+		PERFORM pg_advisory_unlock_shared(7);
+		RETURN $1 / $2;
+	END$$;
+	CREATE FUNCTION gated_ratio(bigint, bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql
+		AS 'BEGIN RETURN gate_ratio($1, $2); END';
+});
+sql("SELECT flowpg.create_stream('ratios_out', '$query', '1 hour')");
+sql('INSERT INTO ratios VALUES (1, 10, 2), (2, 9, 3)');
+wait_stream($node, 'ratios_out');
+
+# A checkpoint's row computing, held on the gate.
+my $holder = $node->background_psql('postgres', on_error_stop => 0);
+$holder->query_safe('SELECT pg_advisory_lock(7)');
+sql('INSERT INTO ratios VALUES (1, 1, -2)');
+my $checkpoint = $node->background_psql('postgres', on_error_stop => 0);
+$checkpoint->query_until(qr/checkpointing/, q{\echo checkpointing
+SELECT flowpg.checkpoint('ratios_out') > 0 AS checkpointed;
+});
+$node->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_stat_activity
+	WHERE backend_type LIKE 'flowpg%' AND wait_event = 'advisory'})
+  or die 'the checkpoint did not reach the gate';
+
+# sum(b) for key 1 is 1 again; then a wait for that
+sql('INSERT INTO ratios VALUES (1, 3, 1), (3, 4, 4)');
+my $waiter = $node->background_psql('postgres', on_error_stop => 0);
+$waiter->query_until(qr/waiting/, q{\echo waiting
+SELECT true AS waited FROM (SELECT flowpg.wait('ratios_out')) w;
+});
+$node->poll_query_until('postgres', q{SELECT count(*) > 0 FROM pg_stat_activity
+	WHERE query LIKE 'SELECT true AS waited%' AND wait_event = 'Extension'})
+  or die 'the wait did not start';
+
+$holder->query_safe('SELECT pg_advisory_unlock(7)');
+$node->poll_query_until('postgres', q{SELECT count(*) > 0 FROM flowpg.streams
+	WHERE name = 'public.ratios_out' AND last_error LIKE '%division by zero%'})
+  or die 'the checkpoint did not fail';
+my $waited = $waiter->query('SELECT 1 AS after_wait');
+is($waiter->{stderr}, '', 'flowpg.wait raised no error');
+like($waited, qr/^t\n/, 'flowpg.wait returned');
+my $checkpointed = $checkpoint->query('SELECT 1 AS after_checkpoint');
+is($checkpoint->{stderr}, '', 'flowpg.checkpoint raised no error');
+like($checkpointed, qr/^t\n/, 'flowpg.checkpoint returned');
+oracle_ok($node, 'ratios_out', $query, 'after a checkpoint failed on a row');
+
+# A wait for a position where key 1's row cannot be computed: it fails.
+sql('INSERT INTO ratios VALUES (1, 1, -1)');
+my ($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.wait('ratios_out', '60 s')");
+like($err, qr/stream "public.ratios_out" has failed.*division by zero/s,
+	'a wait for a position where a row cannot be computed fails');
+like(sql(q{SELECT last_error FROM flowpg.streams WHERE name = 'public.ratios_out'}),
+	qr/division by zero/, 'flowpg.streams says why');
+sql('INSERT INTO ratios VALUES (1, 0, 5)');
+wait_stream($node, 'ratios_out');
+oracle_ok($node, 'ratios_out', $query, 'once the row can be computed again');
+
+$_->quit for $holder, $checkpoint, $waiter;
+$node->stop;
+done_testing();
