@@ -508,6 +508,31 @@ read_flushed_page(XLogReaderState *state, XLogRecPtr targetPagePtr,
 }
 
 /*
+ * Let go of the reference to a slot's statistics that making the slot gave
+ * this process, by dropping them: the slot is new, they are all zero, and
+ * the process that decodes from it makes them again.  A process that goes
+ * on with other work (flowpg.create_stream's session, a worker that took a
+ * savepoint) would keep it after the slot is gone.  When another process
+ * then drops the slot, makes one at the same index and drops that (a
+ * rebuild that failed), PostgreSQL 15 never frees the entry once the
+ * first lets go, its reference being of an older generation
+ * (pgstat_release_entry_ref), and an assertion-enabled server fails at
+ * shutdown ("!ps->dropped", pgstat.c).  Slots are made and dropped under
+ * ReplicationSlotAllocationLock: the slot found is the one made.
+ */
+static void
+forget_slot_stats(const char *slot_name)
+{
+	ReplicationSlot *slot;
+
+	LWLockAcquire(ReplicationSlotAllocationLock, LW_EXCLUSIVE);
+	slot = SearchNamedReplicationSlot(slot_name, true);
+	if (slot != NULL)
+		pgstat_drop_replslot(slot);
+	LWLockRelease(ReplicationSlotAllocationLock);
+}
+
+/*
  * Create a stream's slot as an ephemeral slot acquired by this backend,
  * and wait until it reaches a consistent point: every transaction that
  * commits after this returns is decoded in full.  The caller makes the
@@ -560,21 +585,7 @@ DecodeCreateSlot(const char *slot_name, Snapshot *snapshot)
 		flowpg_decoding_allowed = was_allowed;
 	}
 	PG_END_TRY();
-
-	/*
-	 * Let go of the reference to the new slot's statistics that
-	 * ReplicationSlotCreate gave this process, by dropping them: they are
-	 * all zero yet, and the worker's decoding makes them again.  A session
-	 * that goes on with other work (flowpg.create_stream's) would keep it
-	 * after the slot is gone.  When a rebuild then drops the slot, makes its
-	 * own at the same index and drops that (it failed), PostgreSQL 15 never
-	 * frees the entry once the session lets go: its reference is of an
-	 * older generation (pgstat_release_entry_ref).  An assertion-enabled
-	 * server then fails at shutdown ("!ps->dropped", pgstat.c).
-	 */
-	LWLockAcquire(ReplicationSlotAllocationLock, LW_EXCLUSIVE);
-	pgstat_drop_replslot(MyReplicationSlot);
-	LWLockRelease(ReplicationSlotAllocationLock);
+	forget_slot_stats(slot_name);
 }
 
 /*
@@ -618,6 +629,7 @@ DecodeCopySlot(const char *src, const char *dst)
 		SetUserIdAndSecContext(save_user, save_sec);
 	}
 	PG_END_TRY();
+	forget_slot_stats(dst);
 }
 
 /*
