@@ -146,6 +146,10 @@ flowpg_not_replicated(PG_FUNCTION_ARGS)
  * plan names objects of another database), give it the owner of its
  * result table (a stream belongs to that role; the dumped oid means
  * nothing here), and rebuild the stream when the transaction commits.
+ * A stream that had failed for good where it was dumped (its slots were
+ * gone there) is rebuilt too: its failure goes, as a rebuild clears it,
+ * as the failure of a stream whose slot went without flowpg never came
+ * with its row.
  */
 Datum
 flowpg_stream_restored(PG_FUNCTION_ARGS)
@@ -153,9 +157,9 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	TupleDesc	desc;
 	HeapTuple	tuple;
-	int			cols[3];
-	Datum		values[3];
-	bool		nulls[3] = {false, false, false};
+	int			cols[5];
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, true, true};
 	bool		isnull;
 	int32		id;
 	Oid			result;
@@ -180,8 +184,10 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 	cols[0] = SPI_fnumber(desc, "plan");
 	cols[1] = SPI_fnumber(desc, "restored");
 	cols[2] = SPI_fnumber(desc, "owner");
-	if (cols[0] <= 0 || cols[1] <= 0 || cols[2] <= 0)
-		elog(ERROR, "flowpg.stream lacks its plan, restored or owner column");
+	cols[3] = SPI_fnumber(desc, "failure");
+	cols[4] = SPI_fnumber(desc, "failed_at");
+	if (cols[0] <= 0 || cols[1] <= 0 || cols[2] <= 0 || cols[3] <= 0 || cols[4] <= 0)
+		elog(ERROR, "flowpg.stream lacks its plan, restored, owner, failure or failed_at column");
 	id = DatumGetInt32(heap_getattr(tuple, SPI_fnumber(desc, "id"), desc, &isnull));
 	result = DatumGetObjectId(heap_getattr(tuple, SPI_fnumber(desc, "result"), desc, &isnull));
 	owner = isnull ? InvalidOid : CatalogTableOwner(result);
@@ -190,9 +196,11 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 	values[0] = CStringGetTextDatum("");
 	values[1] = BoolGetDatum(true);
 	values[2] = ObjectIdGetDatum(owner);
+	values[3] = (Datum) 0;
+	values[4] = (Datum) 0;
 	if (flowpg_preloaded)
 		CatalogPendingAdopt(id);
-	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 3, cols, values, nulls));
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 5, cols, values, nulls));
 }
 
 /*

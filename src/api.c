@@ -751,38 +751,57 @@ ApiRaiseIfFailed(StreamDef *def, StreamCtl *ctl)
 }
 
 /*
- * ApiRaiseIfFailed for a caller that waits for results (flowpg.wait,
- * flowpg.checkpoint), which lets one failure pass: a checkpoint that
- * failed computing a row, before any careful worker looked for the source
- * transaction after which the row cannot be computed (see WorkerMergeBatch
- * in worker.c).  The next worker, started at once, checkpoints what came
- * before that transaction and goes on; the transactions after it may make
- * every row computable again by the position waited for, as they would
- * make the batch query succeed (the failed checkpoint may have covered
- * less than the caller waits for).  A failure after that one (the
- * checkpoint waited for fails again, or anything else) is raised.
- * *passed: the failure let pass (fail_count), 0 for none yet.
+ * ApiRaiseIfFailed for a caller that waits for results up to target
+ * (flowpg.wait, flowpg.checkpoint), which lets one failure pass: a
+ * checkpoint that failed computing a row short of target, before any
+ * careful worker looked for the source transaction after which the row
+ * cannot be computed (see WorkerMergeBatch in worker.c).  The next worker,
+ * started at once, checkpoints what came before that transaction and goes
+ * on; the transactions after it, up to target, may make every row
+ * computable again, as they would make the batch query succeed.  A
+ * checkpoint that failed at or past target shows the rows cannot be
+ * computed where the caller needs them (a careful worker would only find
+ * why, perhaps transaction by transaction for long); a failure after the
+ * one let pass (the checkpoint waited for fails too, or anything else) is
+ * raised.  *passed: the failure let pass (fail_count), 0 for none yet.
  */
 static void
-raise_if_failed_for_good(StreamDef *def, StreamCtl *ctl, uint64 *passed)
+raise_if_failed_for_good(StreamDef *def, StreamCtl *ctl, XLogRecPtr target,
+						 uint64 *passed)
 {
 	bool		failed;
-	bool		unexamined;
+	bool		short_of_target;
 	uint64		count;
 
 	SpinLockAcquire(&ctl->mutex);
 	failed = ctl->status == STREAM_FAILED;
 	count = ctl->fail_count;
-	unexamined = !XLogRecPtrIsInvalid(ctl->careful_until) &&
+	short_of_target = !XLogRecPtrIsInvalid(ctl->careful_until) &&
+		ctl->careful_until < target &&
 		XLogRecPtrIsInvalid(ctl->rows_failed_at);
 	SpinLockRelease(&ctl->mutex);
-	if (failed && (count == *passed || (*passed == 0 && unexamined)))
+	if (failed && count != 0 &&
+		(count == *passed || (*passed == 0 && short_of_target)))
 	{
 		*passed = count;
 		ControlRetryNow(ctl);
 		return;
 	}
 	ApiRaiseIfFailed(def, ctl);
+}
+
+/*
+ * The caller waits no more (flowpg.wait, flowpg.checkpoint: returned or
+ * raised), which a suspect worker needs to know (see maybe_checkpoint in
+ * worker.c); another caller still waiting says so again within 100 ms.  A
+ * caller that exited (FATAL) was seen last WAITER_GONE_MS ago.
+ */
+static void
+waiter_gone(StreamCtl *ctl)
+{
+	SpinLockAcquire(&ctl->mutex);
+	ctl->waiter_seen_at = 0;
+	SpinLockRelease(&ctl->mutex);
 }
 
 /* Sleep on the stream's condition variable until the deadline at most. */
@@ -864,7 +883,7 @@ ApiCommittedLsn(void)
  * Ask the worker to take its next checkpoint or savepoint only once it has
  * applied everything committed so far.
  */
-void
+XLogRecPtr
 ApiRequestTarget(StreamCtl *ctl)
 {
 	XLogRecPtr	target = ApiCommittedLsn();
@@ -873,6 +892,7 @@ ApiRequestTarget(StreamCtl *ctl)
 	if (ctl->ckpt_target < target)
 		ctl->ckpt_target = target;
 	SpinLockRelease(&ctl->mutex);
+	return target;
 }
 
 /*
@@ -927,22 +947,34 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	target = ApiCommittedLsn();
 
 	ctl = ApiAwaitControl(def, deadline);
-	for (;;)
+	PG_TRY();
 	{
-		XLogRecPtr	result;
+		for (;;)
+		{
+			XLogRecPtr	result;
+			TimestampTz now = GetCurrentTimestamp();
 
-		SpinLockAcquire(&ctl->mutex);
-		result = ctl->result_lsn;
-		if (ctl->wait_lsn < target)
-			ctl->wait_lsn = target;
-		SpinLockRelease(&ctl->mutex);
-		if (result >= target)
-			break;
-		raise_if_failed_for_good(def, ctl, &passed);
-		ApiWakeWorker(ctl);
-		ApiSleepUntil(def, ctl, deadline, "the results", target);
-		CHECK_FOR_INTERRUPTS();
+			SpinLockAcquire(&ctl->mutex);
+			result = ctl->result_lsn;
+			if (ctl->wait_lsn < target)
+				ctl->wait_lsn = target;
+			ctl->waiter_seen_at = now;
+			SpinLockRelease(&ctl->mutex);
+			if (result >= target)
+				break;
+			raise_if_failed_for_good(def, ctl, target, &passed);
+			ApiWakeWorker(ctl);
+			ApiSleepUntil(def, ctl, deadline, "the results", target);
+			CHECK_FOR_INTERRUPTS();
+		}
 	}
+	PG_CATCH();
+	{
+		waiter_gone(ctl);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	waiter_gone(ctl);
 	ConditionVariableCancelSleep();
 	/* what it waited for is durable, even from a checkpoint not flushed yet */
 	(void) ApiCommittedLsn();
@@ -958,6 +990,7 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 	TimestampTz deadline;
 	uint64		request;
 	int64		id;
+	XLogRecPtr	target;
 	uint64		passed = 0;
 
 	FlowpgCheckLoaded();
@@ -967,26 +1000,38 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 	check_not_changed_here(def, "take a checkpoint of");
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 60 * 1000);
 	ctl = ApiAwaitControl(def, deadline);
-	ApiRequestTarget(ctl);
+	target = ApiRequestTarget(ctl);
 
 	SpinLockAcquire(&ctl->mutex);
 	request = ++ctl->ckpt_requested;
 	SpinLockRelease(&ctl->mutex);
-	for (;;)
+	PG_TRY();
 	{
-		bool		done;
+		for (;;)
+		{
+			bool		done;
+			TimestampTz now = GetCurrentTimestamp();
 
-		SpinLockAcquire(&ctl->mutex);
-		done = ctl->ckpt_done >= request;
-		id = ctl->checkpoint_id;
-		SpinLockRelease(&ctl->mutex);
-		if (done)
-			break;
-		raise_if_failed_for_good(def, ctl, &passed);
-		ApiWakeWorker(ctl);
-		ApiSleepUntil(def, ctl, deadline, "a checkpoint", InvalidXLogRecPtr);
-		CHECK_FOR_INTERRUPTS();
+			SpinLockAcquire(&ctl->mutex);
+			done = ctl->ckpt_done >= request;
+			id = ctl->checkpoint_id;
+			ctl->waiter_seen_at = now;
+			SpinLockRelease(&ctl->mutex);
+			if (done)
+				break;
+			raise_if_failed_for_good(def, ctl, target, &passed);
+			ApiWakeWorker(ctl);
+			ApiSleepUntil(def, ctl, deadline, "a checkpoint", InvalidXLogRecPtr);
+			CHECK_FOR_INTERRUPTS();
+		}
 	}
+	PG_CATCH();
+	{
+		waiter_gone(ctl);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	waiter_gone(ctl);
 	ConditionVariableCancelSleep();
 	PG_RETURN_INT64(id);
 }

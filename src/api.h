@@ -24,6 +24,6 @@ extern void ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 						  const char *what, XLogRecPtr target);
 extern void ApiWakeWorker(StreamCtl *ctl);
 extern XLogRecPtr ApiCommittedLsn(void);
-extern void ApiRequestTarget(StreamCtl *ctl);
+extern XLogRecPtr ApiRequestTarget(StreamCtl *ctl);
 
 #endif							/* FLOWPG_API_H */

@@ -187,6 +187,7 @@ ControlAcquire(Oid dboid, int32 stream_id)
 		free_ctl->checkpoint_lsn = InvalidXLogRecPtr;
 		free_ctl->result_lsn = InvalidXLogRecPtr;
 		free_ctl->wait_lsn = InvalidXLogRecPtr;
+		free_ctl->waiter_seen_at = 0;
 		free_ctl->checkpoint_id = 0;
 		free_ctl->last_checkpoint_at = 0;
 		free_ctl->checkpoint_ms = 0;

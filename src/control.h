@@ -108,6 +108,8 @@ typedef struct StreamCtl
 	XLogRecPtr	checkpoint_lsn; /* source position of the last checkpoint */
 	XLogRecPtr	result_lsn;		/* result table exact up to here */
 	XLogRecPtr	wait_lsn;		/* highest position a flowpg.wait awaits */
+	TimestampTz waiter_seen_at; /* last time a flowpg.wait or
+								 * flowpg.checkpoint call was seen waiting */
 	int64		checkpoint_id;
 	TimestampTz last_checkpoint_at;
 	double		checkpoint_ms;	/* duration of the last checkpoint */

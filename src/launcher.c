@@ -248,6 +248,7 @@ start_process(StreamCtl *ctl, int index, StreamIdentity *ident, bool adopter)
 	warned = ctl->status == STREAM_FAILED && ctl->no_worker_slot;
 	ctl->no_worker_slot = true;
 	ctl->status = STREAM_FAILED;
+	ctl->fail_count++;
 	tries = ++ctl->no_slot_tries;
 	processed = ctl->processed_lsn;
 	SpinLockRelease(&ctl->mutex);

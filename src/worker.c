@@ -1001,6 +1001,9 @@ rows_computable(FlowWorker *w, TimestampTz now, int interval)
  * already exact up to processed_lsn; say so, and let the slot release WAL
  * from time to time.
  */
+/* A call that has not looked at its stream for this long has returned. */
+#define WAITER_GONE_MS	2000
+
 static void
 maybe_checkpoint(FlowWorker *w)
 {
@@ -1014,8 +1017,10 @@ maybe_checkpoint(FlowWorker *w)
 	XLogRecPtr	wait_lsn,
 				result_lsn,
 				target;
+	TimestampTz waiter_seen_at;
 	bool		ready;
 	bool		inflight;
+	bool		asked;
 	char		sp_name[NAMEDATALEN];
 
 	SpinLockAcquire(&ctl->mutex);
@@ -1025,9 +1030,21 @@ maybe_checkpoint(FlowWorker *w)
 	if (sp_requested > ctl->sp_done)
 		strlcpy(sp_name, ctl->sp_name, NAMEDATALEN);
 	wait_lsn = ctl->wait_lsn;
+	waiter_seen_at = ctl->waiter_seen_at;
 	result_lsn = ctl->result_lsn;
 	target = ctl->ckpt_target;
 	SpinLockRelease(&ctl->mutex);
+
+	/*
+	 * A suspect worker takes a checkpoint that a flowpg.wait or
+	 * flowpg.checkpoint call waits for even while a row cannot be computed
+	 * (see rows_computable): it fails, and the caller is told.  Only while
+	 * the call waits: one that has returned (raised, timed out, canceled)
+	 * left its position or request behind, and the stream failed, started
+	 * a careful worker and failed again, over and over, for nobody.
+	 */
+	asked = !w->suspect ||
+		!TimestampDifferenceExceeds(waiter_seen_at, now, WAITER_GONE_MS);
 
 	/* a stream's process found no background worker slot: give ours up */
 	if (pg_atomic_read_u32(&FlowCtl->writers_yield) != w->yield_seen)
@@ -1074,7 +1091,7 @@ maybe_checkpoint(FlowWorker *w)
 	{
 		/* the next one waits for it; so does saying nothing changed */
 	}
-	else if (ready && requested > done)
+	else if (ready && requested > done && asked)
 	{
 		/* served once the checkpoint is published */
 		w->forced_request = requested;
@@ -1082,7 +1099,7 @@ maybe_checkpoint(FlowWorker *w)
 		if (!w->job_inflight)
 			(void) served_forced(w);
 	}
-	else if (dirty && wait_lsn > result_lsn && w->processed_lsn >= wait_lsn)
+	else if (dirty && wait_lsn > result_lsn && w->processed_lsn >= wait_lsn && asked)
 		CheckpointHandOff(w, "periodic");
 	else if (dirty && TimestampDifferenceExceeds(w->last_checkpoint, now, interval) &&
 			 (!w->suspect || rows_computable(w, now, interval)))

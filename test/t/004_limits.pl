@@ -375,6 +375,11 @@ sleep 6;
 my $slotless = () = slurp_file($busy->logfile) =~
   /WARNING:  flowpg could not start the worker of stream \d+ of database "postgres": no free background worker slot/g;
 is($slotless, 1, 'a stream without a background worker slot is logged once');
+my $slotless_name = $busy->safe_psql('postgres',
+	"SELECT name FROM flowpg.streams WHERE last_error LIKE 'no free background worker slot%'");
+my ($wrc, $wout, $werr) = $busy->psql('postgres', "SELECT flowpg.wait('$slotless_name', '30 s')");
+like($werr, qr/has failed.*no free background worker slot/s,
+	'flowpg.wait on it says why it does not run');
 $busy->append_conf('postgresql.conf', "max_worker_processes = 8\n");
 $busy->restart;
 $busy->safe_psql('postgres', 'INSERT INTO ev VALUES (1)');

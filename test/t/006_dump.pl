@@ -340,4 +340,45 @@ oracle_ok($node, 'res', 'SELECT k, count(*) AS n FROM src GROUP BY k',
 	'after a crash after the refused move', 'moved');
 
 $node->stop;
+
+# A stream that had failed for good where it was dumped (it kept more WAL
+# than flowpg.max_retained_wal, paused; its slots went) is rebuilt where
+# it is restored, as the others are: its recorded failure came with its
+# row, and it stayed failed, though a restore rebuilds it from its source
+# table anyway.  (A node of its own: the small limit is the server's.)
+my $solo = new_node('dump_stale');
+$solo->safe_psql('postgres', q{
+	CREATE TABLE src (k int);
+	INSERT INTO src SELECT g % 3 FROM generate_series(1, 30) g;
+	SELECT flowpg.create_stream('held', 'SELECT k, count(*) AS n FROM src GROUP BY k');
+});
+wait_stream($solo, 'held');
+$solo->safe_psql('postgres', q{
+	SELECT flowpg.pause_stream('held');
+	ALTER SYSTEM SET flowpg.max_retained_wal = '1MB';
+	SELECT pg_reload_conf();
+	INSERT INTO src SELECT g % 5 FROM generate_series(1, 50000) g;
+});
+ok($solo->poll_query_until('postgres',
+		q{SELECT stale FROM flowpg.streams WHERE name = 'public.held'}),
+	'a paused stream past flowpg.max_retained_wal fails for good');
+$solo->safe_psql('postgres', q{
+	ALTER SYSTEM RESET flowpg.max_retained_wal;
+	SELECT pg_reload_conf();
+});
+command_ok([ 'pg_dump', '-h', $solo->host, '-p', $solo->port, '-Fc',
+	'-f', "$dir/stale.dump", 'postgres' ], 'pg_dump of a database with a stream failed for good');
+$solo->safe_psql('postgres', 'CREATE DATABASE back');
+command_ok([ 'pg_restore', '-h', $solo->host, '-p', $solo->port,
+	'-d', 'back', "$dir/stale.dump" ], 'pg_restore of it');
+ok($solo->poll_query_until('back', q{SELECT status = 'paused' AND NOT stale AND pid IS NOT NULL
+		FROM flowpg.streams WHERE name = 'public.held'}),
+	'restored from a dump taken when it had failed for good, it is rebuilt, paused as it was dumped');
+$solo->safe_psql('back', q{SELECT flowpg.resume_stream('held')});
+$solo->safe_psql('back', 'INSERT INTO src VALUES (7)');
+oracle_ok($solo, 'held', 'SELECT k, count(*) AS n FROM src GROUP BY k',
+	'restored when it had failed for good, then resumed', 'back');
+is($solo->safe_psql('postgres', q{SELECT stale FROM flowpg.streams WHERE name = 'public.held'}),
+	't', 'the original stays failed for good');
+$solo->stop;
 done_testing();

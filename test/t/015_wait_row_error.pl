@@ -7,9 +7,12 @@
 # careful one, finds that transaction and checkpoints what came before it,
 # and the one after goes on to a checkpoint where every row can be
 # computed, as the batch query can.  flowpg.wait raised the first error
-# at once (it returns now, with the oracle's results), and so did a
-# flowpg.checkpoint called before it.  A wait for a position where a row
-# still cannot be computed still fails, after one careful worker.
+# at once; it returns now, with the oracle's results.  A flowpg.checkpoint
+# called before that transaction, whose checkpoint failed, raises the
+# error: the rows it was to hold cannot be computed (the same for a wait
+# for a position where a row cannot be computed).  A call that has
+# returned leaves no checkpoint behind for the stream to take, fail, and
+# take again, over and over.
 use strict;
 use warnings;
 
@@ -66,9 +69,9 @@ $node->poll_query_until('postgres', q{SELECT count(*) > 0 FROM flowpg.streams
 my $waited = $waiter->query('SELECT 1 AS after_wait');
 is($waiter->{stderr}, '', 'flowpg.wait raised no error');
 like($waited, qr/^t\n/, 'flowpg.wait returned');
-my $checkpointed = $checkpoint->query('SELECT 1 AS after_checkpoint');
-is($checkpoint->{stderr}, '', 'flowpg.checkpoint raised no error');
-like($checkpointed, qr/^t\n/, 'flowpg.checkpoint returned');
+$checkpoint->query('SELECT 1 AS after_checkpoint');
+like($checkpoint->{stderr}, qr/stream "public.ratios_out" has failed.*division by zero/s,
+	'flowpg.checkpoint of rows that cannot be computed fails');
 oracle_ok($node, 'ratios_out', $query, 'after a checkpoint failed on a row');
 
 # A wait for a position where key 1's row cannot be computed: it fails.
@@ -78,6 +81,16 @@ like($err, qr/stream "public.ratios_out" has failed.*division by zero/s,
 	'a wait for a position where a row cannot be computed fails');
 like(sql(q{SELECT last_error FROM flowpg.streams WHERE name = 'public.ratios_out'}),
 	qr/division by zero/, 'flowpg.streams says why');
+# nobody waits now: once a careful worker has found the transaction, the
+# stream runs, and does not fail again and again on the checkpoint the
+# wait asked for
+$node->poll_query_until('postgres', q{SELECT status = 'running' AND pid IS NOT NULL
+	FROM flowpg.streams WHERE name = 'public.ratios_out'})
+  or die 'the stream does not run';
+my $restarts = sql(q{SELECT restarts FROM flowpg.streams WHERE name = 'public.ratios_out'});
+sleep 5;
+is(sql(q{SELECT restarts FROM flowpg.streams WHERE name = 'public.ratios_out'}), $restarts,
+	'once the wait has failed, the stream does not restart over and over');
 sql('INSERT INTO ratios VALUES (1, 0, 5)');
 wait_stream($node, 'ratios_out');
 oracle_ok($node, 'ratios_out', $query, 'once the row can be computed again');
