@@ -205,27 +205,23 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 
 /*
  * Refuse to rebuild a stream that has no slot (a stale one) when as many
- * streams as flowpg.max_streams have theirs: it could not run, as a new
- * stream could not (create_stream refuses the same way).
+ * other streams as flowpg.max_streams take an entry (ControlCountStreams):
+ * it could not run, as a new stream could not (create_stream refuses the
+ * same way).
  */
 static void
 check_rebuild_room(StreamDef *def)
 {
 	List	   *slots = ControlListSlots(InvalidOid);
-	ListCell   *lc;
+	int			others = ControlCountStreams(MyDatabaseId, def->id);
 
-	foreach(lc, slots)
-	{
-		StreamIdentity *ident = lfirst(lc);
-
-		if (ident->dboid == MyDatabaseId && ident->stream_id == def->id)
-			return;
-	}
-	if (list_length(slots) >= flowpg_max_streams)
+	if (ControlFindIdentity(slots, MyDatabaseId, def->id) != NULL)
+		return;
+	if (others >= flowpg_max_streams)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("cannot rebuild stream \"%s\": %d streams run already, as many as flowpg.max_streams allows",
-						FlowpgLabel(def->name), list_length(slots)),
+						FlowpgLabel(def->name), others),
 				 errhint("Drop a stream, or raise flowpg.max_streams and restart the server.")));
 }
 

@@ -181,11 +181,14 @@ result_rangevar(text *name)
 	return makeRangeVarFromNameList(textToQualifiedNameList(name));
 }
 
-/* Refuse a create that would exceed flowpg.max_streams. */
+/*
+ * Refuse a create that would exceed flowpg.max_streams (counting streams
+ * being rebuilt without a slot: they keep their entries).
+ */
 static void
 check_stream_limit(void)
 {
-	if (list_length(ControlListSlots(InvalidOid)) >= flowpg_max_streams)
+	if (ControlCountStreams(InvalidOid, 0) >= flowpg_max_streams)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("cannot create more than %d streams", flowpg_max_streams),

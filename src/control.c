@@ -638,6 +638,58 @@ ControlListAdopting(Oid dboid)
 	return adopting;
 }
 
+/* The identity in a list (ControlListSlots) of a stream, or NULL. */
+StreamIdentity *
+ControlFindIdentity(List *slots, Oid dboid, int32 stream_id)
+{
+	ListCell   *lc;
+
+	foreach(lc, slots)
+	{
+		StreamIdentity *ident = lfirst(lc);
+
+		if (ident->dboid == dboid && ident->stream_id == stream_id)
+			return ident;
+	}
+	return NULL;
+}
+
+/*
+ * Streams that take a flowpg.max_streams entry, each once, but the stream
+ * (dboid, stream_id) (none if dboid is InvalidOid): those with a slot, and
+ * those being rebuilt that have none (restored, or a rebuild that failed
+ * after it had dropped the stream's slot), whose entry the launcher keeps.
+ */
+int
+ControlCountStreams(Oid dboid, int32 stream_id)
+{
+	List	   *slots = ControlListSlots(InvalidOid);
+	int			n = 0;
+	int			i;
+	ListCell   *lc;
+
+	foreach(lc, slots)
+	{
+		StreamIdentity *ident = lfirst(lc);
+
+		if (ident->dboid != dboid || ident->stream_id != stream_id)
+			n++;
+	}
+	LWLockAcquire(&FlowCtl->lock, LW_SHARED);
+	for (i = 0; i < FlowCtl->max_streams; i++)
+	{
+		StreamCtl  *ctl = &FlowCtl->streams[i];
+
+		if (ctl->in_use && ctl->adopting &&
+			(ctl->dboid != dboid || ctl->stream_id != stream_id) &&
+			ControlFindIdentity(slots, ctl->dboid, ctl->stream_id) == NULL)
+			n++;
+	}
+	LWLockRelease(&FlowCtl->lock);
+	list_free_deep(slots);
+	return n;
+}
+
 /*
  * The identities of the persistent flowpg slots of a database (of every
  * database if dboid is InvalidOid): the durable list of streams.

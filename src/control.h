@@ -204,6 +204,8 @@ extern dsa_area *ControlArea(void);
 extern void ControlApplyStateLimit(void);
 extern const char *ControlStatusName(StreamStatus status);
 extern List *ControlListSlots(Oid dboid);
+extern StreamIdentity *ControlFindIdentity(List *slots, Oid dboid, int32 stream_id);
+extern int	ControlCountStreams(Oid dboid, int32 stream_id);
 extern bool ControlDatabaseHasSlots(Oid dboid);
 extern void ControlSetError(StreamCtl *ctl, const char *message);
 extern void ControlFail(StreamCtl *ctl);

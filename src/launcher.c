@@ -109,21 +109,6 @@ launcher_on_exit(int code, Datum arg)
 	FlowCtl->launcher_pid = 0;
 }
 
-static StreamIdentity *
-find_slot(List *slots, StreamCtl *ctl)
-{
-	ListCell   *lc;
-
-	foreach(lc, slots)
-	{
-		StreamIdentity *ident = lfirst(lc);
-
-		if (ident->dboid == ctl->dboid && ident->stream_id == ctl->stream_id)
-			return ident;
-	}
-	return NULL;
-}
-
 /*
  * No background worker slot for a stream's process: ask the checkpoint
  * writers to give theirs up (WriterYield, which each one's worker does at
@@ -512,7 +497,7 @@ reconcile(void)
 		if (forget_stopped(&adopters[i]) && ctl->adopting &&
 			ctl->restart_at <= now)
 			ControlScheduleRestart(ctl);
-		ident = find_slot(slots, ctl);
+		ident = ControlFindIdentity(slots, ctl->dboid, ctl->stream_id);
 		adopt.dboid = ctl->dboid;
 		adopt.stream_id = ctl->stream_id;
 		adopt.owner = InvalidOid;

@@ -219,6 +219,30 @@ oracle_ok($node, 'narrow', 'SELECT k, count(*) AS n FROM ev3 GROUP BY k',
 	'after 150 checkpoints of keys changed one to a page');
 $node->safe_psql('postgres', "SELECT flowpg.drop_stream('narrow')");
 
+# A stream whose rebuild failed after it had dropped the stream's slot
+# keeps its flowpg.max_streams entry (its rebuild is tried again): a new
+# stream past the limit is refused, as it could not run (it was created,
+# and then waited for an entry that never came free).
+$node->safe_psql('postgres', q{
+	CREATE TABLE evbad (k int, v int);
+	INSERT INTO evbad VALUES (1, 0);
+	SELECT flowpg.create_stream('bad', 'SELECT k, sum(10 / v) AS s FROM evbad GROUP BY k');
+	SELECT flowpg.create_stream('filler', 'SELECT count(*) AS n FROM ev');
+});
+$node->safe_psql('postgres', q{SELECT flowpg.rebuild_stream('bad')});
+$node->poll_query_until('postgres', q{SELECT last_error LIKE '%division by zero%'
+	AND (SELECT count(*) = 2 FROM pg_replication_slots)
+	FROM flowpg.streams WHERE name = 'public.bad'})
+  or die 'the rebuild of bad did not fail';
+($rc, $out, $err) = $node->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT flowpg.create_stream('fourth', 'SELECT count(*) AS n FROM ev')");
+like($err, qr/53400: cannot create more than 3 streams/,
+	'a stream being rebuilt without a slot counts against flowpg.max_streams');
+$node->safe_psql('postgres', 'DELETE FROM evbad');
+wait_stream($node, 'bad');
+is($node->safe_psql('postgres', 'TABLE bad'), '', 'its rebuild succeeds once the row is gone');
+$node->safe_psql('postgres', "SELECT flowpg.drop_stream('$_')") for qw(bad filler);
+
 # flowpg.max_streams = 3: the fourth stream is refused
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('second', 'SELECT count(*) AS n FROM ev')");
 $node->safe_psql('postgres', "SELECT flowpg.create_stream('third', 'SELECT count(*) AS n FROM ev')");
