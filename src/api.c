@@ -795,7 +795,7 @@ raise_if_failed_for_good(StreamDef *def, StreamCtl *ctl, XLogRecPtr target,
 
 /*
  * The caller waits no more (flowpg.wait, flowpg.checkpoint: returned or
- * raised), which a suspect worker needs to know (see maybe_checkpoint in
+ * raised), which the worker needs to know (see maybe_checkpoint in
  * worker.c); another caller still waiting says so again within 100 ms.  A
  * caller that exited (FATAL) was seen last WAITER_GONE_MS ago.
  */

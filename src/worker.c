@@ -1036,15 +1036,16 @@ maybe_checkpoint(FlowWorker *w)
 	SpinLockRelease(&ctl->mutex);
 
 	/*
-	 * A suspect worker takes a checkpoint that a flowpg.wait or
-	 * flowpg.checkpoint call waits for even while a row cannot be computed
-	 * (see rows_computable): it fails, and the caller is told.  Only while
-	 * the call waits: one that has returned (raised, timed out, canceled)
-	 * left its position or request behind, and the stream failed, started
-	 * a careful worker and failed again, over and over, for nobody.
+	 * The checkpoint a flowpg.wait or flowpg.checkpoint call waits for is
+	 * taken while the call waits, even by a suspect worker while a row
+	 * cannot be computed (see rows_computable): it fails, and the caller
+	 * is told.  A call that has returned (raised, timed out, canceled)
+	 * left its position or request behind: a checkpoint that failed for
+	 * it (a row, a trigger of the result table) was taken again by every
+	 * next worker, which failed, over and over, for nobody.  Periodic
+	 * checkpoints take what it waited for in time.
 	 */
-	asked = !w->suspect ||
-		!TimestampDifferenceExceeds(waiter_seen_at, now, WAITER_GONE_MS);
+	asked = !TimestampDifferenceExceeds(waiter_seen_at, now, WAITER_GONE_MS);
 
 	/* a stream's process found no background worker slot: give ours up */
 	if (pg_atomic_read_u32(&FlowCtl->writers_yield) != w->yield_seen)

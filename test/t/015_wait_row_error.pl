@@ -95,6 +95,34 @@ sql('INSERT INTO ratios VALUES (1, 0, 5)');
 wait_stream($node, 'ratios_out');
 oracle_ok($node, 'ratios_out', $query, 'once the row can be computed again');
 
+# The same after a checkpoint that fails in a trigger of the result table
+# (with an error of a computing kind, which a careful worker cannot find
+# in the rows): before, every next worker took the checkpoint the failed
+# wait had asked for, and failed, for nobody.
+sql(q{
+	CREATE TABLE capped_src (k int, v int);
+	SELECT flowpg.create_stream('capped', 'SELECT k, sum(v) AS s FROM capped_src GROUP BY k', '1 hour');
+	CREATE FUNCTION cap() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NEW.s > 100 THEN
+			RAISE EXCEPTION 'sum over the cap' USING ERRCODE = 'numeric_value_out_of_range';
+		END IF;
+		RETURN NEW;
+	END$$;
+	CREATE TRIGGER cap BEFORE INSERT OR UPDATE ON capped FOR EACH ROW EXECUTE FUNCTION cap();
+});
+sql('INSERT INTO capped_src VALUES (1, 500)');
+($rc, $out, $err) = $node->psql('postgres', "SELECT flowpg.wait('capped', '60 s')");
+like($err, qr/stream "public.capped" has failed.*sum over the cap/s,
+	'a wait whose checkpoint a trigger of the result table refuses fails');
+$node->poll_query_until('postgres', q{SELECT status = 'running' AND pid IS NOT NULL
+	FROM flowpg.streams WHERE name = 'public.capped'})
+  or die 'capped does not run';
+$restarts = sql(q{SELECT restarts FROM flowpg.streams WHERE name = 'public.capped'});
+sleep 5;
+is(sql(q{SELECT restarts FROM flowpg.streams WHERE name = 'public.capped'}), $restarts,
+	'... and the stream does not restart over and over once the wait has failed');
+
 $_->quit for $holder, $checkpoint, $waiter;
 $node->stop;
 done_testing();
