@@ -797,14 +797,20 @@ raise_if_failed_for_good(StreamDef *def, StreamCtl *ctl, XLogRecPtr target,
  * The caller waits no more (flowpg.wait, flowpg.checkpoint: returned or
  * raised), which the worker needs to know (see maybe_checkpoint in
  * worker.c); another caller still waiting says so again within 100 ms.  A
- * caller that exited (FATAL) was seen last WAITER_GONE_MS ago.
+ * caller that exited (FATAL) was seen last WAITER_GONE_MS ago.  Not if the
+ * entry is another stream's now (the stream was dropped meanwhile).
  */
 static void
-waiter_gone(StreamCtl *ctl)
+waiter_gone(StreamDef *def, StreamCtl *ctl)
 {
-	SpinLockAcquire(&ctl->mutex);
-	ctl->waiter_seen_at = 0;
-	SpinLockRelease(&ctl->mutex);
+	LWLockAcquire(&FlowCtl->lock, LW_SHARED);
+	if (ctl->in_use && ctl->dboid == MyDatabaseId && ctl->stream_id == def->id)
+	{
+		SpinLockAcquire(&ctl->mutex);
+		ctl->waiter_seen_at = 0;
+		SpinLockRelease(&ctl->mutex);
+	}
+	LWLockRelease(&FlowCtl->lock);
 }
 
 /* Sleep on the stream's condition variable until the deadline at most. */
@@ -973,11 +979,11 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	}
 	PG_CATCH();
 	{
-		waiter_gone(ctl);
+		waiter_gone(def, ctl);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	waiter_gone(ctl);
+	waiter_gone(def, ctl);
 	ConditionVariableCancelSleep();
 	/* what it waited for is durable, even from a checkpoint not flushed yet */
 	(void) ApiCommittedLsn();
@@ -1030,11 +1036,11 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 	}
 	PG_CATCH();
 	{
-		waiter_gone(ctl);
+		waiter_gone(def, ctl);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	waiter_gone(ctl);
+	waiter_gone(def, ctl);
 	ConditionVariableCancelSleep();
 	PG_RETURN_INT64(id);
 }
