@@ -813,6 +813,60 @@ waiter_gone(StreamDef *def, StreamCtl *ctl)
 	LWLockRelease(&FlowCtl->lock);
 }
 
+/*
+ * Wait for a stream's worker, as a flowpg.wait call (request 0: until the
+ * results hold everything up to target) or a flowpg.checkpoint call
+ * (until its request is served; *id: the checkpoint's), saying so to the
+ * worker meanwhile (waiter_seen_at, wait_lsn).
+ */
+static void
+await_worker(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
+			 XLogRecPtr target, uint64 request, int64 *id)
+{
+	uint64		passed = 0;
+
+	PG_TRY();
+	{
+		for (;;)
+		{
+			bool		done;
+			TimestampTz now = GetCurrentTimestamp();
+
+			SpinLockAcquire(&ctl->mutex);
+			if (request == 0)
+			{
+				done = ctl->result_lsn >= target;
+				if (ctl->wait_lsn < target)
+					ctl->wait_lsn = target;
+			}
+			else
+			{
+				done = ctl->ckpt_done >= request;
+				*id = ctl->checkpoint_id;
+			}
+			ctl->waiter_seen_at = now;
+			SpinLockRelease(&ctl->mutex);
+			if (done)
+				break;
+			raise_if_failed_for_good(def, ctl, target, &passed);
+			ApiWakeWorker(ctl);
+			if (request == 0)
+				ApiSleepUntil(def, ctl, deadline, "the results", target);
+			else
+				ApiSleepUntil(def, ctl, deadline, "a checkpoint", InvalidXLogRecPtr);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_CATCH();
+	{
+		waiter_gone(def, ctl);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	waiter_gone(def, ctl);
+	ConditionVariableCancelSleep();
+}
+
 /* Sleep on the stream's condition variable until the deadline at most. */
 void
 ApiSleepUntil(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
@@ -934,7 +988,6 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	TimestampTz deadline;
 	int			timeout;
 	AclResult	aclresult;
-	uint64		passed = 0;
 
 	FlowpgCheckLoaded();
 	CatalogNoteLocks();
@@ -956,35 +1009,7 @@ flowpg_wait(PG_FUNCTION_ARGS)
 	target = ApiCommittedLsn();
 
 	ctl = ApiAwaitControl(def, deadline);
-	PG_TRY();
-	{
-		for (;;)
-		{
-			XLogRecPtr	result;
-			TimestampTz now = GetCurrentTimestamp();
-
-			SpinLockAcquire(&ctl->mutex);
-			result = ctl->result_lsn;
-			if (ctl->wait_lsn < target)
-				ctl->wait_lsn = target;
-			ctl->waiter_seen_at = now;
-			SpinLockRelease(&ctl->mutex);
-			if (result >= target)
-				break;
-			raise_if_failed_for_good(def, ctl, target, &passed);
-			ApiWakeWorker(ctl);
-			ApiSleepUntil(def, ctl, deadline, "the results", target);
-			CHECK_FOR_INTERRUPTS();
-		}
-	}
-	PG_CATCH();
-	{
-		waiter_gone(def, ctl);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	waiter_gone(def, ctl);
-	ConditionVariableCancelSleep();
+	await_worker(def, ctl, deadline, target, 0, NULL);
 	/* what it waited for is durable, even from a checkpoint not flushed yet */
 	(void) ApiCommittedLsn();
 	PG_RETURN_VOID();
@@ -1000,7 +1025,6 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 	uint64		request;
 	int64		id;
 	XLogRecPtr	target;
-	uint64		passed = 0;
 
 	FlowpgCheckLoaded();
 	CatalogNoteLocks();
@@ -1014,34 +1038,7 @@ flowpg_checkpoint(PG_FUNCTION_ARGS)
 	SpinLockAcquire(&ctl->mutex);
 	request = ++ctl->ckpt_requested;
 	SpinLockRelease(&ctl->mutex);
-	PG_TRY();
-	{
-		for (;;)
-		{
-			bool		done;
-			TimestampTz now = GetCurrentTimestamp();
-
-			SpinLockAcquire(&ctl->mutex);
-			done = ctl->ckpt_done >= request;
-			id = ctl->checkpoint_id;
-			ctl->waiter_seen_at = now;
-			SpinLockRelease(&ctl->mutex);
-			if (done)
-				break;
-			raise_if_failed_for_good(def, ctl, target, &passed);
-			ApiWakeWorker(ctl);
-			ApiSleepUntil(def, ctl, deadline, "a checkpoint", InvalidXLogRecPtr);
-			CHECK_FOR_INTERRUPTS();
-		}
-	}
-	PG_CATCH();
-	{
-		waiter_gone(def, ctl);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	waiter_gone(def, ctl);
-	ConditionVariableCancelSleep();
+	await_worker(def, ctl, deadline, target, request, &id);
 	PG_RETURN_INT64(id);
 }
 
