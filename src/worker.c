@@ -992,6 +992,9 @@ rows_computable(FlowWorker *w, TimestampTz now, int interval)
 	return false;
 }
 
+/* A call that has not looked at its stream for this long has returned. */
+#define WAITER_GONE_MS	2000
+
 /*
  * Take a checkpoint if one is due: the interval has passed, a flowpg.wait
  * waits for what the state holds, or flowpg.checkpoint asked for one.
@@ -1001,9 +1004,6 @@ rows_computable(FlowWorker *w, TimestampTz now, int interval)
  * already exact up to processed_lsn; say so, and let the slot release WAL
  * from time to time.
  */
-/* A call that has not looked at its stream for this long has returned. */
-#define WAITER_GONE_MS	2000
-
 static void
 maybe_checkpoint(FlowWorker *w)
 {
