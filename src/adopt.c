@@ -212,11 +212,11 @@ flowpg_stream_restored(PG_FUNCTION_ARGS)
 static void
 check_rebuild_room(StreamDef *def)
 {
-	List	   *slots = ControlListSlots(InvalidOid);
-	int			others = ControlCountStreams(MyDatabaseId, def->id);
+	int			others;
 
-	if (ControlFindIdentity(slots, MyDatabaseId, def->id) != NULL)
+	if (ControlFindIdentity(ControlListSlots(InvalidOid), MyDatabaseId, def->id) != NULL)
 		return;
+	others = ControlCountStreams(MyDatabaseId, def->id);
 	if (others >= flowpg_max_streams)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),

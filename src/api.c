@@ -857,13 +857,11 @@ await_worker(StreamDef *def, StreamCtl *ctl, TimestampTz deadline,
 			CHECK_FOR_INTERRUPTS();
 		}
 	}
-	PG_CATCH();
+	PG_FINALLY();
 	{
 		waiter_gone(def, ctl);
-		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	waiter_gone(def, ctl);
 	ConditionVariableCancelSleep();
 }
 
